@@ -1,0 +1,115 @@
+"""The ``refcocog-tools`` command line.
+
+Each subcommand lives beside the code it drives: a module exposes ``add_parser(subparsers)``
+that registers its parser and sets ``func``. This file only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+# Modules that contribute subcommands, in the order `--help` lists them.
+SUBCOMMAND_MODULES = (
+    "refcocog_tools.cli",
+    "refcocog_tools.evaluate",
+    "refcocog_tools.regressors",
+    "refcocog_tools.bench",
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The dataset subcommands: make-mini-dataset, stats, validate."""
+    make = subparsers.add_parser(
+        "make-mini-dataset",
+        help="write the embedded synthetic dataset in the RefCOCOg layout",
+        description="Write a small deterministic synthetic dataset in the exact RefCOCOg layout. "
+        "Its numbers say nothing about RefCOCOg.",
+    )
+    make.add_argument("out_dir", type=Path)
+    make.add_argument("--images", type=int, default=30, help="number of images (default 30)")
+    make.add_argument("--seed", type=int, default=0)
+    make.set_defaults(func=_make_mini_dataset)
+
+    stats = subparsers.add_parser("stats", help="per-split counts of a RefCOCOg data root")
+    stats.add_argument("--data-root", type=Path, required=True)
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(func=_stats)
+
+    check = subparsers.add_parser("validate", help="check every file and ref; exit 1 on problems")
+    check.add_argument("--data-root", type=Path, required=True)
+    check.add_argument("--skip-images", action="store_true", help="do not open the images")
+    check.set_defaults(func=_validate)
+
+
+def _make_mini_dataset(args: argparse.Namespace) -> int:
+    from .minidata import write_mini_dataset
+
+    out = write_mini_dataset(args.out_dir, n_images=args.images, seed=args.seed)
+    print(f"wrote the embedded synthetic dataset ({args.images} images, seed {args.seed}) "
+          f"to {out}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .dataset import split_stats
+
+    stats = split_stats(args.data_root)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    import pandas as pd
+
+    table = pd.DataFrame(stats).T
+    for column in ("refs", "expressions", "images", "categories"):
+        table[column] = table[column].astype(int)
+    print(table.to_string())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .dataset import validate
+
+    problems = validate(args.data_root, check_images=not args.skip_images)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.data_root}: no problems found")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="refcocog-tools",
+        description="Training-free visual grounding with CLIP on RefCOCOg.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # a subcommand module not written yet
+                continue
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .dataset import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DatasetError as err:
+        print(f"refcocog-tools: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,454 @@
+"""RefCOCOg (umd split) loading: a safe pickle reader, items, collate, validation and stats.
+
+The layout is the one the original study (and the refer toolkit) used::
+
+    <root>/annotations/refs(umd).p      pickle: a list of ref records
+    <root>/annotations/instances.json   COCO-style images / annotations / categories
+    <root>/images/<file_name>           the COCO train2014 images
+
+Boxes are converted once, here, from COCO ``xywh`` to ``xyxy`` floats in image pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+REFS_FILE = "refs(umd).p"
+INSTANCES_FILE = "instances.json"
+SPLITS = ("train", "val", "test")
+View = Literal["ref", "expression"]
+
+# Words that make an expression depend on where the object is, not only on what it looks like.
+SPATIAL_WORDS = frozenset(
+    """left right top bottom middle center centre above below under behind front
+    upper lower leftmost rightmost closest nearest farthest furthest far near next beside
+    between corner side bigger biggest smaller smallest larger largest""".split()
+)
+_WORD = re.compile(r"[a-z]+")
+
+Box = tuple[float, float, float, float]
+
+
+class DatasetError(ValueError):
+    """A RefCOCOg file is missing or malformed; the message names the file and the field."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe pickle loading
+# ----------------------------------------------------------------------------------------------
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Admits only what pickle encodes without a global: dicts, lists, tuples, str, numbers."""
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        raise pickle.UnpicklingError(
+            f"refusing to load global {module}.{name}: the refs file may only hold plain "
+            "containers and scalars"
+        )
+
+
+def load_refs_pickle(path: str | Path) -> list[dict[str, Any]]:
+    """Load ``refs(umd).p`` without executing code: any class or callable in it is refused."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        refs = _PlainDataUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise DatasetError(f"{path}: unsafe or corrupt pickle: {err}") from err
+    except (EOFError, ValueError, IndexError, TypeError) as err:
+        raise DatasetError(f"{path}: not a readable pickle: {err}") from err
+    if not isinstance(refs, list):
+        raise DatasetError(f"{path}: expected a list of ref records, got {type(refs).__name__}")
+    return refs
+
+
+def is_spatial(sentence: str) -> bool:
+    """True when the expression contains a word about position or relative size."""
+    return any(word in SPATIAL_WORDS for word in _WORD.findall(sentence.lower()))
+
+
+def xywh_to_xyxy(box: Sequence[float]) -> Box:
+    """COCO ``[x, y, width, height]`` to ``(x1, y1, x2, y2)``."""
+    x, y, w, h = (float(v) for v in box)
+    return (x, y, x + w, y + h)
+
+
+def load_rgb_image(path: str | Path) -> Image.Image:
+    """Open an image in any PIL mode as RGB, with its EXIF orientation applied."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("RGBA", "LA", "PA") or (
+                image.mode == "P" and "transparency" in image.info
+            ):
+                # Composite transparency on white instead of letting convert() drop it to black.
+                rgba = image.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return image.convert("RGB")
+    except FileNotFoundError as err:
+        raise DatasetError(f"{path}: image file not found") from err
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DatasetError(f"{path}: image unreadable: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------
+# Records
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Instance:
+    """One COCO instance of an image: a possible answer, or a distractor."""
+
+    ann_id: int
+    category_id: int
+    category: str
+    box: Box
+
+
+@dataclass(frozen=True)
+class RefRecord:
+    """Everything about one referred object except its pixels."""
+
+    ref_id: int
+    ann_id: int
+    image_id: int
+    category_id: int
+    category: str
+    split: str
+    image_path: Path
+    image_size: tuple[int, int]
+    box: Box
+    sentences: tuple[str, ...]
+    sent_ids: tuple[int, ...]
+    instances: tuple[Instance, ...]
+
+
+@dataclass
+class RefItem:
+    """A dataset item. ``sentences`` holds every expression (ref view) or exactly one."""
+
+    record: RefRecord
+    sentences: tuple[str, ...]
+    sent_ids: tuple[int, ...]
+    _image: Image.Image | None = field(default=None, repr=False)
+
+    @cached_property
+    def image(self) -> Image.Image:
+        """The image as PIL RGB, decoded on first access."""
+        return self._image if self._image is not None else load_rgb_image(self.record.image_path)
+
+    def __getattr__(self, name: str) -> Any:
+        # ref_id, ann_id, image_id, box, instances ... are read through from the record.
+        if name.startswith("_") or name == "record":
+            raise AttributeError(name)
+        return getattr(self.record, name)
+
+    @property
+    def sentence(self) -> str:
+        """The first (in the expression view, the only) sentence."""
+        return self.sentences[0]
+
+    @property
+    def sent_id(self) -> int:
+        return self.sent_ids[0]
+
+
+def collate_items(batch: Sequence[RefItem]) -> dict[str, list[Any]]:
+    """Collate items into lists: images stay PIL images of their own sizes."""
+    return {
+        "images": [item.image for item in batch],
+        "boxes": torch.tensor([item.box for item in batch], dtype=torch.float32),
+        "sentences": [list(item.sentences) for item in batch],
+        "sent_ids": [list(item.sent_ids) for item in batch],
+        "ref_ids": [item.ref_id for item in batch],
+        "instances": [item.instances for item in batch],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing and validation (one pass that both the loader and `validate` use)
+# ----------------------------------------------------------------------------------------------
+def _annotation_files(root: Path) -> tuple[Path, Path]:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data root not found (expected annotations/ and images/)")
+    refs_path = root / "annotations" / REFS_FILE
+    instances_path = root / "annotations" / INSTANCES_FILE
+    for path in (refs_path, instances_path):
+        if not path.is_file():
+            raise DatasetError(f"{path}: annotation file not found")
+    return refs_path, instances_path
+
+
+def _load_instances(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise DatasetError(f"{path}: field '{key}' missing or not a list")
+    return data
+
+
+def _require(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in record:
+        raise DatasetError(f"{where}: field '{key}' missing")
+    value = record[key]
+    if not isinstance(value, kind):
+        raise DatasetError(f"{where}: field '{key}' has type {type(value).__name__}")
+    return value
+
+
+def _check_box(
+    box: Box, size: tuple[int, int], where: str, clip: bool, tolerance: float = 1.0
+) -> tuple[Box, str | None]:
+    """Return the (possibly clipped) box and a problem description, or None when it is fine."""
+    x1, y1, x2, y2 = box
+    width, height = size
+    if not (x2 > x1 and y2 > y1):
+        return box, f"{where}: degenerate box {box} (zero or negative width/height)"
+    outside = min(x1, y1) < -tolerance or x2 > width + tolerance or y2 > height + tolerance
+    if clip:
+        box = (max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2))
+        if not (box[2] > box[0] and box[3] > box[1]):
+            return box, f"{where}: box {(x1, y1, x2, y2)} lies outside the {width}x{height} image"
+        return box, None
+    if outside:
+        return box, f"{where}: box {box} extends outside the {width}x{height} image"
+    return box, None
+
+
+def parse_refcocog(
+    root: str | Path, clip_boxes: bool = False
+) -> tuple[list[RefRecord], list[str]]:
+    """Read both annotation files and join them; return the records and every problem found.
+
+    Missing root or annotation files and malformed top-level structure raise at once; problems
+    with single records are collected so that ``validate`` can list them all.
+    """
+    root = Path(root)
+    refs_path, instances_path = _annotation_files(root)
+    refs = load_refs_pickle(refs_path)
+    instances = _load_instances(instances_path)
+    problems: list[str] = []
+
+    categories = {}
+    for i, cat in enumerate(instances["categories"]):
+        where = f"{instances_path}: categories[{i}]"
+        try:
+            categories[_require(cat, "id", int, where)] = str(_require(cat, "name", str, where))
+        except DatasetError as err:
+            problems.append(str(err))
+
+    images: dict[int, dict[str, Any]] = {}
+    for i, img in enumerate(instances["images"]):
+        where = f"{instances_path}: images[{i}]"
+        try:
+            for key in ("id", "width", "height"):
+                _require(img, key, int, where)
+            _require(img, "file_name", str, where)
+        except DatasetError as err:
+            problems.append(str(err))
+            continue
+        images[img["id"]] = img
+
+    annotations: dict[int, dict[str, Any]] = {}
+    instances_by_image: dict[int, list[Instance]] = {}
+    for i, ann in enumerate(instances["annotations"]):
+        where = f"{instances_path}: annotations[{i}]"
+        try:
+            ann_id = _require(ann, "id", int, where)
+            where = f"{instances_path}: annotation id {ann_id}"
+            image_id = _require(ann, "image_id", int, where)
+            category_id = _require(ann, "category_id", int, where)
+            bbox = _require(ann, "bbox", list, where)
+            if len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+                raise DatasetError(f"{where}: field 'bbox' must be four numbers [x, y, w, h]")
+            if image_id not in images:
+                raise DatasetError(f"{where}: field 'image_id' {image_id} has no image record")
+            if category_id not in categories:
+                raise DatasetError(f"{where}: field 'category_id' {category_id} is unknown")
+        except DatasetError as err:
+            problems.append(str(err))
+            continue
+        size = (images[image_id]["width"], images[image_id]["height"])
+        box, problem = _check_box(xywh_to_xyxy(bbox), size, f"{where}: field 'bbox'", clip_boxes)
+        if problem:
+            problems.append(problem)
+            continue
+        annotations[ann_id] = ann
+        instances_by_image.setdefault(image_id, []).append(
+            Instance(ann_id, category_id, categories[category_id], box)
+        )
+
+    records: list[RefRecord] = []
+    for i, ref in enumerate(refs):
+        where = f"{refs_path}: refs[{i}]"
+        try:
+            if not isinstance(ref, dict):
+                raise DatasetError(f"{where}: expected a dict, got {type(ref).__name__}")
+            ref_id = _require(ref, "ref_id", int, where)
+            where = f"{refs_path}: ref_id {ref_id}"
+            ann_id = _require(ref, "ann_id", int, where)
+            image_id = _require(ref, "image_id", int, where)
+            split = _require(ref, "split", str, where)
+            sentences = _require(ref, "sentences", list, where)
+            if split not in SPLITS:
+                raise DatasetError(f"{where}: field 'split' is {split!r}, not one of {SPLITS}")
+            if ann_id not in annotations:
+                raise DatasetError(f"{where}: field 'ann_id' {ann_id} has no instance in "
+                                   f"{INSTANCES_FILE}")
+            if image_id not in images:
+                raise DatasetError(f"{where}: field 'image_id' {image_id} has no image record")
+            if not sentences:
+                raise DatasetError(f"{where}: field 'sentences' is empty")
+            texts, sent_ids = [], []
+            for j, sent in enumerate(sentences):
+                if not isinstance(sent, dict) or not isinstance(sent.get("sent"), str):
+                    raise DatasetError(f"{where}: field 'sentences[{j}].sent' missing")
+                texts.append(sent["sent"])
+                sent_ids.append(int(sent.get("sent_id", -1)))
+        except DatasetError as err:
+            problems.append(str(err))
+            continue
+        image = images[image_id]
+        ann = annotations[ann_id]
+        box = next(inst.box for inst in instances_by_image[image_id] if inst.ann_id == ann_id)
+        records.append(
+            RefRecord(
+                ref_id=ref_id,
+                ann_id=ann_id,
+                image_id=image_id,
+                category_id=int(ann["category_id"]),
+                category=categories[int(ann["category_id"])],
+                split=split,
+                image_path=root / "images" / image["file_name"],
+                image_size=(image["width"], image["height"]),
+                box=box,
+                sentences=tuple(texts),
+                sent_ids=tuple(sent_ids),
+                instances=tuple(instances_by_image[image_id]),
+            )
+        )
+    return records, problems
+
+
+def validate(root: str | Path, check_images: bool = True) -> list[str]:
+    """Check every file and record under ``root``; return every problem (empty when clean)."""
+    try:
+        records, problems = parse_refcocog(root)
+    except DatasetError as err:
+        return [str(err)]
+    if check_images:
+        seen: set[Path] = set()
+        for record in records:
+            if record.image_path in seen:
+                continue
+            seen.add(record.image_path)
+            try:
+                with Image.open(record.image_path) as image:
+                    image.verify()
+                    size = image.size
+                if size != record.image_size:
+                    # The annotation size is what the boxes refer to: a mismatch breaks every box.
+                    problems.append(f"{record.image_path}: size {size} differs from "
+                                    f"{INSTANCES_FILE} width/height {record.image_size}")
+            except FileNotFoundError:
+                problems.append(f"{record.image_path}: image file not found "
+                                f"(image_id {record.image_id})")
+            except (UnidentifiedImageError, OSError, SyntaxError) as err:
+                problems.append(f"{record.image_path}: image unreadable: {err}")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset
+# ----------------------------------------------------------------------------------------------
+class RefCOCOg(torch.utils.data.Dataset):
+    """One split of RefCOCOg, one item per referred object (``view="ref"``) or per expression.
+
+    Items are built once at construction, so ``dataset[i]`` is O(1); images decode lazily.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "test",
+        view: View = "expression",
+        clip_boxes: bool = False,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if view not in ("ref", "expression"):
+            raise ValueError(f"view must be 'ref' or 'expression', got {view!r}")
+        self.root = Path(root)
+        self.split = split
+        self.view = view
+        records, problems = parse_refcocog(self.root, clip_boxes=clip_boxes)
+        if problems:
+            more = f" (and {len(problems) - 1} more; run `refcocog-tools validate`)"
+            raise DatasetError(problems[0] + (more if len(problems) > 1 else ""))
+        self.records = [r for r in records if r.split == split]
+        if view == "ref":
+            self._index = [(r, r.sentences, r.sent_ids) for r in self.records]
+        else:
+            self._index = [
+                (r, (sent,), (sent_id,))
+                for r in self.records
+                for sent, sent_id in zip(r.sentences, r.sent_ids, strict=True)
+            ]
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> RefItem:
+        record, sentences, sent_ids = self._index[index]
+        return RefItem(record, sentences, sent_ids)
+
+    def __iter__(self) -> Iterator[RefItem]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def image_ids(self) -> list[int]:
+        """Distinct image ids of this split, in first-seen order."""
+        return list(dict.fromkeys(r.image_id for r in self.records))
+
+    def sentences(self) -> list[str]:
+        """Every expression of the split (used for debiasing prompts)."""
+        return [s for r in self.records for s in r.sentences]
+
+
+def split_stats(root: str | Path) -> dict[str, dict[str, float]]:
+    """Per split: refs, expressions, images, objects per image, share of spatial expressions."""
+    records, problems = parse_refcocog(root)
+    if problems:
+        raise DatasetError(problems[0])
+    stats: dict[str, dict[str, float]] = {}
+    for split in SPLITS:
+        recs = [r for r in records if r.split == split]
+        sentences = [s for r in recs for s in r.sentences]
+        objects = {r.image_id: len(r.instances) for r in recs}
+        stats[split] = {
+            "refs": len(recs),
+            "expressions": len(sentences),
+            "images": len(objects),
+            "objects_per_image": round(sum(objects.values()) / len(objects), 3) if objects else 0.0,
+            "spatial_share": round(sum(map(is_spatial, sentences)) / len(sentences), 3)
+            if sentences else 0.0,
+            "categories": len(Counter(r.category for r in recs)),
+        }
+    return stats

@@ -1,0 +1,280 @@
+"""The embedded dataset: a small, deterministic, synthetic dataset in the exact RefCOCOg layout.
+
+It exists so that every code path (loading, proposals, methods, metrics, the book) runs offline.
+Its pictures are drawn shapes, not photographs: numbers computed on it say nothing about
+RefCOCOg. Each image holds several objects, with at least one pair of the same category, and
+its expressions need colour, position (left/right/top/bottom/middle) or relative size.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from .dataset import INSTANCES_FILE, REFS_FILE
+from .io_utils import atomic_write_bytes
+
+# Real COCO category ids and names, so label handling is exercised as on the real data.
+CATEGORIES: dict[int, tuple[str, str]] = {
+    1: ("person", "person"),
+    3: ("car", "vehicle"),
+    6: ("bus", "vehicle"),
+    17: ("cat", "animal"),
+    18: ("dog", "animal"),
+    28: ("umbrella", "accessory"),
+    44: ("bottle", "kitchen"),
+    62: ("chair", "furniture"),
+}
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (210, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 200),
+    "yellow": (235, 210, 40),
+    "white": (245, 245, 245),
+    "black": (25, 25, 25),
+    "orange": (240, 140, 30),
+    "purple": (130, 50, 160),
+}
+BACKGROUNDS = [(120, 140, 120), (150, 130, 110), (110, 125, 150), (160, 160, 150)]
+IMAGE_SIZES = [(320, 240), (288, 224), (256, 256), (240, 320)]
+SPLIT_SHARES = (("train", 0.6), ("val", 0.15), ("test", 0.25))
+
+
+@dataclass
+class _Object:
+    category_id: int
+    colour: str
+    box: tuple[int, int, int, int]  # xyxy, integer pixels
+
+    @property
+    def name(self) -> str:
+        return CATEGORIES[self.category_id][0]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
+
+    @property
+    def area(self) -> int:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object) -> None:
+    """Each category has its own silhouette, so a detector or CLIP could in principle tell them."""
+    x1, y1, x2, y2 = obj.box
+    w, h = x2 - x1, y2 - y1
+    fill = COLOURS[obj.colour]
+    edge = (0, 0, 0) if obj.colour != "black" else (200, 200, 200)
+    name = obj.name
+    if name == "person":
+        head = min(w, h // 3)
+        draw.ellipse((x1 + (w - head) // 2, y1, x1 + (w + head) // 2, y1 + head), fill=fill,
+                     outline=edge)
+        draw.rectangle((x1, y1 + head, x2, y2), fill=fill, outline=edge)
+    elif name in ("car", "bus"):
+        wheel = max(4, h // 4)
+        draw.rectangle((x1, y1, x2, y2 - wheel // 2), fill=fill, outline=edge)
+        for cx in (x1 + w // 4, x2 - w // 4):
+            draw.ellipse((cx - wheel // 2, y2 - wheel, cx + wheel // 2, y2), fill=(20, 20, 20))
+        if name == "bus":
+            for k in range(1, 4):
+                wx = x1 + k * w // 4
+                draw.rectangle((wx - w // 12, y1 + h // 6, wx + w // 12, y1 + h // 2),
+                               fill=(200, 230, 250))
+    elif name in ("cat", "dog"):
+        draw.ellipse((x1, y1 + h // 4, x2, y2), fill=fill, outline=edge)
+        ear = max(3, w // 5)
+        if name == "cat":
+            draw.polygon([(x1 + ear, y1 + h // 4), (x1 + 2 * ear, y1), (x1 + 3 * ear, y1 + h // 4)],
+                         fill=fill, outline=edge)
+        else:
+            draw.ellipse((x1, y1, x1 + 2 * ear, y1 + h // 2), fill=fill, outline=edge)
+    elif name == "umbrella":
+        draw.pieslice((x1, y1, x2, y1 + h), 180, 360, fill=fill, outline=edge)
+        draw.line((x1 + w // 2, y1 + h // 2, x1 + w // 2, y2), fill=edge, width=2)
+    elif name == "bottle":
+        neck = max(2, w // 3)
+        draw.rectangle((x1 + (w - neck) // 2, y1, x1 + (w + neck) // 2, y1 + h // 4), fill=fill,
+                       outline=edge)
+        draw.rectangle((x1, y1 + h // 4, x2, y2), fill=fill, outline=edge)
+    else:  # chair
+        draw.rectangle((x1, y1, x1 + w // 4, y2), fill=fill, outline=edge)
+        draw.rectangle((x1, y1 + h // 2, x2, y1 + h // 2 + max(3, h // 8)), fill=fill,
+                       outline=edge)
+        draw.rectangle((x2 - w // 6, y1 + h // 2, x2, y2), fill=fill, outline=edge)
+
+
+def _place(rng: random.Random, size: tuple[int, int], placed: list[_Object],
+           category_id: int, colour: str) -> _Object | None:
+    """Rejection-sample a box that overlaps no earlier object much."""
+    width, height = size
+    for _ in range(50):
+        w = rng.randint(width // 7, width // 3)
+        h = rng.randint(height // 6, height // 2 - 10)
+        x1 = rng.randint(2, width - w - 2)
+        y1 = rng.randint(2, height - h - 2)
+        box = (x1, y1, x1 + w, y1 + h)
+        if all(_overlap(box, o.box) < 0.1 for o in placed):
+            return _Object(category_id, colour, box)
+    return None
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / smaller
+
+
+def _expressions(target: _Object, objects: list[_Object], rng: random.Random,
+                 size: tuple[int, int]) -> list[str]:
+    """Two or three expressions for ``target``, needing position or size when it has a twin."""
+    same = [o for o in objects if o.category_id == target.category_id]
+    name = target.name
+    out = [f"the {target.colour} {name}"]
+    if len(same) > 1:
+        xs = sorted(o.centre[0] for o in same)
+        ys = sorted(o.centre[1] for o in same)
+        areas = sorted(o.area for o in same)
+        cx, cy = target.centre
+        if cx == xs[0]:
+            out.append(f"the {name} on the left")
+        elif cx == xs[-1]:
+            out.append(f"the {name} on the right")
+        else:
+            out.append(f"the {name} in the middle")
+        if cy == ys[0]:
+            out.append(f"the {name} at the top")
+        elif cy == ys[-1]:
+            out.append(f"the {name} at the bottom")
+        if target.area == areas[-1]:
+            out.append(f"the bigger {name}")
+        elif target.area == areas[0]:
+            out.append(f"the smaller {name}")
+    else:
+        cx = target.centre[0] / size[0]
+        where = "left" if cx < 0.35 else "right" if cx > 0.65 else "middle"
+        out.append(f"a {name} in the {where} of the picture" if where == "middle"
+                   else f"a {name} on the {where} side")
+    others = [o for o in objects if o is not target]
+    if others:
+        other = rng.choice(others)
+        relation = "left of" if target.centre[0] < other.centre[0] else "right of"
+        out.append(f"{target.colour} {name} to the {relation} the {other.colour} {other.name}")
+    rng.shuffle(out)
+    return out[: rng.randint(2, 3)]
+
+
+def _split_of(index: int, n_images: int) -> str:
+    """Contiguous split blocks in the study's proportions, each split at least one image."""
+    n_train = max(1, round(n_images * SPLIT_SHARES[0][1]))
+    n_val = max(1, round(n_images * SPLIT_SHARES[1][1]))
+    if n_train + n_val >= n_images:
+        n_train = max(1, n_images - 2)
+        n_val = 1
+    if index < n_train:
+        return "train"
+    return "val" if index < n_train + n_val else "test"
+
+
+def generate(n_images: int = 30, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any],
+                                                           dict[str, bytes]]:
+    """Build refs, instances and JPEG bytes in memory; the same seed gives the same bytes."""
+    if n_images < 3:
+        raise ValueError("make-mini-dataset needs at least 3 images (one per split)")
+    rng = random.Random(seed)
+    images, annotations, refs = [], [], []
+    files: dict[str, bytes] = {}
+    ann_id, ref_id, sent_id = 1000, 0, 0
+    for index in range(n_images):
+        image_id = 500000 + index * 17
+        size = IMAGE_SIZES[rng.randrange(len(IMAGE_SIZES))]
+        split = _split_of(index, n_images)
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        # One category twice (a distractor the expression must disambiguate), then others.
+        twin = rng.choice(sorted(CATEGORIES))
+        wanted = [twin, twin] + rng.sample(sorted(CATEGORIES), rng.randint(1, 3))
+        objects: list[_Object] = []
+        for category_id in wanted:
+            colour = rng.choice(sorted(COLOURS))
+            obj = _place(rng, size, objects, category_id, colour)
+            if obj is not None:
+                objects.append(obj)
+        canvas = Image.new("RGB", size, BACKGROUNDS[rng.randrange(len(BACKGROUNDS))])
+        draw = ImageDraw.Draw(canvas)
+        for obj in objects:
+            _draw_object(draw, obj)
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="JPEG", quality=90)
+        files[file_name] = buffer.getvalue()
+        images.append({"license": 1, "file_name": file_name, "coco_url": "", "height": size[1],
+                       "width": size[0], "date_captured": "", "flickr_url": "", "id": image_id})
+        obj_ann_ids = []
+        for obj in objects:
+            ann_id += 1
+            obj_ann_ids.append(ann_id)
+            x1, y1, x2, y2 = obj.box
+            annotations.append({
+                "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
+                "area": float(obj.area), "iscrowd": 0, "image_id": image_id,
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "category_id": obj.category_id, "id": ann_id,
+            })
+        # Refer to both twins (they need disambiguation) and sometimes one other object.
+        referred = [0, 1] + ([rng.randrange(2, len(objects))] if len(objects) > 2
+                             and rng.random() < 0.5 else [])
+        for k in referred:
+            if k >= len(objects):
+                continue
+            obj = objects[k]
+            sentences = []
+            for text in _expressions(obj, objects, rng, size):
+                raw = text[0].upper() + text[1:] + "."
+                sentences.append({"tokens": text.split(), "raw": raw, "sent_id": sent_id,
+                                  "sent": text})
+                sent_id += 1
+            refs.append({
+                "image_id": image_id, "split": split, "sentences": sentences,
+                "file_name": f"COCO_train2014_{image_id:012d}_{obj_ann_ids[k]}.jpg",
+                "category_id": obj.category_id, "ann_id": obj_ann_ids[k],
+                "sent_ids": [s["sent_id"] for s in sentences], "ref_id": ref_id,
+            })
+            ref_id += 1
+    categories = [{"supercategory": sup, "id": cid, "name": name}
+                  for cid, (name, sup) in sorted(CATEGORIES.items())]
+    instances = {"info": {"description": "refcocog-tools embedded synthetic dataset",
+                          "seed": seed, "synthetic": True},
+                 "images": images, "annotations": annotations, "categories": categories}
+    return refs, instances, files
+
+
+def write_mini_dataset(out_dir: str | Path, n_images: int = 30, seed: int = 0) -> Path:
+    """Write the embedded dataset under ``out_dir`` in the RefCOCOg layout; return ``out_dir``."""
+    out = Path(out_dir)
+    refs, instances, files = generate(n_images, seed)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out / "images" / name, data)
+    # Protocol 2 is what the refer toolkit's Python 2 pickles use.
+    atomic_write_bytes(out / "annotations" / REFS_FILE, pickle.dumps(refs, protocol=2))
+    atomic_write_bytes(out / "annotations" / INSTANCES_FILE,
+                       json.dumps(instances, indent=None, separators=(",", ":")).encode())
+    return out
+
+
+def default_data_root() -> Path:
+    """The embedded dataset in the project cache, generated on first use."""
+    from .io_utils import cache_dir
+
+    root = cache_dir() / "mini-refcocog"
+    if not (root / "annotations" / INSTANCES_FILE).is_file():
+        write_mini_dataset(root)
+    return root
