@@ -108,8 +108,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .dataset import DatasetError
 
     args = build_parser().parse_args(argv)
+    expected: tuple[type[Exception], ...] = (DatasetError,)
+    try:
+        from .backbones import BackboneError
+
+        expected += (BackboneError,)
+    except ImportError:  # the backbones need torch/clip; the dataset commands do not
+        pass
     try:
         return int(args.func(args) or 0)
-    except DatasetError as err:
+    except expected as err:
         print(f"refcocog-tools: error: {err}", file=sys.stderr)
         return 2

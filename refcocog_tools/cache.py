@@ -1,0 +1,163 @@
+"""Embedding caches shared by every method and run.
+
+Text and image embeddings are keyed by the backbone's checkpoint checksum, so weights that change
+can never reuse stale vectors. Image keys name the pixels (a hash of the decoded image), the
+visual-prompt parameters and the box. The on-disk form is one ``torch.save`` file per backbone and
+kind, written atomically; an unreadable file or an entry of the wrong shape, dtype or norm is
+dropped and recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from .io_utils import atomic_write_bytes
+
+CACHE_FORMAT = 1
+
+
+class Encoder(Protocol):
+    """What the cache needs of a backbone (``backbones.ClipBackbone`` satisfies it)."""
+
+    checksum: str
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> torch.Tensor: ...
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = ...) -> torch.Tensor:
+        ...
+
+
+def image_fingerprint(image: Image.Image) -> str:
+    """A short hash of the decoded pixels: the same image file always gives the same key."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=12)
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.hexdigest()
+
+
+def params_key(**params: Any) -> str:
+    """A stable text form of visual-prompt parameters, for cache keys."""
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class EmbeddingCache:
+    """Memory cache of L2-normalised embeddings, optionally persisted under ``directory``."""
+
+    def __init__(self, directory: str | Path | None = None, batch_size: int = 64) -> None:
+        self.directory = Path(directory) if directory is not None else None
+        self.batch_size = batch_size
+        self._store: dict[tuple[str, str], dict[Hashable, torch.Tensor]] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self.hits = 0
+        self.misses = 0
+
+    # -- persistence ----------------------------------------------------------------------------
+    def _path(self, checksum: str, kind: str) -> Path:
+        assert self.directory is not None
+        return self.directory / checksum[:16] / f"{kind}.pt"
+
+    def _table(self, checksum: str, kind: str) -> dict[Hashable, Any]:
+        key = (checksum, kind)
+        if key not in self._store:
+            self._store[key] = self._load(checksum, kind)
+        return self._store[key]
+
+    def _load(self, checksum: str, kind: str) -> dict[Hashable, torch.Tensor]:
+        if self.directory is None:
+            return {}
+        path = self._path(checksum, kind)
+        if not path.is_file():
+            return {}
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            if (not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT
+                    or payload.get("checksum") != checksum):
+                raise ValueError("cache header does not match this backbone")
+            keys, vectors = payload["keys"], payload["vectors"]
+            if not isinstance(vectors, torch.Tensor) or len(keys) != vectors.shape[0]:
+                raise ValueError("keys and vectors disagree")
+        except Exception as err:  # noqa: BLE001 - any unreadable cache is recomputed
+            warnings.warn(f"{path}: unreadable embedding cache ({err}); recomputing", stacklevel=2)
+            return {}
+        table = {}
+        for key, vector in zip(keys, vectors, strict=True):
+            if _valid(vector):
+                table[key] = vector
+        return table
+
+    def save(self) -> None:
+        """Write every changed table to disk (no-op for a memory-only cache)."""
+        if self.directory is None:
+            return
+        for checksum, kind in sorted(self._dirty):
+            table = self._store[(checksum, kind)]
+            if not table:
+                continue
+            keys = list(table)
+            buffer = io.BytesIO()
+            torch.save({"format": CACHE_FORMAT, "checksum": checksum, "keys": keys,
+                        "vectors": torch.stack([table[k] for k in keys])}, buffer)
+            atomic_write_bytes(self._path(checksum, kind), buffer.getvalue())
+        self._dirty.clear()
+
+    # -- lookups --------------------------------------------------------------------------------
+    def texts(self, backbone: Encoder, texts: Sequence[str]) -> torch.Tensor:
+        """(len(texts), D) embeddings; each distinct text is encoded at most once ever."""
+        table = self._table(backbone.checksum, "text")
+        missing = [t for t in dict.fromkeys(texts) if t not in table]
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            vectors = backbone.encode_texts(missing)
+            table.update(zip(missing, vectors.float(), strict=True))
+            self._dirty.add((backbone.checksum, "text"))
+        return torch.stack([table[t] for t in texts]) if texts else torch.zeros(0, 0)
+
+    def images(
+        self,
+        backbone: Encoder,
+        keys: Sequence[Hashable],
+        render: Callable[[list[int]], Sequence[Image.Image]],
+    ) -> torch.Tensor:
+        """(len(keys), D) embeddings; ``render(indices)`` draws only the images not cached."""
+        table = self._table(backbone.checksum, "image")
+        wanted = list(dict.fromkeys(keys))
+        missing = [k for k in wanted if k not in table]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            first_index = {k: i for i, k in reversed(list(enumerate(keys)))}
+            images = render([first_index[k] for k in missing])
+            vectors = backbone.encode_images(images, batch_size=self.batch_size)
+            table.update(zip(missing, vectors.float(), strict=True))
+            self._dirty.add((backbone.checksum, "image"))
+        return torch.stack([table[k] for k in keys])
+
+    def put_images(self, backbone: Encoder, keys: Sequence[Hashable],
+                   vectors: torch.Tensor) -> None:
+        """Store embeddings computed elsewhere (the batched engine encodes across images)."""
+        table = self._table(backbone.checksum, "image")
+        table.update(zip(keys, vectors.float(), strict=True))
+        self._dirty.add((backbone.checksum, "image"))
+
+    def has_image(self, backbone: Encoder, key: Hashable) -> bool:
+        return key in self._table(backbone.checksum, "image")
+
+
+def _valid(vector: Any) -> bool:
+    """An entry is trusted only if it is a finite float vector of unit norm."""
+    return (
+        isinstance(vector, torch.Tensor)
+        and vector.ndim == 1
+        and vector.dtype == torch.float32
+        and bool(torch.isfinite(vector).all())
+        and abs(float(vector.norm()) - 1.0) < 1e-3
+    )

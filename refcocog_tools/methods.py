@@ -1,0 +1,80 @@
+"""Every grounding method behind one name, and the constructor the engine and CLI use.
+
+All methods share ``predict(image, expressions, proposals) -> Prediction`` and ``config()``.
+A method never loads a model: it receives backbones (and, for red-circle, debias sentences).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from .backbones import ClipBackbone
+from .cache import EmbeddingCache
+from .prediction import Prediction
+from .proposals import Proposals
+
+METHOD_NAMES = (
+    "baseline", "color-background", "color-overlay", "red-circle", "gradcam",
+    "regressor", "random", "largest", "center",
+)
+NEEDS_CLIP = frozenset({"baseline", "color-background", "color-overlay", "red-circle", "gradcam",
+                        "regressor"})
+
+
+class GroundingMethod(Protocol):
+    name: str
+
+    def predict(self, image: Image.Image, expressions: Sequence[str],
+                proposals: Proposals) -> Prediction: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+def make_method(
+    name: str,
+    backbones: Sequence[ClipBackbone] = (),
+    *,
+    cache: EmbeddingCache | None = None,
+    debias_pool: Sequence[str] = (),
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> GroundingMethod:
+    """Build method ``name``; ``options`` go to its constructor (e.g. red-circle's n_debias)."""
+    if name == "baseline":
+        from .baseline import CropMatching
+
+        return CropMatching(backbones, cache=cache, **options)
+    if name == "color-background":
+        from .overlay import ColourBackground
+
+        return ColourBackground(backbones, cache=cache, **options)
+    if name == "color-overlay":
+        from .overlay import ColourOverlay
+
+        return ColourOverlay(backbones, cache=cache, **options)
+    if name == "red-circle":
+        from .red_circle import RedCircle
+
+        return RedCircle(backbones, debias_pool, cache=cache, debias_seed=seed, **options)
+    if name == "gradcam":
+        from .gradcam import GradCam
+
+        return GradCam(backbones, **options)
+    if name == "regressor":
+        if checkpoint is None:
+            raise ValueError("method 'regressor' needs --checkpoint (a train-regressor best.pt)")
+        from .regressors import RegressorMethod
+
+        return RegressorMethod(backbones, checkpoint, **options)
+    if name in ("random", "largest", "center"):
+        from .floors import CenterProposal, LargestProposal, RandomProposal
+
+        if name == "random":
+            return RandomProposal(seed=seed)
+        return LargestProposal() if name == "largest" else CenterProposal()
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")

@@ -1,0 +1,52 @@
+"""Shared fixtures: the embedded dataset and the embedded backbones, built once per session.
+
+The session gets its own cache directory, so tests never read a developer's real cache.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["YOLO_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("refcocog-cache")
+
+
+@pytest.fixture(scope="session")
+def mini_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refcocog_tools.minidata import write_mini_dataset
+
+    return write_mini_dataset(tmp_path_factory.mktemp("mini-data"), n_images=12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_rn(session_cache: Path):
+    from refcocog_tools.backbones import load_clip
+
+    return load_clip("tiny-rn", cache=session_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(session_cache: Path):
+    from refcocog_tools.backbones import load_clip
+
+    return load_clip("tiny-vit", cache=session_cache)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_cache: Path,
+                   tiny_rn, tiny_vit) -> Path:
+    """Point REFCOCOG_TOOLS_CACHE at a fresh folder that already holds the tiny checkpoints."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(session_cache, cache, dirs_exist_ok=True)
+    monkeypatch.setenv("REFCOCOG_TOOLS_CACHE", str(cache))
+    return cache
