@@ -1,0 +1,509 @@
+"""CLIP and YOLO backbones, loaded offline from a local cache.
+
+CLIP specs (``load_clip``):
+
+* a ``clip.available_models()`` name (``"RN50x16"``, ``"ViT-B/32"`` ...): the OpenAI file must
+  already be in ``<cache>/clip``; nothing is ever downloaded, a missing file fails at once with
+  a message naming the file and the directory;
+* a path to a local checkpoint: a plain ``state_dict`` (what ``clip.load`` cannot read, see
+  openai/CLIP#396) or an OpenAI TorchScript / full-model archive;
+* ``"tiny-rn"`` / ``"tiny-vit"``: small, *untrained*, deterministic models of the real
+  ``clip.model.CLIP`` class, generated once into ``<cache>/clip`` and then loaded through the
+  same local-checkpoint route as a user's file. They make every code path runnable offline;
+  numbers computed with them say nothing about CLIP.
+
+YOLO specs (``load_yolo``): an Ultralytics weights name (``"yolov8s"`` ->
+``<cache>/yolo/yolov8s.pt``), a local ``.pt`` path, or ``"tiny-yolov8s"``, an untrained
+``yolov8s.yaml`` model generated once.
+
+``<cache>`` is ``$REFCOCOG_TOOLS_CACHE`` (see ``io_utils.cache_dir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .io_utils import CACHE_ENV, atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
+
+with warnings.catch_warnings():
+    # openai-clip imports pkg_resources, which warns on every import; the pin is in pyproject.
+    warnings.simplefilter("ignore", UserWarning)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import clip
+    import clip.model
+
+if TYPE_CHECKING:
+    from ultralytics import YOLO
+
+__all__ = [
+    "EMBEDDED_CLIPS",
+    "EMBEDDED_YOLO",
+    "TINY_CLIP_CONFIGS",
+    "BackboneError",
+    "ClipBackbone",
+    "load_clip",
+    "load_clips",
+    "load_yolo",
+    "yolo_checksum",
+    "yolo_untrained",
+]
+
+
+class BackboneError(RuntimeError):
+    """A model cannot be loaded; the message says which file to put where."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedded tiny CLIP models
+# ----------------------------------------------------------------------------------------------
+# Arguments of clip.model.CLIP. build_model() re-derives all of them from tensor shapes, so they
+# must be chosen such that the derivation is exact:
+#  * ResNet: image_resolution = 32 * sqrt(attnpool positions - 1) -> a multiple of 32;
+#    vision heads = width * 32 // 64 (computed by CLIP itself, never stored).
+#  * ViT: image_resolution = patch * grid; vision heads = width // 64 -> width >= 64.
+#  * Text: heads = width // 64 -> width >= 64; context 77 and vocab 49408 are what
+#    clip.tokenize produces. The 49408 x 64 token embedding is most of each file.
+# The two differ in resolution and embed_dim on purpose: an ensemble must handle per-backbone
+# preprocessing and must never mix embeddings of different backbones.
+TINY_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny-rn": dict(
+        embed_dim=64,
+        image_resolution=64,
+        vision_layers=(1, 1, 1, 1),
+        vision_width=16,
+        vision_patch_size=None,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=64,
+        transformer_heads=1,
+        transformer_layers=2,
+    ),
+    "tiny-vit": dict(
+        embed_dim=32,
+        image_resolution=96,
+        vision_layers=2,
+        vision_width=64,
+        vision_patch_size=16,
+        context_length=77,
+        vocab_size=49408,
+        transformer_width=64,
+        transformer_heads=1,
+        transformer_layers=2,
+    ),
+}
+EMBEDDED_CLIPS = tuple(TINY_CLIP_CONFIGS)
+TINY_SEEDS = {"tiny-rn": 0, "tiny-vit": 1}
+
+
+def _resolve_cache(cache: str | Path | None) -> Path:
+    return Path(cache) if cache is not None else cache_dir()
+
+
+def _untrained_marker(checkpoint: Path) -> bool:
+    """A sidecar ``<checkpoint>.json`` with ``{"untrained": true}`` marks random weights."""
+    sidecar = Path(str(checkpoint) + ".json")
+    if not sidecar.is_file():
+        return False
+    try:
+        return bool(json.loads(sidecar.read_text(encoding="utf-8")).get("untrained", False))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise BackboneError(f"{sidecar}: unreadable sidecar JSON: {err}") from err
+
+
+def _tiny_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """Build the untrained tiny model with a fixed seed; global RNG state is left untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEEDS[name])
+        model = clip.model.CLIP(**TINY_CLIP_CONFIGS[name])
+        _calibrate_batchnorm(model, TINY_SEEDS[name])
+    # Stored in fp16 like OpenAI's files: build_model() converts to fp16 on load anyway, so
+    # nothing is lost and the file is half the size. contiguous() + clone() give every tensor
+    # its own storage, so the serialised bytes depend only on the values.
+    return {
+        key: (value.half() if value.is_floating_point() else value).contiguous().clone()
+        for key, value in model.state_dict().items()
+    }
+
+
+@torch.no_grad()
+def _calibrate_batchnorm(model: clip.model.CLIP, seed: int) -> None:
+    """Set BatchNorm running statistics from one pass over seeded smooth noise images.
+
+    With the default statistics (mean 0, variance 1) every image of an untrained ModifiedResNet
+    embeds to nearly the same direction (pairwise cosine > 0.999), which makes every score a
+    tie. One forward pass in training mode, with no gradient step and no data, standardises the
+    channels; the weights stay untrained. ViT models have no BatchNorm and are left as they are.
+    """
+    norms = [m for m in model.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms:
+        return
+    size = model.visual.input_resolution
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn(64, 3, 8, 8, generator=generator)
+    noise = torch.nn.functional.interpolate(noise, size=size, mode="bilinear") * 1.5
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: exactly this batch's statistics
+    model.visual.train()
+    model.visual(noise)
+    model.visual.eval()
+    for norm in norms:
+        norm.momentum = 0.1
+
+
+def _tiny_checkpoint(name: str, cache: Path) -> Path:
+    """Path of the embedded model's file, generating it (deterministically) on first use."""
+    path = cache / "clip" / f"{name}.pt"
+    if not path.is_file():
+        buffer = io.BytesIO()
+        # Saving to a buffer (not a path) keeps the archive's inner folder name constant.
+        torch.save(_tiny_state_dict(name), buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+    sidecar = Path(str(path) + ".json")
+    if not sidecar.is_file():
+        atomic_write_json(sidecar, {
+            "untrained": True,
+            "description": f"embedded {name}: random weights of clip.model.CLIP, "
+                           f"seed {TINY_SEEDS[name]}; for offline smoke runs only",
+            "config": TINY_CLIP_CONFIGS[name],
+        })
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The backbone
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ClipBackbone:
+    """A loaded CLIP model with its preprocessing and provenance."""
+
+    name: str
+    model: clip.model.CLIP
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    device: torch.device
+    checksum: str
+    checkpoint: Path
+    untrained: bool
+
+    @property
+    def input_resolution(self) -> int:
+        """Side of the square image the vision tower takes."""
+        return int(self.model.visual.input_resolution)
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint image/text embedding space."""
+        return int(self.model.text_projection.shape[1])
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        # On GPU the float32 weights run under fp16 autocast (CLIP's own precision); LayerNorm
+        # and the final normalisation stay float32. On CPU everything is float32.
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _image_batches(
+        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int
+    ) -> Iterator[torch.Tensor]:
+        if isinstance(images, torch.Tensor):
+            batch = images.unsqueeze(0) if images.dim() == 3 else images
+            if batch.dim() != 4 or batch.shape[1] != 3:
+                raise ValueError(f"expected a (N, 3, H, W) batch, got shape {tuple(images.shape)}")
+            for start in range(0, len(batch), batch_size):
+                yield batch[start:start + batch_size]
+            return
+        images = list(images)
+        for start in range(0, len(images), batch_size):
+            # Preprocess per batch so a long list never holds every tensor at once.
+            yield torch.stack([self.preprocess(im) for im in images[start:start + batch_size]])
+
+    @torch.no_grad()
+    def encode_images(
+        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64
+    ) -> torch.Tensor:
+        """(N, D) float32 CPU embeddings, L2-normalised.
+
+        ``images`` are PIL images (preprocessed here) or an already-preprocessed batch.
+        """
+        dtype = self.model.visual.conv1.weight.dtype
+        out = []
+        with self._autocast():
+            for batch in self._image_batches(images, batch_size):
+                feats = self.model.encode_image(batch.to(self.device, dtype))
+                out.append(F.normalize(feats.float(), dim=-1).cpu())
+        if not out:
+            return torch.empty(0, self.embed_dim)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """(N, D) float32 CPU embeddings, L2-normalised.
+
+        Texts longer than the context (77 tokens) are truncated, never an error.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = []
+        with self._autocast():
+            for start in range(0, len(texts), batch_size):
+                tokens = clip.tokenize(
+                    texts[start:start + batch_size],
+                    context_length=self.model.context_length,
+                    truncate=True,
+                )
+                feats = self.model.encode_text(tokens.to(self.device))
+                out.append(F.normalize(feats.float(), dim=-1).cpu())
+        if not out:
+            return torch.empty(0, self.embed_dim)
+        return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading CLIP
+# ----------------------------------------------------------------------------------------------
+def _missing_message(what: str, filename: str, directory: Path, source: str) -> str:
+    return (
+        f"{what} is not in the local cache and nothing is downloaded here: put the file "
+        f"{filename} ({source}) into the directory {directory}/ . That directory is "
+        f"${CACHE_ENV}/{directory.name} (set {CACHE_ENV} to use another cache), "
+        f"or pass the path of a local checkpoint instead."
+    )
+
+
+def _model_from_file(path: Path) -> clip.model.CLIP:
+    """A plain state_dict first (torch.load, weights only); else an OpenAI JIT/full archive."""
+    # CLIP.__init__ draws a random initialisation that the checkpoint then overwrites: keep
+    # that draw off the global RNG, so loading a model never changes a seeded experiment.
+    with torch.random.fork_rng(devices=[]):
+        model = _read_model(path)
+    # build_model converts to fp16; CPU inference needs float32 (and GPU uses autocast).
+    return model.float().eval()
+
+
+def _read_model(path: Path) -> clip.model.CLIP:
+    state: Any = None
+    with warnings.catch_warnings():
+        # torch.load hands a TorchScript archive (OpenAI's file format) to the deprecated
+        # torch.jit.load with a warning; that is the expected route for those files.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError):
+            state = None  # clip.load below gets a last try and reports the error
+    if isinstance(state, torch.jit.ScriptModule):
+        # Its state_dict carries the CLIP weights (plus input_resolution/context_length/
+        # vocab_size, which build_model drops): the same thing clip.load(path, jit=False) does.
+        state = state.state_dict()
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    is_state_dict = isinstance(state, dict) and len(state) > 0 and all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    )
+    if is_state_dict:
+        try:
+            # build_model deletes keys from its argument: give it a copy.
+            return clip.model.build_model(dict(state))
+        except (KeyError, RuntimeError, AssertionError, ValueError) as err:
+            raise BackboneError(
+                f"{path}: not a CLIP state_dict ({type(err).__name__}: {err})"
+            ) from err
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model, _ = clip.load(str(path), device="cpu", jit=False)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not a CLIP checkpoint"
+        raise BackboneError(
+            f"{path}: neither a CLIP state_dict nor an OpenAI CLIP TorchScript archive "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    return model
+
+
+def _backbone_from_file(
+    path: Path, name: str, device: torch.device, untrained: bool | None = None
+) -> ClipBackbone:
+    model = _model_from_file(path).to(device)
+    return ClipBackbone(
+        name=name,
+        model=model,
+        preprocess=clip.clip._transform(model.visual.input_resolution),
+        device=device,
+        checksum=sha256_file(path),
+        checkpoint=path,
+        untrained=_untrained_marker(path) if untrained is None else untrained,
+    )
+
+
+def load_clip(
+    spec: str, device: str | torch.device = "cpu", cache: str | Path | None = None
+) -> ClipBackbone:
+    """One CLIP backbone: an official name, a local checkpoint path or an embedded tiny model."""
+    device = torch.device(device)
+    spec = str(spec).strip()
+    cache = _resolve_cache(cache)
+    if spec in TINY_CLIP_CONFIGS:
+        return _backbone_from_file(_tiny_checkpoint(spec, cache), spec, device, untrained=True)
+    if spec in clip.available_models():
+        url = clip.clip._MODELS[spec]
+        filename = os.path.basename(url)
+        directory = cache / "clip"
+        path = directory / filename
+        if not path.is_file():
+            raise BackboneError(_missing_message(f"CLIP model {spec!r}", filename, directory, url))
+        checksum = sha256_file(path)
+        expected = url.split("/")[-2]
+        if checksum != expected:
+            # clip.load would try to re-download a file with the wrong checksum: fail instead.
+            raise BackboneError(
+                f"{path}: SHA-256 {checksum} differs from the published {expected}; the file is "
+                f"damaged or not {spec!r}. Replace it with {filename} from {url}."
+            )
+        # Loaded through clip.load on the verified path: the same code as clip.load(name),
+        # without a second hash of the file and without any chance of a download.
+        return _backbone_from_file(path, spec, device, untrained=_untrained_marker(path))
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _backbone_from_file(path, path.name, device)
+    raise BackboneError(
+        f"unknown CLIP spec {spec!r}: not a file, not one of {clip.available_models()} "
+        f"and not an embedded model {list(EMBEDDED_CLIPS)}"
+    )
+
+
+def load_clips(
+    specs: str | Sequence[str], device: str | torch.device = "cpu", cache: str | Path | None = None
+) -> list[ClipBackbone]:
+    """Load several backbones; ``"tiny-rn,tiny-vit"`` gives two (ensembles average later)."""
+    if isinstance(specs, str):
+        specs = specs.split(",")
+    names = [s.strip() for s in specs if s and s.strip()]
+    if not names:
+        raise BackboneError("no CLIP backbone given")
+    return [load_clip(name, device=device, cache=cache) for name in names]
+
+
+# ----------------------------------------------------------------------------------------------
+# YOLO (Ultralytics)
+# ----------------------------------------------------------------------------------------------
+EMBEDDED_YOLO = "tiny-yolov8s"
+TINY_YOLO_SEED = 0
+_UNTRAINED_KEY = "refcocog_tools"  # our metadata inside the checkpoint dict
+
+
+def _ultralytics_env(cache: Path) -> None:
+    """Offline, quiet Ultralytics: must run before the first ``import ultralytics``."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))
+    # Ultralytics' own progress/log lines would print machine paths; keep it to errors.
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+
+
+def _tiny_yolo_checkpoint(cache: Path) -> Path:
+    """Untrained ``yolov8s.yaml`` detector with COCO class names, generated once.
+
+    Written by hand rather than with ``YOLO.save`` because that stamps the current date into the
+    file; this dict has the layout ``ultralytics.nn.tasks.load_checkpoint`` reads.
+    """
+    path = cache / "yolo" / f"{EMBEDDED_YOLO}.pt"
+    if path.is_file():
+        return path
+    _ultralytics_env(cache)
+    import ultralytics
+    import yaml
+    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils import ROOT
+
+    coco = yaml.safe_load((ROOT / "cfg" / "datasets" / "coco.yaml").read_text(encoding="utf-8"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_YOLO_SEED)
+        model = DetectionModel("yolov8s.yaml", nc=len(coco["names"]), verbose=False)
+    model.names = {int(k): str(v) for k, v in coco["names"].items()}
+    ckpt = {
+        "model": deepcopy(model).half().eval(),
+        "ema": None,
+        "train_args": {},
+        "version": ultralytics.__version__,
+        _UNTRAINED_KEY: {"untrained": True, "seed": TINY_YOLO_SEED, "cfg": "yolov8s.yaml"},
+    }
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _yolo_path(spec: str, cache: Path) -> Path:
+    if spec == EMBEDDED_YOLO:
+        return _tiny_yolo_checkpoint(cache)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.parent != Path("."):
+        # A path, not a name: never reinterpret it as something to look up.
+        raise BackboneError(f"{path}: YOLO checkpoint not found")
+    filename = path.name if path.suffix == ".pt" else f"{path.name}.pt"
+    directory = cache / "yolo"
+    local = directory / filename
+    if not local.is_file():
+        raise BackboneError(_missing_message(
+            f"YOLO model {spec!r}", filename, directory,
+            f"https://github.com/ultralytics/assets/releases/download/v8.3.0/{filename}",
+        ))
+    return local
+
+
+def load_yolo(
+    spec: str = EMBEDDED_YOLO, device: str | torch.device = "cpu", cache: str | Path | None = None
+) -> YOLO:
+    """An Ultralytics YOLO from a name in ``<cache>/yolo``, a local ``.pt`` or the tiny default.
+
+    Never downloads: Ultralytics is put offline (``YOLO_OFFLINE=1``) and only ever gets an
+    existing file path.
+    """
+    cache = _resolve_cache(cache)
+    _ultralytics_env(cache)
+    path = _yolo_path(str(spec).strip(), cache)
+    from ultralytics import YOLO
+
+    try:
+        model = YOLO(str(path), task="detect")
+    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError) as err:
+        raise BackboneError(f"{path}: not a loadable Ultralytics checkpoint: {err}") from err
+    model.to(torch.device(device))
+    return model
+
+
+def _yolo_ckpt_path(model_or_spec: Any, cache: str | Path | None = None) -> Path:
+    if isinstance(model_or_spec, (str, Path)):
+        return _yolo_path(str(model_or_spec), _resolve_cache(cache))
+    path = getattr(model_or_spec, "ckpt_path", None)
+    if not path:
+        raise BackboneError("this YOLO model was not loaded from a checkpoint file")
+    return Path(path)
+
+
+def yolo_untrained(model: YOLO) -> bool:
+    """True for the embedded tiny model, or a checkpoint marked by a ``<ckpt>.json`` sidecar."""
+    meta = (getattr(model, "ckpt", None) or {}).get(_UNTRAINED_KEY) or {}
+    if meta.get("untrained"):
+        return True
+    path = getattr(model, "ckpt_path", None)
+    return _untrained_marker(Path(path)) if path else False
+
+
+def yolo_checksum(model_or_spec: YOLO | str | Path, cache: str | Path | None = None) -> str:
+    """SHA-256 of the YOLO checkpoint file (of a loaded model, or of what a spec resolves to)."""
+    return sha256_file(_yolo_ckpt_path(model_or_spec, cache))

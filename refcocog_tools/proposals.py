@@ -1,0 +1,182 @@
+"""Box proposals: the candidate regions a grounding method chooses from.
+
+Two proposers: the ground-truth COCO boxes of the image (``"gt"``, an upper bound on what a
+detector could offer) and an Ultralytics YOLO detector. Neither ever returns an empty set: with
+nothing to propose, the whole image is the only candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+
+from .backbones import EMBEDDED_YOLO, load_yolo, yolo_checksum, yolo_untrained
+from .dataset import RefItem
+
+if TYPE_CHECKING:
+    from ultralytics.engine.results import Results
+
+__all__ = [
+    "GroundTruthProposer",
+    "Proposals",
+    "Proposer",
+    "YoloProposer",
+    "make_proposer",
+]
+
+
+@dataclass
+class Proposals:
+    """Candidate boxes of one image."""
+
+    boxes: torch.Tensor  # (P, 4) float32 xyxy pixels, P >= 1
+    labels: list[str | None]  # class name per box when the proposer has one
+    scores: torch.Tensor | None = None  # (P,) detector confidence
+
+    def __post_init__(self) -> None:
+        self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4)
+        if len(self.boxes) == 0:
+            raise ValueError("Proposals must hold at least one box (use Proposals.whole_image)")
+        if len(self.labels) != len(self.boxes):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.boxes)} boxes")
+        if self.scores is not None:
+            self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
+            if len(self.scores) != len(self.boxes):
+                raise ValueError(f"{len(self.scores)} scores for {len(self.boxes)} boxes")
+
+    @classmethod
+    def whole_image(cls, size: tuple[int, int]) -> Proposals:
+        """One box covering the image ``(width, height)``, without a label."""
+        width, height = size
+        return cls(torch.tensor([[0.0, 0.0, float(width), float(height)]]), [None])
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """Anything that turns a dataset item into proposals."""
+
+    name: str
+    untrained: bool
+
+    def __call__(self, item: RefItem) -> Proposals: ...
+
+    def propose_many(self, items: Sequence[RefItem]) -> list[Proposals]: ...
+
+
+class GroundTruthProposer:
+    """Every annotated COCO instance of the item's image, labelled with its category."""
+
+    name = "gt"
+    untrained = False
+    checksum: str | None = None
+
+    def __call__(self, item: RefItem) -> Proposals:
+        if not item.instances:
+            return Proposals.whole_image(item.image_size)
+        return Proposals(
+            torch.tensor([inst.box for inst in item.instances], dtype=torch.float32),
+            [inst.category for inst in item.instances],
+        )
+
+    def propose_many(self, items: Sequence[RefItem]) -> list[Proposals]:
+        return [self(item) for item in items]
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description, recorded with results."""
+        return {"proposer": "gt"}
+
+
+class YoloProposer:
+    """Detections of an Ultralytics YOLO model (see ``backbones.load_yolo`` for specs)."""
+
+    def __init__(
+        self,
+        spec: str = EMBEDDED_YOLO,
+        device: str | torch.device = "cpu",
+        conf: float = 0.25,
+        max_det: int = 20,
+        imgsz: int = 640,
+        batch_size: int = 16,
+        cache: str | Path | None = None,
+    ) -> None:
+        self.spec = str(spec)
+        self.device = torch.device(device)
+        self.conf = float(conf)
+        self.max_det = int(max_det)
+        self.imgsz = int(imgsz)
+        self.batch_size = int(batch_size)
+        self.model = load_yolo(self.spec, device=self.device, cache=cache)
+        self.names: dict[int, str] = dict(self.model.names)
+        self.checksum: str = yolo_checksum(self.model)
+        self.untrained: bool = yolo_untrained(self.model)
+        spec_path = Path(self.spec)
+        self.name: str = spec_path.name if spec_path.parent != Path(".") else self.spec
+
+    def _to_proposals(self, result: Results, size: tuple[int, int]) -> Proposals:
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            return Proposals.whole_image(size)
+        xyxy = boxes.xyxy.detach().float().cpu()
+        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # drop zero-area boxes
+        if not bool(keep.any()):
+            return Proposals.whole_image(size)
+        classes = boxes.cls.detach().cpu().long()[keep].tolist()
+        return Proposals(
+            xyxy[keep],
+            [self.names.get(c) for c in classes],
+            boxes.conf.detach().float().cpu()[keep],
+        )
+
+    def propose_many(self, items: Sequence[RefItem]) -> list[Proposals]:
+        """Detect on the items' images, ``batch_size`` images per forward pass."""
+        out: list[Proposals] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            results = self.model.predict(
+                [item.image for item in chunk],
+                conf=self.conf,
+                max_det=self.max_det,
+                imgsz=self.imgsz,
+                device=str(self.device),
+                verbose=False,
+                save=False,
+            )
+            out.extend(self._to_proposals(r, item.image_size)
+                       for r, item in zip(results, chunk, strict=True))
+        return out
+
+    def __call__(self, item: RefItem) -> Proposals:
+        return self.propose_many([item])[0]
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description, recorded with results."""
+        return {
+            "proposer": "yolo",
+            "model": self.name,
+            "conf": self.conf,
+            "max_det": self.max_det,
+            "imgsz": self.imgsz,
+            "checksum": self.checksum,
+            "untrained": self.untrained,
+        }
+
+
+def make_proposer(spec: str, device: str | torch.device = "cpu", **options: Any) -> Proposer:
+    """``"gt"``, or a YOLO spec (``"yolo"`` means the default, ``"yolo:<spec>"`` is accepted)."""
+    spec = str(spec).strip()
+    if spec == "gt":
+        if options:
+            raise TypeError(f"the gt proposer takes no options, got {sorted(options)}")
+        return GroundTruthProposer()
+    if spec == "yolo":
+        spec = EMBEDDED_YOLO
+    elif spec.startswith("yolo:"):
+        spec = spec[len("yolo:"):]
+    return YoloProposer(spec, device=device, **options)
