@@ -197,3 +197,14 @@ def test_bad_specs(tmp_path):
 def test_load_clips_keeps_order(cache):
     backbones = load_clips(["tiny-vit", "tiny-rn"], cache=cache)
     assert [b.name for b in backbones] == ["tiny-vit", "tiny-rn"]
+
+
+def test_untrained_embeddings_are_not_all_parallel(tiny: dict[str, ClipBackbone]) -> None:
+    """Distinct images must not embed to one direction, or every score of a method ties."""
+    images = [Image.new("RGB", (80, 60), colour) for colour in
+              ((220, 30, 30), (30, 200, 40), (20, 40, 210), (240, 240, 240))]
+    for backbone in tiny.values():
+        embeddings = backbone.encode_images(images)
+        cosine = embeddings @ embeddings.T
+        off_diagonal = cosine[~torch.eye(len(images), dtype=torch.bool)]
+        assert float(off_diagonal.min()) < 0.99, backbone.name
