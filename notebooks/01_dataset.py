@@ -1,0 +1,189 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The dataset
+#
+# RefCOCOg pairs COCO photographs with *referring expressions*: free-form phrases written so
+# that a reader can pick out exactly one object ("the dog lying next to the sofa"). The task of
+# this report, visual grounding, is to return the bounding box of that object given the image
+# and the expression. This chapter looks at the data a run uses: how large each split is, how
+# crowded the images are, which categories are referred to, and what the expressions look like.
+#
+# ````{tip} Running this chapter on real data
+# The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
+# out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
+# notebook with papermill:
+#
+# ```bash
+# papermill notebooks/01_dataset.ipynb out.ipynb -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```
+#
+# or rebuild the whole report with `make reproduce DATA_ROOT=/data/refcocog`.
+# ````
+
+# %% tags=["parameters"]
+data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip = "tiny-rn"  # unused here: this chapter runs no model
+proposals = "gt"  # unused here
+device = "cpu"  # unused here
+limit = 0  # at most this many refs per split in the per-ref tables and figures (0 = all)
+seed = 0  # which examples the grid shows
+n_examples = 6  # images in the example grid
+
+# %%
+import random
+import textwrap
+from collections import Counter
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.patches import Rectangle
+from myst_nb import glue
+
+from refcocog_tools.dataset import SPLITS, load_rgb_image, parse_refcocog, split_stats
+from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+
+seed_everything(seed)
+root = resolve_data_root(data_root)
+provenance_note(data_root, backbones_untrained=None)
+
+# %% [markdown]
+# ## Splits
+#
+# The umd partition of RefCOCOg splits by image, so no image appears in two splits. The table
+# counts, per split, the referred objects (*refs*), their expressions, the images, the average
+# number of annotated objects per image (every one a possible distractor), the share of
+# expressions that contain a word about position or relative size, and the categories of the
+# referred objects.
+
+# %%
+stats = pd.DataFrame(split_stats(root)).T
+for column in ("refs", "expressions", "images", "categories"):
+    stats[column] = stats[column].astype(int)
+stats
+
+# %%
+records, problems = parse_refcocog(root)
+assert not problems, problems[:3]
+by_split = {split: [r for r in records if r.split == split] for split in SPLITS}
+if limit:
+    by_split = {split: recs[:limit] for split, recs in by_split.items()}
+
+glue("n_images", int(stats["images"].sum()), display=False)
+glue("n_refs", int(stats["refs"].sum()), display=False)
+glue("n_expressions", int(stats["expressions"].sum()), display=False)
+glue("test_expressions", int(stats.loc["test", "expressions"]), display=False)
+glue("test_spatial_share", float(stats.loc["test", "spatial_share"]), display=False)
+glue("mean_objects", float(stats["objects_per_image"].mean()), display=False)
+
+# %% [markdown]
+# In this run the data holds {glue:text}`n_images` images, {glue:text}`n_refs` referred
+# objects and {glue:text}`n_expressions` expressions; {glue:text}`test_expressions` of them
+# are in the test split, the one every method of this report is evaluated on. A share of
+# {glue:text}`test_spatial_share:.1%` of the test expressions mention a position or a relative
+# size: cropping a proposal out of the image, as the baseline does, throws exactly that
+# information away.
+
+# %% [markdown]
+# ## Examples
+#
+# A few test images with the referred object's ground-truth box (red, with its expressions
+# above the image) and every other annotated object (dashed white): the other objects are what
+# a method must rule out.
+
+# %%
+test_refs = by_split["test"] or records
+rng = random.Random(seed)
+shown = rng.sample(test_refs, k=min(n_examples, len(test_refs)))
+columns = 3
+rows = (len(shown) + columns - 1) // columns
+fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), squeeze=False)
+for ax in axes.flat:
+    ax.set_axis_off()
+for ax, record in zip(axes.flat, shown, strict=False):
+    ax.imshow(load_rgb_image(record.image_path))
+    for inst in record.instances:
+        if inst.ann_id == record.ann_id:
+            continue
+        x1, y1, x2, y2 = inst.box
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white",
+                               linestyle="--", linewidth=1))
+    x1, y1, x2, y2 = record.box
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=2))
+    title = "\n".join(textwrap.shorten(s, 48) for s in record.sentences[:3])
+    ax.set_title(f"[{record.category}]\n{title}", fontsize=8)
+fig.tight_layout()
+show_figure(fig)
+
+# %% [markdown]
+# ## How crowded are the images?
+#
+# Every annotated object of an image is a candidate a method has to reject. The histogram
+# counts, per split, how many annotated objects the images hold.
+
+# %%
+objects = pd.DataFrame(
+    [{"split": split, "image_id": r.image_id, "objects": len(r.instances)}
+     for split, recs in by_split.items() for r in recs]
+).drop_duplicates(["split", "image_id"])
+counts = objects.groupby(["objects", "split"]).size().unstack("split", fill_value=0)
+counts = counts.reindex(columns=[s for s in SPLITS if s in counts.columns])
+fig, ax = plt.subplots(figsize=(6, 3))
+counts.plot.bar(ax=ax, rot=0)
+ax.set_xlabel("annotated objects in the image")
+ax.set_ylabel("images")
+ax.set_title("objects per image")
+show_figure(fig)
+counts
+
+# %% [markdown]
+# ## Categories
+#
+# Which categories the referred objects belong to, per split. A grounding method that only
+# recognised the category would fail whenever the image holds two objects of it, and the
+# expression then has to say which one.
+
+# %%
+categories = pd.DataFrame(
+    {split: Counter(r.category for r in recs) for split, recs in by_split.items()}
+).fillna(0).astype(int)
+categories = categories.loc[categories.sum(axis=1).sort_values(ascending=False, kind="stable")
+                            .index]
+twins = sum(
+    1 for recs in by_split.values() for r in recs
+    if sum(inst.category_id == r.category_id for inst in r.instances) > 1
+)
+n_listed = sum(len(recs) for recs in by_split.values())
+glue("share_with_twin", twins / n_listed if n_listed else 0.0, display=False)
+fig, ax = plt.subplots(figsize=(6, 3))
+categories.plot.barh(ax=ax, stacked=True)
+ax.invert_yaxis()
+ax.set_xlabel("referred objects")
+ax.set_title("categories of the referred objects")
+show_figure(fig)
+categories
+
+# %% [markdown]
+# For {glue:text}`share_with_twin:.1%` of the referred objects the image holds at least one
+# other object of the same category, so the category alone cannot identify them.
+#
+# ## Expressions per object
+#
+# Each referred object carries one or more expressions, written independently. Methods are
+# evaluated per expression (each expression is one test sample).
+
+# %%
+per_ref = pd.DataFrame(
+    [{"split": split, "expressions": len(r.sentences)} for split, recs in by_split.items()
+     for r in recs]
+)
+per_ref.groupby("split", sort=False)["expressions"].describe()[["count", "mean", "min", "max"]]

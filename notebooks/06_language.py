@@ -1,0 +1,192 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The language of referring expressions
+#
+# The original study proposed to read the expression before looking at the image: parse it
+# into noun phrases and the relations between them, match each noun phrase to an object
+# proposal, and let the relations decide between candidates. It did not implement the idea and
+# named two obstacles: objects that differ only by position cannot be told apart once cropped,
+# and the expressions are seldom complete sentences, which trips up off-the-shelf parsers.
+#
+# This chapter measures what such a parser would face on the data of this run: how many
+# expressions depend on position, how long they are, what their head nouns and relation
+# phrases are, and which words they use. It uses `refcocog_tools.language`, a small rule-based
+# reader that needs no model: good enough for statistics, not a parser to ground with.
+#
+# ````{tip} Running this chapter on real data
+# ```bash
+# papermill notebooks/06_language.ipynb out.ipynb -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```
+# ````
+
+# %% tags=["parameters"]
+data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip = "tiny-rn"  # unused here: this chapter runs no model
+proposals = "gt"  # unused here
+device = "cpu"  # unused here
+limit = 0  # at most this many refs per split (0 = all)
+seed = 0  # which example parses are shown
+top_words = 15  # rows of the word-frequency tables
+n_parsed_examples = 8  # example parses shown
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+from myst_nb import glue
+
+from refcocog_tools.dataset import SPLITS, parse_refcocog
+from refcocog_tools.language import (
+    expression_table,
+    parse_expression,
+    relation_counts,
+    word_frequencies,
+)
+from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+
+seed_everything(seed)
+root = resolve_data_root(data_root)
+provenance_note(data_root, backbones_untrained=None)
+
+# %%
+records, problems = parse_refcocog(root)
+assert not problems, problems[:3]
+if limit:
+    records = [r for split in SPLITS for r in [x for x in records if x.split == split][:limit]]
+table = expression_table(records)
+test = table[table["split"] == "test"]
+glue("n_expressions", len(table), display=False)
+glue("spatial_share", float(table["spatial"].mean()), display=False)
+glue("test_spatial_share", float(test["spatial"].mean()) if len(test) else 0.0, display=False)
+glue("median_words", float(table["n_words"].median()), display=False)
+glue("head_is_category", float(table["head_is_category"].mean()), display=False)
+glue("no_relation_share", float((table["n_relations"] == 0).mean()), display=False)
+
+# %% [markdown]
+# ## Spatial and non-spatial expressions
+#
+# An expression is *spatial* when it contains a word about position or relative size
+# (`refcocog_tools.dataset.SPATIAL_WORDS`: left, right, top, behind, bigger, ...). In this run
+# {glue:text}`spatial_share:.1%` of the {glue:text}`n_expressions` expressions are spatial
+# ({glue:text}`test_spatial_share:.1%` on the test split). These are the expressions a
+# crop-and-match method is structurally unable to resolve when the image holds look-alikes.
+
+# %%
+spatial = (
+    table.groupby("split", sort=False)
+    .agg(expressions=("sentence", "size"), spatial=("spatial", "sum"),
+         spatial_share=("spatial", "mean"), parsed_spatial_share=("parsed_spatial", "mean"))
+    .round(3)
+)
+spatial
+
+# %%
+by_category = (
+    table.groupby("category")
+    .agg(expressions=("sentence", "size"), spatial_share=("spatial", "mean"))
+    .sort_values(["expressions", "spatial_share"], ascending=False, kind="stable")
+    .round(3)
+)
+fig, ax = plt.subplots(figsize=(6, 3))
+by_category["spatial_share"].plot.bar(ax=ax, rot=45, color="tab:orange")
+ax.set_ylim(0, 1)
+ax.set_ylabel("share of spatial expressions")
+ax.set_title("spatial expressions per category of the referred object")
+show_figure(fig)
+by_category
+
+# %% [markdown]
+# ## Length
+#
+# Half of the expressions in this run have at most {glue:text}`median_words:.0f` words. Short
+# phrases without a verb are the norm, which is one reason the study expected a
+# general-purpose parser to struggle.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3))
+bins = range(int(table["n_words"].min()), int(table["n_words"].max()) + 2)
+for flag, label in ((False, "non-spatial"), (True, "spatial")):
+    ax.hist(table.loc[table["spatial"] == flag, "n_words"], bins=bins, alpha=0.6, label=label,
+            align="left")
+ax.set_xlabel("words in the expression")
+ax.set_ylabel("expressions")
+ax.legend()
+ax.set_title("expression length")
+show_figure(fig)
+table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%", "max"]].round(2)
+
+# %% [markdown]
+# ## What a parser would extract
+#
+# `parse_expression` takes the words before the first relation or clause as the *head phrase*
+# and its last content word as the *head*, then collects each relation phrase ("left of",
+# "next to", "holding", ...) with the words that follow it. A few parses:
+
+# %%
+examples = table.sample(n=min(n_parsed_examples, len(table)), random_state=seed)
+rows = []
+for sentence in examples["sentence"]:
+    parsed = parse_expression(sentence)
+    rows.append({
+        "expression": sentence,
+        "head phrase": " ".join(parsed.head_phrase),
+        "head": parsed.head,
+        "relations": "; ".join(f"{r.relation} -> {' '.join(r.phrase) or '(picture)'}"
+                               for r in parsed.relations),
+        "colours": ", ".join(parsed.colours),
+    })
+pd.DataFrame(rows)
+
+# %% [markdown]
+# For {glue:text}`head_is_category:.1%` of the expressions the head word names the referred
+# object's category (so a noun phrase could be matched to a detector label), and
+# {glue:text}`no_relation_share:.1%` contain no relation phrase at all. The relation phrases
+# found, and whether each is about position:
+
+# %%
+relations = relation_counts(table)
+relations
+
+# %% [markdown]
+# ## Words
+#
+# The most frequent content words (function words removed), over all expressions and split by
+# whether the expression is spatial.
+
+# %%
+words = word_frequencies(table["sentence"], top=top_words)
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.barh(words["word"][::-1], words["count"][::-1])
+ax.set_xlabel("occurrences")
+ax.set_title(f"{top_words} most frequent content words")
+show_figure(fig)
+pd.concat(
+    {
+        "spatial": word_frequencies(table.loc[table["spatial"], "sentence"], top=top_words)
+        .reset_index(drop=True),
+        "non-spatial": word_frequencies(table.loc[~table["spatial"], "sentence"], top=top_words)
+        .reset_index(drop=True),
+    },
+    axis=1,
+)
+
+# %% [markdown]
+# ## What this means for a parser-based method
+#
+# A parser-based grounding method would need, per expression: the head noun (to shortlist
+# proposals by detector label or by CLIP similarity of the noun phrase), the colour and size
+# modifiers attached to it, and the relation phrases with their own noun phrases (to relate the
+# shortlisted proposal to others). The spatial relations among these are exactly what the
+# scene graphs of the next chapter encode. On the embedded synthetic dataset all of this is easy
+# by construction: its expressions come from a handful of templates. Real RefCOCOg expressions
+# are longer, freer and often ungrammatical, so the shares above should be recomputed on real
+# data (see the note at the top) before drawing any conclusion.

@@ -1,0 +1,170 @@
+"""The report builder: chapter list, conversion, baselines, provenance notes, failures."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from refcocog_tools import report
+from refcocog_tools.minidata import write_mini_dataset
+from refcocog_tools.report import (
+    COMMON_PARAMETERS,
+    PAIRING,
+    ReportError,
+    clean_executed,
+    parameters_cell_index,
+    parse_value,
+    provenance_note,
+    source_to_notebook,
+    toc_chapters,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = toc_chapters(ROOT)
+
+
+def test_toc_lists_the_executed_chapters_in_order() -> None:
+    assert CHAPTERS[0] == "01_dataset"
+    assert CHAPTERS == sorted(CHAPTERS)
+    for name in CHAPTERS:
+        assert (ROOT / "notebooks" / f"{name}.py").is_file(), name
+
+
+def test_toc_chapters_walks_nested_entries(tmp_path: Path) -> None:
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nparts:\n"
+        "  - caption: A\n    chapters:\n      - file: book/methods\n"
+        "      - file: book/chapters/02_b\n        sections:\n"
+        "          - file: book/chapters/03_c.ipynb\n"
+        "  - caption: B\n    chapters:\n      - file: book/chapters/01_a\n"
+    )
+    assert toc_chapters(tmp_path) == ["02_b", "03_c", "01_a"]
+
+
+def _parameter_names(source: str) -> set[str]:
+    return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_conversion_keeps_the_parameters_cell_first(name: str) -> None:
+    nb = source_to_notebook(ROOT / "notebooks" / f"{name}.py")
+    index = parameters_cell_index(nb)
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    assert index == code_cells[0]
+    assert set(COMMON_PARAMETERS) <= _parameter_names(nb.cells[index].source)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert [c["id"] for c in nb.cells] == [f"cell-{i:03d}" for i in range(len(nb.cells))]
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_committed_baseline_matches_its_source(name: str) -> None:
+    """notebooks/NN.ipynb must be an executed run of the current notebooks/NN.py."""
+    baseline = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    source = jupytext.read(ROOT / "notebooks" / f"{name}.py", fmt="py:percent")
+    assert [(c.cell_type, c.source) for c in baseline.cells] == [
+        (c.cell_type, c.source) for c in source.cells
+    ], "stale baseline: run `make regen-baselines`"
+    assert baseline.metadata["jupytext"]["formats"] == PAIRING
+    code = [c for c in baseline.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "baseline not executed"
+    assert "papermill" not in baseline.metadata
+    text = json.dumps(baseline.cells)
+    assert str(ROOT) not in text  # no machine paths in committed outputs
+
+
+def test_parse_value() -> None:
+    assert parse_value("0") == 0 and isinstance(parse_value("0"), int)
+    assert parse_value("0.5") == 0.5
+    assert parse_value("True") is True and parse_value("false") is False
+    assert parse_value("none") is None
+    assert parse_value("/data/refcocog") == "/data/refcocog"
+    assert parse_value("RN50x16") == "RN50x16"
+
+
+def test_clean_executed_drops_run_metadata() -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["papermill"] = {"input_path": "/somewhere/x.ipynb"}
+    cell = nbformat.v4.new_code_cell("1")
+    cell.metadata["papermill"] = {"duration": 1.0}
+    cell.metadata["execution"] = {"iopub.status.busy": "2025-01-01"}
+    nb.cells.append(cell)
+    cleaned = clean_executed(nb, pair=True)
+    assert "papermill" not in cleaned.metadata
+    assert cleaned.cells[0].metadata == {}
+    assert cleaned.metadata["jupytext"] == {"formats": PAIRING}
+
+
+def test_provenance_on_the_embedded_defaults() -> None:
+    note = provenance_note("", backbones_untrained=True, models="tiny-rn")
+    text = repr(note)
+    assert note.kind == "warning"
+    assert "synthetic" in text and "untrained" in text and "not a RefCOCOg result" in text
+    assert "tiny-rn" in text
+    assert note._repr_markdown_().startswith("```{admonition}")
+    assert ":class: warning" in note._repr_markdown_()
+
+
+def test_provenance_names_a_generated_dataset_synthetic(tmp_path: Path) -> None:
+    root = write_mini_dataset(tmp_path / "mini", n_images=3)
+    assert report.dataset_is_synthetic(root)
+    note = provenance_note(str(root), backbones_untrained=False)
+    assert note.kind == "warning" and "synthetic" in repr(note)
+
+
+def _real_looking_root(tmp_path: Path) -> Path:
+    root = tmp_path / "real"
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances.json").write_text(
+        json.dumps({"info": {"description": "COCO"}, "images": [], "annotations": [],
+                    "categories": []}))
+    return root
+
+
+def test_provenance_on_real_data(tmp_path: Path) -> None:
+    root = _real_looking_root(tmp_path)
+    assert not report.dataset_is_synthetic(root)
+    pretrained = provenance_note(str(root), backbones_untrained=False, models="RN50x16")
+    assert pretrained.kind == "note"
+    assert "pretrained" in repr(pretrained) and "synthetic" not in repr(pretrained)
+    untrained = provenance_note(str(root), backbones_untrained=True)
+    assert untrained.kind == "warning" and "untrained" in repr(untrained)
+    no_model = provenance_note(str(root), backbones_untrained=None)
+    assert no_model.kind == "note" and "No model" in repr(no_model)
+
+
+def _toy_book(tmp_path: Path, chapter_source: str) -> Path:
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n  - file: book/chapters/99_toy\n")
+    (tmp_path / "notebooks" / "99_toy.py").write_text(chapter_source)
+    return tmp_path
+
+
+def test_a_chapter_without_parameters_cell_is_refused(tmp_path: Path) -> None:
+    root = _toy_book(tmp_path, "# %%\nx = 1\n")
+    with pytest.raises(ReportError, match="99_toy: no cell tagged 'parameters'"):
+        report.execute_chapter(root, "99_toy", {}, root / "book" / "chapters")
+
+
+def test_a_missing_source_is_named(tmp_path: Path) -> None:
+    root = _toy_book(tmp_path, "")
+    (root / "notebooks" / "99_toy.py").unlink()
+    assert report.main(["regen-baselines", "--root", str(root)]) == 1
+
+
+def test_failing_chapter_stops_the_build_with_its_name(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    root = _toy_book(
+        tmp_path,
+        '# %% tags=["parameters"]\nlimit = 0\n\n# %%\nraise ValueError(f"boom {limit}")\n',
+    )
+    code = report.main(["build", "--root", str(root), "-p", "limit", "7", "--no-book"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "chapter 99_toy failed" in err and "ValueError: boom 7" in err
