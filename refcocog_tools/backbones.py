@@ -274,13 +274,35 @@ class ClipBackbone:
 # ----------------------------------------------------------------------------------------------
 # Loading CLIP
 # ----------------------------------------------------------------------------------------------
+DOWNLOAD_ENV = "REFCOCOG_TOOLS_DOWNLOAD"
+
+
 def _missing_message(what: str, filename: str, directory: Path, source: str) -> str:
     return (
-        f"{what} is not in the local cache and nothing is downloaded here: put the file "
+        f"{what} is not in the local cache: put the file "
         f"{filename} ({source}) into the directory {directory}/ . That directory is "
         f"${CACHE_ENV}/{directory.name} (set {CACHE_ENV} to use another cache), "
-        f"or pass the path of a local checkpoint instead."
+        f"or pass the path of a local checkpoint instead, or set {DOWNLOAD_ENV}=1 to let "
+        f"refcocog-tools download it on a machine with network access."
     )
+
+
+def _fetch_or_fail(what: str, url: str, path: Path) -> None:
+    """Download ``url`` to ``path`` only when the user opted in; otherwise fail at once.
+
+    Opt-in keeps offline machines (CI, clusters without network) from hanging on a timeout.
+    """
+    if os.environ.get(DOWNLOAD_ENV, "") not in ("1", "true", "yes"):
+        raise BackboneError(_missing_message(what, path.name, path.parent, url))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        torch.hub.download_url_to_file(url, str(tmp), progress=False)
+        os.replace(tmp, path)
+    except Exception as err:  # noqa: BLE001 - any failure becomes the same clear instruction
+        tmp.unlink(missing_ok=True)
+        raise BackboneError(f"download of {url} failed ({err}). "
+                            + _missing_message(what, path.name, path.parent, url)) from err
 
 
 def _model_from_file(path: Path) -> clip.model.CLIP:
@@ -363,7 +385,7 @@ def load_clip(
         directory = cache / "clip"
         path = directory / filename
         if not path.is_file():
-            raise BackboneError(_missing_message(f"CLIP model {spec!r}", filename, directory, url))
+            _fetch_or_fail(f"CLIP model {spec!r}", url, path)
         checksum = sha256_file(path)
         expected = url.split("/")[-2]
         if checksum != expected:
@@ -458,10 +480,9 @@ def _yolo_path(spec: str, cache: Path) -> Path:
     directory = cache / "yolo"
     local = directory / filename
     if not local.is_file():
-        raise BackboneError(_missing_message(
-            f"YOLO model {spec!r}", filename, directory,
-            f"https://github.com/ultralytics/assets/releases/download/v8.3.0/{filename}",
-        ))
+        _fetch_or_fail(f"YOLO model {spec!r}",
+                       f"https://github.com/ultralytics/assets/releases/download/v8.3.0/{filename}",
+                       local)
     return local
 
 
@@ -470,8 +491,9 @@ def load_yolo(
 ) -> YOLO:
     """An Ultralytics YOLO from a name in ``<cache>/yolo``, a local ``.pt`` or the tiny default.
 
-    Never downloads: Ultralytics is put offline (``YOLO_OFFLINE=1``) and only ever gets an
-    existing file path.
+    Ultralytics itself never downloads: it is put offline (``YOLO_OFFLINE=1``) and only ever
+    gets an existing file path; a missing named file is fetched only with
+    ``REFCOCOG_TOOLS_DOWNLOAD=1``.
     """
     cache = _resolve_cache(cache)
     _ultralytics_env(cache)
