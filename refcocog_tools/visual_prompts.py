@@ -246,12 +246,38 @@ def render_variants(
     if any(v in ("blur", "blur_gray") for v in variants):
         blurred = image.filter(ImageFilter.GaussianBlur(radius=blur_radius))
     backgrounds = {v: _background(image, v, blur_radius, blurred) for v in dict.fromkeys(variants)}
-    return [
-        [_composite(image, backgrounds[v], box, v, colour, width, marker, window,
-                    region_only=True)
-         for v in variants]
-        for box in box_list
-    ]
+    needs_window = any(v != "marker" for v in variants)
+    result = []
+    for box in box_list:
+        # The window (mask, its bounding box and the sharp pixels in it) is computed once per
+        # proposal and shared by every variant; only the background copy is per variant.
+        window_patch = _window_patch(image, box, window) if needs_window else None
+        row = []
+        for v in variants:
+            rendered = backgrounds[v].copy()
+            if v != "marker" and window_patch is not None:
+                sharp, corner, mask = window_patch
+                rendered.paste(sharp, corner, mask)
+            _draw_marker_inplace(rendered, box, marker, colour, width)
+            row.append(rendered)
+        result.append(row)
+    return result
+
+
+def _window_patch(image: Image.Image, box: Box, window: str
+                  ) -> tuple[Image.Image, tuple[int, int], Image.Image | None] | None:
+    """The sharp pixels of a proposal's window, where they go, and the mask to paste them with.
+
+    Pasting ``image.crop(bbox)`` at the mask's bounding box with the cropped mask gives the
+    same pixels as the study's full-image ``paste(image, mask=mask)`` (the mask is 0 outside
+    its bounding box). A filled rectangle is 255 everywhere inside its bounding box, so for
+    rectangular windows the mask is dropped and the paste is a plain copy of the rows.
+    """
+    mask = _window_mask(image.size, box, window)
+    bbox = mask.getbbox()
+    if bbox is None:
+        return None
+    return image.crop(bbox), bbox[:2], (None if window == "rectangle" else mask.crop(bbox))
 
 
 # ----------------------------------------------------------------------------------------------

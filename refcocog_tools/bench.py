@@ -1,0 +1,328 @@
+"""``refcocog-tools bench``: throughput of each stage, end to end, and peak memory, as JSON.
+
+Stages (images/s and expressions/s): decode (image files to RGB), proposals, render (the
+red-circle visual prompts), encode (CLIP image encoding of those prompts, batched), score (the
+method's ``predict`` with every embedding already cached) and end to end (the engine, batched,
+with ``--workers`` DataLoader processes). Every timed run uses a fresh memory-only
+``EmbeddingCache``, so no disk-cache hit flatters a number.
+
+Two comparisons back the throughput targets:
+
+* ``render``: per-proposal ``render_variant`` (blur the whole image for every proposal and
+  variant, as the study did) against ``render_variants`` (blur once, composite every proposal)
+  on images with at least 8 proposals (extra boxes are synthesised, seeded, when an image has
+  fewer), with a flag saying whether every pixel is identical.
+* ``study_pattern``: the study's loop, one expression at a time, rendering each proposal from
+  scratch and calling the image encoder with its two visual prompts, no cache, against the
+  engine's batched path; the predictions of both are compared too.
+
+``--synthetic-workload IMAGES,PROPOSALS`` additionally times encoding IMAGES x PROPOSALS x 2
+random visual prompts with the full RN50x16 architecture (random weights unless ``--clip``
+names RN50x16): the cost of the full test split on a GPU. On a CPU it is very slow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import ImageChops
+
+from .backbones import ClipBackbone, load_clips
+from .cache import EmbeddingCache
+from .dataset import RefCOCOg, RefItem, load_rgb_image
+from .evaluate import (
+    _evaluate_plain,
+    add_common_arguments,
+    evaluate_groups,
+    group_by_image,
+    method_options,
+)
+from .methods import NEEDS_CLIP, GroundingMethod, make_method
+from .proposals import Proposals, Proposer, make_proposer
+from .red_circle import RedCircle, debias_fast
+from .visual_prompts import render_variant, render_variants
+
+MIN_PROPOSALS = 8
+
+
+def _rate(count: int, seconds: float) -> float | None:
+    return round(count / seconds, 3) if seconds > 0 else None
+
+
+def _stage(seconds: float, images: int, expressions: int, **extra: Any) -> dict[str, Any]:
+    return {"seconds": round(seconds, 4), "images_per_s": _rate(images, seconds),
+            "expressions_per_s": _rate(expressions, seconds), **extra}
+
+
+def _peak_memory() -> dict[str, Any]:
+    """Peak resident memory of this process and of its finished children (DataLoader workers),
+    in MiB (``ru_maxrss`` is in KiB on Linux), and the CUDA peak when a GPU was used."""
+    self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes
+    memory: dict[str, Any] = {"rss_peak_mib": round(self_kib * scale / 2**20, 1),
+                              "children_rss_peak_mib": round(child_kib * scale / 2**20, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        memory["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return memory
+
+
+def _synthesise_boxes(boxes: torch.Tensor, size: tuple[int, int], minimum: int,
+                      seed: int) -> torch.Tensor:
+    """``boxes`` padded with seeded random boxes (fractional coordinates) up to ``minimum``."""
+    missing = minimum - len(boxes)
+    if missing <= 0:
+        return boxes
+    gen = torch.Generator().manual_seed(seed)
+    w, h = size
+    corner = torch.rand(missing, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
+    extent = (0.1 + 0.3 * torch.rand(missing, 2, generator=gen)) * torch.tensor([w, h])
+    extra = torch.cat([corner, corner + extent], dim=1)
+    return torch.cat([boxes.float(), extra])
+
+
+def bench_render(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
+                 method: RedCircle, n_images: int, seed: int) -> dict[str, Any]:
+    """Per-proposal ``render_variant`` vs ``render_variants`` on images with >= 8 proposals."""
+    params = dict(method.render_params)
+    if params.pop("target_size", None) is not None:
+        params_note = "render_size ignored: the comparison is at full resolution"
+    else:
+        params_note = None
+    per_proposal = batched = 0.0
+    identical = True
+    n_boxes = 0
+    for k, items in enumerate(groups[:n_images]):
+        image = items[0].image
+        boxes = _synthesise_boxes(proposer(items[0]).boxes, image.size, MIN_PROPOSALS, seed + k)
+        n_boxes += len(boxes)
+        started = time.perf_counter()
+        slow = [[render_variant(image, box, v, **params) for v in method.variants]
+                for box in boxes]
+        per_proposal += time.perf_counter() - started
+        started = time.perf_counter()
+        fast = render_variants(image, boxes, method.variants, **params)
+        batched += time.perf_counter() - started
+        identical &= all(ImageChops.difference(a, b).getbbox() is None
+                         for row_a, row_b in zip(slow, fast, strict=True)
+                         for a, b in zip(row_a, row_b, strict=True))
+    result = {"images": min(n_images, len(groups)), "proposals": n_boxes,
+              "variants": list(method.variants),
+              "per_proposal_seconds": round(per_proposal, 4),
+              "render_variants_seconds": round(batched, 4),
+              "speedup": round(per_proposal / batched, 2) if batched > 0 else None,
+              "pixel_identical": identical}
+    if params_note:
+        result["note"] = params_note
+    return result
+
+
+def study_pattern(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
+                  method: RedCircle) -> list[int]:
+    """The study's loop, no cache: per expression, per proposal, render the two visual prompts
+    from scratch and encode them in one call; text encoded per expression. Returns the chosen
+    proposal per expression (compared with the engine's choices)."""
+    chosen = []
+    params = dict(method.render_params)
+    params.pop("target_size", None)
+    debias = [b.encode_texts(method.debias_sentences).mean(dim=0) if method.debias_sentences
+              else None for b in method.backbones]  # once, as the method's constructor does
+    for items in groups:
+        for item in items:
+            image = load_rgb_image(item.record.image_path)
+            proposals = proposer(item)
+            keep = method.kept_proposals(image.size, proposals.boxes)
+            boxes = proposals.boxes[keep]
+            total = None
+            for backbone, debias_mean in zip(method.backbones, debias, strict=True):
+                visual = torch.cat([
+                    backbone.encode_images([render_variant(image, box, v, **params)
+                                            for v in method.variants])
+                    for box in boxes])
+                text = backbone.encode_texts([method.prefix + item.sentence])
+                sim = text @ visual.T
+                if debias_mean is not None:
+                    sim = debias_fast(sim, visual @ debias_mean, len(method.debias_sentences))
+                total = sim if total is None else total + sim
+            assert total is not None
+            per_variant = (total / len(method.backbones)).reshape(len(boxes), -1)
+            reduced = (per_variant.max(dim=-1).values if method.variant_reduce == "max"
+                       else per_variant.mean(dim=-1))
+            chosen.append(int(keep[int(reduced.argmax())]))
+    return chosen
+
+
+def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
+                 make: Any, batch_size: int) -> dict[str, Any]:
+    """Each stage alone, in the main process, over every image group."""
+    n_img = len(groups)
+    n_expr = sum(len(g) for g in groups)
+    stages: dict[str, Any] = {}
+    started = time.perf_counter()
+    images = [load_rgb_image(items[0].record.image_path) for items in groups]
+    stages["decode"] = _stage(time.perf_counter() - started, n_img, n_expr)
+    started = time.perf_counter()
+    proposals: list[Proposals] = [proposer(items[0]) for items in groups]
+    stages["proposals"] = _stage(time.perf_counter() - started, n_img, n_expr)
+    method: GroundingMethod = make()
+    if isinstance(method, RedCircle):
+        started = time.perf_counter()
+        rendered, keys = [], []
+        for image, props in zip(images, proposals, strict=True):
+            boxes = props.boxes[method.kept_proposals(image.size, props.boxes)]
+            keys.extend(method.visual_prompt_keys(image, boxes))
+            rendered.extend(method.render(image, boxes))
+        stages["render"] = _stage(time.perf_counter() - started, n_img, n_expr,
+                                  visual_prompts=len(rendered))
+        started = time.perf_counter()
+        for backbone in method.backbones:
+            pixels = torch.stack([backbone.preprocess(im) for im in rendered])
+            method.cache.put_images(backbone, keys, backbone.encode_images(pixels, batch_size))
+        seconds = time.perf_counter() - started
+        stages["encode"] = _stage(seconds, n_img, n_expr,
+                                  visual_prompts_per_s=_rate(len(rendered), seconds))
+    else:
+        stages["render"] = stages["encode"] = None  # done inside predict for other methods
+    started = time.perf_counter()
+    for image, props, items in zip(images, proposals, groups, strict=True):
+        method.predict(image, [it.sentence for it in items], props)
+    stages["score"] = _stage(time.perf_counter() - started, n_img, n_expr,
+                             note="predict on cache hits (text encoding included)"
+                             if isinstance(method, RedCircle) else "predict, all work included")
+    return stages
+
+
+def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str,
+                       batch_size: int, seed: int) -> dict[str, Any]:
+    """Encode IMAGES x PROPOSALS x 2 random prompts with the RN50x16 architecture."""
+    import clip.model
+
+    n_images, n_proposals = (int(v) for v in spec.split(","))
+    full = next((b for b in backbones if b.name == "RN50x16"), None)
+    if full is not None:
+        model, untrained = full.model, False
+    else:
+        # RN50x16's configuration (clip.model.build_model on its state dict gives these).
+        torch.manual_seed(seed)
+        model = clip.model.CLIP(embed_dim=768, image_resolution=384, vision_layers=(6, 8, 18, 8),
+                                vision_width=96, context_length=77, vocab_size=49408,
+                                transformer_width=768, transformer_heads=12,
+                                transformer_layers=12).eval().to(device)
+        untrained = True
+    resolution = model.visual.input_resolution
+    count = n_images * n_proposals * 2
+    gen = torch.Generator().manual_seed(seed)
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    done = 0
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
+        while done < count:
+            n = min(batch_size, count - done)
+            # Random content: the cost of the encoder does not depend on the pixels.
+            batch = torch.rand(n, 3, resolution, resolution, generator=gen).to(device)
+            model.encode_image(batch).float().cpu()
+            done += n
+    if on_cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {"images": n_images, "proposals_per_image": n_proposals, "visual_prompts": count,
+            "architecture": "RN50x16", "random_weights": untrained, "resolution": resolution,
+            "seconds": round(seconds, 3), "visual_prompts_per_s": _rate(count, seconds),
+            "images_per_s": _rate(n_images, seconds), "fp16_autocast": on_cuda}
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from .minidata import default_data_root
+
+    data_root = args.data_root or default_data_root()
+    dataset = RefCOCOg(data_root, args.split, view="expression")
+    backbones = load_clips(args.clip, device=args.device) if args.clip else []
+    if args.method in NEEDS_CLIP and not backbones:
+        raise SystemExit(f"method {args.method} needs --clip")
+    proposer = make_proposer(args.proposals, device=args.device)
+    debias_pool = (RefCOCOg(data_root, "train", view="expression").sentences()
+                   if args.method == "red-circle" else ())
+    # The debias texts are encoded once into this cache; every timed method starts from a copy
+    # holding only them (memory only, no disk-cache hits).
+    text_cache = EmbeddingCache(None, batch_size=args.batch_size)
+
+    def make() -> GroundingMethod:
+        cache = EmbeddingCache(None, batch_size=args.batch_size)
+        cache._store = {k: dict(v) for k, v in text_cache._store.items() if k[1] == "text"}
+        return make_method(args.method, backbones, cache=cache, debias_pool=debias_pool,
+                           checkpoint=args.checkpoint, seed=args.seed, **method_options(args))
+
+    text_method = make_method(args.method, backbones, cache=text_cache, debias_pool=debias_pool,
+                              checkpoint=args.checkpoint, seed=args.seed, **method_options(args))
+    groups = group_by_image(dataset, args.limit)
+    n_img, n_expr = len(groups), sum(len(g) for g in groups)
+    report: dict[str, Any] = {
+        "method": args.method, "clip": [b.name for b in backbones], "device": args.device,
+        "proposals": proposer.name, "images": n_img, "expressions": n_expr,
+        "batch_size": args.batch_size, "workers": args.workers,
+        "torch_threads": torch.get_num_threads(),
+        "untrained": any(b.untrained for b in backbones), "data_root": str(data_root),
+    }
+    report["stages"] = bench_stages(groups, proposer, make, args.batch_size)
+
+    method = make()
+    started = time.perf_counter()
+    engine_rows = evaluate_groups(groups, method, proposer, batch_size=args.batch_size,
+                                  workers=args.workers)
+    report["end_to_end"] = _stage(time.perf_counter() - started, n_img, n_expr)
+    method = make()
+    started = time.perf_counter()
+    plain_rows = _evaluate_plain(groups, method, proposer, (), False)
+    report["end_to_end_unbatched"] = _stage(time.perf_counter() - started, n_img, n_expr,
+                                            same_predictions=plain_rows == engine_rows)
+    if isinstance(text_method, RedCircle):
+        report["render"] = bench_render(groups, proposer, text_method, args.render_images,
+                                        args.seed)
+        started = time.perf_counter()
+        chosen = study_pattern(groups, proposer, text_method)
+        seconds = time.perf_counter() - started
+        report["study_pattern"] = _stage(
+            seconds, n_img, n_expr,
+            same_choices=chosen == [row["chosen"] for row in engine_rows],
+            engine_speedup=round(seconds / report["end_to_end"]["seconds"], 2)
+            if report["end_to_end"]["seconds"] > 0 else None)
+    if args.synthetic_workload:
+        report["synthetic_workload"] = synthetic_workload(
+            args.synthetic_workload, backbones, args.device, args.batch_size, args.seed)
+    report["memory"] = _peak_memory()
+    return report
+
+
+def _run(args: argparse.Namespace) -> int:
+    report = run_bench(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out is not None:
+        from .io_utils import atomic_write_json
+
+        atomic_write_json(args.out, report)
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="throughput of each stage and end to end, peak memory (JSON)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--render-images", type=int, default=4,
+                        help="images used for the render_variant vs render_variants comparison")
+    parser.add_argument("--synthetic-workload", metavar="IMAGES,PROPOSALS", default=None,
+                        help="also time encoding IMAGES x PROPOSALS x 2 random visual prompts "
+                        "with the RN50x16 architecture (e.g. 2600,10 on a GPU; slow on a CPU)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.set_defaults(func=_run)

@@ -1,0 +1,98 @@
+"""Throughput work that must not change results: fast rendering, the batched engine, bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageChops
+
+from refcocog_tools import visual_prompts as vp
+from refcocog_tools.cache import EmbeddingCache
+from refcocog_tools.cli import main as cli_main
+from refcocog_tools.dataset import RefCOCOg
+from refcocog_tools.evaluate import evaluate_groups, group_by_image
+from refcocog_tools.proposals import GroundTruthProposer
+from refcocog_tools.red_circle import RedCircle
+
+# Ten proposals with fractional, border-touching, degenerate and out-of-image coordinates.
+BOXES = [
+    (10.0, 8.0, 60.0, 50.0), (10.4, 7.6, 30.5, 29.49), (0.0, 0.0, 120.0, 90.0),
+    (80.7, 60.2, 120.0, 90.0), (0.0, 20.0, 5.5, 89.9), (40.0, 40.0, 40.0, 40.0),
+    (-5.5, -3.2, 10.7, 12.0), (100.2, 70.0, 130.3, 95.9), (33.3, 12.7, 77.7, 66.6),
+    (55.5, 5.25, 56.75, 80.5),
+]
+
+
+def _same(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and a.mode == b.mode and ImageChops.difference(a, b).getbbox() is None
+
+
+@pytest.mark.parametrize("params", [
+    {},
+    {"window": "ellipse", "marker": "rectangle", "width": 2, "blur_radius": 4.5},
+])
+def test_render_variants_is_pixel_identical_for_many_proposals(params: dict) -> None:
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8), "RGB")
+    fast = vp.render_variants(image, torch.tensor(BOXES), vp.VARIANTS, **params)
+    for box, row in zip(BOXES, fast, strict=True):
+        for variant, rendered in zip(vp.VARIANTS, row, strict=True):
+            assert _same(rendered, vp.render_variant(image, box, variant, **params)), (box, variant)
+    # Every returned image is its own buffer: drawing on one leaves the others alone.
+    before = fast[1][0].copy()
+    fast[0][0].paste((0, 0, 0), (0, 0, 120, 90))
+    assert _same(fast[1][0], before)
+
+
+@pytest.fixture(scope="module")
+def groups(mini_data):
+    return group_by_image(RefCOCOg(mini_data, "test"), 14)
+
+
+def _red_circle(backbones, pool) -> RedCircle:
+    return RedCircle(backbones, pool, EmbeddingCache(), n_debias=30, debias_seed=2)
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 1}, {"batch_size": 64},
+                                     {"batch_size": 3, "workers": 2}])
+def test_batched_engine_gives_the_unbatched_predictions(options, groups, mini_data, tiny_rn,
+                                                        tiny_vit) -> None:
+    pool = RefCOCOg(mini_data, "train").sentences()
+    backbones = [tiny_rn, tiny_vit]
+    reference = evaluate_groups(groups, _red_circle(backbones, pool), GroundTruthProposer())
+    method = _red_circle(backbones, pool)
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("predict re-rendered a visual prompt the engine had encoded")
+
+    method.render = no_render  # the engine's batches must leave predict only cache hits
+    rows = evaluate_groups(groups, method, GroundTruthProposer(), **options)
+    assert len(rows) == sum(len(g) for g in groups) and rows == reference
+
+
+def test_plain_engine_with_workers_for_other_methods(groups, tiny_rn) -> None:
+    from refcocog_tools.methods import make_method
+
+    reference = evaluate_groups(groups, make_method("baseline", [tiny_rn]), GroundTruthProposer())
+    rows = evaluate_groups(groups, make_method("baseline", [tiny_rn]), GroundTruthProposer(),
+                           batch_size=8, workers=2)
+    assert rows == reference
+
+
+def test_bench_command_prints_every_stage(mini_data, isolated_cache, capsys) -> None:
+    code = cli_main(["bench", "--data-root", str(mini_data), "--limit", "5", "--n-debias", "20",
+                     "--render-images", "1", "--batch-size", "4"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["stages"]) == {"decode", "proposals", "render", "encode", "score"}
+    for stage in report["stages"].values():
+        assert {"seconds", "images_per_s", "expressions_per_s"} <= set(stage)
+    assert report["expressions"] == 5
+    assert report["end_to_end"]["expressions_per_s"] is not None
+    assert report["end_to_end_unbatched"]["same_predictions"] is True
+    assert report["render"]["pixel_identical"] is True and report["render"]["proposals"] >= 8
+    assert report["study_pattern"]["same_choices"] is True
+    assert report["memory"]["rss_peak_mib"] > 0
