@@ -1,0 +1,237 @@
+"""Tables and figures the report's chapters share.
+
+Every results table built here has a ``source`` column that says, per row, where its numbers
+come from: the original study (quoted from ``refcocog_tools.reported``, with its section) or
+this build (dataset, backbones and whether they are trained, proposals, number of expressions).
+Numbers of the two kinds are never put in one row, and a table never lacks that column.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from .reported import reported_results
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+METRICS = ("miou", "accuracy", "cosine")
+GT_COLOUR = "limegreen"
+PREDICTION_COLOUR = "red"
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+def reported_source(section: str) -> str:
+    """The source text of a number quoted from the original study."""
+    return f"reported by the original study ({section})"
+
+
+def build_source(results: Mapping[str, Any]) -> str:
+    """The source text of a number this build computed, from an ``evaluate`` results document.
+
+    Names the dataset (synthetic or RefCOCOg and the split), the CLIP backbones with
+    ``(untrained)`` or ``(pretrained)``, the proposals and the number of expressions, e.g.
+    ``"this build: synthetic dataset (test), tiny-rn (untrained), proposals gt, n=43"``.
+    """
+    prov = results["provenance"]
+    data = "synthetic dataset" if prov.get("synthetic_data") else "RefCOCOg"
+    clips = prov.get("clip") or []
+    if clips:
+        models = ", ".join(f"{c['name']} ({'untrained' if c['untrained'] else 'pretrained'})"
+                           for c in clips)
+    else:
+        models = "no CLIP model"
+    proposals = prov.get("proposals") or {}
+    name = proposals.get("name", "?")
+    if proposals.get("untrained"):
+        name += " (untrained)"
+    n = results["metrics"]["n"]
+    return f"this build: {data} ({prov.get('split', '?')}), {models}, proposals {name}, n={n}"
+
+
+def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The three metrics as floats, NaN where a metric is missing (never zero)."""
+    return {m: float("nan") if metrics.get(m) is None else float(metrics[m]) for m in METRICS}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------
+def results_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per evaluated method: ``method``, the metrics, ``n`` and ``source``.
+
+    ``results`` maps a row label to an ``evaluate`` results document, in display order.
+    """
+    rows = []
+    for label, doc in results.items():
+        rows.append({"method": label, **_metric_values(doc["metrics"]),
+                     "n": int(doc["metrics"]["n"]), "source": build_source(doc)})
+    return pd.DataFrame(rows, columns=["method", *METRICS, "n", "source"])
+
+
+def reported_table(keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """The study's numbers in the same layout as ``results_table`` (``n`` is not stated: NaN).
+
+    ``keys`` picks rows of ``reported.reported_results`` by key (default: all of them); the
+    method label names the backbone, proposals and split the study used.
+    """
+    wide = reported_results(wide=True)
+    if keys is not None:
+        missing = set(keys) - set(wide["key"])
+        if missing:
+            raise KeyError(f"no reported rows for {sorted(missing)}")
+        wide = wide[wide["key"].isin(keys)]
+    rows = []
+    for record in wide.to_dict("records"):
+        label = (f"{record['method']} [{record['backbone']}, proposals {record['proposals']}, "
+                 f"split {record['split']}]")
+        rows.append({"method": label,
+                     **{m: float(record.get(m, float("nan"))) for m in METRICS},
+                     "n": float("nan"), "source": reported_source(record["source"])})
+    return pd.DataFrame(rows, columns=["method", *METRICS, "n", "source"])
+
+
+def spatial_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Per method, the metrics on spatial and on non-spatial expressions, with the source."""
+    rows = []
+    for label, doc in results.items():
+        source = build_source(doc)
+        for subset, key in (("spatial", "spatial"), ("non-spatial", "non_spatial")):
+            group = doc["metrics"]["by_spatial"][key]
+            rows.append({"method": label, "expressions": subset, "n": int(group["n"]),
+                         **_metric_values(group), "source": source})
+    return pd.DataFrame(rows, columns=["method", "expressions", "n", *METRICS, "source"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------
+def metric_bar_chart(table: pd.DataFrame, metrics: Sequence[str] = ("miou", "accuracy"),
+                     label: str = "method", title: str = "", width: float = 7.0,
+                     reference: Mapping[str, float] | None = None) -> Figure:
+    """Grouped horizontal bars: one group per row of ``table``, one bar per metric.
+
+    ``reference`` draws a dotted vertical line per metric (e.g. a floor), labelled.
+    """
+    import matplotlib.pyplot as plt
+
+    if table.empty:
+        raise ValueError("metric_bar_chart needs at least one row")
+    labels = [textwrap.shorten(str(v), 52) for v in table[label]]
+    height = max(2.0, 0.28 * len(labels) * len(metrics) + 0.8)
+    fig, ax = plt.subplots(figsize=(width, height))
+    step = 0.8 / len(metrics)
+    positions = range(len(labels))
+    for k, metric in enumerate(metrics):
+        offsets = [p - 0.4 + step * (k + 0.5) for p in positions]
+        ax.barh(offsets, table[metric].astype(float), height=step, label=metric,
+                color=f"C{k}")
+        if reference and metric in reference:
+            ax.axvline(reference[metric], color=f"C{k}", linestyle=":", linewidth=1)
+    ax.set_yticks(list(positions), labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("value")
+    ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def draw_box(ax: Axes, box: Sequence[float] | torch.Tensor, colour: str,
+             linestyle: str = "-", linewidth: float = 2.0) -> None:
+    """An unfilled xyxy rectangle on a matplotlib image axis."""
+    from matplotlib.patches import Rectangle
+
+    x1, y1, x2, y2 = (float(v) for v in (box.tolist() if isinstance(box, torch.Tensor) else box))
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
+                           linestyle=linestyle, linewidth=linewidth))
+
+
+def prediction_grid(images: Mapping[int, Image.Image], rows: Sequence[Mapping[str, Any]],
+                    columns: int = 3, width: float = 3.6) -> Figure:
+    """Predictions against ground truth: green ground-truth box, red predicted box.
+
+    ``rows`` are ``evaluate`` prediction rows (``image_id``, ``box``, ``gt_box``, ``sentence``,
+    ``iou``); ``images`` maps image ids to the decoded images. The expression and the IoU are
+    the panel's title.
+    """
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("prediction_grid needs at least one prediction row")
+    columns = min(columns, len(rows))
+    n_rows = -(-len(rows) // columns)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(width * columns, width * n_rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, row in zip(axes.flat, rows, strict=False):
+        ax.imshow(images[row["image_id"]])
+        draw_box(ax, row["gt_box"], GT_COLOUR)
+        draw_box(ax, row["box"], PREDICTION_COLOUR, linestyle="--")
+        title = textwrap.fill(textwrap.shorten(str(row["sentence"]), 70), 36)
+        ax.set_title(f"{title}\nIoU {float(row['iou']):.2f}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def lut_figure(grid: Sequence[Sequence[str]], rgb: Mapping[str, Sequence[int]],
+               x_cuts: Sequence[float], y_cuts: Sequence[float]) -> Figure:
+    """The 3x3 colour look-up table drawn over the unit square, cells at their true cuts."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    xs = [0.0, *x_cuts, 1.0]
+    ys = [0.0, *y_cuts, 1.0]
+    fig, ax = plt.subplots(figsize=(4, 3.2))
+    for r, row in enumerate(grid):
+        for c, name in enumerate(row):
+            colour = tuple(v / 255 for v in rgb[name])
+            ax.add_patch(Rectangle((xs[c], ys[r]), xs[c + 1] - xs[c], ys[r + 1] - ys[r],
+                                   facecolor=colour, edgecolor="grey"))
+            luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
+            ax.text((xs[c] + xs[c + 1]) / 2, (ys[r] + ys[r + 1]) / 2, name, ha="center",
+                    va="center", color="black" if luminance > 0.5 else "white", fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(1, 0)  # image coordinates: y grows downwards
+    ax.set_xticks(xs)
+    ax.set_yticks(ys)
+    ax.set_xlabel("normalised x of the proposal's centroid")
+    ax.set_ylabel("normalised y")
+    ax.set_title("colour look-up table", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_grid(image: Image.Image, heatmaps: torch.Tensor, boxes: torch.Tensor,
+                 gt_boxes: Sequence[Sequence[float]], titles: Sequence[str],
+                 width: float = 3.6, alpha: float = 0.5) -> Figure:
+    """One panel per heat map: the image, the map on top (``jet``), the box thresholded from
+    the map (red, dashed) and the ground-truth box (green)."""
+    import matplotlib.pyplot as plt
+
+    if not (len(heatmaps) == len(boxes) == len(gt_boxes) == len(titles)):
+        raise ValueError("need one box, ground-truth box and title per heat map")
+    n = len(heatmaps)
+    fig, axes = plt.subplots(1, n, figsize=(width * n, width), squeeze=False)
+    for ax, heat, box, gt, title in zip(axes.flat, heatmaps, boxes, gt_boxes, titles,
+                                        strict=True):
+        ax.set_axis_off()
+        ax.imshow(image)
+        ax.imshow(heat.numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        draw_box(ax, gt, GT_COLOUR)
+        draw_box(ax, box, PREDICTION_COLOUR, linestyle="--")
+        ax.set_title(textwrap.fill(textwrap.shorten(title, 70), 36), fontsize=8)
+    fig.tight_layout()
+    return fig
