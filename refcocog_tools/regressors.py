@@ -51,7 +51,7 @@ from torchvision.ops import (
     generalized_box_iou_loss,
 )
 
-from .dataset import INSTANCES_FILE, RefCOCOg, is_spatial
+from .dataset import INSTANCES_FILE, RefCOCOg
 from .embedding_cache import EmbeddingCacheError, SplitEmbeddings, split_embeddings
 from .io_utils import atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -147,6 +147,24 @@ def plain_iou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) 
     return 1 - intersection / (area_pred + area_target - intersection + eps)
 
 
+def study_iou_loss_with_corner_bug(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The study's ``iou_loss``, per box and *with its bug*, kept only to show what it computed.
+
+    Never train with it. It takes ``max`` for the intersection's far corner (the correct corner
+    is the minimum, see :func:`plain_iou_loss`) and clamps the loss into [0, 1]. The study's
+    NaN fallback (a constant 1 for a NaN mean) belongs to the reduction and is left out here.
+    """
+    x1 = torch.max(pred[:, 0], target[:, 0])
+    y1 = torch.max(pred[:, 1], target[:, 1])
+    x2 = torch.max(pred[:, 2], target[:, 2])  # the bug: should be torch.min
+    y2 = torch.max(pred[:, 3], target[:, 3])  # the bug: should be torch.min
+    intersection = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    area_pred = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+    area_target = (target[:, 2] - target[:, 0]) * (target[:, 3] - target[:, 1])
+    union = area_pred + area_target - intersection
+    return (1.0 - intersection / (union + 1e-6)).clamp(min=0.0, max=1.0)
+
+
 _IOU_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "iou": lambda p, t: plain_iou_loss(p, t),
     "giou": lambda p, t: generalized_box_iou_loss(p, t, reduction="none"),
@@ -233,6 +251,14 @@ class RegressionData:
             boxes = boxes / torch.cat([sizes, sizes], dim=1)
         return boxes
 
+    def first(self, n: int) -> RegressionData:
+        """The first ``n`` samples (all of them when ``n`` <= 0), sharing the embedding tables."""
+        if n <= 0 or n >= len(self):
+            return self
+        return RegressionData(self.image_embeddings, self.text_embeddings, self.image_index[:n],
+                              self.text_index[:n], self.boxes[:n], self.sizes[:n],
+                              self.rows[:n])
+
     def to(self, device: str | torch.device) -> RegressionData:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for name, value in moved.items():
@@ -270,7 +296,8 @@ class RegressionData:
                 boxes.append(record.box)
                 sizes.append(record.image_size)
                 rows.append({"ref_id": record.ref_id, "sent_id": sent_id,
-                             "image_id": record.image_id, "sentence": sentence})
+                             "image_id": record.image_id, "ann_id": record.ann_id,
+                             "category": record.category, "sentence": sentence})
         return cls(images, texts, torch.tensor(image_index), torch.tensor(text_index),
                    torch.tensor(boxes, dtype=torch.float32),
                    torch.tensor(sizes, dtype=torch.float32), rows)
@@ -648,33 +675,34 @@ def is_synthetic(data_root: str | Path) -> bool:
 
 
 def results_on_split(result: TrainResult, test: RegressionData, data_root: str | Path,
-                 backbones: Sequence[Any], checkpoint: Path | None = None) -> dict[str, Any]:
-    """The best head on ``test`` in the project's results format."""
+                     backbones: Sequence[Any], checkpoint: Path | None = None) -> dict[str, Any]:
+    """The best head on ``test`` in the project's results format.
+
+    ``metrics`` is :func:`refcocog_tools.metrics.summarize` of the per-expression rows, so it has
+    the keys of every other method's results (``n``, ``miou``, ``accuracy``, ``cosine``,
+    ``by_spatial``, ``by_category``); ``cosine`` is None because no crop is embedded here. The
+    head's test loss, which only a trained head has, is under ``training``.
+    """
     from . import __version__
+    from .metrics import summarize
 
     loss, ious, boxes = evaluate_head(result.head, test, result.config)
     rows = []
-    for row, box, iou in zip(test.rows, boxes.tolist(), ious.tolist(), strict=True):
-        rows.append({**row, "box": [round(v, 2) for v in box], "iou": iou, "chosen": -1})
-
-    def summary(values: list[float]) -> dict[str, float | None]:
-        n = len(values)  # None, not NaN, for an empty group: NaN is not valid JSON
-        return {"miou": sum(values) / n if n else None,
-                "accuracy": sum(v >= 0.5 for v in values) / n if n else None, "n": n}
-
-    metrics = summary(ious.tolist())
-    metrics["loss"] = loss
-    metrics["spatial"] = summary([r["iou"] for r in rows if is_spatial(r["sentence"])])
-    metrics["non_spatial"] = summary([r["iou"] for r in rows if not is_spatial(r["sentence"])])
-    config = {"method": "regressor", **result.config.to_dict(), "best_epoch": result.best_epoch,
-              "best_val_miou": result.best_val_miou}
+    for row, box, gt, iou in zip(test.rows, boxes.tolist(), test.boxes.tolist(), ious.tolist(),
+                                 strict=True):
+        rows.append({**row, "box": [round(v, 3) for v in box],
+                     "gt_box": [round(v, 3) for v in gt], "iou": round(iou, 6), "cosine": None,
+                     "chosen": -1, "n_proposals": 0})
+    config = {"method": "regressor", **result.config.to_dict()}
     if checkpoint is not None:
         config["checkpoint"] = str(checkpoint)
         config["checkpoint_sha256"] = sha256_file(checkpoint)
     clip = clip_provenance(backbones)
     return {
-        "metrics": metrics,
+        "metrics": summarize(rows),
         "config": config,
+        "training": {"test_loss": loss, "best_epoch": result.best_epoch,
+                     "best_val_miou": result.best_val_miou, "epochs_run": len(result.history)},
         "provenance": {
             "package_version": __version__,
             "clip": clip,
@@ -682,6 +710,8 @@ def results_on_split(result: TrainResult, test: RegressionData, data_root: str |
             "split": "test",
             "synthetic_data": is_synthetic(data_root),
             "untrained": any(c["untrained"] for c in clip),
+            # A regressor uses no proposals; recorded so results tables can say so.
+            "proposals": {"name": "none", "untrained": False},
         },
         "predictions": rows,
     }

@@ -18,6 +18,7 @@ from refcocog_tools.embedding_cache import (
     load_cache,
     split_embeddings,
 )
+from refcocog_tools.metrics import summarize
 from refcocog_tools.minidata import write_mini_dataset
 from refcocog_tools.regressors import (
     BoxLoss,
@@ -32,6 +33,8 @@ from refcocog_tools.regressors import (
     plain_iou_loss,
     plot_history,
     predict_boxes,
+    split_data,
+    study_iou_loss_with_corner_bug,
     train_regressor,
 )
 
@@ -98,14 +101,14 @@ def test_iou_loss_is_one_minus_torchvision_iou_unlike_the_study() -> None:
 
     # The study's version took max() for the intersection's far corner; for partly overlapping
     # boxes it disagrees with the true IoU, which is what the fix is about.
-    far_x = torch.max(pred[:, 2], target[:, 2])
-    far_y = torch.max(pred[:, 3], target[:, 3])
-    near_x = torch.max(pred[:, 0], target[:, 0])
-    near_y = torch.max(pred[:, 1], target[:, 1])
-    inter = (far_x - near_x).clamp(min=0) * (far_y - near_y).clamp(min=0)
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-    study = (1 - inter / (area(pred) + area(target) - inter + 1e-6)).clamp(0, 1)
+    study = study_iou_loss_with_corner_bug(pred, target)
     assert (study - expected).abs().max() > 0.1
+    # Concretely: two 10x10 boxes sharing only their top-left corner region overlap by 25 px^2
+    # (IoU 25/175); the study's max() corner makes the "intersection" the 10x10 area spanned
+    # from the near corner to the farther box's far corner, i.e. as large as a whole box.
+    a, b = torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([[5.0, 5.0, 15.0, 15.0]])
+    assert float(1 - plain_iou_loss(a, b)) == pytest.approx(25 / 175, abs=1e-6)
+    assert float(1 - study_iou_loss_with_corner_bug(a, b)) == pytest.approx(100 / 100, abs=1e-6)
 
     # GIoU (the default) is 1 - IoU when the enclosing box is the union (nested boxes), and
     # larger than 1 for disjoint boxes, where plain IoU has no gradient.
@@ -354,6 +357,21 @@ def test_train_regressor_cli_end_to_end(mini_root: Path, tmp_path: Path,
     test = RefCOCOg(mini_root, split="test")
     assert results["metrics"]["n"] == len(test) == len(results["predictions"])
     assert 0 <= results["metrics"]["miou"] <= 1
+    # The same metrics, computed the same way, as every other method's results file.
+    assert results["metrics"] == summarize(results["predictions"])
+    assert set(results["metrics"]) == {"n", "miou", "accuracy", "cosine", "by_spatial",
+                                       "by_category"}
+    assert results["metrics"]["cosine"] is None
+    categories = {r["category"] for r in results["predictions"]}
+    assert set(results["metrics"]["by_category"]) == categories and None not in categories
+    assert results["training"]["best_epoch"] in (1, 2)
+    assert results["provenance"]["proposals"]["name"] == "none"
+    # first(n) keeps the first n samples, in order, with their rows.
+    data = split_data(mini_root, "test", load_clips("tiny-rn"), tmp_path / "emb")
+    head = data.first(5)
+    assert len(head) == 5 and head.rows == data.rows[:5]
+    assert torch.equal(head.features(torch.arange(5)), data.features(torch.arange(5)))
+    assert data.first(0) is data
     provenance = results["provenance"]
     assert provenance["synthetic_data"] is True and provenance["untrained"] is True
     assert provenance["split"] == "test"
