@@ -73,6 +73,20 @@ def load_refs_pickle(path: str | Path) -> list[dict[str, Any]]:
     return refs
 
 
+def is_synthetic(root: str | Path) -> bool:
+    """True for a dataset written by ``refcocog_tools.minidata`` (its instances.json says so).
+
+    Only the start of the file is read: the generator writes ``info`` first, and the real
+    instances.json is hundreds of megabytes.
+    """
+    try:
+        with open(Path(root) / "annotations" / INSTANCES_FILE, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return b'"synthetic":true' in head.replace(b" ", b"")
+
+
 def is_spatial(sentence: str) -> bool:
     """True when the expression contains a word about position or relative size."""
     return any(word in SPATIAL_WORDS for word in _WORD.findall(sentence.lower()))

@@ -9,7 +9,6 @@ are untrained and the data synthetic) and every per-expression prediction.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from . import __version__
 from .backbones import ClipBackbone, load_clips
 from .cache import EmbeddingCache
-from .dataset import INSTANCES_FILE, RefCOCOg, RefItem
+from .dataset import RefCOCOg, RefItem, is_synthetic
 from .io_utils import atomic_write_json, cache_dir
 from .methods import METHOD_NAMES, NEEDS_CLIP, GroundingMethod, make_method
 from .metrics import box_iou_pairs, crop_cosine, summarize
@@ -245,15 +244,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def is_synthetic(data_root: str | Path) -> bool:
-    """True for the embedded dataset (its instances.json says so in ``info.synthetic``)."""
-    try:
-        info = json.loads((Path(data_root) / "annotations" / INSTANCES_FILE).read_text())["info"]
-        return bool(info.get("synthetic", False))
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
 
 
 def provenance(data_root: str | Path, split: str, backbones: Sequence[ClipBackbone],

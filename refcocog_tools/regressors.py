@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -51,7 +50,7 @@ from torchvision.ops import (
     generalized_box_iou_loss,
 )
 
-from .dataset import INSTANCES_FILE, RefCOCOg
+from .dataset import RefCOCOg, is_synthetic
 from .embedding_cache import EmbeddingCacheError, SplitEmbeddings, split_embeddings
 from .io_utils import atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -662,16 +661,6 @@ def split_data(data_root: str | Path, split: str, backbones: Sequence[Any],
     embeddings = [split_embeddings(dataset, b, cache_root=cache_root, progress=progress)
                   for b in backbones]
     return RegressionData.from_dataset(dataset, embeddings)
-
-
-def is_synthetic(data_root: str | Path) -> bool:
-    """True when the data root's instances.json says ``info.synthetic``."""
-    try:
-        with open(Path(data_root) / "annotations" / INSTANCES_FILE, encoding="utf-8") as handle:
-            info = json.load(handle).get("info") or {}
-    except (OSError, ValueError):
-        return False
-    return bool(info.get("synthetic", False)) if isinstance(info, dict) else False
 
 
 def results_on_split(result: TrainResult, test: RegressionData, data_root: str | Path,
