@@ -52,8 +52,6 @@ import random
 import pandas as pd
 from myst_nb import glue
 
-from refcocog_tools.backbones import load_clips
-from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import (
     metric_bar_chart,
@@ -63,18 +61,15 @@ from refcocog_tools.figures import (
     spatial_table,
 )
 from refcocog_tools.methods import make_method
-from refcocog_tools.proposals import make_proposer
-from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+from refcocog_tools.report import open_chapter, show_figure
 from refcocog_tools.reported import reported_value
 
-seed_everything(seed)
-root = resolve_data_root(data_root)
-dataset = RefCOCOg(root, split=split)
-backbones = load_clips(clip, device=device)
-proposer = make_proposer(proposals, device=device)
+chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
+                       device=device)
+root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
+                                      chapter.proposer)
 baseline = evaluate(dataset, make_method("baseline", backbones), proposer, backbones, limit=limit)
-provenance_note(data_root, backbones_untrained=baseline["provenance"]["untrained"],
-                models=f"CLIP {clip}; proposals {proposals}")
+chapter.note
 
 # %% [markdown]
 # ## Baseline against the study

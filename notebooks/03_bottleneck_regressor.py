@@ -333,10 +333,12 @@ iou_table = pd.DataFrame({
     "torchvision box_iou": box_iou(pred, target).diagonal().tolist(),
 }, index=list(pairs)).round(4)
 study_column = "IoU in the study's loss (max corner)"
-glue("study_iou_disjoint", iou_table.loc["disjoint", study_column], display=False)
-glue("study_iou_contains", iou_table.loc["prediction contains target", study_column],
+glue("study_iou_disjoint", float(iou_table.loc["disjoint", study_column]), display=False)
+glue("study_iou_contains",
+     float(iou_table.loc["prediction contains target", study_column]),
      display=False)
-glue("true_iou_contains", iou_table.loc["prediction contains target", "torchvision box_iou"],
+glue("true_iou_contains",
+     float(iou_table.loc["prediction contains target", "torchvision box_iou"]),
      display=False)
 iou_table
 

@@ -279,9 +279,9 @@ for width, height in ((320, 240), (640, 480)):
         "IoU": float(1 - BoxLoss("iou", "iou")(shifted, true_box)),
     })
 scales = pd.DataFrame(scales).set_index("image size").round(4)
-glue("scale_mse_small", scales["pixel MSE"].iloc[0], display=False)
-glue("scale_mse_large", scales["pixel MSE"].iloc[1], display=False)
-glue("scale_iou", scales["IoU"].iloc[0], display=False)
+glue("scale_mse_small", float(scales["pixel MSE"].iloc[0]), display=False)
+glue("scale_mse_large", float(scales["pixel MSE"].iloc[1]), display=False)
+glue("scale_iou", float(scales["IoU"].iloc[0]), display=False)
 scales
 
 # %% [markdown]

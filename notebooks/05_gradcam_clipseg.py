@@ -55,23 +55,17 @@ thresholds = (0.3, 0.5, 0.7)  # the threshold sweep of the evaluation table
 import torch
 from myst_nb import glue
 
-from refcocog_tools.backbones import load_clips
-from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import heatmap_grid, metric_bar_chart, results_table
 from refcocog_tools.gradcam import GradCam, box_from_map
 from refcocog_tools.methods import make_method
-from refcocog_tools.proposals import make_proposer
-from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+from refcocog_tools.report import open_chapter, show_figure
 
-seed_everything(seed)
-root = resolve_data_root(data_root)
-dataset = RefCOCOg(root, split=split)
-backbones = load_clips(clip, device=device)
-proposer = make_proposer(proposals, device=device)
-provenance_note(data_root, backbones_untrained=any(b.untrained for b in backbones)
-                or bool(getattr(proposer, "untrained", False)),
-                models=f"CLIP {clip}; proposals {proposals}")
+chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
+                       device=device)
+root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
+                                      chapter.proposer)
+chapter.note
 
 # %% [markdown]
 # ## Heat maps

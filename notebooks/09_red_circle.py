@@ -67,27 +67,22 @@ import torch
 import ultralytics
 from myst_nb import glue
 
-from refcocog_tools.backbones import load_clips
 from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import RefCOCOg, load_rgb_image
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import metric_bar_chart, reported_table, results_table
 from refcocog_tools.methods import make_method
-from refcocog_tools.proposals import make_proposer
 from refcocog_tools.red_circle import debias_explicit, debias_fast, sample_debias_sentences
-from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+from refcocog_tools.report import open_chapter, show_figure
 from refcocog_tools.reported import reported_value
 from refcocog_tools.visual_prompts import VARIANTS, render_variants, side_by_side
 
-seed_everything(seed)
-root = resolve_data_root(data_root)
-dataset = RefCOCOg(root, split=split)
+chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
+                       device=device)
+root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
+                                      chapter.proposer)
 debias_pool = RefCOCOg(root, split="train").sentences()
-backbones = load_clips(clip, device=device)
-proposer = make_proposer(proposals, device=device)
-provenance_note(data_root, backbones_untrained=any(b.untrained for b in backbones)
-                or bool(getattr(proposer, "untrained", False)),
-                models=f"CLIP {clip}; proposals {proposals}")
+chapter.note
 
 # %% [markdown]
 # ## The visual prompts on real photographs

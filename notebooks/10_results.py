@@ -36,31 +36,35 @@ limit = 0
 seed = 0
 split = "test"
 results_dir = ""  # a folder to write one results JSON per method into ("" = write nothing)
+regressor_epochs = 30  # the study trained both regressors for 30 epochs
 
 # %%
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 from myst_nb import glue
 
-from refcocog_tools.backbones import load_clips
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
 from refcocog_tools.figures import metric_bar_chart, reported_table, results_table
 from refcocog_tools.io_utils import atomic_write_json
 from refcocog_tools.methods import make_method
-from refcocog_tools.proposals import make_proposer
-from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+from refcocog_tools.regressors import (
+    TrainConfig,
+    clip_provenance,
+    save_checkpoint,
+    split_data,
+    train_regressor,
+)
+from refcocog_tools.report import open_chapter, show_figure
 from refcocog_tools.reported import STUDY, reported_results, reported_value
 
-seed_everything(seed)
-root = resolve_data_root(data_root)
-dataset = RefCOCOg(root, split=split)
-backbones = load_clips(clip, device=device)
-proposer = make_proposer(proposals, device=device)
-provenance_note(data_root, backbones_untrained=any(b.untrained for b in backbones)
-                or bool(getattr(proposer, "untrained", False)),
-                models=f"CLIP {clip}; proposals {proposals}")
+chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
+                       device=device)
+root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
+                                      chapter.proposer)
+chapter.note
 
 # %% [markdown]
 # ## Reported by the original study (not recomputed)
@@ -122,9 +126,21 @@ for label, (name, options) in METHODS.items():
         # Timings differ between runs; the files keep them, the page does not show them.
         atomic_write_json(Path(results_dir) / f"{name}.json", computed[label])
 
-# ---- regressor rows: the bottleneck / large regressor chapters add theirs here --------------
-# (evaluate(dataset, make_method("regressor", backbones, checkpoint=...), ...) into `computed`)
-# ----------------------------------------------------------------------------------------------
+# The two trained regressors (ideas 1 and 2), trained here with the study's settings (MSE,
+# Adam at its learning rates, `regressor_epochs` epochs) on this page's backbones, then
+# evaluated by the same engine through the `regressor` method.
+train_data, val_data = (split_data(root, s, backbones) for s in ("train", "val"))
+with tempfile.TemporaryDirectory(prefix="refcocog-regressors-") as checkpoints:
+    for label, head in (("regressor: bottleneck head (idea 1)", "bottleneck"),
+                        ("regressor: large head with dropout (idea 2)", "large")):
+        trained = train_regressor(train_data, val_data, TrainConfig(
+            head=head, loss="mse", epochs=regressor_epochs, seed=seed), device=device)
+        checkpoint = save_checkpoint(Path(checkpoints) / f"{head}.pt", trained.head,
+                                     trained.config, train_data.embed_dim,
+                                     clip_provenance(backbones))
+        computed[label] = evaluate(dataset, make_method("regressor", backbones,
+                                                        checkpoint=checkpoint),
+                                   proposer, backbones, limit=limit)
 
 computed_table = results_table(computed)
 show_figure(metric_bar_chart(computed_table, ("miou", "accuracy", "cosine"),

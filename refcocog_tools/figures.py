@@ -75,11 +75,11 @@ def results_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     for label, doc in results.items():
         rows.append({"method": label, **_metric_values(doc["metrics"]),
                      "n": int(doc["metrics"]["n"]), "source": build_source(doc)})
-    return pd.DataFrame(rows, columns=["method", *METRICS, "n", "source"])
+    return pd.DataFrame(rows, columns=["method", *METRICS, "n", "source"]).astype({"n": "Int64"})
 
 
 def reported_table(keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """The study's numbers in the same layout as ``results_table`` (``n`` is not stated: NaN).
+    """The study's numbers in the same layout as ``results_table`` (``n`` is not stated: <NA>).
 
     ``keys`` picks rows of ``reported.reported_results`` by key (default: all of them); the
     method label names the backbone, proposals and split the study used.
@@ -96,8 +96,8 @@ def reported_table(keys: Sequence[str] | None = None) -> pd.DataFrame:
                  f"split {record['split']}]")
         rows.append({"method": label,
                      **{m: float(record.get(m, float("nan"))) for m in METRICS},
-                     "n": float("nan"), "source": reported_source(record["source"])})
-    return pd.DataFrame(rows, columns=["method", *METRICS, "n", "source"])
+                     "n": None, "source": reported_source(record["source"])})
+    return pd.DataFrame(rows, columns=["method", *METRICS, "n", "source"]).astype({"n": "Int64"})
 
 
 def spatial_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:

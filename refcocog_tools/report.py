@@ -34,8 +34,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .dataset import is_synthetic as dataset_is_synthetic
 
 CHAPTER_DIR = Path("book") / "chapters"  # the build area, relative to the book root
 SOURCE_DIR = Path("notebooks")
@@ -261,23 +264,6 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
     return Path(data_root).expanduser()
 
 
-def dataset_is_synthetic(root: str | os.PathLike[str]) -> bool:
-    """True for a dataset written by ``refcocog_tools.minidata`` (its instances.json says so).
-
-    Only the start of the file is read: the generator writes ``info`` first, and the real
-    instances.json is large.
-    """
-    from .dataset import INSTANCES_FILE
-
-    path = Path(root) / "annotations" / INSTANCES_FILE
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return False
-    return b'"synthetic":true' in head.replace(b" ", b"")
-
-
 class ProvenanceNote:
     """A visible statement of where a page's numbers come from.
 
@@ -339,10 +325,48 @@ def provenance_note(data_root: str | os.PathLike[str] | None,
     return ProvenanceNote(title, body, "note")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (the study's ``np.random.seed = 42`` seeded nothing)."""
-    import numpy as np
+@dataclass
+class Chapter:
+    """What a method chapter works on, opened once by ``open_chapter``."""
 
+    root: Path
+    dataset: Any  # RefCOCOg of the chapter's split, expression view
+    backbones: list[Any]
+    proposer: Any
+    note: ProvenanceNote
+
+
+def open_chapter(data_root: str | os.PathLike[str] | None, *, seed: int, split: str = "test",
+                 clip: str = "", proposals: str = "", device: str = "cpu") -> Chapter:
+    """Seed everything, load the data, the CLIP backbones and the proposer of a chapter's
+    parameters, and write the page's provenance box (``chapter.note``) from what was loaded."""
+    from .backbones import load_clips
+    from .dataset import RefCOCOg
+    from .proposals import make_proposer
+
+    seed_everything(seed)
+    root = resolve_data_root(data_root)
+    dataset = RefCOCOg(root, split=split)
+    backbones = load_clips(clip, device=device) if clip else []
+    proposer = make_proposer(proposals, device=device) if proposals else None
+    models = [f"CLIP {clip}"] * bool(clip) + [f"proposals {proposals}"] * bool(proposals)
+    untrained = (any(b.untrained for b in backbones)
+                 or bool(getattr(proposer, "untrained", False))) if models else None
+    note = provenance_note(data_root, backbones_untrained=untrained, models="; ".join(models))
+    return Chapter(root, dataset, backbones, proposer, note)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (the study's ``np.random.seed = 42`` seeded nothing).
+
+    Every chapter calls it first, so it also sets the one display option the pages need:
+    table cells are shown whole (a source column cut with "..." would hide where a number
+    comes from).
+    """
+    import numpy as np
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", None)
     random.seed(seed)
     np.random.seed(seed)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import matplotlib
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -61,7 +62,7 @@ def test_reported_table_quotes_the_study_with_its_section() -> None:
     assert len(table) == 1
     assert table.loc[0, "miou"] == reported_value("baseline", "miou")
     assert table.loc[0, "source"].startswith("reported by the original study (Baseline")
-    assert math.isnan(table.loc[0, "n"])
+    assert pd.isna(table.loc[0, "n"])  # the study does not state n
     with pytest.raises(KeyError):
         figures.reported_table(["no-such-key"])
 
