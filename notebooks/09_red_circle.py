@@ -59,18 +59,21 @@ ablations = True  # evaluate the one-change-at-a-time ablations
 image_index = 0  # which image of the split the debiasing example uses
 
 # %%
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-import ultralytics
 from myst_nb import glue
 
 from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import RefCOCOg, load_rgb_image
 from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import metric_bar_chart, reported_table, results_table
+from refcocog_tools.figures import (
+    metric_bar_chart,
+    reported_table,
+    results_table,
+    ultralytics_photo,
+)
 from refcocog_tools.methods import make_method
 from refcocog_tools.red_circle import debias_explicit, debias_fast, sample_debias_sentences
 from refcocog_tools.report import open_chapter, show_figure
@@ -95,7 +98,6 @@ chapter.note
 # blurred grey background. The study kept the two blurred ones.
 
 # %%
-ASSETS = Path(ultralytics.__file__).parent / "assets"
 # Hand-annotated xyxy pixel boxes (x1, y1, x2, y2) on the full-resolution photographs.
 PHOTO_BOXES = {
     "bus.jpg": {"the bus": (17, 231, 802, 768),
@@ -104,7 +106,7 @@ PHOTO_BOXES = {
                    "the tie on the left": (441, 437, 498, 710)},
 }
 for photo, named in PHOTO_BOXES.items():
-    picture = load_rgb_image(ASSETS / photo)
+    picture = load_rgb_image(ultralytics_photo(photo))
     rendered = render_variants(picture, list(named.values()), VARIANTS, blur_radius=blur_radius,
                                width=max(stroke_width, 6))
     panels = [im for row in rendered for im in row]

@@ -8,8 +8,10 @@ Numbers of the two kinds are never put in one row, and a table never lacks that 
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -235,3 +237,18 @@ def heatmap_grid(image: Image.Image, heatmaps: torch.Tensor, boxes: torch.Tensor
         ax.set_title(textwrap.fill(textwrap.shorten(title, 70), 36), fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def ultralytics_photo(name: str) -> Path:
+    """A photograph shipped inside the ultralytics package (``bus.jpg``, ``zidane.jpg``).
+
+    Found without importing ultralytics: importing it outside ``load_yolo`` would create its
+    settings file in the user's home and print that into a notebook's output.
+    """
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the ultralytics package is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not among the photographs ultralytics ships")
+    return path

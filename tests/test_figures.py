@@ -107,3 +107,14 @@ def test_heatmap_grid_checks_lengths() -> None:
     assert len(fig.axes) == 2
     with pytest.raises(ValueError):
         figures.heatmap_grid(image, heat, boxes, [[0, 0, 2, 2]], ["a", "b"])
+
+
+def test_ultralytics_photos_are_found_without_importing_ultralytics() -> None:
+    import sys
+
+    had_ultralytics = "ultralytics" in sys.modules
+    path = figures.ultralytics_photo("bus.jpg")
+    assert path.is_file() and path.name == "bus.jpg"
+    assert ("ultralytics" in sys.modules) == had_ultralytics
+    with pytest.raises(FileNotFoundError, match="not among the photographs"):
+        figures.ultralytics_photo("no-such.jpg")
