@@ -246,6 +246,13 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def honesty_label(provenance: dict[str, Any]) -> str:
+    """The suffix every printed number gets when it is not a RefCOCOg result ("" when it is)."""
+    parts = [text for key, text in (("untrained", "untrained weights"),
+                                    ("synthetic_data", "synthetic data")) if provenance.get(key)]
+    return f"  [{', '.join(parts)}: not a RefCOCOg result]" if parts else ""
+
+
 def provenance(data_root: str | Path, split: str, backbones: Sequence[ClipBackbone],
                proposer: Proposer) -> dict[str, Any]:
     untrained = any(b.untrained for b in backbones) or bool(getattr(proposer, "untrained", False))
@@ -438,13 +445,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     cache.save()
     atomic_write_json(args.out, results)
     m = results["metrics"]
-    label = ("untrained weights, synthetic data" if results["provenance"]["untrained"]
-             and results["provenance"]["synthetic_data"] else
-             "untrained weights" if results["provenance"]["untrained"] else
-             "synthetic data" if results["provenance"]["synthetic_data"] else "")
     print(f"{method.name}: mIoU {m['miou']:.3f}  acc@0.5 {m['accuracy']:.3f}  "
           f"cosine {m['cosine'] if m['cosine'] is None else round(m['cosine'], 3)}  "
-          f"n={m['n']}" + (f"  [{label}: not a RefCOCOg result]" if label else ""))
+          f"n={m['n']}{honesty_label(results['provenance'])}")
     print(f"results written to {args.out}")
     return 0
 

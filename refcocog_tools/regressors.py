@@ -770,8 +770,10 @@ def _train_regressor(args: argparse.Namespace) -> int:
     results = results_on_split(result, data["test"].to(args.device), data_root, backbones,
                            checkpoint if checkpoint.is_file() else None)
     atomic_write_json(args.out / "results.json", results)
+    from .evaluate import honesty_label
+
     metrics = results["metrics"]
     print(f"best epoch {result.best_epoch} (val mIoU {result.best_val_miou:.3f}); test mIoU "
           f"{metrics['miou']:.3f}, accuracy {metrics['accuracy']:.3f} on {metrics['n']} "
-          f"expressions -> {args.out / 'results.json'}")
+          f"expressions{honesty_label(results['provenance'])} -> {args.out / 'results.json'}")
     return 0

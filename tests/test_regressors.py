@@ -347,6 +347,7 @@ def test_train_regressor_cli_end_to_end(mini_root: Path, tmp_path: Path,
             "--head", "large", "--loss", "mix", "--epochs", "2", "--normalize-targets",
             "--embedding-cache", str(tmp_path / "emb"), "--out", str(out)]
     assert main(argv) == 0
+    assert "[untrained weights, synthetic data: not a RefCOCOg result]" in capsys.readouterr().out
     for name in ("history.json", "curves.png", "best.pt", "last.pt", "config.json",
                  "results.json"):
         assert (out / name).is_file(), name
