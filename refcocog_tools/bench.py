@@ -37,7 +37,7 @@ from PIL import ImageChops
 
 from .backbones import ClipBackbone, load_clips
 from .cache import EmbeddingCache
-from .dataset import RefCOCOg, RefItem, load_rgb_image
+from .dataset import RefCOCOg, RefItem, is_synthetic, load_rgb_image
 from .evaluate import (
     _evaluate_plain,
     add_common_arguments,
@@ -272,6 +272,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size, "workers": args.workers,
         "torch_threads": torch.get_num_threads(),
         "untrained": any(b.untrained for b in backbones), "data_root": str(data_root),
+        # Throughput does not depend on trained weights, but say what ran all the same.
+        "synthetic_data": is_synthetic(data_root),
     }
     report["stages"] = bench_stages(groups, proposer, make, args.batch_size)
 
