@@ -200,22 +200,34 @@ def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
     return stages
 
 
+# RN50x16's configuration (what clip.model.build_model infers from its state dict).
+RN50X16_CONFIG: dict[str, Any] = dict(
+    embed_dim=768, image_resolution=384, vision_layers=(6, 8, 18, 8), vision_width=96,
+    vision_patch_size=None, context_length=77, vocab_size=49408, transformer_width=768,
+    transformer_heads=12, transformer_layers=12,
+)
+
+
 def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str,
-                       batch_size: int, seed: int) -> dict[str, Any]:
-    """Encode IMAGES x PROPOSALS x 2 random prompts with the RN50x16 architecture."""
+                       batch_size: int, seed: int, architecture: dict[str, Any] | None = None,
+                       architecture_name: str = "RN50x16") -> dict[str, Any]:
+    """Encode IMAGES x PROPOSALS x 2 random prompts with the RN50x16 architecture.
+
+    This times the GPU-bound part of a test-split evaluation (the image encoder over every
+    visual prompt); decoding and rendering run in DataLoader workers beside it. Loaded RN50x16
+    weights are used when ``--clip`` names them, else random weights (same cost).
+    """
     import clip.model
 
     n_images, n_proposals = (int(v) for v in spec.split(","))
-    full = next((b for b in backbones if b.name == "RN50x16"), None)
+    full = next((b for b in backbones if b.name == architecture_name), None)
     if full is not None:
         model, untrained = full.model, False
     else:
-        # RN50x16's configuration (clip.model.build_model on its state dict gives these).
-        torch.manual_seed(seed)
-        model = clip.model.CLIP(embed_dim=768, image_resolution=384, vision_layers=(6, 8, 18, 8),
-                                vision_width=96, context_length=77, vocab_size=49408,
-                                transformer_width=768, transformer_heads=12,
-                                transformer_layers=12).eval().to(device)
+        with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+            torch.manual_seed(seed)
+            model = clip.model.CLIP(**(architecture or RN50X16_CONFIG))
+        model = model.eval().to(device)
         untrained = True
     resolution = model.visual.input_resolution
     count = n_images * n_proposals * 2
@@ -236,7 +248,8 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     return {"images": n_images, "proposals_per_image": n_proposals, "visual_prompts": count,
-            "architecture": "RN50x16", "random_weights": untrained, "resolution": resolution,
+            "architecture": architecture_name, "random_weights": untrained,
+            "resolution": resolution,
             "seconds": round(seconds, 3), "visual_prompts_per_s": _rate(count, seconds),
             "images_per_s": _rate(n_images, seconds), "fp16_autocast": on_cuda}
 

@@ -96,3 +96,19 @@ def test_bench_command_prints_every_stage(mini_data, isolated_cache, capsys) -> 
     assert report["render"]["pixel_identical"] is True and report["render"]["proposals"] >= 8
     assert report["study_pattern"]["same_choices"] is True
     assert report["memory"]["rss_peak_mib"] > 0
+
+
+def test_synthetic_workload_encodes_every_visual_prompt() -> None:
+    """The GPU-sizing workload, on a small architecture so it runs here in a second."""
+    import torch
+
+    from refcocog_tools.backbones import TINY_CLIP_CONFIGS
+    from refcocog_tools.bench import RN50X16_CONFIG, synthetic_workload
+
+    state = torch.random.get_rng_state()
+    out = synthetic_workload("3,4", [], "cpu", batch_size=5, seed=0,
+                             architecture=TINY_CLIP_CONFIGS["tiny-rn"], architecture_name="tiny")
+    assert out["visual_prompts"] == 3 * 4 * 2 and out["random_weights"] is True
+    assert out["resolution"] == TINY_CLIP_CONFIGS["tiny-rn"]["image_resolution"]
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert set(RN50X16_CONFIG) == set(TINY_CLIP_CONFIGS["tiny-rn"])  # a complete CLIP config
