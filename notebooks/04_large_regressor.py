@@ -62,7 +62,6 @@ import torch.nn.functional as F
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refcocog_tools.backbones import load_clips
 from refcocog_tools.figures import build_source, reported_source
 from refcocog_tools.regressors import (
     BoxLoss,
@@ -78,25 +77,18 @@ from refcocog_tools.regressors import (
     split_data,
     train_regressor,
 )
-from refcocog_tools.report import (
-    dataset_is_synthetic,
-    provenance_note,
-    resolve_data_root,
-    seed_everything,
-    show_figure,
-)
+from refcocog_tools.report import dataset_is_synthetic, open_chapter, show_figure
 from refcocog_tools.reported import reported_results
 
-seed_everything(seed)
-root = resolve_data_root(data_root)
-backbones = load_clips(clip, device=device)
+chapter = open_chapter(data_root, seed=seed, clip=clip, device=device)
+root, backbones = chapter.root, chapter.backbones
 untrained = any(b.untrained for b in backbones)
 # Every caption of a number computed here names where it comes from.
 run_label = (f"this build: {'synthetic dataset' if dataset_is_synthetic(root) else 'RefCOCOg'}, "
              f"CLIP {clip} ({'untrained' if untrained else 'pretrained'})")
 data = {split: split_data(root, split, backbones).first(limit)
         for split in ("train", "val", "test")}
-provenance_note(data_root, backbones_untrained=untrained, models=f"CLIP {clip}")
+chapter.note
 
 # %% [markdown]
 # ## The head
