@@ -77,15 +77,13 @@ from refcocog_tools.regressors import (
     split_data,
     train_regressor,
 )
-from refcocog_tools.report import dataset_is_synthetic, open_chapter, show_figure
+from refcocog_tools.report import open_chapter, show_figure
 from refcocog_tools.reported import reported_results
 
 chapter = open_chapter(data_root, seed=seed, clip=clip, device=device)
 root, backbones = chapter.root, chapter.backbones
-untrained = any(b.untrained for b in backbones)
 # Every caption of a number computed here names where it comes from.
-run_label = (f"this build: {'synthetic dataset' if dataset_is_synthetic(root) else 'RefCOCOg'}, "
-             f"CLIP {clip} ({'untrained' if untrained else 'pretrained'})")
+run_label = chapter.run_label
 data = {split: split_data(root, split, backbones).first(limit)
         for split in ("train", "val", "test")}
 chapter.note

@@ -335,6 +335,16 @@ class Chapter:
     proposer: Any
     note: ProvenanceNote
 
+    @property
+    def run_label(self) -> str:
+        """How captions name this page's computed numbers, e.g. "this build: synthetic
+        dataset, CLIP tiny-rn (untrained)"."""
+        data = "synthetic dataset" if dataset_is_synthetic(self.root) else "RefCOCOg"
+        clips = ",".join(b.name for b in self.backbones)
+        untrained = any(b.untrained for b in self.backbones)
+        return (f"this build: {data}, CLIP {clips} "
+                f"({'untrained' if untrained else 'pretrained'})")
+
 
 def open_chapter(data_root: str | os.PathLike[str] | None, *, seed: int, split: str = "test",
                  clip: str = "", proposals: str = "", device: str = "cpu") -> Chapter:

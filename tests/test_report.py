@@ -190,3 +190,14 @@ def test_reproduce_path_runs_a_real_chapter_with_parameters(tmp_path: Path, mini
     text = json.dumps(executed["cells"])
     assert "not a RefCOCOg result" in text  # the generated dataset is recognised as synthetic
     assert "synthetic dataset (test), tiny-rn (untrained), proposals gt, n=6" in text
+
+
+def test_open_chapter_states_what_ran(mini_data: Path, isolated_cache: Path) -> None:
+    chapter = report.open_chapter(str(mini_data), seed=0, clip="tiny-rn", proposals="gt")
+    assert chapter.dataset.split == "test" and len(chapter.dataset) > 0
+    assert [b.name for b in chapter.backbones] == ["tiny-rn"]
+    assert chapter.run_label == "this build: synthetic dataset, CLIP tiny-rn (untrained)"
+    assert chapter.note.kind == "warning" and "CLIP tiny-rn; proposals gt" in chapter.note.body
+    no_models = report.open_chapter(str(mini_data), seed=0)
+    assert no_models.backbones == [] and no_models.proposer is None
+    assert "No model is used on this page." in no_models.note.body
