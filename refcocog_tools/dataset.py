@@ -15,10 +15,10 @@ import io
 import json
 import pickle
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -98,11 +98,24 @@ def xywh_to_xyxy(box: Sequence[float]) -> Box:
     return (x, y, x + w, y + h)
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """``PIL.Image.open`` as Pillow ships it.
+
+    Importing ultralytics replaces ``PIL.Image.open`` with a wrapper that, on a file Pillow
+    cannot identify, tries to install the pi-heif package and then fails with an ImportError.
+    The data layer wants Pillow's own ``UnidentifiedImageError`` for an unreadable file, and no
+    install attempt, whether or not a detector was loaded in the same process.
+    """
+    patches = sys.modules.get("ultralytics.utils.patches")
+    opener = getattr(patches, "_image_open", None) or Image.open
+    return opener(path)
+
+
 def load_rgb_image(path: str | Path) -> Image.Image:
     """Open an image in any PIL mode as RGB, with its EXIF orientation applied."""
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (
                 image.mode == "P" and "transparency" in image.info
@@ -156,12 +169,15 @@ class RefItem:
     record: RefRecord
     sentences: tuple[str, ...]
     sent_ids: tuple[int, ...]
-    _image: Image.Image | None = field(default=None, repr=False)
 
-    @cached_property
+    @property
     def image(self) -> Image.Image:
-        """The image as PIL RGB, decoded on first access."""
-        return self._image if self._image is not None else load_rgb_image(self.record.image_path)
+        """The image as PIL RGB, decoded from its file on every access.
+
+        Not cached on the item: an evaluation holds every item of a split, and cached pixels
+        would keep every decoded image of the split in memory. Keep the returned image instead.
+        """
+        return load_rgb_image(self.record.image_path)
 
     def __getattr__(self, name: str) -> Any:
         # ref_id, ann_id, image_id, box, instances ... are read through from the record.
@@ -374,7 +390,7 @@ def validate(root: str | Path, check_images: bool = True) -> list[str]:
                 continue
             seen.add(record.image_path)
             try:
-                with Image.open(record.image_path) as image:
+                with open_image(record.image_path) as image:
                     image.verify()
                     size = image.size
                 if size != record.image_size:

@@ -111,7 +111,8 @@ class _ImageGroups(torch.utils.data.Dataset):
         item = self.groups[index][0]
         image = item.image
         sample: dict[str, Any] = {"index": index, "image": image,
-                                  "proposals": self.proposer(item) if self.proposer else None}
+                                  "proposals": self.proposer(item, image) if self.proposer
+                                  else None}
         if self.renderer is not None and sample["proposals"] is not None:
             boxes = sample["proposals"].boxes
             boxes = boxes[self.renderer.kept_proposals(image.size, boxes)]
@@ -195,7 +196,7 @@ def evaluate_groups(
         for sample in pending:
             items = groups[sample["index"]]
             proposals = (sample["proposals"] if sample["proposals"] is not None
-                         else proposer(items[0]))
+                         else proposer(items[0], sample["image"]))
             prediction = method.predict(sample["image"], [it.sentence for it in items],
                                         proposals)
             rows.extend(_rows(items, sample["image"], proposals, prediction, metric_backbones))
@@ -230,7 +231,7 @@ def _evaluate_plain(groups: Sequence[Sequence[RefItem]], method: GroundingMethod
     for items in tqdm(groups, desc=method.name, unit="image", disable=not progress,
                       file=sys.stderr):
         image = items[0].image
-        proposals = proposer(items[0])
+        proposals = proposer(items[0], image)
         prediction = method.predict(image, [it.sentence for it in items], proposals)
         rows.extend(_rows(items, image, proposals, prediction, metric_backbones))
     return rows

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
+from PIL import Image
 
 from .backbones import EMBEDDED_YOLO, load_yolo, yolo_checksum, yolo_untrained
 from .dataset import RefItem
@@ -65,9 +66,10 @@ class Proposer(Protocol):
     name: str
     untrained: bool
 
-    def __call__(self, item: RefItem) -> Proposals: ...
+    def __call__(self, item: RefItem, image: Image.Image | None = None) -> Proposals: ...
 
-    def propose_many(self, items: Sequence[RefItem]) -> list[Proposals]: ...
+    def propose_many(self, items: Sequence[RefItem],
+                     images: Sequence[Image.Image] | None = None) -> list[Proposals]: ...
 
 
 class GroundTruthProposer:
@@ -77,7 +79,8 @@ class GroundTruthProposer:
     untrained = False
     checksum: str | None = None
 
-    def __call__(self, item: RefItem) -> Proposals:
+    def __call__(self, item: RefItem, image: Image.Image | None = None) -> Proposals:
+        """``image`` is accepted for the common interface; annotations need no pixels."""
         if not item.instances:
             return Proposals.whole_image(item.image_size)
         return Proposals(
@@ -85,7 +88,8 @@ class GroundTruthProposer:
             [inst.category for inst in item.instances],
         )
 
-    def propose_many(self, items: Sequence[RefItem]) -> list[Proposals]:
+    def propose_many(self, items: Sequence[RefItem],
+                     images: Sequence[Image.Image] | None = None) -> list[Proposals]:
         return [self(item) for item in items]
 
     def config(self) -> dict[str, Any]:
@@ -134,13 +138,21 @@ class YoloProposer:
             boxes.conf.detach().float().cpu()[keep],
         )
 
-    def propose_many(self, items: Sequence[RefItem]) -> list[Proposals]:
-        """Detect on the items' images, ``batch_size`` images per forward pass."""
+    def propose_many(self, items: Sequence[RefItem],
+                     images: Sequence[Image.Image] | None = None) -> list[Proposals]:
+        """Detect on the items' images, ``batch_size`` images per forward pass.
+
+        ``images``: the items' images already decoded (else each is decoded here).
+        """
+        if images is not None and len(images) != len(items):
+            raise ValueError(f"{len(images)} images for {len(items)} items")
         out: list[Proposals] = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start:start + self.batch_size]
+            pixels = (list(images[start:start + self.batch_size]) if images is not None
+                      else [item.image for item in chunk])
             results = self.model.predict(
-                [item.image for item in chunk],
+                pixels,
                 conf=self.conf,
                 max_det=self.max_det,
                 imgsz=self.imgsz,
@@ -152,8 +164,8 @@ class YoloProposer:
                        for r, item in zip(results, chunk, strict=True))
         return out
 
-    def __call__(self, item: RefItem) -> Proposals:
-        return self.propose_many([item])[0]
+    def __call__(self, item: RefItem, image: Image.Image | None = None) -> Proposals:
+        return self.propose_many([item], None if image is None else [image])[0]
 
     def config(self) -> dict[str, Any]:
         """JSON-able description, recorded with results."""

@@ -6,12 +6,16 @@ The session gets its own cache directory, so tests never read a developer's real
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["YOLO_OFFLINE"] = "1"
+# Any test that imports ultralytics directly must not write its settings into the home folder.
+_ULTRALYTICS_CONFIG = tempfile.mkdtemp(prefix="refcocog-tests-ultralytics-")
+os.environ["YOLO_CONFIG_DIR"] = _ULTRALYTICS_CONFIG
 
 
 @pytest.fixture(scope="session")

@@ -281,3 +281,14 @@ def test_cli_make_stats_validate(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert cli_main(["validate", "--data-root", str(root)]) == 0
     assert cli_main(["stats", "--data-root", str(tmp_path / "missing")]) == 2
     assert "data root not found" in capsys.readouterr().err
+
+
+def test_unreadable_image_is_reported_even_after_ultralytics_patched_pil(tmp_path: Path) -> None:
+    """Ultralytics swaps PIL.Image.open for a wrapper that tries to install pi-heif on an
+    unidentified file; the data layer still reports the file as unreadable."""
+    import ultralytics.utils.patches  # noqa: F401 - applies the patch
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    with pytest.raises(DatasetError, match=r"bad\.jpg: image unreadable"):
+        load_rgb_image(bad)

@@ -222,3 +222,27 @@ def test_group_by_image_limits_expressions(test_split) -> None:
     groups = group_by_image(test_split, limit=5)
     assert sum(len(g) for g in groups) == 5
     assert all(len({i.image_id for i in g}) == 1 for g in groups)
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_each_image_is_decoded_once_and_not_kept(test_split, tiny_rn, monkeypatch,
+                                                 batch_size) -> None:
+    import refcocog_tools.dataset as dataset_module
+
+    decoded = []
+    original = dataset_module.load_rgb_image
+
+    def counting(path):
+        decoded.append(path)
+        return original(path)
+
+    monkeypatch.setattr(dataset_module, "load_rgb_image", counting)
+    groups = group_by_image(test_split, limit=10)
+    method = make_method("red-circle", [tiny_rn], n_debias=0)
+    from refcocog_tools.evaluate import evaluate_groups
+
+    rows = evaluate_groups(groups, method, GroundTruthProposer(), [tiny_rn],
+                           batch_size=batch_size)
+    assert len(rows) == 10
+    assert len(decoded) == len(set(decoded)) == len(groups)
+    assert all("image" not in vars(item) for group in groups for item in group)

@@ -102,7 +102,14 @@ def test_tiny_yolo_offline_quiet_and_contract(dataset, cache, capfd, monkeypatch
     assert config["checksum"] == proposer.checksum
 
     items = [dataset[0], _without_instances(dataset[1])]
-    results = proposer.propose_many(items)  # one forward pass of two images
+    images = [item.image for item in items]
+
+    def decoded_again(path):
+        raise AssertionError(f"{path} decoded a second time")
+
+    # Images already decoded by the caller are used as they are.
+    monkeypatch.setattr("refcocog_tools.dataset.load_rgb_image", decoded_again)
+    results = proposer.propose_many(items, images)  # one forward pass of two images
     assert len(results) == 2
     for item, props in zip(items, results, strict=True):
         assert isinstance(props, Proposals)
