@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +115,25 @@ class _ImageGroups(torch.utils.data.Dataset):
                                   "proposals": self.proposer(item, image) if self.proposer
                                   else None}
         if self.renderer is not None and sample["proposals"] is not None:
-            boxes = sample["proposals"].boxes
-            boxes = boxes[self.renderer.kept_proposals(image.size, boxes)]
-            keys = self.renderer.visual_prompt_keys(image, boxes)
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            missing = [k for k in first if k not in self.cached]
-            prompts = self.renderer.render(image, boxes, [first[k] for k in missing])
-            sample["keys"] = missing
-            sample["pixels"] = [torch.stack([p(im) for im in prompts]) if prompts else None
-                                for p in self.preprocesses]
+            sample.update(_prepare_prompts(self.renderer, self.preprocesses, self.cached,
+                                           image, sample["proposals"]))
         return sample
+
+
+def _prepare_prompts(renderer: _PromptRenderer,
+                     preprocesses: Sequence[Callable[[Image.Image], torch.Tensor]],
+                     cached: frozenset[str], image: Image.Image,
+                     proposals: Proposals) -> dict[str, Any]:
+    """The visual prompts of one image not cached yet: their keys, and their pixels rendered
+    and preprocessed once per distinct CLIP preprocessing (None where nothing is missing)."""
+    boxes = proposals.boxes[renderer.kept_proposals(image.size, proposals.boxes)]
+    keys = renderer.visual_prompt_keys(image, boxes)
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}
+    missing = [k for k in first if k not in cached]
+    prompts = renderer.render(image, boxes, [first[k] for k in missing])
+    return {"keys": missing,
+            "pixels": [torch.stack([p(im) for im in prompts]) if prompts else None
+                       for p in preprocesses]}
 
 
 def _loader(dataset: _ImageGroups, workers: int) -> Iterable[dict[str, Any]]:
@@ -163,7 +173,7 @@ def evaluate_groups(
     in_worker = proposer if getattr(proposer, "name", None) == "gt" else None
     renderer = preprocesses = None
     cached: frozenset[str] = frozenset()
-    if batched and in_worker is not None:
+    if batched:
         assert isinstance(method, RedCircle)
         renderer = _PromptRenderer(method)
         # One preprocessing per distinct transform (backbones of the same resolution share it).
@@ -180,8 +190,30 @@ def evaluate_groups(
     bar = tqdm(total=len(groups), desc=method.name, unit="image", disable=not progress,
                file=sys.stderr)
 
+    # A detector runs in the main process (one model, on the GPU when there is one), so its
+    # images' visual prompts are drawn here, in threads: Pillow's filters and pastes release
+    # the GIL. Ground-truth proposals are drawn in the DataLoader workers instead.
+    painters = (ThreadPoolExecutor(max_workers=max(1, workers))
+                if renderer is not None and in_worker is None else None)
+
+    def detect_and_draw() -> None:
+        todo = [s for s in pending if s["proposals"] is None]
+        if not todo:
+            return
+        found = proposer.propose_many([groups[s["index"]][0] for s in todo],
+                                      [s["image"] for s in todo])
+        for sample, proposals in zip(todo, found, strict=True):
+            sample["proposals"] = proposals
+        if painters is not None:
+            assert renderer is not None and preprocesses is not None
+            drawn = painters.map(lambda s: _prepare_prompts(renderer, preprocesses, cached,
+                                                            s["image"], s["proposals"]), todo)
+            for sample, prompts in zip(todo, drawn, strict=True):
+                sample.update(prompts)
+
     def flush() -> None:
         nonlocal n_pending
+        detect_and_draw()
         if renderer is not None and pending:
             assert isinstance(method, RedCircle) and batch_size is not None
             keys = [k for s in pending for k in s["keys"]]
@@ -204,12 +236,20 @@ def evaluate_groups(
         pending.clear()
         n_pending = 0
 
-    for sample in _loader(dataset, workers):
-        pending.append(sample)
-        n_pending += len(sample.get("keys", ()))
-        if renderer is None or n_pending >= (batch_size or 1):
-            flush()
-    flush()
+    # Images per detector batch: their prompts (up to max_det x variants each) are encoded
+    # together, so a few images already fill an encoder batch.
+    detector_chunk = max(1, (batch_size or 1) // 8)
+    try:
+        for sample in _loader(dataset, workers):
+            pending.append(sample)
+            n_pending += len(sample.get("keys", ())) if in_worker is not None else 1
+            if renderer is None or n_pending >= (batch_size if in_worker is not None
+                                                 else detector_chunk):
+                flush()
+        flush()
+    finally:
+        if painters is not None:
+            painters.shutdown()
     bar.close()
     return rows
 

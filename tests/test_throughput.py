@@ -112,3 +112,52 @@ def test_synthetic_workload_encodes_every_visual_prompt() -> None:
     assert out["resolution"] == TINY_CLIP_CONFIGS["tiny-rn"]["image_resolution"]
     assert torch.equal(state, torch.random.get_rng_state())
     assert set(RN50X16_CONFIG) == set(TINY_CLIP_CONFIGS["tiny-rn"])  # a complete CLIP config
+
+
+class _FakeDetector:
+    """A proposer that is not "gt", so the engine runs it in the main process as it would a
+    YOLO model; its boxes are the instances' boxes, shifted, with one extra box."""
+
+    name = "fake-detector"
+    untrained = True
+    checksum = None
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def propose_many(self, items, images=None):
+        from refcocog_tools.proposals import Proposals
+
+        assert images is not None and len(images) == len(items)  # decoded once, passed in
+        self.batches.append(len(items))
+        out = []
+        for item, image in zip(items, images, strict=True):
+            boxes = [[x1 + 1, y1 + 1, x2, y2] for x1, y1, x2, y2 in
+                     (inst.box for inst in item.instances)] + [[0, 0, image.width / 2,
+                                                                image.height / 2]]
+            out.append(Proposals(torch.tensor(boxes, dtype=torch.float32),
+                                 [None] * len(boxes)))
+        return out
+
+    def __call__(self, item, image=None):
+        return self.propose_many([item], [item.image if image is None else image])[0]
+
+    def config(self):
+        return {"proposer": self.name}
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 64}, {"batch_size": 16, "workers": 2}])
+def test_batched_engine_with_a_detector_in_the_main_process(options, groups, mini_data,
+                                                            tiny_rn) -> None:
+    pool = RefCOCOg(mini_data, "train").sentences()
+    reference = evaluate_groups(groups, _red_circle([tiny_rn], pool), _FakeDetector())
+    method = _red_circle([tiny_rn], pool)
+
+    def no_render(*args, **kwargs):
+        raise AssertionError("predict re-rendered a visual prompt the engine had encoded")
+
+    method.render = no_render
+    detector = _FakeDetector()
+    rows = evaluate_groups(groups, method, detector, **options)
+    assert rows == reference
+    assert max(detector.batches) > 1  # images reach the detector in batches
