@@ -425,7 +425,10 @@ def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = N
     columns = min(columns or len(images), len(images))
     rows = -(-len(images) // columns)
     aspect = max(im.size[1] / im.size[0] for im in images)
-    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, width * aspect * rows + 0.4),
+    # Room for a (possibly two-line) title above every row, so titles never cover images.
+    title_room = 0.45 * rows if titles is not None else 0.2
+    fig, axes = plt.subplots(rows, columns,
+                             figsize=(width * columns, width * aspect * rows + title_room),
                              squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
