@@ -17,7 +17,9 @@
 # and the expression. This chapter looks at the data a run uses: how large each split is, how
 # crowded the images are, which categories are referred to, and what the expressions look like.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
 # out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
 # notebook with papermill:

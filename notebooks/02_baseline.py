@@ -23,7 +23,9 @@
 # proposal, the largest one, the one nearest the centre). A method that does not beat them has
 # learned nothing from CLIP.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
 # out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
 # notebook with papermill:

@@ -25,7 +25,9 @@
 # IoU loss whose intersection was computed with the wrong corner, and a random seed that was
 # never applied.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
 # out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
 # notebook with papermill, for instance with the study's ViT-B/32 backbone and its 30 epochs:

@@ -24,7 +24,9 @@
 # why an MSE on pixel coordinates depends on the size of the images and drowns the IoU term of
 # the mixed loss.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
 # out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
 # notebook with papermill:

@@ -25,7 +25,9 @@
 # can be rechecked with pretrained weights. CLIPSeg, the study's second idea of this kind, is
 # described at the end but not run.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
 # out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
 # notebook with papermill:

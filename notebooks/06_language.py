@@ -22,7 +22,9 @@
 # phrases are, and which words they use. It uses `refcocog_tools.language`, a small rule-based
 # reader that needs no model: good enough for statistics, not a parser to ground with.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # ```bash
 # papermill notebooks/06_language.ipynb out.ipynb -p data_root /data/refcocog \
 #     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0

@@ -25,7 +25,9 @@
 # any learning: for expressions of the form "the *category* on the left / right / at the top /
 # at the bottom", the candidate of that category that lies in that relation to all the others.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # ```bash
 # papermill notebooks/07_scene_graph.ipynb out.ipynb -p data_root /data/refcocog \
 #     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0

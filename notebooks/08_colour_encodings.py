@@ -27,7 +27,9 @@
 #
 # Both are implemented in `refcocog_tools.overlay` on top of `refcocog_tools.visual_prompts`.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
 # out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
 # notebook with papermill:

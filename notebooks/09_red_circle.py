@@ -27,7 +27,9 @@
 #    CLIP backbones and **debiased** (below);
 # 4. a proposal's score is its best variant; the expression's answer is the best proposal.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
 # out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
 # notebook with papermill:

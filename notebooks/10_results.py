@@ -20,7 +20,9 @@
 #   configuration stated in each chapter's box. On the embedded defaults they come from
 #   untrained tiny models on a synthetic dataset and say nothing about RefCOCOg.
 #
-# ````{tip} Running this chapter on real data
+# ````{admonition} Running this chapter on real data
+# :class: tip
+#
 # ```bash
 # papermill notebooks/10_results.ipynb out.ipynb -p data_root /data/refcocog \
 #     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
