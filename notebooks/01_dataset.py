@@ -51,7 +51,7 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 from myst_nb import glue
 
-from refcocog_tools.dataset import SPLITS, load_rgb_image, parse_refcocog, split_stats
+from refcocog_tools.dataset import SPLITS, load_records, load_rgb_image, split_stats
 from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
 
 seed_everything(seed)
@@ -74,8 +74,7 @@ for column in ("refs", "expressions", "images", "categories"):
 stats
 
 # %%
-records, problems = parse_refcocog(root)
-assert not problems, problems[:3]
+records = load_records(root)
 by_split = {split: [r for r in records if r.split == split] for split in SPLITS}
 if limit:
     by_split = {split: recs[:limit] for split, recs in by_split.items()}

@@ -46,7 +46,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from myst_nb import glue
 
-from refcocog_tools.dataset import SPLITS, parse_refcocog
+from refcocog_tools.dataset import SPLITS, load_records
 from refcocog_tools.language import (
     expression_table,
     parse_expression,
@@ -60,8 +60,7 @@ root = resolve_data_root(data_root)
 provenance_note(data_root, backbones_untrained=None)
 
 # %%
-records, problems = parse_refcocog(root)
-assert not problems, problems[:3]
+records = load_records(root)
 if limit:
     records = [r for split in SPLITS for r in [x for x in records if x.split == split][:limit]]
 table = expression_table(records)

@@ -16,6 +16,7 @@ import json
 import pickle
 import re
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -270,11 +271,26 @@ def parse_refcocog(
     Missing root or annotation files and malformed top-level structure raise at once; problems
     with single records are collected so that ``validate`` can list them all.
     """
+    records, ref_problems, instance_problems = parse_refcocog_detailed(root, clip_boxes)
+    return records, ref_problems + instance_problems
+
+
+def parse_refcocog_detailed(
+    root: str | Path, clip_boxes: bool = False
+) -> tuple[list[RefRecord], list[str], list[str]]:
+    """Like ``parse_refcocog``, with the problems in two lists.
+
+    The first list holds problems that lose or break a referred object (a bad ref, image or
+    category, or a bad box of a referred instance); the second, bad instances no ref points to.
+    Those are only possible distractors: the dataset drops them with a warning instead of
+    refusing to load, since one odd COCO box should not block a split of thousands of refs.
+    """
     root = Path(root)
     refs_path, instances_path = _annotation_files(root)
     refs = load_refs_pickle(refs_path)
     instances = _load_instances(instances_path)
     problems: list[str] = []
+    rejected: dict[int | None, list[str]] = {}  # annotation id (when known) -> why dropped
 
     categories = {}
     for i, cat in enumerate(instances["categories"]):
@@ -313,12 +329,13 @@ def parse_refcocog(
             if category_id not in categories:
                 raise DatasetError(f"{where}: field 'category_id' {category_id} is unknown")
         except DatasetError as err:
-            problems.append(str(err))
+            ann_key = ann.get("id") if isinstance(ann, dict) else None
+            rejected.setdefault(ann_key if isinstance(ann_key, int) else None, []).append(str(err))
             continue
         size = (images[image_id]["width"], images[image_id]["height"])
         box, problem = _check_box(xywh_to_xyxy(bbox), size, f"{where}: field 'bbox'", clip_boxes)
         if problem:
-            problems.append(problem)
+            rejected.setdefault(ann_id, []).append(problem)
             continue
         annotations[ann_id] = ann
         instances_by_image.setdefault(image_id, []).append(
@@ -339,6 +356,9 @@ def parse_refcocog(
             sentences = _require(ref, "sentences", list, where)
             if split not in SPLITS:
                 raise DatasetError(f"{where}: field 'split' is {split!r}, not one of {SPLITS}")
+            if ann_id in rejected:
+                raise DatasetError(f"{where}: field 'ann_id' {ann_id} refers to a rejected "
+                                   f"instance ({rejected[ann_id][0]})")
             if ann_id not in annotations:
                 raise DatasetError(f"{where}: field 'ann_id' {ann_id} has no instance in "
                                    f"{INSTANCES_FILE}")
@@ -374,7 +394,25 @@ def parse_refcocog(
                 instances=tuple(instances_by_image[image_id]),
             )
         )
-    return records, problems
+    # A rejected instance that a ref points to already produced that ref's problem.
+    referred = {ref.get("ann_id") for ref in refs if isinstance(ref, dict)}
+    instance_problems = [text for ann_id, texts in rejected.items()
+                         if ann_id is None or ann_id not in referred for text in texts]
+    return records, problems, instance_problems
+
+
+def load_records(root: str | Path, clip_boxes: bool = False) -> list[RefRecord]:
+    """Every ref of every split; raises on the first problem that breaks a ref, and warns
+    about instances no ref points to that were dropped."""
+    records, problems, dropped = parse_refcocog_detailed(root, clip_boxes=clip_boxes)
+    if problems:
+        more = f" (and {len(problems) - 1} more; run `refcocog-tools validate`)"
+        raise DatasetError(problems[0] + (more if len(problems) > 1 else ""))
+    if dropped:
+        warnings.warn(f"{len(dropped)} instance(s) no ref points to were dropped from the "
+                      f"proposals, first: {dropped[0]} (run `refcocog-tools validate`)",
+                      stacklevel=3)
+    return records
 
 
 def validate(root: str | Path, check_images: bool = True) -> list[str]:
@@ -428,10 +466,7 @@ class RefCOCOg(torch.utils.data.Dataset):
         self.root = Path(root)
         self.split = split
         self.view = view
-        records, problems = parse_refcocog(self.root, clip_boxes=clip_boxes)
-        if problems:
-            more = f" (and {len(problems) - 1} more; run `refcocog-tools validate`)"
-            raise DatasetError(problems[0] + (more if len(problems) > 1 else ""))
+        records = load_records(self.root, clip_boxes=clip_boxes)
         self.records = [r for r in records if r.split == split]
         if view == "ref":
             self._index = [(r, r.sentences, r.sent_ids) for r in self.records]
@@ -464,9 +499,7 @@ class RefCOCOg(torch.utils.data.Dataset):
 
 def split_stats(root: str | Path) -> dict[str, dict[str, float]]:
     """Per split: refs, expressions, images, objects per image, share of spatial expressions."""
-    records, problems = parse_refcocog(root)
-    if problems:
-        raise DatasetError(problems[0])
+    records = load_records(root)
     stats: dict[str, dict[str, float]] = {}
     for split in SPLITS:
         recs = [r for r in records if r.split == split]

@@ -292,3 +292,30 @@ def test_unreadable_image_is_reported_even_after_ultralytics_patched_pil(tmp_pat
     bad.write_bytes(b"not an image at all")
     with pytest.raises(DatasetError, match=r"bad\.jpg: image unreadable"):
         load_rgb_image(bad)
+
+
+def test_a_bad_box_no_ref_points_to_is_dropped_with_a_warning(broken_root: Path) -> None:
+    referred = {r["ann_id"] for r in _refs(broken_root)}
+    data = _instances(broken_root)
+    distractor = next(a for a in data["annotations"] if a["id"] not in referred)
+    distractor["bbox"][3] = 0  # zero height
+    _write_instances(broken_root, data)
+    refs_of_image = [r for r in _refs(broken_root) if r["image_id"] == distractor["image_id"]]
+    split = refs_of_image[0]["split"]
+    with pytest.warns(UserWarning, match=rf"annotation id {distractor['id']}: field 'bbox'"):
+        dataset = RefCOCOg(broken_root, split, view="ref")
+    assert len(dataset) == sum(r["split"] == split for r in _refs(broken_root))
+    item = next(i for i in dataset if i.image_id == distractor["image_id"])
+    assert distractor["id"] not in {inst.ann_id for inst in item.instances}
+    problems = validate(broken_root, check_images=False)
+    assert len(problems) == 1 and "degenerate" in problems[0]
+
+
+def test_a_ref_to_a_rejected_instance_names_both(broken_root: Path) -> None:
+    ref = _refs(broken_root)[0]
+    data = _instances(broken_root)
+    next(a for a in data["annotations"] if a["id"] == ref["ann_id"])["bbox"][2] = -4
+    _write_instances(broken_root, data)
+    with pytest.raises(DatasetError, match=rf"ref_id {ref['ref_id']}: field 'ann_id' "
+                                           rf"{ref['ann_id']} refers to a rejected instance"):
+        RefCOCOg(broken_root)
