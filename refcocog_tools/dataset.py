@@ -11,6 +11,7 @@ Boxes are converted once, here, from COCO ``xywh`` to ``xyxy`` floats in image p
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import pickle
@@ -278,7 +279,30 @@ def parse_refcocog(
 def parse_refcocog_detailed(
     root: str | Path, clip_boxes: bool = False
 ) -> tuple[list[RefRecord], list[str], list[str]]:
-    """Like ``parse_refcocog``, with the problems in two lists.
+    """Like ``parse_refcocog``, with the problems in two lists (see ``_parse``).
+
+    The parse of a root is kept for the process, keyed by the annotation files' size and
+    modification time: a notebook or an evaluation opens several splits of one root, and the
+    real instances.json takes seconds to read. A changed file is read again.
+    """
+    refs_path, instances_path = _annotation_files(Path(root))
+    stamp = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (refs_path, instances_path))
+    records, problems, instance_problems = _parse_memo(str(Path(root).resolve()), clip_boxes,
+                                                       stamp)
+    return list(records), list(problems), list(instance_problems)
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_memo(root: str, clip_boxes: bool, stamp: tuple[tuple[int, int], ...]
+                ) -> tuple[tuple[RefRecord, ...], tuple[str, ...], tuple[str, ...]]:
+    records, problems, instance_problems = _parse(Path(root), clip_boxes)
+    return tuple(records), tuple(problems), tuple(instance_problems)
+
+
+def _parse(
+    root: Path, clip_boxes: bool = False
+) -> tuple[list[RefRecord], list[str], list[str]]:
+    """Both annotation files joined into records, with the problems in two lists.
 
     The first list holds problems that lose or break a referred object (a bad ref, image or
     category, or a bad box of a referred instance); the second, bad instances no ref points to.

@@ -319,3 +319,12 @@ def test_a_ref_to_a_rejected_instance_names_both(broken_root: Path) -> None:
     with pytest.raises(DatasetError, match=rf"ref_id {ref['ref_id']}: field 'ann_id' "
                                            rf"{ref['ann_id']} refers to a rejected instance"):
         RefCOCOg(broken_root)
+
+
+def test_a_changed_annotation_file_is_read_again(broken_root: Path) -> None:
+    before = len(RefCOCOg(broken_root, "train", view="ref"))
+    refs = _refs(broken_root)
+    first_train = next(i for i, r in enumerate(refs) if r["split"] == "train")
+    del refs[first_train]
+    _write_refs(broken_root, refs)
+    assert len(RefCOCOg(broken_root, "train", view="ref")) == before - 1
