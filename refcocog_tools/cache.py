@@ -51,18 +51,27 @@ def params_key(**params: Any) -> str:
 class EmbeddingCache:
     """Memory cache of L2-normalised embeddings, optionally persisted under ``directory``."""
 
-    def __init__(self, directory: str | Path | None = None, batch_size: int = 64) -> None:
+    def __init__(self, directory: str | Path | None = None, batch_size: int = 64,
+                 shard: str = "") -> None:
+        """``shard``: a name for this process's files when several processes share the
+        directory (e.g. ``"rank1"`` under torchrun). Each process writes only its own files,
+        ``<kind>.pt`` for the unnamed shard and ``<kind>.<shard>.pt`` otherwise; every process
+        reads all of them."""
         self.directory = Path(directory) if directory is not None else None
         self.batch_size = batch_size
+        self.shard = shard
         self._store: dict[tuple[str, str], dict[Hashable, torch.Tensor]] = {}
         self._dirty: set[tuple[str, str]] = set()
+        # Per table, the keys this shard writes: read from its own file or computed here.
+        self._own: dict[tuple[str, str], set[Hashable]] = {}
         self.hits = 0
         self.misses = 0
 
     # -- persistence ----------------------------------------------------------------------------
     def _path(self, checksum: str, kind: str) -> Path:
         assert self.directory is not None
-        return self.directory / checksum[:16] / f"{kind}.pt"
+        name = f"{kind}.{self.shard}.pt" if self.shard else f"{kind}.pt"
+        return self.directory / checksum[:16] / name
 
     def _table(self, checksum: str, kind: str) -> dict[Hashable, Any]:
         key = (checksum, kind)
@@ -73,9 +82,24 @@ class EmbeddingCache:
     def _load(self, checksum: str, kind: str) -> dict[Hashable, torch.Tensor]:
         if self.directory is None:
             return {}
-        path = self._path(checksum, kind)
-        if not path.is_file():
-            return {}
+        table: dict[Hashable, torch.Tensor] = {}
+        folder = self.directory / checksum[:16]
+        # This shard's own file last, so its entries win.
+        own = self._path(checksum, kind)
+        paths = [p for p in sorted(folder.glob(f"{kind}.*pt")) if p != own] + [own]
+        for path in paths:
+            if path.is_file():
+                entries = self._load_file(path, checksum)
+                table.update(entries)
+                if path == own:
+                    self._own.setdefault((checksum, kind), set()).update(entries)
+        return table
+
+    def _added(self, checksum: str, kind: str, keys: Sequence[Hashable]) -> None:
+        self._own.setdefault((checksum, kind), set()).update(keys)
+        self._dirty.add((checksum, kind))
+
+    def _load_file(self, path: Path, checksum: str) -> dict[Hashable, torch.Tensor]:
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             if (not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT
@@ -99,9 +123,10 @@ class EmbeddingCache:
             return
         for checksum, kind in sorted(self._dirty):
             table = self._store[(checksum, kind)]
-            if not table:
+            own = self._own.get((checksum, kind), set())
+            keys = [k for k in table if k in own]  # other shards' entries stay in their files
+            if not keys:
                 continue
-            keys = list(table)
             buffer = io.BytesIO()
             torch.save({"format": CACHE_FORMAT, "checksum": checksum, "keys": keys,
                         "vectors": torch.stack([table[k] for k in keys])}, buffer)
@@ -118,7 +143,7 @@ class EmbeddingCache:
         if missing:
             vectors = backbone.encode_texts(missing)
             table.update(zip(missing, vectors.float(), strict=True))
-            self._dirty.add((backbone.checksum, "text"))
+            self._added(backbone.checksum, "text", missing)
         return torch.stack([table[t] for t in texts]) if texts else torch.zeros(0, 0)
 
     def images(
@@ -138,7 +163,7 @@ class EmbeddingCache:
             images = render([first_index[k] for k in missing])
             vectors = backbone.encode_images(images, batch_size=self.batch_size)
             table.update(zip(missing, vectors.float(), strict=True))
-            self._dirty.add((backbone.checksum, "image"))
+            self._added(backbone.checksum, "image", missing)
         return torch.stack([table[k] for k in keys])
 
     def put_images(self, backbone: Encoder, keys: Sequence[Hashable],
@@ -146,7 +171,7 @@ class EmbeddingCache:
         """Store embeddings computed elsewhere (the batched engine encodes across images)."""
         table = self._table(backbone.checksum, "image")
         table.update(zip(keys, vectors.float(), strict=True))
-        self._dirty.add((backbone.checksum, "image"))
+        self._added(backbone.checksum, "image", keys)
 
     def has_image(self, backbone: Encoder, key: Hashable) -> bool:
         return key in self._table(backbone.checksum, "image")

@@ -456,8 +456,9 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
     backbones = load_clips(args.clip, device=args.device) if args.clip else []
     if needs_clip and not backbones:
         raise SystemExit(f"method {args.method} needs --clip")
+    rank = int(os.environ.get("RANK", "0"))
     cache = EmbeddingCache(None if args.no_cache else cache_dir() / "embeddings",
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, shard=f"rank{rank}" if rank else "")
     debias_pool = (RefCOCOg(data_root, "train", view="expression").sentences()
                    if args.method == "red-circle" else ())
     method = make_method(args.method, backbones, cache=cache, debias_pool=debias_pool,
@@ -481,9 +482,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
-    if rank != 0:
-        return 0  # rank 0 holds every row and alone writes the cache and the results
+    # Every rank keeps the embeddings it computed, in its own shard of the cache.
     cache.save()
+    if rank != 0:
+        return 0  # rank 0 holds every row and alone writes the results
     atomic_write_json(args.out, results)
     m = results["metrics"]
     print(f"{method.name}: mIoU {m['miou']:.3f}  acc@0.5 {m['accuracy']:.3f}  "

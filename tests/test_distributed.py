@@ -42,4 +42,15 @@ def test_two_processes_match_one(tmp_path, mini_data, isolated_cache) -> None:
     assert a["predictions"] == b["predictions"] and len(a["predictions"]) == 12
     assert {k: v for k, v in a.items() if k != "timing"} == \
         {k: v for k, v in b.items() if k != "timing"}
-    assert cache_file.exists()  # rank 0 saved the cache
+    assert cache_file.exists()  # rank 0 saved its share of the cache ...
+    shard = cache_file.with_name("image.rank1.pt")
+    assert shard.exists()  # ... and rank 1 its own
+    # A later single-process run reads both shards: every image embedding is a cache hit.
+    from refcocog_tools.cache import EmbeddingCache
+
+    merged = EmbeddingCache(isolated_cache / "embeddings")
+    checksum = json.loads(single.read_text())["provenance"]["clip"][0]["checksum"]
+    rank0 = EmbeddingCache(isolated_cache / "embeddings")._load_file(cache_file, checksum)
+    rank1 = EmbeddingCache(isolated_cache / "embeddings")._load_file(shard, checksum)
+    assert rank0 and rank1 and not set(rank0) & set(rank1)  # images split between the ranks
+    assert set(merged._table(checksum, "image")) == set(rank0) | set(rank1)

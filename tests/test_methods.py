@@ -246,3 +246,19 @@ def test_each_image_is_decoded_once_and_not_kept(test_split, tiny_rn, monkeypatc
     assert len(rows) == 10
     assert len(decoded) == len(set(decoded)) == len(groups)
     assert all("image" not in vars(item) for group in groups for item in group)
+
+
+def test_cache_shards_write_only_their_own_entries(tmp_path, tiny_rn) -> None:
+    first = EmbeddingCache(tmp_path / "emb")
+    first.texts(tiny_rn, ["a dog", "a cat"])
+    first.save()
+    second = EmbeddingCache(tmp_path / "emb", shard="rank1")
+    second.texts(tiny_rn, ["a cat", "a bus"])  # "a cat" comes from the other shard's file
+    assert second.misses == 1
+    second.save()
+    folder = next((tmp_path / "emb").iterdir())
+    shard_keys = torch.load(folder / "text.rank1.pt", weights_only=True)["keys"]
+    assert shard_keys == ["a bus"]
+    merged = EmbeddingCache(tmp_path / "emb")
+    merged.texts(tiny_rn, ["a dog", "a cat", "a bus"])
+    assert merged.misses == 0
