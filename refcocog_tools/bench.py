@@ -272,9 +272,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     text_cache = EmbeddingCache(None, batch_size=args.batch_size)
 
     def make() -> GroundingMethod:
-        cache = EmbeddingCache(None, batch_size=args.batch_size)
-        cache._store = {k: dict(v) for k, v in text_cache._store.items() if k[1] == "text"}
-        return make_method(args.method, backbones, cache=cache, debias_pool=debias_pool,
+        return make_method(args.method, backbones, cache=text_cache.texts_only_copy(),
+                           debias_pool=debias_pool,
                            checkpoint=args.checkpoint, seed=args.seed, **method_options(args))
 
     text_method = make_method(args.method, backbones, cache=text_cache, debias_pool=debias_pool,

@@ -173,8 +173,17 @@ class EmbeddingCache:
         table.update(zip(keys, vectors.float(), strict=True))
         self._added(backbone.checksum, "image", keys)
 
-    def has_image(self, backbone: Encoder, key: Hashable) -> bool:
-        return key in self._table(backbone.checksum, "image")
+    def image_keys(self, backbone: Encoder) -> frozenset[Hashable]:
+        """Keys of the image embeddings cached for ``backbone`` (from disk or this run)."""
+        return frozenset(self._table(backbone.checksum, "image"))
+
+    def texts_only_copy(self) -> EmbeddingCache:
+        """A memory-only cache holding a copy of this cache's text embeddings and nothing else
+        (a benchmark starts every timed run from the same encoded texts)."""
+        copy = EmbeddingCache(None, batch_size=self.batch_size)
+        copy._store = {key: dict(table) for key, table in self._store.items()
+                       if key[1] == "text"}
+        return copy
 
 
 def _valid(vector: Any) -> bool:

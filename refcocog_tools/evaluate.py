@@ -256,10 +256,7 @@ def evaluate_groups(
 
 def _cached_keys(method: RedCircle) -> frozenset[str]:
     """Visual-prompt keys already cached for every backbone (the workers skip those)."""
-    tables = [method.cache._table(b.checksum, "image") for b in method.backbones]
-    common = set(tables[0])
-    for table in tables[1:]:
-        common &= set(table)
+    common = frozenset.intersection(*(method.cache.image_keys(b) for b in method.backbones))
     return frozenset(k for k in common if isinstance(k, str) and k.startswith("rc:"))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from PIL import Image, ImageDraw, ImageFilter
@@ -191,12 +191,6 @@ def render_variant(
     box = as_box(box)
     background = _background(image, variant, blur_radius)
     return _composite(image, background, box, variant, colour, width, marker, window)
-
-
-def render_red_circle(image: Image.Image, box: BoxLike, variant: Variant = "blur",
-                      **params: Any) -> Image.Image:
-    """Alias of ``render_variant`` under the name used in the shared interface."""
-    return render_variant(image, box, variant, **params)
 
 
 def render_variants(
