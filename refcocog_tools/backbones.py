@@ -22,7 +22,6 @@ YOLO specs (``load_yolo``): an Ultralytics weights name (``"yolov8s"`` ->
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
@@ -37,7 +36,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .io_utils import CACHE_ENV, atomic_write_bytes, atomic_write_json, cache_dir, sha256_file
+from .io_utils import (
+    CACHE_ENV,
+    atomic_torch_save,
+    atomic_write_json,
+    cache_dir,
+    sha256_file,
+)
 
 with warnings.catch_warnings():
     # openai-clip imports pkg_resources, which warns on every import; the pin is in pyproject.
@@ -169,10 +174,7 @@ def _tiny_checkpoint(name: str, cache: Path) -> Path:
     """Path of the embedded model's file, generating it (deterministically) on first use."""
     path = cache / "clip" / f"{name}.pt"
     if not path.is_file():
-        buffer = io.BytesIO()
-        # Saving to a buffer (not a path) keeps the archive's inner folder name constant.
-        torch.save(_tiny_state_dict(name), buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_torch_save(path, _tiny_state_dict(name))
     sidecar = Path(str(path) + ".json")
     if not sidecar.is_file():
         atomic_write_json(sidecar, {
@@ -461,10 +463,7 @@ def _tiny_yolo_checkpoint(cache: Path) -> Path:
         "version": ultralytics.__version__,
         _UNTRAINED_KEY: {"untrained": True, "seed": TINY_YOLO_SEED, "cfg": "yolov8s.yaml"},
     }
-    buffer = io.BytesIO()
-    torch.save(ckpt, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return atomic_torch_save(path, ckpt)
 
 
 def _yolo_path(spec: str, cache: Path) -> Path:

@@ -10,7 +10,6 @@ dropped and recomputed, never trusted.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from .io_utils import atomic_write_bytes
+from .io_utils import atomic_torch_save
 
 CACHE_FORMAT = 1
 
@@ -127,10 +126,9 @@ class EmbeddingCache:
             keys = [k for k in table if k in own]  # other shards' entries stay in their files
             if not keys:
                 continue
-            buffer = io.BytesIO()
-            torch.save({"format": CACHE_FORMAT, "checksum": checksum, "keys": keys,
-                        "vectors": torch.stack([table[k] for k in keys])}, buffer)
-            atomic_write_bytes(self._path(checksum, kind), buffer.getvalue())
+            atomic_torch_save(self._path(checksum, kind),
+                              {"format": CACHE_FORMAT, "checksum": checksum, "keys": keys,
+                               "vectors": torch.stack([table[k] for k in keys])})
         self._dirty.clear()
 
     # -- lookups --------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ cache behind.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import pickle
 import warnings
@@ -33,7 +32,7 @@ import torch
 from PIL import Image
 
 from .dataset import RefCOCOg, load_rgb_image
-from .io_utils import atomic_write_bytes, cache_dir
+from .io_utils import atomic_torch_save, cache_dir
 
 CACHE_FORMAT = "refcocog-tools-embeddings/1"
 
@@ -191,9 +190,7 @@ def load_cache(path: str | Path, backbone: Encoder,
 
 def save_cache(path: str | Path, embeddings: SplitEmbeddings) -> Path:
     """Write atomically, so a crash never leaves a half-written cache."""
-    buffer = io.BytesIO()
-    torch.save(embeddings.to_dict(), buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_torch_save(path, embeddings.to_dict())
 
 
 def compute_embeddings(dataset: RefCOCOg, backbone: Encoder, image_batch: int = 32,

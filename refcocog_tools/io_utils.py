@@ -58,6 +58,21 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+def atomic_torch_save(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    Saving through a buffer (not a path) also keeps the archive's inner folder name constant,
+    so the same object always gives the same bytes.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()

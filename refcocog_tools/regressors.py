@@ -52,7 +52,7 @@ from torchvision.ops import (
 
 from .dataset import RefCOCOg, is_synthetic
 from .embedding_cache import EmbeddingCacheError, SplitEmbeddings, split_embeddings
-from .io_utils import atomic_write_bytes, atomic_write_json, sha256_file
+from .io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -401,17 +401,11 @@ def evaluate_head(head: nn.Module, data: RegressionData, config: TrainConfig,
     return total / max(len(data), 1), ious, pixels
 
 
-def _save_torch(path: Path, obj: Any) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def save_checkpoint(path: str | Path, head: nn.Module, config: TrainConfig, embed_dim: int,
                     clip: Sequence[dict[str, Any]] = (), **extra: Any) -> Path:
     """Weights + everything needed to rebuild and check the head, written atomically."""
     path = Path(path)
-    _save_torch(path, {
+    atomic_torch_save(path, {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "embed_dim": embed_dim,
@@ -542,7 +536,7 @@ def train_regressor(
                     "config": config.to_dict(), "embed_dim": embed_dim, "clip": list(clip),
                     "best_epoch": best_epoch, "val_miou": best_miou})
         if out is not None:
-            _save_torch(out / "last.pt", {
+            atomic_torch_save(out / "last.pt", {
                 "format": CHECKPOINT_FORMAT,
                 "config": config.to_dict(),
                 "embed_dim": embed_dim,
