@@ -38,9 +38,12 @@ from PIL import Image
 
 from .io_utils import (
     CACHE_ENV,
+    UnreadableFileError,
+    UnsafeFileError,
     atomic_torch_save,
     atomic_write_json,
     cache_dir,
+    load_torch_file,
     sha256_file,
 )
 
@@ -325,8 +328,11 @@ def _read_model(path: Path) -> clip.model.CLIP:
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError):
+            state = load_torch_file(path)
+        except UnsafeFileError as err:
+            # A pickle that references code: refused here, never handed to another loader.
+            raise BackboneError(f"{err} (CLIP checkpoint)") from None
+        except UnreadableFileError:
             state = None  # clip.load below gets a last try and reports the error
     if isinstance(state, torch.jit.ScriptModule):
         # Its state_dict carries the CLIP weights (plus input_resolution/context_length/
@@ -426,6 +432,14 @@ def load_clips(
 EMBEDDED_YOLO = "tiny-yolov8s"
 TINY_YOLO_SEED = 0
 _UNTRAINED_KEY = "refcocog_tools"  # our metadata inside the checkpoint dict
+SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
+
+
+def _ultralytics_loads_safely() -> bool:
+    """Whether the imported Ultralytics restricts checkpoint loading to plain data."""
+    from ultralytics.nn import tasks
+
+    return bool(getattr(tasks, "SAFE_LOAD", False)) and tasks._SafeLoad.SUPPORTED
 
 
 def _ultralytics_env(cache: Path) -> None:
@@ -434,6 +448,9 @@ def _ultralytics_env(cache: Path) -> None:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))
     # Ultralytics' own progress/log lines would print machine paths; keep it to errors.
     os.environ.setdefault("YOLO_VERBOSE", "False")
+    # Checkpoints are loaded with torch.load(weights_only=True) and an allow-list of model
+    # classes: a .pt file can never run code. Ultralytics reads this once, at import.
+    os.environ[SAFE_LOAD_ENV] = "1"
 
 
 def _tiny_yolo_checkpoint(cache: Path) -> Path:
@@ -498,11 +515,19 @@ def load_yolo(
     _ultralytics_env(cache)
     path = _yolo_path(str(spec).strip(), cache)
     from ultralytics import YOLO
+    from ultralytics.nn.tasks import torch_safe_load
 
     try:
+        if not _ultralytics_loads_safely():
+            # Ultralytics was imported before this package could set ULTRALYTICS_SAFE_LOAD:
+            # check the file with its restricted loader first, so nothing in it can run.
+            torch_safe_load(str(path), safe_only=True)
         model = YOLO(str(path), task="detect")
-    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError) as err:
-        raise BackboneError(f"{path}: not a loadable Ultralytics checkpoint: {err}") from err
+    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError,
+            pickle.UnpicklingError) as err:
+        reason = str(err).replace("ERROR ❌️ ", "").strip().splitlines()[0]
+        raise BackboneError(f"{path}: refused, not a loadable Ultralytics checkpoint "
+                            f"({reason})") from None
     model.to(torch.device(device))
     return model
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from .io_utils import atomic_torch_save
+from .io_utils import atomic_torch_save, load_torch_file
 
 CACHE_FORMAT = 1
 
@@ -100,7 +100,7 @@ class EmbeddingCache:
 
     def _load_file(self, path: Path, checksum: str) -> dict[Hashable, torch.Tensor]:
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = load_torch_file(path)
             if (not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT
                     or payload.get("checksum") != checksum):
                 raise ValueError("cache header does not match this backbone")

@@ -111,8 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected: tuple[type[Exception], ...] = (DatasetError,)
     try:
         from .backbones import BackboneError
+        from .embedding_cache import EmbeddingCacheError
+        from .io_utils import UnreadableFileError
+        from .regressors import RegressorError
 
-        expected += (BackboneError,)
+        expected += (BackboneError, EmbeddingCacheError, RegressorError, UnreadableFileError)
     except ImportError:  # the backbones need torch/clip; the dataset commands do not
         pass
     try:

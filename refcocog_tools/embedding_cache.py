@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import warnings
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 from PIL import Image
 
 from .dataset import RefCOCOg, load_rgb_image
-from .io_utils import atomic_torch_save, cache_dir
+from .io_utils import UnreadableFileError, atomic_torch_save, cache_dir, load_torch_file
 
 CACHE_FORMAT = "refcocog-tools-embeddings/1"
 
@@ -161,9 +159,8 @@ def load_cache(path: str | Path, backbone: Encoder,
         return None
     try:
         # weights_only: a cache file is data; never let it run code.
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as err:
+        data = load_torch_file(path)
+    except (OSError, UnreadableFileError) as err:
         warnings.warn(f"{path}: unreadable embedding cache ({err}); recomputing", stacklevel=2)
         return None
     checksum = data.get("backbone_checksum") if isinstance(data, dict) else None

@@ -12,6 +12,14 @@ from typing import Any
 CACHE_ENV = "REFCOCOG_TOOLS_CACHE"
 
 
+class UnreadableFileError(ValueError):
+    """A file that is empty, truncated, corrupt or of another format."""
+
+
+class UnsafeFileError(UnreadableFileError):
+    """A file that would run code when loaded: refused, never opened with a laxer loader."""
+
+
 def cache_dir() -> Path:
     """Where weights, embedded checkpoints and embedding caches live.
 
@@ -71,6 +79,39 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+
+    A file that references anything else (a pickled function or class: what a hostile
+    checkpoint uses to run code) is refused with an ``UnsafeFileError`` naming the file and the
+    references, instead of torch's advice to retry with ``weights_only=False``. A missing file
+    raises ``FileNotFoundError``, a damaged one ``UnreadableFileError``.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a zip archive: no names to report
+            names = []
+        what = (f"it references {', '.join(sorted(names))}, which could run code"
+                if names else "it is not a plain-data torch file")
+        raise UnsafeFileError(f"{path}: refused to load: {what}; only tensors and plain "
+                              "containers are accepted") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UnreadableFileError(f"{path}: not a readable torch file (empty, truncated or "
+                              f"corrupt; {type(err).__name__}: {detail})") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

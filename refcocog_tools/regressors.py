@@ -52,7 +52,14 @@ from torchvision.ops import (
 
 from .dataset import RefCOCOg, is_synthetic
 from .embedding_cache import EmbeddingCacheError, SplitEmbeddings, split_embeddings
-from .io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
+from .io_utils import (
+    UnreadableFileError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_torch_file,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -419,14 +426,31 @@ def save_checkpoint(path: str | Path, head: nn.Module, config: TrainConfig, embe
 def load_checkpoint(path: str | Path,
                     device: str | torch.device = "cpu") -> tuple[nn.Sequential, dict[str, Any]]:
     """The head (eval mode) and the checkpoint dict; ValueError when it is not one of ours."""
-    payload = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise RegressorError(f"{path}: not a refcocog-tools regressor checkpoint")
-    config = TrainConfig.from_dict(payload["config"])
-    head = make_head(config.head, int(payload["embed_dim"]), config.dropout).to(device)
-    head.load_state_dict(payload["state_dict"])
+    payload = _read_checkpoint(path, device, "regressor checkpoint")
+    try:
+        config = TrainConfig.from_dict(payload["config"])
+        head = make_head(config.head, int(payload["embed_dim"]), config.dropout).to(device)
+        head.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise RegressorError(f"{path}: damaged regressor checkpoint ({type(err).__name__}: "
+                             f"{detail})") from None
     head.eval()
     return head, payload
+
+
+def _read_checkpoint(path: str | Path, device: str | torch.device, what: str) -> dict[str, Any]:
+    """One of our checkpoints, loaded as plain data; every problem is a ``RegressorError``."""
+    try:
+        payload = load_torch_file(path, map_location=device)
+    except FileNotFoundError:
+        raise RegressorError(f"{path}: {what} not found") from None
+    except UnreadableFileError as err:
+        raise RegressorError(f"{err} ({what})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise RegressorError(f"{path}: not a refcocog-tools {what} (no "
+                             f"format {CHECKPOINT_FORMAT!r} field)")
+    return payload
 
 
 # Fields that may differ between the run that wrote last.pt and the one resuming it.
@@ -482,14 +506,21 @@ def train_regressor(
     start = 0
     if resume and out is not None and (out / "last.pt").is_file():
         last = out / "last.pt"
-        state = torch.load(last, map_location=device, weights_only=True)
-        _check_resumable(state, config, embed_dim, clip, last)
-        head.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = list(state["history"])
-        start = int(state["epoch"])
-        best_epoch, best_miou = int(state["best_epoch"]), float(state["best_val_miou"])
-        best_state = state["best_state_dict"]
+        state = _read_checkpoint(last, device, "training state")
+        try:
+            _check_resumable(state, config, embed_dim, clip, last)
+            head.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            history = list(state["history"])
+            start = int(state["epoch"])
+            best_epoch, best_miou = int(state["best_epoch"]), float(state["best_val_miou"])
+            best_state = state["best_state_dict"]
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            if isinstance(err, RegressorError):
+                raise
+            detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            raise RegressorError(f"{last}: damaged training state ({type(err).__name__}: "
+                                 f"{detail})") from None
         if log:
             log(f"resuming from {last} after epoch {start}")
     elif resume and log:
