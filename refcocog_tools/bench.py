@@ -41,10 +41,12 @@ from .dataset import RefCOCOg, RefItem, is_synthetic, load_rgb_image
 from .evaluate import (
     _evaluate_plain,
     add_common_arguments,
+    check_proposer,
     evaluate_groups,
     group_by_image,
     method_options,
 )
+from .layouts import layout_from_args
 from .methods import NEEDS_CLIP, GroundingMethod, make_method
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import RedCircle, debias_fast
@@ -259,13 +261,17 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from .minidata import default_data_root
 
+    layout = layout_from_args(args)
     data_root = args.data_root or default_data_root()
-    dataset = RefCOCOg(data_root, args.split, view="expression")
+    dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
+                       split_by=layout.split_by)
+    proposer = make_proposer(args.proposals, device=args.device)
+    check_proposer(proposer, dataset)
     backbones = load_clips(args.clip, device=args.device) if args.clip else []
     if args.method in NEEDS_CLIP and not backbones:
         raise SystemExit(f"method {args.method} needs --clip")
-    proposer = make_proposer(args.proposals, device=args.device)
-    debias_pool = (RefCOCOg(data_root, "train", view="expression").sentences()
+    debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
+                            split_by=layout.split_by).sentences()
                    if args.method == "red-circle" else ())
     # The debias texts are encoded once into this cache; every timed method starts from a copy
     # holding only them (memory only, no disk-cache hits).

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .layouts import LayoutError, add_layout_arguments, layout_from_args
+
 # Modules that contribute subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = (
     "refcocog_tools.cli",
@@ -33,15 +35,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     make.add_argument("out_dir", type=Path)
     make.add_argument("--images", type=int, default=30, help="number of images (default 30)")
     make.add_argument("--seed", type=int, default=0)
+    add_layout_arguments(make)
     make.set_defaults(func=_make_mini_dataset)
 
     stats = subparsers.add_parser("stats", help="per-split counts of a RefCOCOg data root")
     stats.add_argument("--data-root", type=Path, required=True)
+    add_layout_arguments(stats)
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(func=_stats)
 
     check = subparsers.add_parser("validate", help="check every file and ref; exit 1 on problems")
     check.add_argument("--data-root", type=Path, required=True)
+    add_layout_arguments(check)
     check.add_argument("--skip-images", action="store_true", help="do not open the images")
     check.set_defaults(func=_validate)
 
@@ -49,16 +54,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _make_mini_dataset(args: argparse.Namespace) -> int:
     from .minidata import write_mini_dataset
 
-    out = write_mini_dataset(args.out_dir, n_images=args.images, seed=args.seed)
+    layout = layout_from_args(args)
+    out = write_mini_dataset(args.out_dir, n_images=args.images, seed=args.seed, layout=layout)
     print(f"wrote the embedded synthetic dataset ({args.images} images, seed {args.seed}) "
-          f"to {out}")
+          f"to {out} as {layout.dataset} split by {layout.split_by} ({layout.refs_file})")
     return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
     from .dataset import split_stats
 
-    stats = split_stats(args.data_root)
+    stats = split_stats(args.data_root, layout=layout_from_args(args))
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
         return 0
@@ -74,7 +80,8 @@ def _stats(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from .dataset import validate
 
-    problems = validate(args.data_root, check_images=not args.skip_images)
+    problems = validate(args.data_root, check_images=not args.skip_images,
+                        layout=layout_from_args(args))
     for problem in problems:
         print(problem)
     if problems:
@@ -108,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .dataset import DatasetError
 
     args = build_parser().parse_args(argv)
-    expected: tuple[type[Exception], ...] = (DatasetError,)
+    expected: tuple[type[Exception], ...] = (DatasetError, LayoutError)
     try:
         from .backbones import BackboneError
         from .embedding_cache import EmbeddingCacheError

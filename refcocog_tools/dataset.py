@@ -1,10 +1,14 @@
-"""RefCOCOg (umd split) loading: a safe pickle reader, items, collate, validation and stats.
+"""RefCOCOg loading (and RefCOCO / RefCOCO+): a safe pickle reader, items, collate,
+validation and stats.
 
 The layout is the one the original study (and the refer toolkit) used::
 
     <root>/annotations/refs(umd).p      pickle: a list of ref records
     <root>/annotations/instances.json   COCO-style images / annotations / categories
     <root>/images/<file_name>           the COCO train2014 images
+
+The other datasets of the family differ only in the refs file (``refs(unc).p``,
+``refs(google).p``) and the split names its records carry: see ``layouts``.
 
 Boxes are converted once, here, from COCO ``xywh`` to ``xyxy`` floats in image pixels.
 """
@@ -27,9 +31,11 @@ from typing import Any, Literal
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-REFS_FILE = "refs(umd).p"
+from .layouts import DEFAULT_LAYOUT, Layout, get_layout
+
+REFS_FILE = DEFAULT_LAYOUT.refs_file
 INSTANCES_FILE = "instances.json"
-SPLITS = ("train", "val", "test")
+SPLITS = DEFAULT_LAYOUT.splits
 View = Literal["ref", "expression"]
 
 # Words that make an expression depend on where the object is, not only on what it looks like.
@@ -212,14 +218,19 @@ def collate_items(batch: Sequence[RefItem]) -> dict[str, list[Any]]:
 # ----------------------------------------------------------------------------------------------
 # Parsing and validation (one pass that both the loader and `validate` use)
 # ----------------------------------------------------------------------------------------------
-def _annotation_files(root: Path) -> tuple[Path, Path]:
+def _annotation_files(root: Path, layout: Layout = DEFAULT_LAYOUT) -> tuple[Path, Path]:
     if not root.is_dir():
         raise DatasetError(f"{root}: data root not found (expected annotations/ and images/)")
-    refs_path = root / "annotations" / REFS_FILE
+    refs_path = root / "annotations" / layout.refs_file
     instances_path = root / "annotations" / INSTANCES_FILE
     for path in (refs_path, instances_path):
         if not path.is_file():
-            raise DatasetError(f"{path}: annotation file not found")
+            others = sorted(p.name for p in path.parent.glob("refs(*).p")) if path.parent.is_dir() \
+                else []
+            hint = (f" ({layout.dataset} split by {layout.split_by} reads {layout.refs_file}; "
+                    f"this folder holds {', '.join(others)}: choose --dataset and --split-by "
+                    "to match)") if path == refs_path and others else ""
+            raise DatasetError(f"{path}: annotation file not found{hint}")
     return refs_path, instances_path
 
 
@@ -265,19 +276,19 @@ def _check_box(
 
 
 def parse_refcocog(
-    root: str | Path, clip_boxes: bool = False
+    root: str | Path, clip_boxes: bool = False, layout: Layout = DEFAULT_LAYOUT
 ) -> tuple[list[RefRecord], list[str]]:
     """Read both annotation files and join them; return the records and every problem found.
 
     Missing root or annotation files and malformed top-level structure raise at once; problems
     with single records are collected so that ``validate`` can list them all.
     """
-    records, ref_problems, instance_problems = parse_refcocog_detailed(root, clip_boxes)
+    records, ref_problems, instance_problems = parse_refcocog_detailed(root, clip_boxes, layout)
     return records, ref_problems + instance_problems
 
 
 def parse_refcocog_detailed(
-    root: str | Path, clip_boxes: bool = False
+    root: str | Path, clip_boxes: bool = False, layout: Layout = DEFAULT_LAYOUT
 ) -> tuple[list[RefRecord], list[str], list[str]]:
     """Like ``parse_refcocog``, with the problems in two lists (see ``_parse``).
 
@@ -285,22 +296,23 @@ def parse_refcocog_detailed(
     modification time: a notebook or an evaluation opens several splits of one root, and the
     real instances.json takes seconds to read. A changed file is read again.
     """
-    refs_path, instances_path = _annotation_files(Path(root))
+    refs_path, instances_path = _annotation_files(Path(root), layout)
     stamp = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (refs_path, instances_path))
     records, problems, instance_problems = _parse_memo(str(Path(root).resolve()), clip_boxes,
-                                                       stamp)
+                                                       stamp, layout)
     return list(records), list(problems), list(instance_problems)
 
 
 @functools.lru_cache(maxsize=4)
-def _parse_memo(root: str, clip_boxes: bool, stamp: tuple[tuple[int, int], ...]
+def _parse_memo(root: str, clip_boxes: bool, stamp: tuple[tuple[int, int], ...],
+                layout: Layout = DEFAULT_LAYOUT
                 ) -> tuple[tuple[RefRecord, ...], tuple[str, ...], tuple[str, ...]]:
-    records, problems, instance_problems = _parse(Path(root), clip_boxes)
+    records, problems, instance_problems = _parse(Path(root), clip_boxes, layout)
     return tuple(records), tuple(problems), tuple(instance_problems)
 
 
 def _parse(
-    root: Path, clip_boxes: bool = False
+    root: Path, clip_boxes: bool = False, layout: Layout = DEFAULT_LAYOUT
 ) -> tuple[list[RefRecord], list[str], list[str]]:
     """Both annotation files joined into records, with the problems in two lists.
 
@@ -310,7 +322,7 @@ def _parse(
     refusing to load, since one odd COCO box should not block a split of thousands of refs.
     """
     root = Path(root)
-    refs_path, instances_path = _annotation_files(root)
+    refs_path, instances_path = _annotation_files(root, layout)
     refs = load_refs_pickle(refs_path)
     instances = _load_instances(instances_path)
     problems: list[str] = []
@@ -378,8 +390,10 @@ def _parse(
             image_id = _require(ref, "image_id", int, where)
             split = _require(ref, "split", str, where)
             sentences = _require(ref, "sentences", list, where)
-            if split not in SPLITS:
-                raise DatasetError(f"{where}: field 'split' is {split!r}, not one of {SPLITS}")
+            if split not in layout.splits:
+                raise DatasetError(f"{where}: field 'split' is {split!r}, not one of "
+                                   f"{layout.splits} ({layout.dataset} split by "
+                                   f"{layout.split_by})")
             if ann_id in rejected:
                 raise DatasetError(f"{where}: field 'ann_id' {ann_id} refers to a rejected "
                                    f"instance ({rejected[ann_id][0]})")
@@ -425,10 +439,12 @@ def _parse(
     return records, problems, instance_problems
 
 
-def load_records(root: str | Path, clip_boxes: bool = False) -> list[RefRecord]:
+def load_records(root: str | Path, clip_boxes: bool = False,
+                 layout: Layout = DEFAULT_LAYOUT) -> list[RefRecord]:
     """Every ref of every split; raises on the first problem that breaks a ref, and warns
     about instances no ref points to that were dropped."""
-    records, problems, dropped = parse_refcocog_detailed(root, clip_boxes=clip_boxes)
+    records, problems, dropped = parse_refcocog_detailed(root, clip_boxes=clip_boxes,
+                                                         layout=layout)
     if problems:
         more = f" (and {len(problems) - 1} more; run `refcocog-tools validate`)"
         raise DatasetError(problems[0] + (more if len(problems) > 1 else ""))
@@ -439,10 +455,11 @@ def load_records(root: str | Path, clip_boxes: bool = False) -> list[RefRecord]:
     return records
 
 
-def validate(root: str | Path, check_images: bool = True) -> list[str]:
+def validate(root: str | Path, check_images: bool = True,
+             layout: Layout = DEFAULT_LAYOUT) -> list[str]:
     """Check every file and record under ``root``; return every problem (empty when clean)."""
     try:
-        records, problems = parse_refcocog(root)
+        records, problems = parse_refcocog(root, layout=layout)
     except DatasetError as err:
         return [str(err)]
     if check_images:
@@ -473,7 +490,9 @@ def validate(root: str | Path, check_images: bool = True) -> list[str]:
 class RefCOCOg(torch.utils.data.Dataset):
     """One split of RefCOCOg, one item per referred object (``view="ref"``) or per expression.
 
-    Items are built once at construction, so ``dataset[i]`` is O(1); images decode lazily.
+    ``dataset`` / ``split_by`` choose another dataset of the family (``refcoco``, ``refcoco+``;
+    see ``layouts``): the default is RefCOCOg's umd split. Items are built once at
+    construction, so ``dataset[i]`` is O(1); images decode lazily.
     """
 
     def __init__(
@@ -482,15 +501,17 @@ class RefCOCOg(torch.utils.data.Dataset):
         split: str = "test",
         view: View = "expression",
         clip_boxes: bool = False,
+        dataset: str = "refcocog",
+        split_by: str | None = None,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.layout = get_layout(dataset, split_by)
+        self.layout.check_split(split)
         if view not in ("ref", "expression"):
             raise ValueError(f"view must be 'ref' or 'expression', got {view!r}")
         self.root = Path(root)
         self.split = split
         self.view = view
-        records = load_records(self.root, clip_boxes=clip_boxes)
+        records = load_records(self.root, clip_boxes=clip_boxes, layout=self.layout)
         self.records = [r for r in records if r.split == split]
         if view == "ref":
             self._index = [(r, r.sentences, r.sent_ids) for r in self.records]
@@ -521,11 +542,11 @@ class RefCOCOg(torch.utils.data.Dataset):
         return [s for r in self.records for s in r.sentences]
 
 
-def split_stats(root: str | Path) -> dict[str, dict[str, float]]:
+def split_stats(root: str | Path, layout: Layout = DEFAULT_LAYOUT) -> dict[str, dict[str, float]]:
     """Per split: refs, expressions, images, objects per image, share of spatial expressions."""
-    records = load_records(root)
+    records = load_records(root, layout=layout)
     stats: dict[str, dict[str, float]] = {}
-    for split in SPLITS:
+    for split in layout.splits:
         recs = [r for r in records if r.split == split]
         sentences = [s for r in recs for s in r.sentences]
         objects = {r.image_id: len(r.instances) for r in recs}

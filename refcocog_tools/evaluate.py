@@ -27,6 +27,7 @@ from .backbones import ClipBackbone, load_clips
 from .cache import EmbeddingCache
 from .dataset import RefCOCOg, RefItem, is_synthetic
 from .io_utils import atomic_write_json, cache_dir
+from .layouts import DEFAULT_LAYOUT, Layout, add_layout_arguments, layout_from_args
 from .methods import METHOD_NAMES, NEEDS_CLIP, GroundingMethod, make_method
 from .metrics import box_iou_pairs, crop_cosine, summarize
 from .prediction import Prediction
@@ -292,13 +293,15 @@ def honesty_label(provenance: dict[str, Any]) -> str:
 
 
 def provenance(data_root: str | Path, split: str, backbones: Sequence[ClipBackbone],
-               proposer: Proposer) -> dict[str, Any]:
+               proposer: Proposer, layout: Layout = DEFAULT_LAYOUT) -> dict[str, Any]:
     untrained = any(b.untrained for b in backbones) or bool(getattr(proposer, "untrained", False))
     return {
         "package_version": __version__,
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
         "data_root": str(data_root),
+        "dataset": layout.dataset,
+        "split_by": layout.split_by,
         "split": split,
         "synthetic_data": is_synthetic(data_root),
         "untrained": untrained,
@@ -381,7 +384,8 @@ def evaluate(
         "config": {"method": method.config(), "proposals": proposer.config(),
                    "clip": [b.name for b in backbones], "split": dataset.split, "limit": limit,
                    "threshold": threshold, **(config or {})},
-        "provenance": provenance(dataset.root, dataset.split, backbones, proposer),
+        "provenance": provenance(dataset.root, dataset.split, backbones, proposer,
+                                 getattr(dataset, "layout", DEFAULT_LAYOUT)),
         "timing": {"seconds": round(elapsed, 3), "images": len(groups), "expressions": len(rows),
                    "world_size": world, "workers": workers, "batch_size": batch_size},
         "predictions": rows,
@@ -395,7 +399,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``evaluate`` and ``bench``."""
     parser.add_argument("--data-root", type=Path, default=None,
                         help="RefCOCOg root (default: the embedded synthetic dataset)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
+    add_layout_arguments(parser, split=True)
     parser.add_argument("--method", default="red-circle", choices=METHOD_NAMES)
     parser.add_argument("--proposals", default="gt",
                         help="'gt' (ground-truth boxes), a YOLO name (yolov8s, yolov5su), a .pt "
@@ -444,11 +448,15 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
     """Dataset, method, proposer, backbones and cache from the shared command-line options."""
     from .minidata import default_data_root
 
+    layout = layout_from_args(args)  # a combination the family lacks fails before any loading
     data_root = args.data_root or default_data_root()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device == "cuda":
         # torchrun: one GPU per local rank.
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    dataset = RefCOCOg(data_root, args.split, view="expression")
+    dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
+                       split_by=layout.split_by)
+    proposer = make_proposer(args.proposals, device=args.device)
+    check_proposer(proposer, dataset)
     needs_clip = args.method in NEEDS_CLIP
     backbones = load_clips(args.clip, device=args.device) if args.clip else []
     if needs_clip and not backbones:
@@ -456,12 +464,19 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
     rank = int(os.environ.get("RANK", "0"))
     cache = EmbeddingCache(None if args.no_cache else cache_dir() / "embeddings",
                            batch_size=args.batch_size, shard=f"rank{rank}" if rank else "")
-    debias_pool = (RefCOCOg(data_root, "train", view="expression").sentences()
+    debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
+                            split_by=layout.split_by).sentences()
                    if args.method == "red-circle" else ())
     method = make_method(args.method, backbones, cache=cache, debias_pool=debias_pool,
                          checkpoint=args.checkpoint, seed=args.seed, **method_options(args))
-    proposer = make_proposer(args.proposals, device=args.device)
     return dataset, method, proposer, backbones, cache
+
+
+def check_proposer(proposer: Proposer, dataset: RefCOCOg) -> None:
+    """Let a proposer that reads a file check it against the split before any long work."""
+    check = getattr(proposer, "check_dataset", None)
+    if check is not None:
+        check(dataset.records)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

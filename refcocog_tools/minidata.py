@@ -18,8 +18,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .dataset import INSTANCES_FILE, REFS_FILE
+from .dataset import INSTANCES_FILE
 from .io_utils import atomic_write_bytes
+from .layouts import DEFAULT_LAYOUT, Layout
 
 # Real COCO category ids and names, so label handling is exercised as on the real data.
 CATEGORIES: dict[int, tuple[str, str]] = {
@@ -172,23 +173,41 @@ def _expressions(target: _Object, objects: list[_Object], rng: random.Random,
     return out[: rng.randint(2, 3)]
 
 
-def _split_of(index: int, n_images: int) -> str:
-    """Contiguous split blocks in the study's proportions, each split at least one image."""
+def _test_splits(splits: tuple[str, ...]) -> list[str]:
+    return [s for s in splits if s not in ("train", "val")]
+
+
+def _split_of(index: int, n_images: int, splits: tuple[str, ...] = DEFAULT_LAYOUT.splits) -> str:
+    """Contiguous split blocks in the study's proportions, each split at least one image.
+
+    The test block takes the layout's test split names in turn (RefCOCO's testA, testB), or
+    joins val where the layout has no test split (RefCOCOg's google split).
+    """
+    tests = _test_splits(splits)
+    n_test_min = max(1, len(tests))
     n_train = max(1, round(n_images * SPLIT_SHARES[0][1]))
     n_val = max(1, round(n_images * SPLIT_SHARES[1][1]))
-    if n_train + n_val >= n_images:
-        n_train = max(1, n_images - 2)
+    if n_train + n_val > n_images - n_test_min:
+        n_train = max(1, n_images - 1 - n_test_min)
         n_val = 1
     if index < n_train:
         return "train"
-    return "val" if index < n_train + n_val else "test"
+    if index < n_train + n_val or not tests:
+        return "val"
+    return tests[(index - n_train - n_val) % len(tests)]
 
 
-def generate(n_images: int = 30, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any],
-                                                           dict[str, bytes]]:
-    """Build refs, instances and JPEG bytes in memory; the same seed gives the same bytes."""
-    if n_images < 3:
-        raise ValueError("make-mini-dataset needs at least 3 images (one per split)")
+def generate(n_images: int = 30, seed: int = 0, splits: tuple[str, ...] = DEFAULT_LAYOUT.splits
+             ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, bytes]]:
+    """Build refs, instances and JPEG bytes in memory; the same seed gives the same bytes.
+
+    ``splits``: the split names the refs carry (a ``Layout``'s); only the split field depends
+    on them, so every layout of one seed has the same images, objects and expressions.
+    """
+    needed = 2 + max(1, len(_test_splits(splits)))
+    if n_images < needed:
+        raise ValueError(f"make-mini-dataset needs at least {needed} images for the splits "
+                         f"{', '.join(splits)} (one image per split)")
     rng = random.Random(seed)
     images, annotations, refs = [], [], []
     files: dict[str, bytes] = {}
@@ -196,7 +215,7 @@ def generate(n_images: int = 30, seed: int = 0) -> tuple[list[dict[str, Any]], d
     for index in range(n_images):
         image_id = 500000 + index * 17
         size = IMAGE_SIZES[rng.randrange(len(IMAGE_SIZES))]
-        split = _split_of(index, n_images)
+        split = _split_of(index, n_images, splits)
         file_name = f"COCO_train2014_{image_id:012d}.jpg"
         # One category twice (a distractor the expression must disambiguate), then others.
         twin = rng.choice(sorted(CATEGORIES))
@@ -255,16 +274,21 @@ def generate(n_images: int = 30, seed: int = 0) -> tuple[list[dict[str, Any]], d
     return refs, instances, files
 
 
-def write_mini_dataset(out_dir: str | Path, n_images: int = 30, seed: int = 0) -> Path:
-    """Write the embedded dataset under ``out_dir`` in the RefCOCOg layout; return ``out_dir``."""
+def write_mini_dataset(out_dir: str | Path, n_images: int = 30, seed: int = 0,
+                       layout: Layout = DEFAULT_LAYOUT) -> Path:
+    """Write the embedded dataset under ``out_dir`` in the RefCOCOg layout; return ``out_dir``.
+
+    ``layout``: another dataset of the family writes its own refs file (``refs(unc).p``) with
+    its own split names.
+    """
     out = Path(out_dir)
-    refs, instances, files = generate(n_images, seed)
+    refs, instances, files = generate(n_images, seed, layout.splits)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         atomic_write_bytes(out / "images" / name, data)
     # Protocol 2 is what the refer toolkit's Python 2 pickles use.
-    atomic_write_bytes(out / "annotations" / REFS_FILE, pickle.dumps(refs, protocol=2))
+    atomic_write_bytes(out / "annotations" / layout.refs_file, pickle.dumps(refs, protocol=2))
     atomic_write_bytes(out / "annotations" / INSTANCES_FILE,
                        json.dumps(instances, indent=None, separators=(",", ":")).encode())
     return out
