@@ -403,7 +403,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="red-circle", choices=METHOD_NAMES)
     parser.add_argument("--proposals", default="gt",
                         help="'gt' (ground-truth boxes), a YOLO name (yolov8s, yolov5su), a .pt "
-                        "path, or 'tiny-yolov8s' (embedded, untrained)")
+                        "path, 'tiny-yolov8s' (embedded, untrained), or 'dets:PATH' (a "
+                        "detections JSON file as MAttNet and ReCLIP use)")
     parser.add_argument("--clip", default="tiny-rn",
                         help="comma-separated CLIP backbones, ensembled: names (RN50x16, "
                         "ViT-B/32), checkpoint paths, or tiny-rn / tiny-vit (embedded, untrained)")

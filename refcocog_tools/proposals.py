@@ -181,12 +181,18 @@ class YoloProposer:
 
 
 def make_proposer(spec: str, device: str | torch.device = "cpu", **options: Any) -> Proposer:
-    """``"gt"``, or a YOLO spec (``"yolo"`` means the default, ``"yolo:<spec>"`` is accepted)."""
+    """``"gt"``, ``"dets:<path>"`` (a detections file, see ``detections``), or a YOLO spec
+    (``"yolo"`` means the default, ``"yolo:<spec>"`` is accepted)."""
     spec = str(spec).strip()
-    if spec == "gt":
+    if spec == "gt" or spec.startswith("dets:"):
         if options:
-            raise TypeError(f"the gt proposer takes no options, got {sorted(options)}")
-        return GroundTruthProposer()
+            raise TypeError(f"the {spec.split(':')[0]} proposer takes no options, got "
+                            f"{sorted(options)}")
+        if spec == "gt":
+            return GroundTruthProposer()
+        from .detections import DetectionsProposer  # it builds on Proposals, defined here
+
+        return DetectionsProposer(spec[len("dets:"):])
     if spec == "yolo":
         spec = EMBEDDED_YOLO
     elif spec.startswith("yolo:"):
