@@ -9,17 +9,20 @@ dropped and recomputed, never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import time
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from PIL import Image
 
-from .io_utils import atomic_torch_save, load_torch_file
+from .io_utils import atomic_torch_save, load_torch_file, remove_stale_temporaries
 
 CACHE_FORMAT = 1
 
@@ -51,12 +54,18 @@ class EmbeddingCache:
     """Memory cache of L2-normalised embeddings, optionally persisted under ``directory``."""
 
     def __init__(self, directory: str | Path | None = None, batch_size: int = 64,
-                 shard: str = "") -> None:
+                 shard: str = "", autosave_s: float = 60.0) -> None:
         """``shard``: a name for this process's files when several processes share the
         directory (e.g. ``"rank1"`` under torchrun). Each process writes only its own files,
         ``<kind>.pt`` for the unnamed shard and ``<kind>.<shard>.pt`` otherwise; every process
-        reads all of them."""
+        reads all of them. Two processes that share a file (say, two splits evaluated at once)
+        both keep their entries: a save merges what is on disk under a lock.
+
+        ``autosave_s``: new entries are written at most this many seconds after they were
+        computed, so a run killed near its end resumes from what it encoded."""
         self.directory = Path(directory) if directory is not None else None
+        self.autosave_s = autosave_s
+        self._last_save = time.monotonic()
         self.batch_size = batch_size
         self.shard = shard
         self._store: dict[tuple[str, str], dict[Hashable, torch.Tensor]] = {}
@@ -83,6 +92,8 @@ class EmbeddingCache:
             return {}
         table: dict[Hashable, torch.Tensor] = {}
         folder = self.directory / checksum[:16]
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
         # This shard's own file last, so its entries win.
         own = self._path(checksum, kind)
         paths = [p for p in sorted(folder.glob(f"{kind}.*pt")) if p != own] + [own]
@@ -97,6 +108,14 @@ class EmbeddingCache:
     def _added(self, checksum: str, kind: str, keys: Sequence[Hashable]) -> None:
         self._own.setdefault((checksum, kind), set()).update(keys)
         self._dirty.add((checksum, kind))
+        if self.directory is not None and time.monotonic() - self._last_save >= self.autosave_s:
+            self.save()
+
+    def paths(self, checksum: str) -> list[Path]:
+        """The files this shard writes for a backbone (for checks before a run)."""
+        if self.directory is None:
+            return []
+        return [self._path(checksum, kind) for kind in ("text", "image")]
 
     def _load_file(self, path: Path, checksum: str) -> dict[Hashable, torch.Tensor]:
         try:
@@ -122,14 +141,23 @@ class EmbeddingCache:
             return
         for checksum, kind in sorted(self._dirty):
             table = self._store[(checksum, kind)]
-            own = self._own.get((checksum, kind), set())
-            keys = [k for k in table if k in own]  # other shards' entries stay in their files
-            if not keys:
+            own = self._own.setdefault((checksum, kind), set())
+            if not own:
                 continue
-            atomic_torch_save(self._path(checksum, kind),
-                              {"format": CACHE_FORMAT, "checksum": checksum, "keys": keys,
-                               "vectors": torch.stack([table[k] for k in keys])})
+            path = self._path(checksum, kind)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _folder_lock(path.parent):
+                # Entries another process added to this file since it was read are kept.
+                if path.is_file():
+                    for key, vector in self._load_file(path, checksum).items():
+                        table.setdefault(key, vector)
+                        own.add(key)
+                keys = [k for k in table if k in own]  # other shards' entries stay in theirs
+                atomic_torch_save(path, {"format": CACHE_FORMAT, "checksum": checksum,
+                                         "keys": keys,
+                                         "vectors": torch.stack([table[k] for k in keys])})
         self._dirty.clear()
+        self._last_save = time.monotonic()
 
     # -- lookups --------------------------------------------------------------------------------
     def texts(self, backbone: Encoder, texts: Sequence[str]) -> torch.Tensor:
@@ -182,6 +210,22 @@ class EmbeddingCache:
         copy._store = {key: dict(table) for key, table in self._store.items()
                        if key[1] == "text"}
         return copy
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` (POSIX ``flock``; none where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _valid(vector: Any) -> bool:

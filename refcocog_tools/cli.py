@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .layouts import LayoutError, add_layout_arguments, layout_from_args
+from .options import OutputPathError, positive_int
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = (
@@ -33,7 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Its numbers say nothing about RefCOCOg.",
     )
     make.add_argument("out_dir", type=Path)
-    make.add_argument("--images", type=int, default=30, help="number of images (default 30)")
+    make.add_argument("--images", type=positive_int, default=30,
+                      help="number of images (default 30)")
+    make.add_argument("--force", action="store_true",
+                      help="overwrite an existing dataset in OUT_DIR")
     make.add_argument("--seed", type=int, default=0)
     add_layout_arguments(make)
     make.set_defaults(func=_make_mini_dataset)
@@ -53,7 +57,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _make_mini_dataset(args: argparse.Namespace) -> int:
     from .minidata import write_mini_dataset
+    from .options import check_output_folder
 
+    existing = [p for p in (args.out_dir / "annotations", args.out_dir / "images")
+                if p.is_dir() and any(p.iterdir())]
+    if existing and not args.force:
+        raise OutputPathError(f"{existing[0]}: a dataset is already there; pass --force to "
+                              "overwrite it, or choose another folder")
+    check_output_folder(args.out_dir, "dataset folder")
     layout = layout_from_args(args)
     out = write_mini_dataset(args.out_dir, n_images=args.images, seed=args.seed, layout=layout)
     print(f"wrote the embedded synthetic dataset ({args.images} images, seed {args.seed}) "
@@ -115,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .dataset import DatasetError
 
     args = build_parser().parse_args(argv)
-    expected: tuple[type[Exception], ...] = (DatasetError, LayoutError)
+    expected: tuple[type[Exception], ...] = (DatasetError, LayoutError, OutputPathError)
     try:
         from .backbones import BackboneError
         from .embedding_cache import EmbeddingCacheError

@@ -69,7 +69,10 @@ class _PlainDataUnpickler(pickle.Unpickler):
 def load_refs_pickle(path: str | Path) -> list[dict[str, Any]]:
     """Load ``refs(umd).p`` without executing code: any class or callable in it is refused."""
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the refs file ({err.strerror or err})") from None
     try:
         refs = _PlainDataUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as err:
@@ -135,8 +138,49 @@ def load_rgb_image(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except FileNotFoundError as err:
         raise DatasetError(f"{path}: image file not found") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: image unreadable: {err}") from err
+
+
+# EXIF orientations that turn the stored pixels by 90 degrees (exif_transpose swaps w and h).
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def image_problem(path: Path, expected_size: tuple[int, int]) -> str | None:
+    """Decode the whole image and compare its size, after EXIF orientation (what every method
+    sees), with the annotation's; the problem found, or None.
+
+    A full decode, not ``Image.verify()``: a truncated JPEG passes verify and fails later.
+    """
+    try:
+        with open_image(path) as image:
+            image.load()
+            width, height = image.size
+            if image.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+    except FileNotFoundError:
+        return f"{path}: image file not found"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
+        return f"{path}: image unreadable: {err}"
+    if (width, height) != tuple(expected_size):
+        # The annotation size is what the boxes refer to: a mismatch breaks every box.
+        return (f"{path}: size {(width, height)} after EXIF orientation differs from "
+                f"{INSTANCES_FILE} width/height {tuple(expected_size)}")
+    return None
+
+
+def image_problems(records: Sequence[RefRecord], workers: int = 4) -> list[str]:
+    """``image_problem`` of each distinct image of ``records``, in record order.
+
+    Decoding releases the GIL, so a few threads check a split several times faster.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = {r.image_path: r for r in records}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        found = pool.map(lambda r: image_problem(r.image_path, r.image_size), first.values())
+        return [problem for problem in found if problem]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,6 +283,8 @@ def _load_instances(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DatasetError(f"{path}: not valid JSON: {err}") from err
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read the file ({err.strerror or err})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
@@ -248,12 +294,24 @@ def _load_instances(path: Path) -> dict[str, Any]:
 
 
 def _require(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(record, dict):
+        raise DatasetError(f"{where}: expected an object, got {type(record).__name__}")
     if key not in record:
         raise DatasetError(f"{where}: field '{key}' missing")
     value = record[key]
-    if not isinstance(value, kind):
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
         raise DatasetError(f"{where}: field '{key}' has type {type(value).__name__}")
     return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _outside_root(file_name: str) -> bool:
+    """True for a ``file_name`` that would read outside ``<root>/images``."""
+    path = Path(file_name)
+    return path.is_absolute() or ".." in path.parts or file_name.startswith("~")
 
 
 def _check_box(
@@ -337,23 +395,41 @@ def _parse(
             problems.append(str(err))
 
     images: dict[int, dict[str, Any]] = {}
+    image_index: dict[int, int] = {}
     for i, img in enumerate(instances["images"]):
         where = f"{instances_path}: images[{i}]"
         try:
             for key in ("id", "width", "height"):
                 _require(img, key, int, where)
-            _require(img, "file_name", str, where)
+            file_name = _require(img, "file_name", str, where)
+            if _outside_root(file_name):
+                raise DatasetError(f"{where}: field 'file_name' {file_name!r} points outside "
+                                   f"{root / 'images'}")
+            if img["width"] <= 0 or img["height"] <= 0:
+                raise DatasetError(f"{where}: fields 'width'/'height' must be positive")
+            if img["id"] in image_index:
+                # Which record's pixels would an annotation of this id get? Neither is trusted.
+                raise DatasetError(f"{where}: field 'id' {img['id']} duplicates "
+                                   f"images[{image_index[img['id']]}]")
         except DatasetError as err:
             problems.append(str(err))
             continue
+        image_index[img["id"]] = i
         images[img["id"]] = img
 
     annotations: dict[int, dict[str, Any]] = {}
     instances_by_image: dict[int, list[Instance]] = {}
+    annotation_index: dict[int, int] = {}
     for i, ann in enumerate(instances["annotations"]):
         where = f"{instances_path}: annotations[{i}]"
         try:
             ann_id = _require(ann, "id", int, where)
+            if ann_id in annotation_index:
+                # A second instance with one id would be a phantom proposal.
+                problems.append(f"{where}: field 'id' {ann_id} duplicates "
+                                f"annotations[{annotation_index[ann_id]}]")
+                continue
+            annotation_index[ann_id] = i
             where = f"{instances_path}: annotation id {ann_id}"
             image_id = _require(ann, "image_id", int, where)
             category_id = _require(ann, "category_id", int, where)
@@ -402,14 +478,22 @@ def _parse(
                                    f"{INSTANCES_FILE}")
             if image_id not in images:
                 raise DatasetError(f"{where}: field 'image_id' {image_id} has no image record")
+            if annotations[ann_id]["image_id"] != image_id:
+                raise DatasetError(f"{where}: field 'ann_id' {ann_id} belongs to image "
+                                   f"{annotations[ann_id]['image_id']}, not to image_id "
+                                   f"{image_id}")
             if not sentences:
                 raise DatasetError(f"{where}: field 'sentences' is empty")
             texts, sent_ids = [], []
             for j, sent in enumerate(sentences):
                 if not isinstance(sent, dict) or not isinstance(sent.get("sent"), str):
                     raise DatasetError(f"{where}: field 'sentences[{j}].sent' missing")
+                sent_id = sent.get("sent_id", -1)
+                if not isinstance(sent_id, int) or isinstance(sent_id, bool):
+                    raise DatasetError(f"{where}: field 'sentences[{j}].sent_id' is "
+                                       f"{sent_id!r}, not an integer")
                 texts.append(sent["sent"])
-                sent_ids.append(int(sent.get("sent_id", -1)))
+                sent_ids.append(sent_id)
         except DatasetError as err:
             problems.append(str(err))
             continue
@@ -463,24 +547,7 @@ def validate(root: str | Path, check_images: bool = True,
     except DatasetError as err:
         return [str(err)]
     if check_images:
-        seen: set[Path] = set()
-        for record in records:
-            if record.image_path in seen:
-                continue
-            seen.add(record.image_path)
-            try:
-                with open_image(record.image_path) as image:
-                    image.verify()
-                    size = image.size
-                if size != record.image_size:
-                    # The annotation size is what the boxes refer to: a mismatch breaks every box.
-                    problems.append(f"{record.image_path}: size {size} differs from "
-                                    f"{INSTANCES_FILE} width/height {record.image_size}")
-            except FileNotFoundError:
-                problems.append(f"{record.image_path}: image file not found "
-                                f"(image_id {record.image_id})")
-            except (UnidentifiedImageError, OSError, SyntaxError) as err:
-                problems.append(f"{record.image_path}: image unreadable: {err}")
+        problems += image_problems(records)
     return problems
 
 

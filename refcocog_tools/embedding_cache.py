@@ -30,7 +30,13 @@ import torch
 from PIL import Image
 
 from .dataset import RefCOCOg, load_rgb_image
-from .io_utils import UnreadableFileError, atomic_torch_save, cache_dir, load_torch_file
+from .io_utils import (
+    UnreadableFileError,
+    atomic_torch_save,
+    cache_dir,
+    load_torch_file,
+    remove_stale_temporaries,
+)
 
 CACHE_FORMAT = "refcocog-tools-embeddings/1"
 
@@ -155,6 +161,8 @@ def load_cache(path: str | Path, backbone: Encoder,
     Raises :class:`EmbeddingCacheError` when the file was written by another backbone.
     """
     path = Path(path)
+    if path.parent.is_dir():
+        remove_stale_temporaries(path.parent)
     if not path.is_file():
         return None
     try:

@@ -25,11 +25,23 @@ from tqdm import tqdm
 from . import __version__
 from .backbones import ClipBackbone, load_clips
 from .cache import EmbeddingCache
-from .dataset import RefCOCOg, RefItem, is_synthetic
+from .dataset import DatasetError, RefCOCOg, RefItem, image_problems, is_synthetic
 from .io_utils import atomic_write_json, cache_dir
 from .layouts import DEFAULT_LAYOUT, Layout, add_layout_arguments, layout_from_args
 from .methods import METHOD_NAMES, NEEDS_CLIP, GroundingMethod, make_method
 from .metrics import box_iou_pairs, crop_cosine, summarize
+from .options import (
+    OutputPathError,
+    check_output_file,
+    check_output_folder,
+    colour_type,
+    device_type,
+    float_in,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    variants_type,
+)
 from .prediction import Prediction
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import RedCircle
@@ -408,12 +420,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", default="tiny-rn",
                         help="comma-separated CLIP backbones, ensembled: names (RN50x16, "
                         "ViT-B/32), checkpoint paths, or tiny-rn / tiny-vit (embedded, untrained)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--limit", type=int, default=0, help="first N expressions (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=64,
+    parser.add_argument("--device", default="cpu", type=device_type)
+    parser.add_argument("--limit", type=non_negative_int, default=0,
+                        help="first N expressions (0 = all)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="CLIP image batch size; red-circle batches visual prompts across "
                         "images")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=non_negative_int, default=0,
                         help="DataLoader worker processes for image decoding, ground-truth "
                         "proposals and visual-prompt rendering (0 = in the main process)")
     parser.add_argument("--seed", type=int, default=0)
@@ -421,16 +434,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true",
                         help="do not read or write the on-disk embedding cache")
     red = parser.add_argument_group("red-circle options")
-    red.add_argument("--variants", default="blur,blur_gray")
-    red.add_argument("--blur-radius", type=float, default=20.0)
-    red.add_argument("--stroke-colour", default="red")
-    red.add_argument("--stroke-width", type=int, default=3)
+    red.add_argument("--variants", default="blur,blur_gray", type=variants_type)
+    red.add_argument("--blur-radius", type=non_negative_float, default=20.0)
+    red.add_argument("--stroke-colour", default="red", type=colour_type)
+    red.add_argument("--stroke-width", type=positive_int, default=3)
     red.add_argument("--marker", default="ellipse", choices=("ellipse", "rectangle", "none"))
-    red.add_argument("--n-debias", type=int, default=5000)
-    red.add_argument("--area-filter", type=float, default=None,
+    red.add_argument("--n-debias", type=non_negative_int, default=5000)
+    red.add_argument("--area-filter", type=float_in(0.0, 1.0, low_open=True), default=None,
                      help="drop proposals covering at least this share of the image (study: 0.8)")
     red.add_argument("--class-prior", action="store_true")
-    red.add_argument("--render-size", type=int, default=None,
+    red.add_argument("--render-size", type=positive_int, default=None,
                      help="render visual prompts at this short side (approximation)")
 
 
@@ -480,10 +493,44 @@ def check_proposer(proposer: Proposer, dataset: RefCOCOg) -> None:
         check(dataset.records)
 
 
+def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache,
+              backbones: Sequence[ClipBackbone]) -> None:
+    """What can be checked before the run: the cache files, a split with expressions, and
+    every image the run touches (fully decoded, size after EXIF orientation against
+    instances.json, as ``validate`` does). Image problems refuse the run, or with
+    ``--warn-data-problems`` are printed as warnings."""
+    for backbone in backbones:
+        for path in cache.paths(backbone.checksum):
+            if path.exists() and not path.is_file():
+                raise OutputPathError(f"{path}: the embedding cache file is not a file; "
+                                      "remove it or pass --no-cache")
+            check_output_folder(path.parent, "embedding cache folder")
+    if len(dataset) == 0:
+        raise DatasetError(f"{dataset.root}: the {dataset.split} split has no expressions; "
+                           "nothing to evaluate")
+    records = [items[0].record for items in group_by_image(dataset, args.limit)]
+    problems = image_problems(records, workers=max(4, args.workers))
+    if not problems:
+        return
+    listing = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more"
+                                            if len(problems) > 20 else "")
+    if not args.warn_data_problems:
+        raise DatasetError(f"{len(problems)} image problem(s) in the images this run "
+                           f"touches (`refcocog-tools validate` lists them all):\n  {listing}"
+                           "\npass --warn-data-problems to evaluate anyway")
+    print(f"warning: {len(problems)} image problem(s); evaluating anyway "
+          f"(--warn-data-problems):\n  {listing}", file=sys.stderr)
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
+    # The results file and the cache folder are checked before any work, not after it.
+    check_output_file(args.out, "results file")
+    if not args.no_cache:
+        check_output_folder(cache_dir() / "embeddings", "embedding cache folder")
     rank, world = distributed_context()
     try:
         dataset, method, proposer, backbones, cache = setup(args)
+        preflight(args, dataset, cache, backbones)
         progress = rank == 0 and not args.quiet and sys.stderr.isatty()
         results = evaluate(dataset, method, proposer, backbones, limit=args.limit,
                            progress=progress, batch_size=args.batch_size, workers=args.workers,
@@ -516,4 +563,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="results JSON path")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--warn-data-problems", action="store_true",
+                        help="evaluate even when images of the run have problems `validate` "
+                        "reports (unreadable, size differs from instances.json): print them "
+                        "as warnings instead of refusing")
     parser.set_defaults(func=_run_evaluate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -31,16 +32,55 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         path = Path(base) / "refcocog-tools"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from .options import OutputPathError
+
+        raise OutputPathError(f"{path}: cannot create the cache folder ({err.strerror or err}); "
+                              f"set {CACHE_ENV} to a writable folder") from None
     return path
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def remove_stale_temporaries(folder: str | Path, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left in ``folder``.
+
+    Only files older than ``max_age_s`` go: a younger one may belong to a write in progress
+    in another process.
+    """
+    import time
+
+    removed = []
+    now = time.time()
+    for path in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to delete
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode any other new file gets, so a shared
+        # cache or results folder stays readable by the group the umask allows.
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -53,16 +93,32 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    """JSON with sorted keys and a final newline, written atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    """JSON with sorted keys and a final newline, written atomically.
+
+    A non-finite float (NaN, an infinite loss, the -inf "best so far" of a run with no epoch)
+    is written as ``null``: ``NaN`` and ``-Infinity`` are not JSON, and other readers reject them.
+    """
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default,
+                      allow_nan=False) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (containers copied as needed)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):
-        return obj.tolist()
+        return _finite(obj.tolist())
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 

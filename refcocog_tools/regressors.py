@@ -50,7 +50,7 @@ from torchvision.ops import (
     generalized_box_iou_loss,
 )
 
-from .dataset import RefCOCOg, is_synthetic
+from .dataset import DatasetError, RefCOCOg, is_synthetic
 from .embedding_cache import EmbeddingCacheError, SplitEmbeddings, split_embeddings
 from .io_utils import (
     UnreadableFileError,
@@ -59,6 +59,13 @@ from .io_utils import (
     atomic_write_json,
     load_torch_file,
     sha256_file,
+)
+from .options import (
+    device_type,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
 )
 
 if TYPE_CHECKING:
@@ -453,6 +460,9 @@ def _read_checkpoint(path: str | Path, device: str | torch.device, what: str) ->
     return payload
 
 
+# What a training run writes into its --out folder.
+RUN_FILES = ("best.pt", "last.pt", "history.json", "config.json", "curves.png", "results.json")
+
 # Fields that may differ between the run that wrote last.pt and the one resuming it.
 _RESUMABLE_CHANGES = {"epochs"}
 
@@ -683,6 +693,9 @@ def split_data(data_root: str | Path, split: str, backbones: Sequence[Any],
                cache_root: str | Path | None = None, progress: bool = False) -> RegressionData:
     """The expression view of a split with each backbone's cached embeddings."""
     dataset = RefCOCOg(data_root, split=split, view="expression")
+    if len(dataset) == 0:
+        raise DatasetError(f"{data_root}: the {split} split has no expressions; a regressor "
+                           "needs train, val and test refs")
     embeddings = [split_embeddings(dataset, b, cache_root=cache_root, progress=progress)
                   for b in backbones]
     return RegressionData.from_dataset(dataset, embeddings)
@@ -749,17 +762,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--loss", choices=LOSSES, default="mse")
     parser.add_argument("--iou-variant", choices=IOU_VARIANTS, default="giou",
                         help="IoU loss for --loss iou/mix (default giou)")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--epochs", type=non_negative_int, default=30)
+    parser.add_argument("--lr", type=positive_float, default=None,
                         help="Adam learning rate (default: the study's, 0.01 bottleneck, "
                         "0.001 large)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
     parser.add_argument("--normalize-targets", action="store_true",
                         help="regress boxes divided by the image size instead of pixels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=device_type)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--force", action="store_true",
+                        help="start afresh in an OUT that holds an earlier run (overwrites it)")
     parser.add_argument("--embedding-cache", type=Path, default=None,
                         help="embedding cache folder (default: <cache>/regressor-embeddings)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
@@ -776,8 +791,26 @@ def _train_regressor_command(args: argparse.Namespace) -> int:
 
 def _train_regressor(args: argparse.Namespace) -> int:
     from .backbones import load_clips
+    from .embedding_cache import default_cache_root
     from .minidata import default_data_root
+    from .options import check_output_folder
 
+    out = args.out
+    earlier = [out / name for name in RUN_FILES if (out / name).exists()]
+    if earlier and not (args.resume or args.force):
+        raise RegressorError(f"{earlier[0]}: an earlier training run is in {out}; pass "
+                             "--resume to continue it or --force to start afresh and "
+                             "overwrite it")
+    if args.resume and args.force:
+        raise RegressorError("--resume continues the run in --out and --force discards it: "
+                             "give one of them")
+    # Found now, not after the training: where the run and the embeddings will be written.
+    check_output_folder(out, "output folder")
+    check_output_folder(args.embedding_cache or default_cache_root(), "embedding cache folder")
+    if args.force:
+        for path in earlier:
+            if path.is_file():
+                path.unlink()
     data_root = args.data_root if args.data_root is not None else default_data_root()
     config = TrainConfig(head=args.head, loss=args.loss, iou_variant=args.iou_variant,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
