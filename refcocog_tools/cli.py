@@ -59,13 +59,13 @@ def _make_mini_dataset(args: argparse.Namespace) -> int:
     from .minidata import write_mini_dataset
     from .options import check_output_folder
 
+    layout = layout_from_args(args)
     existing = [p for p in (args.out_dir / "annotations", args.out_dir / "images")
                 if p.is_dir() and any(p.iterdir())]
     if existing and not args.force:
         raise OutputPathError(f"{existing[0]}: a dataset is already there; pass --force to "
                               "overwrite it, or choose another folder")
     check_output_folder(args.out_dir, "dataset folder")
-    layout = layout_from_args(args)
     out = write_mini_dataset(args.out_dir, n_images=args.images, seed=args.seed, layout=layout)
     print(f"wrote the embedded synthetic dataset ({args.images} images, seed {args.seed}) "
           f"to {out} as {layout.dataset} split by {layout.split_by} ({layout.refs_file})")
