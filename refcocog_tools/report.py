@@ -347,23 +347,29 @@ class Chapter:
 
 
 def open_chapter(data_root: str | os.PathLike[str] | None, *, seed: int, split: str = "test",
-                 clip: str = "", proposals: str = "", device: str = "cpu") -> Chapter:
+                 clip: str = "", proposals: str = "", device: str = "cpu",
+                 dataset: str = "refcocog", split_by: str | None = None) -> Chapter:
     """Seed everything, load the data, the CLIP backbones and the proposer of a chapter's
-    parameters, and write the page's provenance box (``chapter.note``) from what was loaded."""
+    parameters, and write the page's provenance box (``chapter.note``) from what was loaded.
+
+    ``dataset`` / ``split_by``: another dataset of the family (see ``layouts``)."""
     from .backbones import load_clips
     from .dataset import RefCOCOg
+    from .evaluate import check_proposer
     from .proposals import make_proposer
 
     seed_everything(seed)
     root = resolve_data_root(data_root)
-    dataset = RefCOCOg(root, split=split)
+    items = RefCOCOg(root, split=split, dataset=dataset, split_by=split_by)
     backbones = load_clips(clip, device=device) if clip else []
     proposer = make_proposer(proposals, device=device) if proposals else None
+    if proposer is not None:
+        check_proposer(proposer, items)
     models = [f"CLIP {clip}"] * bool(clip) + [f"proposals {proposals}"] * bool(proposals)
     untrained = (any(b.untrained for b in backbones)
                  or bool(getattr(proposer, "untrained", False))) if models else None
     note = provenance_note(data_root, backbones_untrained=untrained, models="; ".join(models))
-    return Chapter(root, dataset, backbones, proposer, note)
+    return Chapter(root, items, backbones, proposer, note)
 
 
 def seed_everything(seed: int) -> None:

@@ -152,3 +152,14 @@ def test_evaluate_runs_on_a_refcoco_test_split_and_records_the_layout(roots, tmp
     assert results["metrics"]["n"] == len(expected)
     prov = results["provenance"]
     assert (prov["dataset"], prov["split_by"], prov["split"]) == ("refcoco", "unc", "testB")
+
+
+def test_a_chapter_opens_another_dataset_of_the_family(roots) -> None:
+    from refcocog_tools.report import open_chapter
+
+    chapter = open_chapter(str(roots[("refcoco", "unc")]), seed=0, split="testA",
+                           dataset="refcoco", split_by="unc")
+    assert chapter.dataset.layout == get_layout("refcoco", "unc")
+    assert {r.split for r in chapter.dataset.records} == {"testA"}
+    with pytest.raises(LayoutError, match="no split 'test'"):
+        open_chapter(str(roots[("refcoco", "unc")]), seed=0, dataset="refcoco")
