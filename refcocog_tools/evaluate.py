@@ -28,7 +28,7 @@ from .cache import EmbeddingCache
 from .dataset import DatasetError, RefCOCOg, RefItem, image_problems, is_synthetic
 from .io_utils import atomic_write_json, cache_dir
 from .layouts import DEFAULT_LAYOUT, Layout, add_layout_arguments, layout_from_args
-from .methods import METHOD_NAMES, NEEDS_CLIP, GroundingMethod, make_method
+from .methods import ENTITY_SCORERS, METHOD_NAMES, NEEDS_CLIP, GroundingMethod, make_method
 from .metrics import box_iou_pairs, crop_cosine, summarize
 from .options import (
     OutputPathError,
@@ -445,11 +445,33 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     red.add_argument("--class-prior", action="store_true")
     red.add_argument("--render-size", type=positive_int, default=None,
                      help="render visual prompts at this short side (approximation)")
+    rel = parser.add_argument_group("relations options")
+    rel.add_argument("--entity-scorer", default="red-circle", choices=ENTITY_SCORERS,
+                     help="what scores each noun phrase against each proposal (red-circle takes "
+                     "the red-circle options above)")
+    rel.add_argument("--no-labels", action="store_true",
+                     help="ignore the proposals' class labels (ground-truth categories, YOLO "
+                     "class names)")
+    rel.add_argument("--label-floor", type=float, default=0.0,
+                     help="weight of a proposal whose label does not name the noun")
+    rel.add_argument("--temperature", type=float, default=0.01,
+                     help="softmax temperature of the entity scores (0.01: CLIP's logit scale)")
+    rel.add_argument("--superlative-rule", default="exclusive", choices=("exclusive", "reclip"))
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.method == "relations":
+        return {"entity_scorer": args.entity_scorer, "use_labels": not args.no_labels,
+                "label_floor": args.label_floor, "temperature": args.temperature,
+                "superlative_rule": args.superlative_rule,
+                "scorer_options": (_red_circle_options(args)
+                                   if args.entity_scorer == "red-circle" else {})}
     if args.method != "red-circle":
         return {}
+    return _red_circle_options(args)
+
+
+def _red_circle_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"variants": tuple(v for v in args.variants.split(",") if v),
             "blur_radius": args.blur_radius, "stroke_colour": args.stroke_colour,
             "stroke_width": args.stroke_width, "marker": args.marker,
@@ -478,9 +500,11 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
     rank = int(os.environ.get("RANK", "0"))
     cache = EmbeddingCache(None if args.no_cache else cache_dir() / "embeddings",
                            batch_size=args.batch_size, shard=f"rank{rank}" if rank else "")
+    uses_red_circle = args.method == "red-circle" or (
+        args.method == "relations" and args.entity_scorer == "red-circle")
     debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
                             split_by=layout.split_by).sentences()
-                   if args.method == "red-circle" else ())
+                   if uses_red_circle else ())
     method = make_method(args.method, backbones, cache=cache, debias_pool=debias_pool,
                          checkpoint=args.checkpoint, seed=args.seed, **method_options(args))
     return dataset, method, proposer, backbones, cache

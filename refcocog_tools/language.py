@@ -53,6 +53,9 @@ SPATIAL_RELATIONS: dict[tuple[str, ...], str] = {
     ("beside",): "next to",
     ("near",): "next to",
     ("between",): "between",
+    ("inside",): "inside",
+    ("inside", "of"): "inside",
+    ("within",): "inside",
     ("in", "the", "middle", "of"): "in the middle of",
     # Absolute positions: relations to the picture itself.
     ("on", "the", "left"): "on the left",
@@ -148,7 +151,7 @@ def _head_of(words: Sequence[str]) -> str | None:
     return None
 
 
-def _match_relation(tokens: Sequence[str], start: int) -> tuple[str, int] | None:
+def match_relation(tokens: Sequence[str], start: int) -> tuple[str, int] | None:
     """The longest relation beginning at ``start``: (canonical name, length), or None."""
     for length in range(min(_MAX_RELATION, len(tokens) - start), 0, -1):
         name = RELATIONS.get(tuple(tokens[start:start + length]))
@@ -174,7 +177,7 @@ def parse_expression(sentence: str) -> ParsedExpression:
     while i < len(tokens):
         # Nothing is a relation before the head phrase has a word ("on the left" alone stays a
         # head phrase without a head).
-        match = _match_relation(tokens, i) if (head_phrase or not in_head) else None
+        match = match_relation(tokens, i) if (head_phrase or not in_head) else None
         if match is not None:
             name, length = match
             if current is not None:

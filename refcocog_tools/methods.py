@@ -19,10 +19,14 @@ from .proposals import Proposals
 
 METHOD_NAMES = (
     "baseline", "color-background", "color-overlay", "red-circle", "gradcam",
-    "regressor", "random", "largest", "center",
+    "regressor", "relations", "random", "largest", "center",
 )
 NEEDS_CLIP = frozenset({"baseline", "color-background", "color-overlay", "red-circle", "gradcam",
-                        "regressor"})
+                        "regressor", "relations"})
+# The visual-prompt methods the relations method can score its noun phrases with: red-circle,
+# the crop of the baseline, ReCLIP's blur isolation (the proposal sharp on a blurred image, no
+# marker), or none (labels and geometry alone).
+ENTITY_SCORERS = ("red-circle", "crop", "blur", "none")
 
 
 class GroundingMethod(Protocol):
@@ -71,6 +75,14 @@ def make_method(
         from .regressors import RegressorMethod
 
         return RegressorMethod(backbones, checkpoint, **options)
+    if name == "relations":
+        from .relations import RelationsMethod
+
+        scorer_name = options.pop("entity_scorer", "red-circle")
+        scorer_options = dict(options.pop("scorer_options", None) or {})
+        scorer = make_entity_scorer(scorer_name, backbones, cache=cache, debias_pool=debias_pool,
+                                    seed=seed, **scorer_options)
+        return RelationsMethod(scorer, scorer_name=scorer_name, **options)
     if name in ("random", "largest", "center"):
         from .floors import CenterProposal, LargestProposal, RandomProposal
 
@@ -78,3 +90,27 @@ def make_method(
             return RandomProposal(seed=seed)
         return LargestProposal() if name == "largest" else CenterProposal()
     raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
+
+
+def make_entity_scorer(
+    name: str,
+    backbones: Sequence[ClipBackbone] = (),
+    *,
+    cache: EmbeddingCache | None = None,
+    debias_pool: Sequence[str] = (),
+    seed: int = 0,
+    **options: Any,
+) -> GroundingMethod | None:
+    """The method that scores noun phrases for ``relations`` (see ``ENTITY_SCORERS``)."""
+    if name == "none":
+        return None
+    if name == "red-circle":
+        return make_method("red-circle", backbones, cache=cache, debias_pool=debias_pool,
+                           seed=seed, **options)
+    if name == "crop":
+        return make_method("baseline", backbones, cache=cache, **options)
+    if name == "blur":
+        blur = {"variants": ("blur",), "marker": "none", "n_debias": 0, "prefix": "",
+                **options}
+        return make_method("red-circle", backbones, cache=cache, seed=seed, **blur)
+    raise ValueError(f"unknown entity scorer {name!r}; choose from {', '.join(ENTITY_SCORERS)}")

@@ -4,6 +4,14 @@ It exists so that every code path (loading, proposals, methods, metrics, the boo
 Its pictures are drawn shapes, not photographs: numbers computed on it say nothing about
 RefCOCOg. Each image holds several objects, with at least one pair of the same category, and
 its expressions need colour, position (left/right/top/bottom/middle) or relative size.
+
+Every expression comes from one of four kinds of template, and ``expression_type`` reads the
+kind back from the sentence: ``plain`` ("the red cat"), ``position`` ("the cat on the left",
+"a cat on the right side"), ``size`` ("the bigger cat") and ``relation`` ("red cat to the left
+of the blue dog"). Each annotation also records the object's drawn colour in a ``colour``
+field that the RefCOCOg loader ignores, so ``fitting_objects`` can say which objects of an
+image a sentence fits by the generator's own rules: more than one means the generator made
+that expression ambiguous.
 """
 
 from __future__ import annotations
@@ -12,9 +20,10 @@ import io
 import json
 import pickle
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, ImageDraw
 
@@ -173,6 +182,125 @@ def _expressions(target: _Object, objects: list[_Object], rng: random.Random,
     return out[: rng.randint(2, 3)]
 
 
+ExpressionType = Literal["plain", "position", "size", "relation"]
+EXPRESSION_TYPES: tuple[str, ...] = ("plain", "position", "size", "relation")
+_NAME = "|".join(sorted(name for name, _ in CATEGORIES.values()))
+_COLOUR = "|".join(sorted(COLOURS))
+# One pattern per template of ``_expressions``; the named groups are what the template says.
+_TEMPLATES: tuple[tuple[ExpressionType, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern)) for kind, pattern in (
+        ("plain", rf"the (?P<colour>{_COLOUR}) (?P<name>{_NAME})"),
+        ("position", rf"the (?P<name>{_NAME}) (?:on the|in the|at the) "
+                     r"(?P<where>left|right|middle|top|bottom)"),
+        ("position", rf"a (?P<name>{_NAME}) on the (?P<side>left|right) side"),
+        ("position", rf"a (?P<name>{_NAME}) in the (?P<side>middle) of the picture"),
+        ("size", rf"the (?P<size>bigger|smaller) (?P<name>{_NAME})"),
+        ("relation", rf"(?P<colour>{_COLOUR}) (?P<name>{_NAME}) to the (?P<relation>left|right)"
+                     rf" of the (?P<other_colour>{_COLOUR}) (?P<other_name>{_NAME})"),
+    ))
+
+
+def _template_match(sentence: str) -> tuple[ExpressionType, dict[str, str]] | None:
+    text = sentence.strip().lower().rstrip(".")
+    for kind, pattern in _TEMPLATES:
+        match = pattern.fullmatch(text)
+        if match is not None:
+            return kind, match.groupdict()
+    return None
+
+
+def expression_type(sentence: str) -> ExpressionType | None:
+    """The template kind of a generated expression (None for a sentence no template made).
+
+    Works on the ``sent`` and on the ``raw`` form ("The cat on the left.").
+    """
+    found = _template_match(sentence)
+    return None if found is None else found[0]
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """An object of a generated image as the generator knows it."""
+
+    ann_id: int
+    name: str
+    colour: str | None
+    box: tuple[float, float, float, float]  # xyxy
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
+
+    @property
+    def area(self) -> float:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+
+def scene_objects(instances: dict[str, Any]) -> dict[int, list[SceneObject]]:
+    """Per image id, its objects with their drawn colours (None where not recorded: a data set
+    written before colours were recorded, or a real one)."""
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    out: dict[int, list[SceneObject]] = {}
+    for ann in instances["annotations"]:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        out.setdefault(ann["image_id"], []).append(SceneObject(
+            ann["id"], names[ann["category_id"]], ann.get("colour"), (x, y, x + w, y + h)))
+    return out
+
+
+def fitting_objects(sentence: str, objects: list[SceneObject], image_size: tuple[int, int],
+                    use_colour: bool = True) -> list[int] | None:
+    """The ann ids of the ``objects`` that a generated ``sentence`` fits, by the generator's
+    own rules (the rules ``_expressions`` wrote it with); None for a sentence of no template,
+    or when it needs colours that were not recorded.
+
+    One id: the expression singles its object out. Several: the generator made it ambiguous
+    (twins of the same colour; both twins on the same side of the other object).
+    ``use_colour=False`` ignores the colour words: the objects a reader blind to colour (an
+    untrained CLIP, labels and geometry) cannot tell apart.
+    """
+    found = _template_match(sentence)
+    if found is None:
+        return None
+    kind, words = found
+    same = [o for o in objects if o.name == words["name"]]
+    if use_colour and kind in ("plain", "relation") and any(o.colour is None for o in objects):
+        return None
+
+    def coloured(candidates: list[SceneObject], colour: str) -> list[SceneObject]:
+        return [o for o in candidates if not use_colour or o.colour == colour]
+
+    if kind == "plain":
+        return [o.ann_id for o in coloured(same, words["colour"])]
+    if kind == "relation":
+        subjects = coloured(same, words["colour"])
+        others = coloured([o for o in objects if o.name == words["other_name"]],
+                          words["other_colour"])
+        left = words["relation"] == "left"
+        return [s.ann_id for s in subjects
+                if any(o is not s and (s.centre[0] < o.centre[0]) == left
+                       and s.centre[0] != o.centre[0] for o in others)]
+    if kind == "size":
+        areas = [o.area for o in same]
+        extreme = max(areas) if words["size"] == "bigger" else min(areas)
+        return [o.ann_id for o in same if o.area == extreme] if len(same) > 1 else []
+    if "side" in words:  # the lone object of its category, placed in a third of the picture
+        def third(o: SceneObject) -> str:
+            cx = o.centre[0] / image_size[0]
+            return "left" if cx < 0.35 else "right" if cx > 0.65 else "middle"
+        return [o.ann_id for o in same if third(o) == words["side"]] if len(same) == 1 else []
+    where = words["where"]
+    axis = 1 if where in ("top", "bottom") else 0
+    values = sorted(o.centre[axis] for o in same)
+    if len(same) < 2:
+        return []
+    if where in ("left", "top"):
+        return [o.ann_id for o in same if o.centre[axis] == values[0]]
+    if where in ("right", "bottom"):
+        return [o.ann_id for o in same if o.centre[axis] == values[-1]]
+    return [o.ann_id for o in same if values[0] < o.centre[0] < values[-1]]
+
+
 def _test_splits(splits: tuple[str, ...]) -> list[str]:
     return [s for s in splits if s not in ("train", "val")]
 
@@ -245,6 +373,7 @@ def generate(n_images: int = 30, seed: int = 0, splits: tuple[str, ...] = DEFAUL
                 "area": float(obj.area), "iscrowd": 0, "image_id": image_id,
                 "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
                 "category_id": obj.category_id, "id": ann_id,
+                "colour": obj.colour,  # not a COCO field; the loader ignores it
             })
         # Refer to both twins (they need disambiguation) and sometimes one other object.
         referred = [0, 1] + ([rng.randrange(2, len(objects))] if len(objects) > 2

@@ -13,6 +13,9 @@ that network was never built, and it is not built here either. What is here:
   ``to_frame()``;
 * ``extreme_node``: a training-free use of the graph, the candidate that stands in a relation
   to every other candidate ("the leftmost cat");
+* ``pairwise_relation`` / ``between_tensor``: the wider relation vocabulary of ReCLIP (bigger,
+  smaller, inside, near, between) beside the four of the study, as matrices the relation
+  resolver of ``refcocog_tools.relations`` multiplies with probabilities;
 * ``draw_scene_graph`` and ``plot_relation_heatmap`` for the report.
 """
 
@@ -190,6 +193,65 @@ def resolve_by_position(graph: SceneGraph, sentence: str, category: str) -> int 
         if word in EXTREME_WORDS:
             return extreme_node(graph, candidates, EXTREME_WORDS[word])
     return None
+
+
+# Relations between two boxes beyond the study's four, and how each is judged.
+PAIRWISE_RELATIONS = RELATIONS + ("bigger", "smaller", "inside", "near")
+# Share of box i's area that must lie in box j for "i inside j".
+INSIDE_SHARE = 0.5
+
+
+def box_areas(boxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
+    """(m,) areas of xyxy boxes (zero for degenerate boxes)."""
+    b = _as_boxes(boxes)
+    return (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+
+
+def pairwise_relation(boxes: torch.Tensor | Sequence[Sequence[float]], relation: str,
+                      image_size: tuple[int, int]) -> torch.Tensor:
+    """(m, m) float in [0, 1]: how true "box i is ``relation`` box j" is; zero diagonal.
+
+    ``left_of`` / ``right_of`` / ``above`` / ``below`` compare centroids (``relation_tensor``);
+    ``bigger`` / ``smaller`` compare areas; ``inside`` holds when at least ``INSIDE_SHARE`` of
+    box i's area lies in box j; ``near`` is the graded closeness ``weighted_adjacency``
+    (1 - centroid distance / image diagonal). All but ``near`` are 0 or 1.
+    """
+    tensor = _as_boxes(boxes)
+    if relation in RELATIONS:
+        return relation_tensor(tensor)[RELATIONS.index(relation)].float()
+    if relation == "near":
+        return weighted_adjacency(tensor, image_size)
+    if relation in ("bigger", "smaller"):
+        area = box_areas(tensor)
+        out = area[:, None] > area[None, :] if relation == "bigger" else \
+            area[:, None] < area[None, :]
+        return out.float()
+    if relation == "inside":
+        top_left = torch.maximum(tensor[:, None, :2], tensor[None, :, :2])
+        bottom_right = torch.minimum(tensor[:, None, 2:], tensor[None, :, 2:])
+        inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
+        share = inter / box_areas(tensor).clamp(min=1e-9)[:, None]
+        out = (share >= INSIDE_SHARE).float()
+        out.fill_diagonal_(0.0)
+        return out
+    raise ValueError(f"unknown relation {relation!r}; choose from {PAIRWISE_RELATIONS}")
+
+
+def between_tensor(boxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
+    """(m, m, m) float: ``B[i, j, k]`` is 1 when box i's centre lies between the centres of
+    boxes j and k, i.e. its projection on the segment from j's centre to k's falls strictly
+    inside it, and i, j, k are three different boxes."""
+    c = centroids(boxes)
+    seg = c[None, :, :] - c[:, None, :]  # seg[j, k] = c_k - c_j
+    rel = c[:, None, :] - c[None, :, :]  # rel[i, j] = c_i - c_j
+    length2 = (seg**2).sum(-1)  # (j, k)
+    t = torch.einsum("ijd,jkd->ijk", rel, seg) / length2.clamp(min=1e-9)[None]
+    out = ((t > 0) & (t < 1) & (length2[None] > 0)).float()
+    m = c.shape[0]
+    idx = torch.arange(m)
+    out[idx, idx, :] = 0.0
+    out[idx, :, idx] = 0.0
+    return out
 
 
 def draw_scene_graph(ax: Axes, image: Image.Image, graph: SceneGraph, relation: str = "left_of",

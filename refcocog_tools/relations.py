@@ -1,0 +1,471 @@
+"""Relations on the scene graph: a ReCLIP-style resolver of referring expressions.
+
+ReCLIP (Subramanian et al., ACL 2022) grounds "the cat to the left of the blue dog" in three
+steps, and so does this module, one small function per step:
+
+1. **Parse** (``parse_reference``): a rule-based reading, built on ``language.py``'s relation
+   tables, turns the expression into a ``NounPhrase``: its head noun, its attributes (colour and
+   other adjectives), its superlatives (leftmost, top, middle, biggest...), and its relations
+   (left of, above, bigger than, inside, near, between...), each with the noun phrase(s) it
+   points at. Relations that are not spatial ("holding", "with", "of") stay part of the noun
+   phrase's text, as ReCLIP does with them.
+2. **Score entities** (``entity_probabilities``): every noun phrase is scored against every
+   proposal by an existing visual-prompt method (red-circle by default; crop; blur), whose
+   scores become a distribution over proposals, ``softmax(score / temperature)``. Where the
+   proposals carry class labels (ground-truth categories, YOLO class names) and labels are
+   used, the distribution is multiplied by a label match: 1 for a proposal whose label names
+   the head noun, ``label_floor`` for the others (unless no proposal matches the head noun at
+   all, in which case labels say nothing).
+3. **Resolve on the scene graph** (``resolve``): relations and superlatives are matrices over
+   the proposals' boxes (``scene_graph.pairwise_relation`` / ``between_tensor``), combined with
+   the distributions by the rules below.
+
+The combination rule
+--------------------
+With ``P`` the head noun phrase's distribution over proposals:
+
+* a relation ``r`` to a noun phrase with distribution ``Q`` (resolved recursively) gives
+  ``P(i) <- P(i) * sum_j Q(j) R_r(i, j)``: the head's probability times the expected truth of
+  the relation under the object's distribution (ReCLIP's rule). ``between`` uses both objects:
+  ``P(i) <- P(i) * sum_jk Q1(j) Q2(k) B(i, j, k)``. A relation that no proposal satisfies is
+  skipped rather than zeroing every proposal.
+* a superlative ("the leftmost cat", "the cat on the left", "the bigger cat") gives
+  ``P(i) <- P(i) * prod_{j more extreme than i} (1 - q(j))``, where ``q(j)`` is how much
+  proposal j belongs to the head's candidates: its label match (1 or ``label_floor``) when
+  labels are used, else ``P(j) / max P``. That is: i is a candidate and no candidate lies
+  further in that direction. "middle" asks for a candidate on each side. This differs from
+  ReCLIP's superlative rule, ``P(i) <- sum_j P(i) P(j) S(i, j)``, which gives zero to the only
+  candidate of its kind when nothing else lies beyond it ("a cat on the left side" with one
+  cat); ``superlative_rule="reclip"`` restores ReCLIP's rule for comparison.
+* finally, as ReCLIP does, the result is multiplied by the distribution of the whole
+  expression scored as one text (``full_expression=True``), and normalised.
+
+Each step renormalises. The method's scores (``Prediction.scores``) are the final
+probabilities; ``RelationsMethod.explain`` returns every intermediate distribution.
+
+Why rules and not spaCy: spaCy's English models are distributed from GitHub releases, not as
+packages of the package index (only unofficial re-uploads are there), so they cannot be
+installed offline from a registry we trust; expressions are also rarely full sentences, where
+a dependency parser is least reliable. The grammar here is small, documented and tested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .language import (
+    COLOUR_WORDS,
+    DETERMINERS,
+    RELATIONS,
+    SPATIAL_RELATIONS,
+    STOPWORDS,
+    match_relation,
+    tokenize,
+)
+from .methods import GroundingMethod
+from .prediction import Prediction
+from .proposals import Proposals
+from .scene_graph import between_tensor, box_areas, centroids, pairwise_relation
+
+# ----------------------------------------------------------------------------------------------
+# 1. Parsing
+# ----------------------------------------------------------------------------------------------
+# Words that make a phrase extreme among its candidates, and the direction each names.
+SUPERLATIVE_WORDS: dict[str, str] = {
+    **dict.fromkeys(("left", "leftmost", "western"), "left"),
+    **dict.fromkeys(("right", "rightmost", "eastern"), "right"),
+    **dict.fromkeys(("top", "topmost", "upper", "uppermost", "highest", "higher"), "top"),
+    **dict.fromkeys(("bottom", "bottommost", "lower", "lowest"), "bottom"),
+    **dict.fromkeys(("middle", "center", "centre", "central"), "middle"),
+    # ReCLIP's reading of "closer" / "closest": nearer the camera, so bigger in the picture.
+    **dict.fromkeys(("big", "bigger", "biggest", "large", "larger", "largest", "closer",
+                     "closest", "nearest", "tall", "taller", "tallest"), "biggest"),
+    **dict.fromkeys(("small", "smaller", "smallest", "little", "tiny", "tinier", "tiniest",
+                     "farther", "farthest", "further", "furthest"), "smallest"),
+}
+# language.py's spatial relations, as relations between boxes (scene_graph names), as
+# superlatives (relations to the picture itself), or "between".
+BINARY_RELATIONS: dict[str, str] = {
+    "left of": "left_of", "right of": "right_of", "above": "above", "on top of": "above",
+    "below": "below", "next to": "near", "inside": "inside", "in the middle of": "inside",
+    # As ReCLIP: "behind" is read as higher in the picture, "in front of" as lower.
+    "behind": "above", "in front of": "below",
+}
+ABSOLUTE_RELATIONS: dict[str, str] = {
+    "on the left": "left", "on the right": "right", "at the top": "top",
+    "at the bottom": "bottom", "in the middle": "middle",
+}
+# A binary relation whose object is the picture is a superlative ("left of the picture").
+PICTURE_SUPERLATIVES: dict[str, str] = {
+    "left_of": "left", "right_of": "right", "above": "top", "below": "bottom",
+    "inside": "middle", "near": "middle",
+}
+PICTURE_WORDS = frozenset("picture image photo photograph pic frame scene screen".split())
+# Words that never head a noun phrase.
+_NOT_A_HEAD = (DETERMINERS | STOPWORDS | COLOUR_WORDS | frozenset(SUPERLATIVE_WORDS)
+               | frozenset("other another side part one ones".split()))
+_CLAUSE_WORDS = frozenset("that who which whose while is are was".split())
+
+
+@dataclass(frozen=True)
+class RelationTo:
+    """A spatial relation from a noun phrase to one (``between``: two) other noun phrases."""
+
+    relation: str  # a scene_graph.PAIRWISE_RELATIONS name, or "between"
+    objects: tuple[NounPhrase, ...]
+
+
+@dataclass(frozen=True)
+class NounPhrase:
+    """One parsed noun phrase; the root one is the whole expression."""
+
+    words: tuple[str, ...]  # the phrase's own words, determiners dropped
+    head: str | None  # the head noun
+    attributes: tuple[str, ...] = ()  # adjectives before the head (colours first)
+    superlatives: tuple[str, ...] = ()  # SUPERLATIVE_WORDS directions
+    relations: tuple[RelationTo, ...] = ()
+    extra: tuple[str, ...] = ()  # non-spatial relation phrases kept in the text ("with a hat")
+
+    @property
+    def text(self) -> str:
+        """What the entity scorer is shown: attributes, head and non-spatial relations."""
+        core = [w for w in self.words if w not in SUPERLATIVE_WORDS] or list(self.words)
+        return " ".join(core + list(self.extra))
+
+    @property
+    def is_picture(self) -> bool:
+        return self.head in PICTURE_WORDS
+
+    def phrases(self) -> list[NounPhrase]:
+        """This phrase and every phrase its relations point at, depth first."""
+        out = [self]
+        for relation in self.relations:
+            for obj in relation.objects:
+                out.extend(obj.phrases())
+        return out
+
+
+def _simple_phrase(words: Sequence[str]) -> NounPhrase:
+    """A noun phrase without relations: head, attributes, superlatives."""
+    kept = tuple(w for w in words if w not in DETERMINERS and w not in _CLAUSE_WORDS)
+    head = next((w for w in reversed(kept) if w not in _NOT_A_HEAD), None)
+    superlatives = tuple(dict.fromkeys(SUPERLATIVE_WORDS[w] for w in kept
+                                       if w in SUPERLATIVE_WORDS))
+    attributes = tuple(w for w in kept if w != head and w not in SUPERLATIVE_WORDS
+                       and w not in STOPWORDS)
+    return NounPhrase(words=kept, head=head, attributes=attributes, superlatives=superlatives)
+
+
+def _segments(tokens: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The head's words and, in order, each relation (language.py's canonical name) with the
+    words up to the next relation. Nothing is a relation before the head has a word."""
+    head: list[str] = []
+    relations: list[tuple[str, list[str]]] = []
+    in_head = True
+    i = 0
+    while i < len(tokens):
+        match = match_relation(tokens, i) if head else None
+        if match is not None:
+            relations.append((match[0], []))
+            in_head = False
+            i += match[1]
+            continue
+        word = tokens[i]
+        if in_head and word in _CLAUSE_WORDS | {"and"} and head:
+            in_head = False
+        elif in_head:
+            head.append(word)
+        elif relations and word not in _CLAUSE_WORDS:
+            relations[-1][1].append(word)
+        i += 1
+    return head, relations
+
+
+def parse_reference(sentence: str) -> NounPhrase:
+    """Parse an expression into its head noun phrase, superlatives and relations.
+
+    Rules, in order:
+
+    * the head phrase runs from the start to the first relation of ``language.RELATIONS``
+      (longest match) or clause word; its last word that is not a determiner, colour,
+      superlative or filler is the head noun; ``SUPERLATIVE_WORDS`` in it are superlatives
+      ("the bigger cat", "the left dog"), the other words attributes;
+    * each relation takes the words up to the next relation as its object phrase; "between"
+      splits them at "and" into two objects;
+    * an absolute position ("on the left", "at the top", "in the middle") is a superlative of
+      the head, and so is a relation whose object is the picture ("in the middle of the
+      picture", "left of the image"); "on the left side of the bus" is "left of the bus";
+    * spatial relations become scene-graph relations (``BINARY_RELATIONS``); other relations
+      ("holding", "with", "on", "of") stay in the head phrase's text for the entity scorer.
+    """
+    head_words, parts = _segments(tokenize(sentence))
+    root = _simple_phrase(head_words)
+    superlatives = list(root.superlatives)
+    relations: list[RelationTo] = []
+    extra: list[str] = []
+    k = 0
+    while k < len(parts):
+        name, words = parts[k]
+        k += 1
+        if name in ABSOLUTE_RELATIONS:
+            # "on the left side of the bus": the side is relative to the phrase after "of".
+            if words in (["side"], []) and k < len(parts) and parts[k][0] == "of":
+                name, words = f"{ABSOLUTE_RELATIONS[name]}_of", parts[k][1]
+                k += 1
+                direction = {"left_of": "left_of", "right_of": "right_of", "top_of": "above",
+                             "bottom_of": "below", "middle_of": "inside"}[name]
+                obj = _simple_phrase(words)
+                if obj.is_picture or obj.head is None:
+                    superlatives.append(PICTURE_SUPERLATIVES[direction])
+                else:
+                    relations.append(RelationTo(direction, (obj,)))
+            else:
+                superlatives.append(ABSOLUTE_RELATIONS[name])
+            continue
+        if name == "between":
+            sides = " ".join(words).split(" and ", 1) if "and" in words else []
+            objects = tuple(_simple_phrase(s.split()) for s in sides)
+            if len(objects) == 2 and all(o.head for o in objects):
+                relations.append(RelationTo("between", objects))
+            continue
+        if name in BINARY_RELATIONS:
+            obj = _simple_phrase(words)
+            relation = BINARY_RELATIONS[name]
+            if obj.is_picture or obj.head is None:
+                superlatives.append(PICTURE_SUPERLATIVES[relation])
+            else:
+                relations.append(RelationTo(relation, (obj,)))
+            continue
+        if name not in SPATIAL_RELATIONS.values():  # holding, wearing, with, on, of...
+            extra.append(" ".join([name, *[w for w in words if w not in DETERMINERS]]))
+    return NounPhrase(words=root.words, head=root.head, attributes=root.attributes,
+                      superlatives=tuple(dict.fromkeys(superlatives)),
+                      relations=tuple(relations), extra=tuple(extra))
+
+
+assert "left of" in RELATIONS.values()  # the tables above are written against language.py's
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Entity scores and label match
+# ----------------------------------------------------------------------------------------------
+# Nouns that name a COCO category in other words (people are referred to in many ways).
+NOUN_LABELS: dict[str, str] = {
+    **dict.fromkeys("""man woman boy girl guy lady kid child baby player person people men women
+    children skier surfer skateboarder batter catcher umpire gentleman someone""".split(),
+                    "person"),
+    "bike": "bicycle", "motorbike": "motorcycle", "plane": "airplane", "aeroplane": "airplane",
+    "sofa": "couch", "television": "tv", "phone": "cell phone", "cellphone": "cell phone",
+    "doughnut": "donut", "table": "dining table", "puppy": "dog", "kitten": "cat",
+    "kitty": "cat", "automobile": "car", "lorry": "truck", "ship": "boat",
+}
+
+
+def _singular(word: str) -> str:
+    for suffix, replacement in (("ies", "y"), ("ses", "s"), ("es", "e"), ("s", "")):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            return word[: -len(suffix)] + replacement
+    return word
+
+
+def label_matches(noun: str | None, label: str | None) -> bool:
+    """True when ``noun`` names the class ``label`` ("cat"/"cats"/"kitten" for "cat", "man"
+    for "person", "light" for "traffic light")."""
+    if not noun or not label:
+        return False
+    label = label.lower()
+    for word in {noun, _singular(noun)}:
+        if word == label or word == label.split()[-1] or NOUN_LABELS.get(word) == label:
+            return True
+    return False
+
+
+def label_factor(noun: str | None, labels: Sequence[str | None], floor: float) -> torch.Tensor:
+    """(P,) 1 where the proposal's label names ``noun``, ``floor`` elsewhere; all ones when no
+    label names it (the labels then say nothing about this noun)."""
+    match = torch.tensor([label_matches(noun, label) for label in labels], dtype=torch.bool)
+    if not bool(match.any()):
+        return torch.ones(len(labels))
+    return torch.where(match, torch.tensor(1.0), torch.tensor(float(floor)))
+
+
+def softmax_scores(scores: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Scores (..., P) to distributions over proposals; -inf scores get probability 0."""
+    return torch.softmax(scores.float() / temperature, dim=-1)
+
+
+def _normalise(p: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    total = p.sum()
+    return p / total if float(total) > 0 else fallback
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Resolution on the scene graph
+# ----------------------------------------------------------------------------------------------
+def more_extreme(boxes: torch.Tensor, direction: str) -> torch.Tensor:
+    """(P, P) bool: ``M[j, i]`` when proposal j lies further in ``direction`` than i
+    (centroids for left / right / top / bottom, areas for biggest / smallest)."""
+    c = centroids(boxes)
+    key = {"left": -c[:, 0], "right": c[:, 0], "top": -c[:, 1], "bottom": c[:, 1],
+           "biggest": box_areas(boxes), "smallest": -box_areas(boxes)}[direction]
+    return key[:, None] > key[None, :]
+
+
+def superlative(p: torch.Tensor, members: torch.Tensor, boxes: torch.Tensor, direction: str,
+                rule: str = "exclusive") -> torch.Tensor:
+    """Apply a superlative to the distribution ``p`` (P,) of the head's candidates.
+
+    ``members`` (P,) in [0, 1]: how much each proposal is one of the candidates. ``exclusive``:
+    ``p(i) * prod_{j beyond i} (1 - members(j))``; "middle": ``p(i)`` times the chance of a
+    candidate on its left and one on its right. ``reclip``: ``sum_j p(i) p(j) S(i, j)`` with
+    ``S(i, j)`` = i beyond j (no "middle" in ReCLIP: there, a candidate between two others).
+    """
+    if direction == "middle":
+        left = more_extreme(boxes, "left")  # left[j, i]: j left of i
+        right = more_extreme(boxes, "right")
+        weights = members if rule == "exclusive" else p
+        none_left = torch.prod(torch.where(left, 1 - weights[:, None], torch.ones_like(p)[:, None]
+                                           ), dim=0)
+        none_right = torch.prod(torch.where(right, 1 - weights[:, None],
+                                            torch.ones_like(p)[:, None]), dim=0)
+        out = p * (1 - none_left) * (1 - none_right)
+    elif rule == "exclusive":
+        beyond = more_extreme(boxes, direction)  # beyond[j, i]
+        out = p * torch.prod(torch.where(beyond, 1 - members[:, None],
+                                         torch.ones_like(p)[:, None]), dim=0)
+    elif rule == "reclip":
+        beats = more_extreme(boxes, direction).float()  # beats[i, j]: i beyond j = S(i, j)
+        out = p * (beats @ p)
+    else:
+        raise ValueError(f"superlative rule must be 'exclusive' or 'reclip', got {rule!r}")
+    return _normalise(out, p)
+
+
+@dataclass
+class Resolution:
+    """Every distribution behind one resolved expression (for tests, tables and figures)."""
+
+    parse: NounPhrase
+    texts: list[str]  # the scored texts, the whole expression first
+    entity: dict[str, torch.Tensor]  # noun-phrase text -> distribution (label match included)
+    steps: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (what, distribution)
+    final: torch.Tensor | None = None
+
+
+class RelationsMethod:
+    """Parse, score noun phrases with a visual-prompt scorer, resolve on the scene graph."""
+
+    name = "relations"
+
+    def __init__(
+        self,
+        entity_scorer: GroundingMethod | None,
+        *,
+        use_labels: bool = True,
+        label_floor: float = 0.0,
+        temperature: float = 0.01,
+        full_expression: bool = True,
+        superlative_rule: str = "exclusive",
+        scorer_name: str | None = None,
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0.0 <= label_floor <= 1.0:
+            raise ValueError(f"label_floor must be in [0, 1], got {label_floor}")
+        if superlative_rule not in ("exclusive", "reclip"):
+            raise ValueError("superlative_rule must be 'exclusive' or 'reclip'")
+        self.entity_scorer = entity_scorer
+        self.scorer_name = scorer_name or (entity_scorer.name if entity_scorer else "none")
+        self.use_labels = use_labels
+        self.label_floor = float(label_floor)
+        self.temperature = float(temperature)
+        self.full_expression = full_expression
+        self.superlative_rule = superlative_rule
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "method": self.name, "entity_scorer": self.scorer_name,
+            "entity_scorer_config": (self.entity_scorer.config() if self.entity_scorer
+                                     else None),
+            "use_labels": self.use_labels, "label_floor": self.label_floor,
+            "temperature": self.temperature, "full_expression": self.full_expression,
+            "superlative_rule": self.superlative_rule,
+        }
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def text_scores(self, image: Image.Image, texts: Sequence[str],
+                    proposals: Proposals) -> torch.Tensor:
+        """(T, P) entity-scorer scores of ``texts`` (zeros without a scorer)."""
+        if self.entity_scorer is None or not texts:
+            return torch.zeros(len(texts), len(proposals))
+        return self.entity_scorer.predict(image, list(texts), proposals).scores.float()
+
+    def _members(self, phrase: NounPhrase, p: torch.Tensor, labels: Sequence[str | None]
+                 ) -> torch.Tensor:
+        if self.use_labels and any(label_matches(phrase.head, label) for label in labels):
+            return label_factor(phrase.head, labels, self.label_floor)
+        return p / p.max().clamp(min=1e-12)
+
+    def _resolve_phrase(self, phrase: NounPhrase, resolution: Resolution,
+                        proposals: Proposals, image_size: tuple[int, int]) -> torch.Tensor:
+        boxes = proposals.boxes
+        p = resolution.entity[phrase.text]
+        for relation in phrase.relations:
+            objects = [self._resolve_phrase(o, resolution, proposals, image_size)
+                       for o in relation.objects]
+            if relation.relation == "between":
+                truth = torch.einsum("ijk,j,k->i", between_tensor(boxes), objects[0], objects[1])
+            else:
+                truth = pairwise_relation(boxes, relation.relation, image_size) @ objects[0]
+            p = _normalise(p * truth, p)
+            resolution.steps.append((f"{phrase.text} {relation.relation} "
+                                     f"{' and '.join(o.text for o in relation.objects)}", p))
+        members = self._members(phrase, resolution.entity[phrase.text], proposals.labels)
+        for direction in phrase.superlatives:
+            p = superlative(p, members, boxes, direction, self.superlative_rule)
+            resolution.steps.append((f"{phrase.text}: {direction}", p))
+        return p
+
+    def explain(self, image: Image.Image, expression: str, proposals: Proposals,
+                scores: dict[str, torch.Tensor] | None = None) -> Resolution:
+        """Resolve one expression and keep every distribution on the way.
+
+        ``scores``: precomputed entity-scorer rows by text (``predict`` scores all the texts of
+        an image's expressions in one call); missing texts are scored here.
+        """
+        parse = parse_reference(expression)
+        texts = list(dict.fromkeys([expression] + [p.text for p in parse.phrases()]))
+        scores = dict(scores or {})
+        missing = [t for t in texts if t not in scores]
+        if missing:
+            scores.update(zip(missing, self.text_scores(image, missing, proposals), strict=True))
+        entity = {}
+        for phrase in parse.phrases():
+            p = softmax_scores(scores[phrase.text], self.temperature)
+            if self.use_labels:
+                p = _normalise(p * label_factor(phrase.head, proposals.labels,
+                                                self.label_floor), p)
+            entity[phrase.text] = p
+        resolution = Resolution(parse=parse, texts=texts, entity=entity)
+        p = self._resolve_phrase(parse, resolution, proposals, image.size)
+        if self.full_expression:
+            whole = softmax_scores(scores[expression], self.temperature)
+            p = _normalise(p * whole, p)
+        resolution.final = p
+        return resolution
+
+    def predict(self, image: Image.Image, expressions: Sequence[str],
+                proposals: Proposals) -> Prediction:
+        parses = [parse_reference(e) for e in expressions]
+        texts = list(dict.fromkeys([*expressions, *(p.text for parse in parses
+                                                    for p in parse.phrases())]))
+        rows = self.text_scores(image, texts, proposals)
+        scores = dict(zip(texts, rows, strict=True))
+        finals = [self.explain(image, e, proposals, scores).final for e in expressions]
+        stacked = (torch.stack(finals) if finals else torch.zeros(0, len(proposals)))
+        return Prediction.from_scores(stacked, proposals)
