@@ -84,7 +84,8 @@ def reported_table(keys: Sequence[str] | None = None) -> pd.DataFrame:
     """The study's numbers in the same layout as ``results_table`` (``n`` is not stated: <NA>).
 
     ``keys`` picks rows of ``reported.reported_results`` by key (default: all of them); the
-    method label names the backbone, proposals and split the study used.
+    method label names the backbone, proposals, split and scope (what the number was computed
+    over) the study shows.
     """
     wide = reported_results(wide=True)
     if keys is not None:
@@ -95,7 +96,7 @@ def reported_table(keys: Sequence[str] | None = None) -> pd.DataFrame:
     rows = []
     for record in wide.to_dict("records"):
         label = (f"{record['method']} [{record['backbone']}, proposals {record['proposals']}, "
-                 f"split {record['split']}]")
+                 f"split {record['split']}, scope {record['scope']}]")
         rows.append({"method": label,
                      **{m: float(record.get(m, float("nan"))) for m in METRICS},
                      "n": None, "source": reported_source(record["source"])})
