@@ -12,7 +12,7 @@ Two comparisons back the throughput targets:
   variant, as the study did) against ``render_variants`` (blur once, composite every proposal)
   on images with at least 8 proposals (extra boxes are synthesised, seeded, when an image has
   fewer), with a flag saying whether every pixel is identical.
-* ``study_pattern``: the study's loop, one expression at a time, rendering each proposal from
+* ``study_pattern``: the study's loop, one referred object at a time, rendering each proposal from
   scratch and calling the image encoder with its two visual prompts, no cache, against the
   engine's batched path; the predictions of both are compared too.
 
@@ -130,16 +130,22 @@ def bench_render(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
 
 def study_pattern(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
                   method: RedCircle) -> list[int]:
-    """The study's loop, no cache: per expression, per proposal, render the two visual prompts
-    from scratch and encode them in one call; text encoded per expression. Returns the chosen
-    proposal per expression (compared with the engine's choices)."""
+    """The study's loop, no cache: per referred object, per proposal, render the two visual
+    prompts from scratch and encode them in one call; the ref's expressions encoded together
+    and debiased together. Returns the chosen proposal per expression, in item order (compared
+    with the engine's choices)."""
     chosen = []
     params = dict(method.render_params)
     params.pop("target_size", None)
     debias = [b.encode_texts(method.debias_sentences).mean(dim=0) if method.debias_sentences
               else None for b in method.backbones]  # once, as the method's constructor does
     for items in groups:
-        for item in items:
+        by_ref: dict[int, list[int]] = {}
+        for position, item in enumerate(items):
+            by_ref.setdefault(item.ref_id, []).append(position)
+        picked: dict[int, int] = {}
+        for positions in by_ref.values():
+            item = items[positions[0]]
             image = load_rgb_image(item.record.image_path)
             proposals = proposer(item, image)
             keep = method.kept_proposals(image.size, proposals.boxes)
@@ -150,16 +156,21 @@ def study_pattern(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
                     backbone.encode_images([render_variant(image, box, v, **params)
                                             for v in method.variants])
                     for box in boxes])
-                text = backbone.encode_texts([method.prefix + item.sentence])
+                text = backbone.encode_texts([method.prefix + items[i].sentence
+                                              for i in positions])
                 sim = text @ visual.T
-                if debias_mean is not None:
-                    sim = debias_fast(sim, visual @ debias_mean, len(method.debias_sentences))
+                if method.debiased:
+                    debias_sim = (visual @ debias_mean if debias_mean is not None
+                                  else sim.new_zeros(sim.shape[1]))
+                    sim = debias_fast(sim, debias_sim, len(method.debias_sentences))
                 total = sim if total is None else total + sim
             assert total is not None
-            per_variant = (total / len(method.backbones)).reshape(len(boxes), -1)
-            reduced = (per_variant.max(dim=-1).values if method.variant_reduce == "max"
-                       else per_variant.mean(dim=-1))
-            chosen.append(int(keep[int(reduced.argmax())]))
+            per_variant = (total / len(method.backbones)).reshape(len(positions), len(boxes), -1)
+            fused = (per_variant.max(dim=-1).values if method.variant_fusion == "max"
+                     else per_variant.mean(dim=-1))
+            for row, position in enumerate(positions):
+                picked[position] = int(keep[int(fused[row].argmax())])
+        chosen.extend(picked[position] for position in range(len(items)))
     return chosen
 
 

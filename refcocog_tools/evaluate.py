@@ -1,7 +1,8 @@
 """The evaluation engine: run a method over a split, score it, write one results file.
 
 One prediction per expression. Expressions are grouped by image so that proposals and visual
-prompts are computed once per image. The results file holds the metrics, the full config, the
+prompts are computed once per image, and the method is asked once per referred object (see
+``predict_per_ref``). The results file holds the metrics, the full config, the
 provenance (package version, git commit, checkpoint checksums, data root, whether the weights
 are untrained and the data synthetic) and every per-expression prediction.
 """
@@ -44,7 +45,7 @@ from .options import (
 )
 from .prediction import Prediction
 from .proposals import Proposals, Proposer, make_proposer
-from .red_circle import RedCircle
+from .red_circle import DEBIAS_AT_ZERO, VARIANT_FUSIONS, RedCircle
 
 
 def group_by_image(dataset: RefCOCOg, limit: int = 0) -> list[list[RefItem]]:
@@ -58,6 +59,30 @@ def group_by_image(dataset: RefCOCOg, limit: int = 0) -> list[list[RefItem]]:
         item = dataset[index]
         groups.setdefault(item.image_id, []).append(item)
     return list(groups.values())
+
+
+def predict_per_ref(method: GroundingMethod, image: Image.Image, items: Sequence[RefItem],
+                    proposals: Proposals) -> Prediction:
+    """One image's prediction, asking ``method`` once per referred object.
+
+    The interface every method can rely on: the expressions of one ``predict`` call belong to
+    one ref (red-circle's debiasing averages over them, as the study did per ref), so an
+    expression's answer never depends on the other refs of its image. Visual prompts are still
+    computed once per image: the calls share the image, its proposals and the method's cache.
+    Rows come back in the order of ``items``.
+    """
+    by_ref: dict[int, list[int]] = {}
+    for position, item in enumerate(items):
+        by_ref.setdefault(item.ref_id, []).append(position)
+    if len(by_ref) == 1:
+        return method.predict(image, [it.sentence for it in items], proposals)
+    parts = [(positions, method.predict(image, [items[i].sentence for i in positions],
+                                        proposals))
+             for positions in by_ref.values()]
+    order = torch.tensor([i for positions, _ in parts for i in positions]).argsort()
+    return Prediction(boxes=torch.cat([p.boxes for _, p in parts])[order],
+                      chosen=torch.cat([p.chosen for _, p in parts])[order],
+                      scores=torch.cat([p.scores for _, p in parts])[order])
 
 
 def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
@@ -173,7 +198,7 @@ def evaluate_groups(
 ) -> list[dict[str, Any]]:
     """Per-expression prediction rows for the given image groups (no summary).
 
-    ``batch_size=None`` and ``workers=0``: the plain loop, one ``method.predict`` per image.
+    ``batch_size=None`` and ``workers=0``: the plain loop, one ``method.predict`` per ref (``predict_per_ref``).
     Otherwise images are decoded (and ground-truth proposals computed) in ``workers``
     DataLoader processes; for red-circle the workers also render and preprocess the visual
     prompts, and the main process encodes them in batches of ``batch_size`` across images
@@ -242,8 +267,7 @@ def evaluate_groups(
             items = groups[sample["index"]]
             proposals = (sample["proposals"] if sample["proposals"] is not None
                          else proposer(items[0], sample["image"]))
-            prediction = method.predict(sample["image"], [it.sentence for it in items],
-                                        proposals)
+            prediction = predict_per_ref(method, sample["image"], items, proposals)
             rows.extend(_rows(items, sample["image"], proposals, prediction, metric_backbones))
             bar.update(1)
         pending.clear()
@@ -282,7 +306,7 @@ def _evaluate_plain(groups: Sequence[Sequence[RefItem]], method: GroundingMethod
                       file=sys.stderr):
         image = items[0].image
         proposals = proposer(items[0], image)
-        prediction = method.predict(image, [it.sentence for it in items], proposals)
+        prediction = predict_per_ref(method, image, items, proposals)
         rows.extend(_rows(items, image, proposals, prediction, metric_backbones))
     return rows
 
@@ -297,16 +321,24 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+GROUND_TRUTH_PROPOSALS = "ground-truth boxes: an upper bound, not the study's detector setting"
+
+
 def honesty_label(provenance: dict[str, Any]) -> str:
-    """The suffix every printed number gets when it is not a RefCOCOg result ("" when it is)."""
+    """The suffix every printed number gets when it is not a RefCOCOg result with detected
+    proposals ("" when it is)."""
     parts = [text for key, text in (("untrained", "untrained weights"),
                                     ("synthetic_data", "synthetic data")) if provenance.get(key)]
-    return f"  [{', '.join(parts)}: not a RefCOCOg result]" if parts else ""
+    notes = [f"{', '.join(parts)}: not a RefCOCOg result"] if parts else []
+    if provenance.get("ground_truth_proposals"):
+        notes.append(GROUND_TRUTH_PROPOSALS)
+    return f"  [{'; '.join(notes)}]" if notes else ""
 
 
 def provenance(data_root: str | Path, split: str, backbones: Sequence[ClipBackbone],
                proposer: Proposer, layout: Layout = DEFAULT_LAYOUT) -> dict[str, Any]:
     untrained = any(b.untrained for b in backbones) or bool(getattr(proposer, "untrained", False))
+    ground_truth = proposer.name == "gt"
     return {
         "package_version": __version__,
         "git_commit": git_commit(),
@@ -317,10 +349,12 @@ def provenance(data_root: str | Path, split: str, backbones: Sequence[ClipBackbo
         "split": split,
         "synthetic_data": is_synthetic(data_root),
         "untrained": untrained,
+        "ground_truth_proposals": ground_truth,
         "clip": [{"name": b.name, "checksum": b.checksum, "untrained": b.untrained}
                  for b in backbones],
         "proposals": {"name": proposer.name, "checksum": getattr(proposer, "checksum", None),
-                      "untrained": bool(getattr(proposer, "untrained", False))},
+                      "untrained": bool(getattr(proposer, "untrained", False)),
+                      "note": GROUND_TRUTH_PROPOSALS if ground_truth else None},
     }
 
 
@@ -439,7 +473,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     red.add_argument("--stroke-colour", default="red", type=colour_type)
     red.add_argument("--stroke-width", type=positive_int, default=3)
     red.add_argument("--marker", default="ellipse", choices=("ellipse", "rectangle", "none"))
-    red.add_argument("--n-debias", type=non_negative_int, default=5000)
+    red.add_argument("--n-debias", type=non_negative_int, default=5000,
+                     help="debias prompts drawn with replacement from 'This is ' + every "
+                     "training expression in file order, by numpy default_rng(--seed).choice; "
+                     "each ref's scores minus the column mean over its own prompts and these "
+                     "(the study: 5000)")
+    red.add_argument("--debias-at-zero", default="none", choices=DEBIAS_AT_ZERO,
+                     help="with --n-debias 0: 'none' skips debiasing; 'own-prompts' subtracts "
+                     "the column mean over the ref's own prompts (the study's formula at N=0)")
+    red.add_argument("--variant-fusion", default="max", choices=VARIANT_FUSIONS,
+                     help="how the variants of a proposal combine: max (the study's code) or "
+                     "mean (the study's prose)")
     red.add_argument("--area-filter", type=float_in(0.0, 1.0, low_open=True), default=None,
                      help="drop proposals covering at least this share of the image (study: 0.8)")
     red.add_argument("--class-prior", action="store_true")
@@ -475,7 +519,8 @@ def _red_circle_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"variants": tuple(v for v in args.variants.split(",") if v),
             "blur_radius": args.blur_radius, "stroke_colour": args.stroke_colour,
             "stroke_width": args.stroke_width, "marker": args.marker,
-            "n_debias": args.n_debias, "area_filter": args.area_filter,
+            "n_debias": args.n_debias, "debias_at_zero": args.debias_at_zero,
+            "variant_fusion": args.variant_fusion, "area_filter": args.area_filter,
             "class_prior": args.class_prior, "render_size": args.render_size}
 
 

@@ -56,6 +56,8 @@ def build_source(results: Mapping[str, Any]) -> str:
     name = proposals.get("name", "?")
     if proposals.get("untrained"):
         name += " (untrained)"
+    if proposals.get("note"):  # ground-truth boxes: says they are an upper bound
+        name += f" ({proposals['note']})"
     n = results["metrics"]["n"]
     return f"this build: {data} ({prov.get('split', '?')}), {models}, proposals {name}, n={n}"
 

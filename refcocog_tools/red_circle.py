@@ -5,15 +5,24 @@ the proposal's rectangle kept sharp and a red ellipse (3 px) drawn around it, in
 (blur; blur + grayscale). Expressions become "This is <expression>". Cosine similarities are
 averaged over backbones, debiased, reduced over variants by max and over proposals by argmax.
 
-Debiasing (after Shtedritski et al., "What does CLIP know about a red circle?"): the study
-stacked the expression prompts with N prompts sampled from the training expressions, took the
-similarity of every row with every visual prompt, and subtracted each visual prompt's column
-mean from the expression rows. Because the similarity is linear in the text embedding, the
-column mean over the N debias rows equals the similarity with the *mean* of the normalised
-debias embeddings, so no (E + N) x V matrix is ever built; ``debias_explicit`` keeps the
-original form for the tests. The study's sampling never took effect (``np.random.seed = 42``
-assigns to the function instead of calling it); here the sample is drawn from a seeded
-``numpy.random.Generator``.
+Debiasing (after Shtedritski et al., "What does CLIP know about a red circle?"), per referred
+object as in the study: for one ref, the "This is ..." prompts of that ref's own expressions are
+stacked with N debias prompts, every row is scored against every visual prompt, and each visual
+prompt's column mean over those E + N rows is subtracted from the ref's E rows. One call of
+``RedCircle.predict`` is one ref; the engine calls it once per ref, so an expression's answer
+never depends on the other refs of its image. Because the similarity is linear in the text
+embedding, the column mean over the N debias rows equals the similarity with the *mean* of the
+normalised debias embeddings, so no (E + N) x V matrix is ever built; ``debias_explicit`` keeps
+the original form for the tests.
+
+The debias prompts are ``numpy.random.default_rng(seed).choice(pool, N)`` (with replacement, as
+the study's ``np.random.choice(all_prompts, 5000)``), where ``pool`` is "This is " + every
+training expression in file order (refs in the order of the refs file, each ref's sentences in
+order). The study's seed never took effect (``np.random.seed = 42`` assigns to the function
+instead of calling it) and its training loader was shuffled; here anyone restating the method
+with the same seed draws the same sample. With N = 0 the study's code had no debias features
+and never defined the case: ``debias_at_zero="none"`` (the default) skips the subtraction,
+``"own-prompts"`` applies the study's formula with N = 0 (the mean over the ref's own prompts).
 """
 
 from __future__ import annotations
@@ -33,15 +42,24 @@ from .proposals import Proposals
 from .visual_prompts import VARIANTS, render_variants
 
 STUDY_VARIANTS = ("blur", "blur_gray")
+DEBIAS_AT_ZERO = ("none", "own-prompts")
+VARIANT_FUSIONS = ("max", "mean")
+
+
+def debias_prompt_pool(train_expressions: Sequence[str], prefix: str = "This is ") -> list[str]:
+    """The prompts debias samples are drawn from: ``prefix`` + every training expression, in
+    the order given (the file order of the train split)."""
+    return [prefix + e for e in train_expressions]
 
 
 def sample_debias_sentences(pool: Sequence[str], n: int, seed: int) -> list[str]:
-    """``n`` training expressions drawn with a seeded generator (with replacement only when
-    ``n`` exceeds the pool, as happens on the small embedded dataset)."""
-    if n <= 0 or not pool:
+    """``numpy.random.default_rng(seed).choice(pool, n)``: ``n`` prompts drawn with
+    replacement, as the study drew them. Drawn by index (same draws, no array of the pool)."""
+    if n <= 0:
         return []
-    rng = np.random.default_rng(seed)
-    index = rng.choice(len(pool), size=n, replace=n > len(pool))
+    if not pool:
+        raise ValueError(f"{n} debias prompts requested but the training pool is empty")
+    index = np.random.default_rng(seed).choice(len(pool), n)
     return [pool[i] for i in index]
 
 
@@ -80,7 +98,8 @@ class RedCircle:
         prefix: str = "This is ",
         n_debias: int = 5000,
         debias_seed: int = 0,
-        variant_reduce: str = "max",
+        debias_at_zero: str = "none",
+        variant_fusion: str = "max",
         area_filter: float | None = None,
         class_prior: bool = False,
         class_prompt: str = "A photo of a {}",
@@ -91,8 +110,10 @@ class RedCircle:
         unknown = [v for v in variants if v not in VARIANTS]
         if unknown or not variants:
             raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {variants}")
-        if variant_reduce not in ("max", "mean"):
-            raise ValueError("variant_reduce must be 'max' or 'mean'")
+        if variant_fusion not in VARIANT_FUSIONS:
+            raise ValueError(f"variant_fusion must be one of {VARIANT_FUSIONS}")
+        if debias_at_zero not in DEBIAS_AT_ZERO:
+            raise ValueError(f"debias_at_zero must be one of {DEBIAS_AT_ZERO}")
         self.backbones = list(backbones)
         self.cache = cache or EmbeddingCache()
         self.variants = tuple(variants)
@@ -100,13 +121,17 @@ class RedCircle:
                               "blur_radius": blur_radius, "marker": marker,
                               "target_size": render_size}
         self.prefix = prefix
-        self.variant_reduce = variant_reduce
+        self.variant_fusion = variant_fusion
         self.area_filter = area_filter
         self.class_prior = class_prior
         self.class_prompt = class_prompt
         self.debias_seed = debias_seed
-        self.debias_sentences = [prefix + s for s in
-                                 sample_debias_sentences(debias_pool, n_debias, debias_seed)]
+        self.debias_at_zero = debias_at_zero
+        self.debias_pool_size = len(debias_pool)
+        self.debias_sentences = sample_debias_sentences(debias_prompt_pool(debias_pool, prefix),
+                                                        n_debias, debias_seed)
+        # Subtract a column mean at all: always with samples, at N = 0 only when asked.
+        self.debiased = bool(self.debias_sentences) or debias_at_zero == "own-prompts"
         # Per backbone: the mean of the normalised debias text embeddings (D,).
         self.debias_means = [
             self.cache.texts(b, self.debias_sentences).mean(dim=0)
@@ -118,10 +143,23 @@ class RedCircle:
         return {
             "method": self.name, "variants": list(self.variants), **self.render_params,
             "prefix": self.prefix, "n_debias": len(self.debias_sentences),
-            "debias_seed": self.debias_seed, "variant_reduce": self.variant_reduce,
+            "debias_seed": self.debias_seed, "debias_at_zero": self.debias_at_zero,
+            "debias": self.debias_description(),
+            "variant_fusion": self.variant_fusion,
             "area_filter": self.area_filter, "class_prior": self.class_prior,
             "class_prompt": self.class_prompt,
         }
+
+    def debias_description(self) -> str:
+        """How the scores are debiased, in words (recorded in every results file)."""
+        n = len(self.debias_sentences)
+        if not self.debiased:
+            return "none (n_debias 0)"
+        samples = (f" and {n} prompts drawn with replacement by numpy default_rng("
+                   f"{self.debias_seed}).choice from {self.prefix!r} + the "
+                   f"{self.debias_pool_size} training expressions in file order") if n else ""
+        return ("per referred object: subtract each visual prompt's mean similarity over the "
+                f"ref's own prompts{samples}")
 
     # -- pieces, public so that notebooks and tests can show each step ------------------------
     def visual_prompt_keys(self, image: Image.Image, boxes: torch.Tensor) -> list[str]:
@@ -151,7 +189,11 @@ class RedCircle:
 
     def scores(self, image: Image.Image, expressions: Sequence[str],
                proposals: Proposals) -> tuple[torch.Tensor, torch.Tensor]:
-        """(E, P_kept) final scores and the kept proposal indices."""
+        """(E, P_kept) final scores and the kept proposal indices.
+
+        ``expressions`` are the expressions of one referred object: the debiasing column mean
+        runs over their prompts (and the debias samples), as in the study.
+        """
         keep = self.kept_proposals(image.size, proposals.boxes)
         boxes = proposals.boxes[keep]
         keys = self.visual_prompt_keys(image, boxes)
@@ -163,15 +205,17 @@ class RedCircle:
             sim = text @ visual.T  # (E, P*K)
             if self.class_prior:
                 sim = sim * self._class_weights(backbone, text, proposals, keep)
-            if debias_mean is not None:
-                sim = debias_fast(sim, visual @ debias_mean, len(self.debias_sentences))
+            if self.debiased:
+                debias_sim = (visual @ debias_mean if debias_mean is not None
+                              else sim.new_zeros(sim.shape[1]))
+                sim = debias_fast(sim, debias_sim, len(self.debias_sentences))
             total = sim if total is None else total + sim
         assert total is not None
         per_variant = (total / len(self.backbones)).reshape(len(texts), len(boxes),
                                                            len(self.variants))
-        reduced = (per_variant.max(dim=-1).values if self.variant_reduce == "max"
-                   else per_variant.mean(dim=-1))
-        return reduced, keep
+        fused = (per_variant.max(dim=-1).values if self.variant_fusion == "max"
+                 else per_variant.mean(dim=-1))
+        return fused, keep
 
     def _class_weights(self, backbone: ClipBackbone, text: torch.Tensor, proposals: Proposals,
                        keep: torch.Tensor) -> torch.Tensor:
@@ -190,6 +234,7 @@ class RedCircle:
 
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
+        """One box per expression; ``expressions`` are those of one referred object."""
         reduced, keep = self.scores(image, expressions, proposals)
         # Report scores over all proposals; filtered ones get -inf so they are never chosen.
         full = torch.full((len(expressions), len(proposals)), float("-inf"))

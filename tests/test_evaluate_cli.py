@@ -15,7 +15,8 @@ def test_evaluate_command_writes_a_complete_results_file(tmp_path, mini_data, is
                      "--n-debias", "40", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "untrained weights, synthetic data: not a RefCOCOg result" in printed
+    assert ("[untrained weights, synthetic data: not a RefCOCOg result; ground-truth boxes: an "
+            "upper bound, not the study's detector setting]") in printed
     results = json.loads(out.read_text())
     assert set(results) >= {"metrics", "config", "provenance", "predictions"}
     assert results["metrics"]["n"] == 6 == len(results["predictions"])
@@ -26,6 +27,11 @@ def test_evaluate_command_writes_a_complete_results_file(tmp_path, mini_data, is
     assert all(len(c["checksum"]) == 64 for c in prov["clip"])
     assert prov["split"] == "test" and prov["data_root"] == str(mini_data)
     assert results["config"]["method"]["n_debias"] == 40
+    assert results["config"]["method"]["variant_fusion"] == "max"
+    assert results["config"]["method"]["debias"].startswith("per referred object")
+    assert prov["ground_truth_proposals"] is True
+    assert prov["proposals"]["note"] == ("ground-truth boxes: an upper bound, not the study's "
+                                         "detector setting")
     row = results["predictions"][0]
     assert {"ref_id", "sent_id", "box", "iou", "chosen"} <= set(row)
     # Atomic write: nothing but the results file is left in the folder.
@@ -42,3 +48,12 @@ def test_evaluate_with_a_missing_named_model_fails_fast(tmp_path, mini_data, iso
     err = capsys.readouterr().err
     assert "RN50x16.pt" in err and str(isolated_cache / "clip") in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_honesty_label_names_ground_truth_proposals_even_on_real_data() -> None:
+    from refcocog_tools.evaluate import honesty_label
+
+    assert honesty_label({"ground_truth_proposals": True}) == (
+        "  [ground-truth boxes: an upper bound, not the study's detector setting]")
+    assert honesty_label({"untrained": True}) == "  [untrained weights: not a RefCOCOg result]"
+    assert honesty_label({"ground_truth_proposals": False}) == ""

@@ -39,6 +39,9 @@ def test_build_source_names_data_models_proposals_and_n() -> None:
         "this build: synthetic dataset (test), tiny-rn (untrained), proposals gt, n=4")
     real = figures.build_source(_doc(synthetic=False, untrained=False))
     assert real.startswith("this build: RefCOCOg (test), tiny-rn (pretrained)")
+    noted = _doc()
+    noted["provenance"]["proposals"]["note"] = "ground-truth boxes: an upper bound"
+    assert "proposals gt (ground-truth boxes: an upper bound), n=4" in figures.build_source(noted)
 
 
 def test_build_source_marks_untrained_proposer_and_no_clip() -> None:

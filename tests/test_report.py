@@ -189,7 +189,8 @@ def test_reproduce_path_runs_a_real_chapter_with_parameters(tmp_path: Path, mini
     assert len(injected) == 1 and str(mini_data) in "".join(injected[0]["source"])
     text = json.dumps(executed["cells"])
     assert "not a RefCOCOg result" in text  # the generated dataset is recognised as synthetic
-    assert "synthetic dataset (test), tiny-rn (untrained), proposals gt, n=6" in text
+    assert ("synthetic dataset (test), tiny-rn (untrained), proposals gt (ground-truth boxes: "
+            "an upper bound, not the study's detector setting), n=6") in text.replace("\\'", "'")
 
 
 def test_open_chapter_states_what_ran(mini_data: Path, isolated_cache: Path) -> None:

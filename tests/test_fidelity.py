@@ -1,0 +1,121 @@
+"""Red-circle as the study defined it: per-ref debiasing, the study's sampling, its N = 0 case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from refcocog_tools.cache import EmbeddingCache
+from refcocog_tools.dataset import RefCOCOg
+from refcocog_tools.evaluate import evaluate_groups, group_by_image
+from refcocog_tools.proposals import GroundTruthProposer
+from refcocog_tools.red_circle import (
+    RedCircle,
+    debias_explicit,
+    debias_prompt_pool,
+    sample_debias_sentences,
+)
+
+
+@pytest.fixture(scope="module")
+def test_split(mini_data) -> RefCOCOg:
+    return RefCOCOg(mini_data, "test")
+
+
+@pytest.fixture(scope="module")
+def train_expressions(mini_data) -> list[str]:
+    return RefCOCOg(mini_data, "train").sentences()
+
+
+@pytest.fixture(scope="module")
+def shared_image(test_split) -> list:
+    """The items of an image with at least two refs, one of them with several expressions."""
+    for items in group_by_image(test_split):
+        refs = {it.ref_id for it in items}
+        if len(refs) >= 2 and len(items) > len(refs):
+            return items
+    pytest.skip("the embedded test split has no image with two refs")
+
+
+def test_debias_sample_is_default_rng_choice_over_the_documented_pool(mini_data,
+                                                                      train_expressions) -> None:
+    # The documented pool: "This is " + every training expression in file order.
+    records = RefCOCOg(mini_data, "train").records
+    pool = ["This is " + s for r in records for s in r.sentences]
+    assert debias_prompt_pool(train_expressions) == pool
+    for n, seed in ((7, 0), (3 * len(pool), 42)):  # with replacement, below and above the pool
+        expected = [str(x) for x in np.random.default_rng(seed).choice(pool, n)]
+        assert sample_debias_sentences(pool, n, seed) == expected
+    with pytest.raises(ValueError, match="pool is empty"):
+        sample_debias_sentences([], 5, 0)
+
+
+def test_method_draws_the_same_sample(tiny_rn, train_expressions) -> None:
+    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(), n_debias=25,
+                       debias_seed=42)
+    pool = ["This is " + s for s in train_expressions]
+    assert method.debias_sentences == list(np.random.default_rng(42).choice(pool, 25))
+    assert "default_rng(42)" in method.config()["debias"]
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+@pytest.mark.parametrize("n_debias, at_zero", [(0, "own-prompts"), (3, "none")])
+def test_an_expression_gets_the_same_answer_alone_or_with_its_image(
+        shared_image, tiny_rn, train_expressions, batch_size, n_debias, at_zero) -> None:
+    """Evaluated with its image's other refs or with its own ref alone: same rows."""
+    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(), n_debias=n_debias,
+                       debias_at_zero=at_zero)
+    together = evaluate_groups([shared_image], method, GroundTruthProposer(),
+                               batch_size=batch_size)
+    for ref_id in {it.ref_id for it in shared_image}:
+        alone = evaluate_groups([[it for it in shared_image if it.ref_id == ref_id]], method,
+                                GroundTruthProposer(), batch_size=batch_size)
+        assert alone == [row for row in together if row["ref_id"] == ref_id]
+    assert [row["sent_id"] for row in together] == [it.sent_id for it in shared_image]
+
+
+def test_the_per_image_mean_would_differ(shared_image, tiny_rn, train_expressions) -> None:
+    """The property above is not vacuous: one column mean over the whole image's expressions
+    (the old grouping) changes the scores of a ref."""
+    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(), n_debias=0,
+                       debias_at_zero="own-prompts")
+    image, proposals = shared_image[0].image, GroundTruthProposer()(shared_image[0])
+    first = shared_image[0].ref_id
+    own = [it.sentence for it in shared_image if it.ref_id == first]
+    mixed = method.scores(image, [it.sentence for it in shared_image], proposals)[0]
+    alone = method.scores(image, own, proposals)[0]
+    assert not torch.allclose(mixed[: len(own)], alone)
+
+
+def test_n_debias_zero_skips_or_applies_the_study_formula(test_split, tiny_rn) -> None:
+    item = test_split[0]
+    own = [it.sentence for it in test_split if it.ref_id == item.ref_id]
+    proposals = GroundTruthProposer()(item)
+    none = RedCircle([tiny_rn], (), n_debias=0)
+    study = RedCircle([tiny_rn], (), n_debias=0, debias_at_zero="own-prompts")
+    text = tiny_rn.encode_texts(["This is " + e for e in own])
+    visual = tiny_rn.encode_images(none.render(item.image, proposals.boxes))
+    raw = (text @ visual.T).reshape(len(own), len(proposals), 2)
+    torch.testing.assert_close(none.scores(item.image, own, proposals)[0],
+                               raw.max(-1).values, atol=1e-5, rtol=1e-4)
+    explicit = debias_explicit(text @ visual.T, len(own)).reshape(len(own), len(proposals), 2)
+    torch.testing.assert_close(study.scores(item.image, own, proposals)[0],
+                               explicit.max(-1).values, atol=1e-5, rtol=1e-4)
+    assert none.config()["debias"].startswith("none")
+    assert study.config()["debias"].startswith("per referred object")
+
+
+def test_variant_fusion_mean(test_split, tiny_rn) -> None:
+    item = test_split[0]
+    proposals = GroundTruthProposer()(item)
+    by_max = RedCircle([tiny_rn], (), n_debias=0)
+    by_mean = RedCircle([tiny_rn], (), n_debias=0, variant_fusion="mean")
+    text = tiny_rn.encode_texts(["This is " + item.sentence])
+    visual = tiny_rn.encode_images(by_max.render(item.image, proposals.boxes))
+    raw = (text @ visual.T).reshape(1, len(proposals), 2)
+    torch.testing.assert_close(by_mean.scores(item.image, [item.sentence], proposals)[0],
+                               raw.mean(-1), atol=1e-5, rtol=1e-4)
+    assert by_mean.config()["variant_fusion"] == "mean"
+    with pytest.raises(ValueError, match="variant_fusion"):
+        RedCircle([tiny_rn], (), n_debias=0, variant_fusion="median")
