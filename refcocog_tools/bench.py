@@ -42,6 +42,7 @@ from .evaluate import (
     _evaluate_plain,
     add_common_arguments,
     check_proposer,
+    detector_options,
     evaluate_groups,
     group_by_image,
     method_options,
@@ -276,7 +277,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     data_root = args.data_root or default_data_root()
     dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
                        split_by=layout.split_by)
-    proposer = make_proposer(args.proposals, device=args.device)
+    proposer = make_proposer(args.proposals, device=args.device, **detector_options(args))
     check_proposer(proposer, dataset)
     backbones = load_clips(args.clip, device=args.device) if args.clip else []
     if args.method in NEEDS_CLIP and not backbones:

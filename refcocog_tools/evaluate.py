@@ -198,7 +198,8 @@ def evaluate_groups(
 ) -> list[dict[str, Any]]:
     """Per-expression prediction rows for the given image groups (no summary).
 
-    ``batch_size=None`` and ``workers=0``: the plain loop, one ``method.predict`` per ref (``predict_per_ref``).
+    ``batch_size=None`` and ``workers=0``: the plain loop, one ``method.predict`` per ref
+    (``predict_per_ref``).
     Otherwise images are decoded (and ground-truth proposals computed) in ``workers``
     DataLoader processes; for red-circle the workers also render and preprocess the visual
     prompts, and the main process encodes them in batches of ``batch_size`` across images
@@ -448,12 +449,21 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_layout_arguments(parser, split=True)
     parser.add_argument("--method", default="red-circle", choices=METHOD_NAMES)
     parser.add_argument("--proposals", default="gt",
-                        help="'gt' (ground-truth boxes), a YOLO name (yolov8s, yolov5su), a .pt "
-                        "path, 'tiny-yolov8s' (embedded, untrained), or 'dets:PATH' (a "
-                        "detections JSON file as MAttNet and ReCLIP use)")
+                        help="'gt' (ground-truth boxes), a YOLO name (yolov8s, as the study's "
+                        "final proposal; yolov5su stands in for the study's torch-hub yolov5s, "
+                        "which cannot be loaded offline), a .pt path, 'tiny-yolov8s' (embedded, "
+                        "untrained), or 'dets:PATH' (a detections JSON file as MAttNet and "
+                        "ReCLIP use)")
     parser.add_argument("--clip", default="tiny-rn",
                         help="comma-separated CLIP backbones, ensembled: names (RN50x16, "
                         "ViT-B/32), checkpoint paths, or tiny-rn / tiny-vit (embedded, untrained)")
+    detector = parser.add_argument_group(
+        "detector options (a YOLO --proposals; default: the study's settings, YOLOv8: conf "
+        "0.25, iou 0.7, max-det 300; YOLOv5 names: the torch-hub yolov5s's 0.25, 0.45, 1000)")
+    detector.add_argument("--conf", type=float_in(0.0, 1.0), default=None,
+                          help="confidence threshold")
+    detector.add_argument("--iou", type=float_in(0.0, 1.0), default=None, help="NMS IoU threshold")
+    detector.add_argument("--max-det", type=positive_int, default=None, help="most boxes per image")
     parser.add_argument("--device", default="cpu", type=device_type)
     parser.add_argument("--limit", type=non_negative_int, default=0,
                         help="first N expressions (0 = all)")
@@ -524,19 +534,31 @@ def _red_circle_options(args: argparse.Namespace) -> dict[str, Any]:
             "class_prior": args.class_prior, "render_size": args.render_size}
 
 
+def detector_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The detector settings given on the command line (the rest stay the study's)."""
+    given = {key: getattr(args, key) for key in ("conf", "iou", "max_det")
+             if getattr(args, key, None) is not None}
+    if given and (args.proposals == "gt" or args.proposals.startswith("dets:")):
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise SystemExit(f"{flags}: detector settings, but --proposals {args.proposals} runs "
+                         "no detector")
+    return given
+
+
 def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer,
                                              list[ClipBackbone], EmbeddingCache]:
     """Dataset, method, proposer, backbones and cache from the shared command-line options."""
     from .minidata import default_data_root
 
     layout = layout_from_args(args)  # a combination the family lacks fails before any loading
+    detector = detector_options(args)  # a misplaced flag fails before any loading
     data_root = args.data_root or default_data_root()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device == "cuda":
         # torchrun: one GPU per local rank.
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
                        split_by=layout.split_by)
-    proposer = make_proposer(args.proposals, device=args.device)
+    proposer = make_proposer(args.proposals, device=args.device, **detector)
     check_proposer(proposer, dataset)
     needs_clip = args.method in NEEDS_CLIP
     backbones = load_clips(args.clip, device=args.device) if args.clip else []

@@ -22,11 +22,13 @@ if TYPE_CHECKING:
     from ultralytics.engine.results import Results
 
 __all__ = [
+    "STUDY_DETECTOR_SETTINGS",
     "GroundTruthProposer",
     "Proposals",
     "Proposer",
     "YoloProposer",
     "make_proposer",
+    "study_detector_settings",
 ]
 
 
@@ -97,31 +99,59 @@ class GroundTruthProposer:
         return {"proposer": "gt"}
 
 
+# The study ran each detector with its library's defaults and never changed them: YOLOv8s
+# through Ultralytics' ``predict`` (conf 0.25, NMS IoU 0.7, at most 300 boxes) and, for the
+# baseline and the earlier ideas, torch hub's ``yolov5s`` AutoShape (conf 0.25, NMS IoU 0.45, at
+# most 1000 boxes). That anchor-based hub model cannot be loaded offline; a YOLOv5 name here
+# (e.g. ``yolov5su``, Ultralytics' anchor-free retraining) gets the hub model's thresholds.
+STUDY_DETECTOR_SETTINGS: dict[str, dict[str, float | int]] = {
+    "yolov8": {"conf": 0.25, "iou": 0.7, "max_det": 300},
+    "yolov5": {"conf": 0.25, "iou": 0.45, "max_det": 1000},
+}
+
+
+def study_detector_settings(name: str) -> dict[str, float | int]:
+    """The study's conf / iou / max_det for a detector name (YOLOv5 names get the hub
+    YOLOv5s defaults, every other model the YOLOv8 ones)."""
+    family = "yolov5" if Path(name).name.lower().startswith("yolov5") else "yolov8"
+    return dict(STUDY_DETECTOR_SETTINGS[family])
+
+
 class YoloProposer:
-    """Detections of an Ultralytics YOLO model (see ``backbones.load_yolo`` for specs)."""
+    """Detections of an Ultralytics YOLO model (see ``backbones.load_yolo`` for specs).
+
+    ``conf``, ``iou`` (NMS) and ``max_det`` default to the study's settings for the detector
+    (``study_detector_settings``).
+    """
 
     def __init__(
         self,
         spec: str = EMBEDDED_YOLO,
         device: str | torch.device = "cpu",
-        conf: float = 0.25,
-        max_det: int = 20,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
         imgsz: int = 640,
         batch_size: int = 16,
         cache: str | Path | None = None,
     ) -> None:
         self.spec = str(spec)
         self.device = torch.device(device)
-        self.conf = float(conf)
-        self.max_det = int(max_det)
+        spec_path = Path(self.spec)
+        self.name: str = spec_path.name if spec_path.parent != Path(".") else self.spec
+        study = study_detector_settings(self.name)
+        self.conf = float(study["conf"] if conf is None else conf)
+        self.iou = float(study["iou"] if iou is None else iou)
+        self.max_det = int(study["max_det"] if max_det is None else max_det)
+        if not (0.0 <= self.conf <= 1.0 and 0.0 <= self.iou <= 1.0) or self.max_det < 1:
+            raise ValueError(f"detector settings out of range: conf {self.conf} and iou "
+                             f"{self.iou} must lie in [0, 1], max_det {self.max_det} >= 1")
         self.imgsz = int(imgsz)
         self.batch_size = int(batch_size)
         self.model = load_yolo(self.spec, device=self.device, cache=cache)
         self.names: dict[int, str] = dict(self.model.names)
         self.checksum: str = yolo_checksum(self.model)
         self.untrained: bool = yolo_untrained(self.model)
-        spec_path = Path(self.spec)
-        self.name: str = spec_path.name if spec_path.parent != Path(".") else self.spec
 
     def _to_proposals(self, result: Results, size: tuple[int, int]) -> Proposals:
         boxes = result.boxes
@@ -154,6 +184,7 @@ class YoloProposer:
             results = self.model.predict(
                 pixels,
                 conf=self.conf,
+                iou=self.iou,
                 max_det=self.max_det,
                 imgsz=self.imgsz,
                 device=str(self.device),
@@ -173,6 +204,7 @@ class YoloProposer:
             "proposer": "yolo",
             "model": self.name,
             "conf": self.conf,
+            "iou": self.iou,
             "max_det": self.max_det,
             "imgsz": self.imgsz,
             "checksum": self.checksum,

@@ -119,3 +119,55 @@ def test_variant_fusion_mean(test_split, tiny_rn) -> None:
     assert by_mean.config()["variant_fusion"] == "mean"
     with pytest.raises(ValueError, match="variant_fusion"):
         RedCircle([tiny_rn], (), n_debias=0, variant_fusion="median")
+
+
+@pytest.fixture
+def predict_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Every keyword set Ultralytics' ``Model.predict`` receives (the real call still runs)."""
+    from ultralytics.engine.model import Model
+
+    calls: list[dict] = []
+    real = Model.predict
+
+    def spy(self, source=None, stream=False, predictor=None, **kwargs):
+        calls.append(dict(kwargs))
+        return real(self, source, stream, predictor, **kwargs)
+
+    monkeypatch.setattr(Model, "predict", spy)
+    return calls
+
+
+def test_detector_defaults_are_the_studys(session_cache, test_split, predict_calls) -> None:
+    from refcocog_tools.proposals import make_proposer, study_detector_settings
+
+    assert study_detector_settings("yolov8s") == {"conf": 0.25, "iou": 0.7, "max_det": 300}
+    assert study_detector_settings("yolov5su.pt") == {"conf": 0.25, "iou": 0.45,
+                                                      "max_det": 1000}
+    proposer = make_proposer("yolo", cache=session_cache)
+    proposer(test_split[0])
+    assert {k: predict_calls[-1][k] for k in ("conf", "iou", "max_det")} == {
+        "conf": 0.25, "iou": 0.7, "max_det": 300}
+    with pytest.raises(ValueError, match="out of range"):
+        make_proposer("yolo", cache=session_cache, iou=1.5)
+
+
+def test_detector_flags_reach_ultralytics_and_the_results_file(
+        tmp_path, mini_data, isolated_cache, predict_calls, capsys) -> None:
+    import json
+
+    from refcocog_tools.cli import main as cli_main
+
+    out = tmp_path / "r.json"
+    code = cli_main(["evaluate", "--data-root", str(mini_data), "--method", "largest",
+                     "--proposals", "tiny-yolov8s", "--conf", "0.4", "--iou", "0.55",
+                     "--max-det", "7", "--limit", "2", "--quiet", "--out", str(out)])
+    assert code == 0
+    assert predict_calls and all(
+        (c["conf"], c["iou"], c["max_det"]) == (0.4, 0.55, 7) for c in predict_calls)
+    config = json.loads(out.read_text())["config"]["proposals"]
+    assert (config["conf"], config["iou"], config["max_det"]) == (0.4, 0.55, 7)
+    printed = capsys.readouterr().out
+    assert "ground-truth boxes" not in printed  # a detector ran, not the annotations
+    with pytest.raises(SystemExit, match="--iou: detector settings"):
+        cli_main(["evaluate", "--data-root", str(mini_data), "--method", "largest",
+                  "--proposals", "gt", "--iou", "0.5", "--out", str(tmp_path / "x.json")])
