@@ -238,9 +238,10 @@ class ClipBackbone:
 
     @torch.no_grad()
     def encode_images(
-        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64
+        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
+        normalize: bool = True,
     ) -> torch.Tensor:
-        """(N, D) float32 CPU embeddings, L2-normalised.
+        """(N, D) float32 CPU embeddings, L2-normalised (raw with ``normalize=False``).
 
         ``images`` are PIL images (preprocessed here) or an already-preprocessed batch.
         """
@@ -248,15 +249,16 @@ class ClipBackbone:
         out = []
         with self._autocast():
             for batch in self._image_batches(images, batch_size):
-                feats = self.model.encode_image(batch.to(self.device, dtype))
-                out.append(F.normalize(feats.float(), dim=-1).cpu())
+                feats = self.model.encode_image(batch.to(self.device, dtype)).float()
+                out.append((F.normalize(feats, dim=-1) if normalize else feats).cpu())
         if not out:
             return torch.empty(0, self.embed_dim)
         return torch.cat(out)
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """(N, D) float32 CPU embeddings, L2-normalised.
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256,
+                     normalize: bool = True) -> torch.Tensor:
+        """(N, D) float32 CPU embeddings, L2-normalised (raw with ``normalize=False``).
 
         Texts longer than the context (77 tokens) are truncated, never an error.
         """
@@ -269,8 +271,8 @@ class ClipBackbone:
                     context_length=self.model.context_length,
                     truncate=True,
                 )
-                feats = self.model.encode_text(tokens.to(self.device))
-                out.append(F.normalize(feats.float(), dim=-1).cpu())
+                feats = self.model.encode_text(tokens.to(self.device)).float()
+                out.append((F.normalize(feats, dim=-1) if normalize else feats).cpu())
         if not out:
             return torch.empty(0, self.embed_dim)
         return torch.cat(out)

@@ -119,11 +119,13 @@ def default_cache_root() -> Path:
 
 
 def cache_path(backbone: Encoder, dataset: RefCOCOg, cache_root: str | Path | None = None,
-               fingerprint: str | None = None) -> Path:
-    """Where the embeddings of ``dataset`` by ``backbone`` are kept."""
+               fingerprint: str | None = None, raw: bool = False) -> Path:
+    """Where the embeddings of ``dataset`` by ``backbone`` are kept (``raw``: the
+    unnormalised ones, in a file of their own)."""
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     fingerprint = fingerprint or data_fingerprint(dataset)
-    return root / backbone.checksum[:16] / f"{dataset.split}-{fingerprint[:16]}.pt"
+    suffix = "-raw" if raw else ""
+    return root / backbone.checksum[:16] / f"{dataset.split}-{fingerprint[:16]}{suffix}.pt"
 
 
 def _from_dict(data: Any) -> SplitEmbeddings:
@@ -199,8 +201,12 @@ def save_cache(path: str | Path, embeddings: SplitEmbeddings) -> Path:
 
 
 def compute_embeddings(dataset: RefCOCOg, backbone: Encoder, image_batch: int = 32,
-                       fingerprint: str | None = None, progress: bool = False) -> SplitEmbeddings:
-    """Encode each image of the split (whole image) and each distinct expression once."""
+                       fingerprint: str | None = None, progress: bool = False,
+                       raw: bool = False) -> SplitEmbeddings:
+    """Encode each image of the split (whole image) and each distinct expression once;
+    L2-normalised, or as CLIP outputs them with ``raw`` (the encoder must then take
+    ``normalize=False``, as ``backbones.ClipBackbone`` does)."""
+    options = {"normalize": False} if raw else {}
     records = list({r.image_id: r for r in dataset.records}.values())
     if not records:
         raise ValueError(f"the {dataset.split} split of {dataset.root} has no refs to embed")
@@ -213,7 +219,7 @@ def compute_embeddings(dataset: RefCOCOg, backbone: Encoder, image_batch: int = 
     for start in steps:
         # Decode a batch at a time: the whole train split does not fit in memory as PIL images.
         batch = [load_rgb_image(r.image_path) for r in records[start:start + image_batch]]
-        chunks.append(backbone.encode_images(batch).float().cpu())
+        chunks.append(backbone.encode_images(batch, **options).float().cpu())
     sentences = list(dict.fromkeys(dataset.sentences()))
     return SplitEmbeddings(
         backbone_name=backbone.name,
@@ -223,20 +229,22 @@ def compute_embeddings(dataset: RefCOCOg, backbone: Encoder, image_batch: int = 
         image_ids=[r.image_id for r in records],
         image_embeddings=torch.cat(chunks),
         sentences=sentences,
-        text_embeddings=backbone.encode_texts(sentences).float().cpu(),
+        text_embeddings=backbone.encode_texts(sentences, **options).float().cpu(),
     )
 
 
 def split_embeddings(dataset: RefCOCOg, backbone: Encoder, cache_root: str | Path | None = None,
-                     path: str | Path | None = None, progress: bool = False) -> SplitEmbeddings:
+                     path: str | Path | None = None, progress: bool = False,
+                     raw: bool = False) -> SplitEmbeddings:
     """The embeddings of ``dataset`` by ``backbone``: from the cache when valid, else computed
-    and cached. ``path`` overrides the default file location inside ``cache_root``."""
+    and cached. ``path`` overrides the default file location inside ``cache_root``; ``raw``
+    gives the unnormalised embeddings (the study's regressor inputs)."""
     fingerprint = data_fingerprint(dataset)
     path = Path(path) if path is not None else cache_path(backbone, dataset, cache_root,
-                                                          fingerprint)
+                                                          fingerprint, raw=raw)
     embeddings = load_cache(path, backbone, fingerprint)
     if embeddings is None:
         embeddings = compute_embeddings(dataset, backbone, fingerprint=fingerprint,
-                                        progress=progress)
+                                        progress=progress, raw=raw)
         save_cache(path, embeddings)
     return embeddings

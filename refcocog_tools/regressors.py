@@ -77,6 +77,7 @@ IOU_VARIANTS = ("iou", "giou", "diou", "ciou")
 # The study's learning rates: 0.01 for the bottleneck, 0.001 for the large head.
 STUDY_LR = {"bottleneck": 1e-2, "large": 1e-3}
 CHECKPOINT_FORMAT = "refcocog-tools-regressor/1"
+EVALUATED_CHECKPOINTS = ("best", "last")
 
 
 class RegressorError(ValueError):
@@ -342,6 +343,10 @@ class TrainConfig:
     dropout: float = 0.5
     mse_weight: float = 0.7
     iou_weight: float = 1.0
+    # The study fed raw CLIP embeddings; here they are L2-normalised unless raw_embeddings.
+    raw_embeddings: bool = False
+    # The study evaluated the weights after the last epoch; here the best validation epoch.
+    evaluated_checkpoint: str = "best"
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
@@ -351,6 +356,9 @@ class TrainConfig:
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch_size >= 1")
         self.box_loss()  # validates loss and iou_variant
+        if self.evaluated_checkpoint not in EVALUATED_CHECKPOINTS:
+            raise ValueError(f"evaluated_checkpoint must be one of {EVALUATED_CHECKPOINTS}, "
+                             f"got {self.evaluated_checkpoint!r}")
 
     def box_loss(self) -> BoxLoss:
         return BoxLoss(self.loss, self.iou_variant, self.mse_weight, self.iou_weight)
@@ -366,7 +374,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    head: nn.Sequential  # with the best weights (by validation mean IoU), in eval mode
+    head: nn.Sequential  # best validation epoch's weights (or the last's), in eval mode
     history: list[dict[str, float]]
     best_epoch: int
     best_val_miou: float
@@ -461,10 +469,11 @@ def _read_checkpoint(path: str | Path, device: str | torch.device, what: str) ->
 
 
 # What a training run writes into its --out folder.
-RUN_FILES = ("best.pt", "last.pt", "history.json", "config.json", "curves.png", "results.json")
+RUN_FILES = ("best.pt", "last.pt", "final.pt", "history.json", "config.json", "curves.png",
+             "results.json")
 
 # Fields that may differ between the run that wrote last.pt and the one resuming it.
-_RESUMABLE_CHANGES = {"epochs"}
+_RESUMABLE_CHANGES = {"epochs", "evaluated_checkpoint"}  # the latter changes no training
 
 
 def _check_resumable(state: dict[str, Any], config: TrainConfig, embed_dim: int,
@@ -594,7 +603,8 @@ def train_regressor(
 
     if out is not None and history:
         write_history(out, history)
-    head.load_state_dict(best_state)
+    if config.evaluated_checkpoint == "best":
+        head.load_state_dict(best_state)
     head.eval()
     return TrainResult(head, history, best_epoch, best_miou, config)
 
@@ -676,8 +686,11 @@ class RegressorMethod:
         from .prediction import Prediction
 
         n = len(expressions)
-        image_emb = torch.cat([b.encode_images([image]) for b in self.backbones], dim=1)
-        text_emb = torch.cat([b.encode_texts(list(expressions)) for b in self.backbones], dim=1)
+        normalize = not self.train_config.raw_embeddings  # the inputs it was trained on
+        image_emb = torch.cat([b.encode_images([image], normalize=normalize)
+                               for b in self.backbones], dim=1)
+        text_emb = torch.cat([b.encode_texts(list(expressions), normalize=normalize)
+                              for b in self.backbones], dim=1)
         features = torch.cat([image_emb.expand(n, -1), text_emb], dim=1).float().to(self.device)
         boxes = decode_boxes(self.head(features)).cpu()
         sizes = torch.tensor([image.size], dtype=torch.float32).expand(n, 2)
@@ -690,13 +703,16 @@ class RegressorMethod:
 # Command line: train-regressor
 # ----------------------------------------------------------------------------------------------
 def split_data(data_root: str | Path, split: str, backbones: Sequence[Any],
-               cache_root: str | Path | None = None, progress: bool = False) -> RegressionData:
-    """The expression view of a split with each backbone's cached embeddings."""
+               cache_root: str | Path | None = None, progress: bool = False,
+               raw: bool = False) -> RegressionData:
+    """The expression view of a split with each backbone's cached embeddings (L2-normalised,
+    or as CLIP outputs them with ``raw``)."""
     dataset = RefCOCOg(data_root, split=split, view="expression")
     if len(dataset) == 0:
         raise DatasetError(f"{data_root}: the {split} split has no expressions; a regressor "
                            "needs train, val and test refs")
-    embeddings = [split_embeddings(dataset, b, cache_root=cache_root, progress=progress)
+    embeddings = [split_embeddings(dataset, b, cache_root=cache_root, progress=progress,
+                                   raw=raw)
                   for b in backbones]
     return RegressionData.from_dataset(dataset, embeddings)
 
@@ -770,6 +786,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weight-decay", type=non_negative_float, default=0.0)
     parser.add_argument("--normalize-targets", action="store_true",
                         help="regress boxes divided by the image size instead of pixels")
+    parser.add_argument("--raw-embeddings", action="store_true",
+                        help="feed CLIP's raw embeddings, as the study did (default: "
+                        "L2-normalised)")
+    parser.add_argument("--regressor-checkpoint", choices=EVALUATED_CHECKPOINTS, default="best",
+                        help="weights evaluated on the test split: the best validation epoch's "
+                        "(best.pt) or, as the study did, the last epoch's (written as final.pt)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", type=device_type)
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -815,9 +837,12 @@ def _train_regressor(args: argparse.Namespace) -> int:
     config = TrainConfig(head=args.head, loss=args.loss, iou_variant=args.iou_variant,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          weight_decay=args.weight_decay,
-                         normalize_targets=args.normalize_targets, seed=args.seed)
+                         normalize_targets=args.normalize_targets, seed=args.seed,
+                         raw_embeddings=args.raw_embeddings,
+                         evaluated_checkpoint=args.regressor_checkpoint)
     backbones = load_clips(args.clip, device=args.device)
-    data = {split: split_data(data_root, split, backbones, args.embedding_cache)
+    data = {split: split_data(data_root, split, backbones, args.embedding_cache,
+                              raw=config.raw_embeddings)
             for split in ("train", "val", "test")}
     print(f"{len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test "
           f"expressions; embedding size {data['train'].embed_dim}")
@@ -825,13 +850,21 @@ def _train_regressor(args: argparse.Namespace) -> int:
                              resume=args.resume, device=args.device,
                              clip=clip_provenance(backbones), log=print)
     checkpoint = args.out / "best.pt"
+    if config.evaluated_checkpoint == "last" and result.history:
+        checkpoint = save_checkpoint(args.out / "final.pt", result.head, config,
+                                     data["train"].embed_dim, clip_provenance(backbones),
+                                     epoch=len(result.history),
+                                     val_miou=result.history[-1]["val_miou"])
     results = results_on_split(result, data["test"].to(args.device), data_root, backbones,
                            checkpoint if checkpoint.is_file() else None)
     atomic_write_json(args.out / "results.json", results)
     from .evaluate import honesty_label
 
     metrics = results["metrics"]
-    print(f"best epoch {result.best_epoch} (val mIoU {result.best_val_miou:.3f}); test mIoU "
-          f"{metrics['miou']:.3f}, accuracy {metrics['accuracy']:.3f} on {metrics['n']} "
-          f"expressions{honesty_label(results['provenance'])} -> {args.out / 'results.json'}")
+    evaluated = (f"epoch {len(result.history)} (last)" if config.evaluated_checkpoint == "last"
+                 else f"epoch {result.best_epoch} (best)")
+    print(f"best epoch {result.best_epoch} (val mIoU {result.best_val_miou:.3f}); test mIoU of "
+          f"{evaluated} {metrics['miou']:.3f}, accuracy {metrics['accuracy']:.3f} on "
+          f"{metrics['n']} expressions{honesty_label(results['provenance'])} -> "
+          f"{args.out / 'results.json'}")
     return 0

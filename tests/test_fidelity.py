@@ -171,3 +171,40 @@ def test_detector_flags_reach_ultralytics_and_the_results_file(
     with pytest.raises(SystemExit, match="--iou: detector settings"):
         cli_main(["evaluate", "--data-root", str(mini_data), "--method", "largest",
                   "--proposals", "gt", "--iou", "0.5", "--out", str(tmp_path / "x.json")])
+
+
+def test_raw_embeddings_and_last_checkpoint_are_the_studys_regressor_setting(
+        mini_data, tmp_path, tiny_rn, capsys) -> None:
+    """--raw-embeddings feeds CLIP's unnormalised outputs (kept in their own cache file) and
+    --regressor-checkpoint last evaluates the last epoch's weights, written as final.pt."""
+    import json
+
+    from refcocog_tools.cli import main as cli_main
+    from refcocog_tools.regressors import RegressorMethod, split_data
+
+    emb = tmp_path / "emb"
+    out = tmp_path / "run"
+    assert cli_main(["train-regressor", "--data-root", str(mini_data), "--clip", "tiny-rn",
+                     "--epochs", "3", "--raw-embeddings", "--regressor-checkpoint", "last",
+                     "--embedding-cache", str(emb), "--out", str(out)]) == 0
+    assert "test mIoU of epoch 3 (last)" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["raw_embeddings"] is True
+    assert results["config"]["evaluated_checkpoint"] == "last"
+    assert results["config"]["checkpoint"].endswith("final.pt")
+    assert sorted(p.name.endswith("-raw.pt") for p in emb.rglob("*.pt")) == [True] * 3
+
+    raw = split_data(mini_data, "test", [tiny_rn], emb, raw=True)
+    normalised = split_data(mini_data, "test", [tiny_rn], tmp_path / "emb-n")
+    norms = raw.text_embeddings.norm(dim=1)
+    assert not torch.allclose(norms, torch.ones_like(norms))  # really raw
+    torch.testing.assert_close(torch.nn.functional.normalize(raw.text_embeddings, dim=1),
+                               normalised.text_embeddings, atol=1e-5, rtol=1e-4)
+
+    # The method reads the flag from the checkpoint and feeds raw embeddings too.
+    method = RegressorMethod([tiny_rn], out / "final.pt")
+    assert method.config()["raw_embeddings"] is True and method.best_epoch == 3
+    item = RefCOCOg(mini_data, "test")[0]
+    rows = [p for p in results["predictions"] if p["sent_id"] == item.sent_id]
+    predicted = method.predict(item.image, [item.sentence]).boxes[0].tolist()
+    assert predicted == pytest.approx(rows[0]["box"], abs=1e-2)
