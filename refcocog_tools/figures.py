@@ -117,6 +117,27 @@ def spatial_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "expressions", "n", *METRICS, "source"])
 
 
+def expression_type_table(results: Mapping[str, Mapping[str, Any]],
+                          root: str | Path) -> pd.DataFrame:
+    """Accuracy (IoU >= 0.5) per method and per expression type of the embedded dataset
+    (``minidata.expression_type``: plain / position / size / relation), one column per type,
+    with ``n`` per type in the first row label and the source of every row."""
+    from .minidata import EXPRESSION_TYPES, expression_audit
+
+    rows, counts = [], {}
+    for label, doc in results.items():
+        audit = expression_audit(root, doc["predictions"])
+        by_type = audit.groupby("type")["correct"]
+        counts = by_type.size().to_dict()
+        accuracy = by_type.mean().to_dict()
+        rows.append({"method": label,
+                     **{t: float(accuracy.get(t, float("nan"))) for t in EXPRESSION_TYPES},
+                     "all": float(audit["correct"].mean()), "source": build_source(doc)})
+    names = {t: f"{t} (n={counts.get(t, 0)})" for t in EXPRESSION_TYPES}
+    return pd.DataFrame(rows, columns=["method", *EXPRESSION_TYPES, "all", "source"]).rename(
+        columns=names)
+
+
 # ----------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------

@@ -431,3 +431,38 @@ def default_data_root() -> Path:
     if not (root / "annotations" / INSTANCES_FILE).is_file():
         write_mini_dataset(root)
     return root
+
+
+def expression_audit(root: str | Path, rows: list[dict[str, Any]]) -> Any:
+    """One row per ``evaluate`` prediction row of a generated data root: the expression's
+    type, how many objects it fits by the generator's rules with colour (``fits``; more than
+    one: ambiguous) and without (``fits_without_colour``; more than ``fits``: only colour tells
+    them apart), whether the prediction was right (IoU >= 0.5), and ``difficulty``:
+    "ambiguous" (several objects fit even with colour), "needs colour" (one fits, but others
+    fit once colour is ignored) or "" (labels and geometry single it out). A pandas DataFrame.
+
+    On a data root that is not generated, ``type`` is "other" and the counts are missing.
+    """
+    import pandas as pd
+
+    from .dataset import INSTANCES_FILE
+
+    instances = json.loads((Path(root) / "annotations" / INSTANCES_FILE).read_text())
+    objects = scene_objects(instances)
+    sizes = {i["id"]: (i["width"], i["height"]) for i in instances["images"]}
+    out = []
+    for row in rows:
+        scene, size = objects.get(row["image_id"], []), sizes.get(row["image_id"], (1, 1))
+        fits = fitting_objects(row["sentence"], scene, size)
+        blind = fitting_objects(row["sentence"], scene, size, use_colour=False)
+        difficulty = ("" if fits is None or blind is None else "ambiguous" if len(fits) > 1
+                      else "needs colour" if len(blind) > len(fits) else "")
+        out.append({"type": expression_type(row["sentence"]) or "other",
+                    "sentence": row["sentence"], "ref_id": row["ref_id"],
+                    "image_id": row["image_id"], "correct": row["iou"] >= 0.5,
+                    "fits": None if fits is None else len(fits),
+                    "fits_without_colour": None if blind is None else len(blind),
+                    "difficulty": difficulty})
+    return pd.DataFrame(out, columns=["type", "sentence", "ref_id", "image_id", "correct",
+                                      "fits", "fits_without_colour", "difficulty"]).astype(
+        {"fits": "Int64", "fits_without_colour": "Int64"})

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -71,6 +71,9 @@ from .methods import GroundingMethod
 from .prediction import Prediction
 from .proposals import Proposals
 from .scene_graph import between_tensor, box_areas, centroids, pairwise_relation
+
+if TYPE_CHECKING:  # plotting types only
+    from matplotlib.axes import Axes
 
 # ----------------------------------------------------------------------------------------------
 # 1. Parsing
@@ -469,3 +472,43 @@ class RelationsMethod:
         finals = [self.explain(image, e, proposals, scores).final for e in expressions]
         stacked = (torch.stack(finals) if finals else torch.zeros(0, len(proposals)))
         return Prediction.from_scores(stacked, proposals)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure
+# ----------------------------------------------------------------------------------------------
+def draw_resolution(ax: Axes, image: Image.Image, proposals: Proposals,
+                    resolution: Resolution) -> None:
+    """Draw a resolved expression on its image: every proposal (grey, with its label and final
+    probability), the head's candidates (yellow), each relation's most likely object (blue,
+    with an arrow from the answer labelled by the relation) and the answer (red)."""
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+
+    assert resolution.final is not None
+    ax.imshow(image)
+    boxes = proposals.boxes
+    final = resolution.final
+    chosen = int(final.argmax())
+    head = resolution.entity[resolution.parse.text]
+    centres = centroids(boxes)
+    objects = {int(resolution.entity[obj.text].argmax()): rel.relation
+               for rel in resolution.parse.relations for obj in rel.objects}
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        colour = ("red" if i == chosen else "deepskyblue" if i in objects
+                  else "yellow" if float(head[i]) >= 0.1 * float(head.max()) else "lightgrey")
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
+                               linewidth=3 if i == chosen else 1.5))
+        label = proposals.labels[i] or f"#{i}"
+        ax.text(x1 + 2, y1 + 2, f"{label} {float(final[i]):.2f}", va="top", fontsize=7,
+                bbox={"facecolor": colour, "alpha": 0.85, "pad": 1})
+    for j, relation in objects.items():
+        arrow = FancyArrowPatch(tuple(centres[chosen].tolist()), tuple(centres[j].tolist()),
+                                arrowstyle="-|>", mutation_scale=12, color="white", linewidth=2)
+        ax.add_patch(arrow)
+        middle = ((centres[chosen] + centres[j]) / 2).tolist()
+        ax.text(middle[0], middle[1], relation.replace("_", " "), fontsize=8, ha="center",
+                bbox={"facecolor": "white", "alpha": 0.85, "pad": 1})
+    superlatives = ", ".join(resolution.parse.superlatives)
+    ax.set_title(f'"{resolution.texts[0]}"'
+                 + (f"\nsuperlative: {superlatives}" if superlatives else ""), fontsize=9)
+    ax.set_axis_off()

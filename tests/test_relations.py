@@ -235,3 +235,32 @@ def test_cli_runs_relations(mini_data: Path, isolated_cache: Path, tmp_path: Pat
     assert config["entity_scorer_config"]["variants"] == ["blur"]
     assert results["provenance"]["synthetic_data"] is True
     assert len(results["predictions"]) == results["metrics"]["n"] > 0
+
+
+def test_audit_type_table_and_figure(mini_data: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from refcocog_tools.evaluate import evaluate
+    from refcocog_tools.figures import expression_type_table
+    from refcocog_tools.minidata import expression_audit
+    from refcocog_tools.relations import draw_resolution
+
+    dataset = RefCOCOg(mini_data, "train", view="expression")
+    method = make_method("relations", entity_scorer="none")
+    results = {"relations": evaluate(dataset, method, GroundTruthProposer()),
+               "largest": evaluate(dataset, make_method("largest"), GroundTruthProposer())}
+    audit = expression_audit(mini_data, results["relations"]["predictions"])
+    assert len(audit) == len(dataset) and set(audit["type"]) <= set(EXPRESSION_TYPES)
+    # Every failure of labels + geometry is an expression only colour (or nothing) decides.
+    assert set(audit.loc[~audit["correct"], "difficulty"]) <= {"ambiguous", "needs colour"}
+    table = expression_type_table(results, mini_data)
+    assert list(table["method"]) == ["relations", "largest"]
+    position = next(c for c in table.columns if c.startswith("position"))
+    assert table.loc[0, position] == 1.0 and table.loc[0, "all"] == audit["correct"].mean()
+    item = next(dataset[i] for i in range(len(dataset))
+                if expression_type(dataset[i].sentence) == "relation")
+    image, proposals = item.image, GroundTruthProposer()(item)
+    fig, ax = plt.subplots()
+    draw_resolution(ax, image, proposals, method.explain(image, item.sentence, proposals))
+    assert len(ax.patches) >= len(proposals) + 1  # every box and the relation's arrow
+    plt.close(fig)
