@@ -143,7 +143,9 @@ pd.DataFrame(rows)
 #   (higher, bigger...). "middle" asks for a candidate on each side. This departs from ReCLIP,
 #   whose rule $P(i) \leftarrow \sum_j P(i) P(j) S(i, j)$ gives nothing to the only candidate of
 #   its kind when no other proposal lies beyond it ("a cat on the left side" when the only cat
-#   is the rightmost object); the table below has a row with ReCLIP's rule;
+#   is the rightmost object), and which scores a candidate by the probability of the candidates
+#   it beats, so that with three candidates and uncertain entity scores the middle one can beat
+#   the extreme one; the table below has a row with ReCLIP's rule;
 # * finally, as in ReCLIP, the result is multiplied by the distribution of the whole expression
 #   scored as one text, and the proposal with the highest probability is the answer.
 #

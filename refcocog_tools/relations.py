@@ -403,7 +403,11 @@ class RelationsMethod:
     # -- pieces ---------------------------------------------------------------------------------
     def text_scores(self, image: Image.Image, texts: Sequence[str],
                     proposals: Proposals) -> torch.Tensor:
-        """(T, P) entity-scorer scores of ``texts`` (zeros without a scorer)."""
+        """(T, P) entity-scorer scores of ``texts`` (zeros without a scorer).
+
+        ``predict`` passes one ref's expressions and their noun phrases in one call, so a
+        scorer that debiases over its call's texts (red-circle) still sees only that ref.
+        """
         if self.entity_scorer is None or not texts:
             return torch.zeros(len(texts), len(proposals))
         return self.entity_scorer.predict(image, list(texts), proposals).scores.float()

@@ -65,7 +65,12 @@ def test_conversion_keeps_the_parameters_cell_first(name: str) -> None:
 @pytest.mark.parametrize("name", CHAPTERS)
 def test_committed_baseline_matches_its_source(name: str) -> None:
     """notebooks/NN.ipynb must be an executed run of the current notebooks/NN.py."""
-    baseline = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    if not path.is_file():
+        # A new chapter lands as source only; its baseline is generated afterwards, once, with
+        # every other chapter's (`make regen-baselines`).
+        pytest.skip(f"{name}: no committed baseline yet (make regen-baselines)")
+    baseline = nbformat.read(path, as_version=4)
     source = jupytext.read(ROOT / "notebooks" / f"{name}.py", fmt="py:percent")
     assert [(c.cell_type, c.source) for c in baseline.cells] == [
         (c.cell_type, c.source) for c in source.cells
