@@ -46,6 +46,7 @@ from .evaluate import (
     evaluate_groups,
     group_by_image,
     method_options,
+    uses_debias_pool,
 )
 from .layouts import layout_from_args
 from .methods import NEEDS_CLIP, GroundingMethod, make_method
@@ -284,7 +285,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"method {args.method} needs --clip")
     debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
                             split_by=layout.split_by).sentences()
-                   if args.method == "red-circle" else ())
+                   if uses_debias_pool(args) else ())
     # The debias texts are encoded once into this cache; every timed method starts from a copy
     # holding only them (memory only, no disk-cache hits).
     text_cache = EmbeddingCache(None, batch_size=args.batch_size)

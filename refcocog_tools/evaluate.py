@@ -513,6 +513,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     rel.add_argument("--superlative-rule", default="exclusive", choices=("exclusive", "reclip"))
 
 
+def uses_debias_pool(args: argparse.Namespace) -> bool:
+    """Whether the method runs red-circle (itself, or as the relations method's entity scorer),
+    which draws its debiasing sample from the training expressions."""
+    return args.method == "red-circle" or (args.method == "relations"
+                                           and args.entity_scorer == "red-circle")
+
+
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.method == "relations":
         return {"entity_scorer": args.entity_scorer, "use_labels": not args.no_labels,
@@ -567,11 +574,9 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
     rank = int(os.environ.get("RANK", "0"))
     cache = EmbeddingCache(None if args.no_cache else cache_dir() / "embeddings",
                            batch_size=args.batch_size, shard=f"rank{rank}" if rank else "")
-    uses_red_circle = args.method == "red-circle" or (
-        args.method == "relations" and args.entity_scorer == "red-circle")
     debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
                             split_by=layout.split_by).sentences()
-                   if uses_red_circle else ())
+                   if uses_debias_pool(args) else ())
     method = make_method(args.method, backbones, cache=cache, debias_pool=debias_pool,
                          checkpoint=args.checkpoint, seed=args.seed, **method_options(args))
     return dataset, method, proposer, backbones, cache

@@ -264,3 +264,17 @@ def test_audit_type_table_and_figure(mini_data: Path) -> None:
     draw_resolution(ax, image, proposals, method.explain(image, item.sentence, proposals))
     assert len(ax.patches) >= len(proposals) + 1  # every box and the relation's arrow
     plt.close(fig)
+
+
+def test_evaluate_and_bench_draw_the_debias_pool_for_a_red_circle_scorer(tmp_path: Path) -> None:
+    from refcocog_tools.cli import build_parser
+    from refcocog_tools.evaluate import uses_debias_pool
+
+    def parsed(*extra: str):
+        return build_parser().parse_args(["evaluate", "--out", str(tmp_path / "r.json"),
+                                          *extra])
+
+    assert uses_debias_pool(parsed("--method", "relations"))
+    assert not uses_debias_pool(parsed("--method", "relations", "--entity-scorer", "crop"))
+    assert uses_debias_pool(parsed("--method", "red-circle"))
+    assert not uses_debias_pool(parsed("--method", "baseline"))
