@@ -17,31 +17,19 @@
 # and the expression. This chapter looks at the data a run uses: how large each split is, how
 # crowded the images are, which categories are referred to, and what the expressions look like.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
-# out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
-# notebook with papermill:
-#
-# ```bash
-# papermill notebooks/01_dataset.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
-#
-# or rebuild the whole report with `make reproduce DATA_ROOT=/data/refcocog`.
-# ````
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # unused here: this chapter runs no model
-proposals = "gt"  # unused here
-device = "cpu"  # unused here
-limit = 0  # at most this many refs per split in the per-ref tables and figures (0 = all)
-seed = 0  # which examples the grid shows
-n_examples = 6  # images in the example grid
+# %% tags=["parameters", "hide-input"]
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # unused here: this chapter runs no model
+proposals: str = "gt"  # unused here
+device: str = "cpu"  # unused here
+limit: int = 0  # at most this many refs per split in the per-ref tables and figures (0: all)
+seed: int = 0  # which examples the grid shows
+n_examples: int = 6  # images in the example grid
 
-# %%
+# %% tags=["remove-input"]
 import random
 import textwrap
 from collections import Counter
@@ -49,14 +37,14 @@ from collections import Counter
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.patches import Rectangle
-from myst_nb import glue
 
 from refcocog_tools.dataset import SPLITS, load_records, load_rgb_image, split_stats
-from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+from refcocog_tools.figures import show_table
+from refcocog_tools.report import glue, open_chapter, show_figure
 
-seed_everything(seed)
-root = resolve_data_root(data_root)
-provenance_note(data_root, backbones_untrained=None)
+chapter = open_chapter(globals(), models=())
+root = chapter.root
+chapter.note
 
 # %% [markdown]
 # ## Splits
@@ -67,24 +55,24 @@ provenance_note(data_root, backbones_untrained=None)
 # expressions that contain a word about position or relative size, and the categories of the
 # referred objects.
 
-# %%
+# %% tags=["hide-input"]
 stats = pd.DataFrame(split_stats(root)).T
 for column in ("refs", "expressions", "images", "categories"):
     stats[column] = stats[column].astype(int)
-stats
+show_table(stats, "Computed here from this run's data root (see the box at the top).")
 
-# %%
+# %% tags=["remove-input"]
 records = load_records(root)
 by_split = {split: [r for r in records if r.split == split] for split in SPLITS}
 if limit:
     by_split = {split: recs[:limit] for split, recs in by_split.items()}
 
-glue("n_images", int(stats["images"].sum()), display=False)
-glue("n_refs", int(stats["refs"].sum()), display=False)
-glue("n_expressions", int(stats["expressions"].sum()), display=False)
-glue("test_expressions", int(stats.loc["test", "expressions"]), display=False)
-glue("test_spatial_share", float(stats.loc["test", "spatial_share"]), display=False)
-glue("mean_objects", float(stats["objects_per_image"].mean()), display=False)
+glue("n_images", int(stats["images"].sum()))
+glue("n_refs", int(stats["refs"].sum()))
+glue("n_expressions", int(stats["expressions"].sum()))
+glue("test_expressions", int(stats.loc["test", "expressions"]))
+glue("test_spatial_share", float(stats.loc["test", "spatial_share"]))
+glue("mean_objects", float(stats["objects_per_image"].mean()))
 
 # %% [markdown]
 # In this run the data holds {glue:text}`n_images` images, {glue:text}`n_refs` referred
@@ -101,7 +89,7 @@ glue("mean_objects", float(stats["objects_per_image"].mean()), display=False)
 # above the image) and every other annotated object (dashed white): the other objects are what
 # a method must rule out.
 
-# %%
+# %% tags=["hide-input"]
 test_refs = by_split["test"] or records
 rng = random.Random(seed)
 shown = rng.sample(test_refs, k=min(n_examples, len(test_refs)))
@@ -131,7 +119,7 @@ show_figure(fig)
 # Every annotated object of an image is a candidate a method has to reject. The histogram
 # counts, per split, how many annotated objects the images hold.
 
-# %%
+# %% tags=["hide-input"]
 objects = pd.DataFrame(
     [{"split": split, "image_id": r.image_id, "objects": len(r.instances)}
      for split, recs in by_split.items() for r in recs]
@@ -144,7 +132,7 @@ ax.set_xlabel("annotated objects in the image")
 ax.set_ylabel("images")
 ax.set_title("objects per image")
 show_figure(fig)
-counts
+show_table(counts, "Computed here from this run's data root (see the box at the top).")
 
 # %% [markdown]
 # ## Categories
@@ -153,7 +141,7 @@ counts
 # recognised the category would fail whenever the image holds two objects of it, and the
 # expression then has to say which one.
 
-# %%
+# %% tags=["hide-input"]
 categories = pd.DataFrame(
     {split: Counter(r.category for r in recs) for split, recs in by_split.items()}
 ).fillna(0).astype(int)
@@ -164,14 +152,14 @@ twins = sum(
     if sum(inst.category_id == r.category_id for inst in r.instances) > 1
 )
 n_listed = sum(len(recs) for recs in by_split.values())
-glue("share_with_twin", twins / n_listed if n_listed else 0.0, display=False)
+glue("share_with_twin", twins / n_listed if n_listed else 0.0)
 fig, ax = plt.subplots(figsize=(6, 3))
 categories.plot.barh(ax=ax, stacked=True)
 ax.invert_yaxis()
 ax.set_xlabel("referred objects")
 ax.set_title("categories of the referred objects")
 show_figure(fig)
-categories
+show_table(categories, "Computed here from this run's data root (see the box at the top).")
 
 # %% [markdown]
 # For {glue:text}`share_with_twin:.1%` of the referred objects the image holds at least one
@@ -182,7 +170,7 @@ categories
 # Each referred object carries one or more expressions, written independently. Methods are
 # evaluated per expression (each expression is one test sample).
 
-# %%
+# %% tags=["hide-input"]
 per_ref = pd.DataFrame(
     [{"split": split, "expressions": len(r.sentences)} for split, recs in by_split.items()
      for r in recs]

@@ -23,51 +23,37 @@
 # proposal, the largest one, the one nearest the centre). A method that does not beat them has
 # learned nothing from CLIP.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
-# out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
-# notebook with papermill:
-#
-# ```bash
-# papermill notebooks/02_baseline.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
-#
-# or rebuild the whole report with `make reproduce DATA_ROOT=/data/refcocog`.
-# ````
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # CLIP backbone(s), comma-separated for an ensemble (study: RN50x16)
-proposals = "gt"  # "gt" (ground-truth boxes) or a YOLO model (study: yolov5s, then yolov8s)
-device = "cpu"
-limit = 0  # evaluate the first N expressions of the split (0 = all)
-seed = 0  # which predictions the grid shows; the random floor's seed
-split = "test"  # the split evaluated (the study reported the test split)
-n_examples = 6  # predictions in the qualitative grid
+# %% tags=["parameters", "hide-input"]
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # CLIP backbone(s), comma-separated for an ensemble (study: RN50x16)
+proposals: str = "gt"  # "gt" (ground-truth boxes) or a YOLO model (study: yolov5s, then yolov8s)
+device: str = "cpu"
+limit: int = 0  # evaluate the first N expressions of the split (0: all)
+seed: int = 0  # which predictions the grid shows; the random floor's seed
+split: str = "test"  # the split evaluated (the study reported the test split)
+n_examples: int = 6  # predictions in the qualitative grid
 
-# %%
+# %% tags=["remove-input"]
 import random
-
-import pandas as pd
-from myst_nb import glue
 
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import (
+    comparison_table,
     metric_bar_chart,
     prediction_grid,
-    reported_table,
     results_table,
+    show_table,
     spatial_table,
+    table_source,
 )
 from refcocog_tools.methods import make_method
-from refcocog_tools.report import open_chapter, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 from refcocog_tools.reported import reported_value
 
-chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
-                       device=device)
+chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
 baseline = evaluate(dataset, make_method("baseline", backbones), proposer, backbones, limit=limit)
@@ -78,23 +64,21 @@ chapter.note
 #
 # The first row is the study's baseline as it reported it (RN50x16 backbone, YOLO proposals,
 # the RefCOCOg test split); the second is what this build computed with the parameters of this
-# run. The `source` column says which is which: on the embedded defaults the second row comes
+# run. The `numbers` column says which is which: on the embedded defaults the second row comes
 # from an untrained tiny CLIP on synthetic shapes, so the two rows are not comparable and the
 # table only shows that the pipeline runs end to end.
 
-# %%
-table = results_table({"baseline (crop and match)": baseline})
-comparison = pd.concat([reported_table(["baseline"]), table], ignore_index=True)
-comparison
+# %% tags=["hide-input"]
+show_table(*comparison_table(["baseline"], {"baseline (crop and match)": baseline}))
 
-# %%
+# %% tags=["remove-input"]
 metrics = baseline["metrics"]
-glue("baseline_miou", metrics["miou"], display=False)
-glue("baseline_accuracy", metrics["accuracy"], display=False)
-glue("baseline_n", metrics["n"], display=False)
-glue("reported_miou", reported_value("baseline", "miou"), display=False)
-glue("reported_accuracy", reported_value("baseline", "accuracy"), display=False)
-glue("reported_cosine", reported_value("baseline", "cosine"), display=False)
+glue("baseline_miou", metrics["miou"])
+glue("baseline_accuracy", metrics["accuracy"])
+glue("baseline_n", metrics["n"])
+glue("reported_miou", reported_value("baseline", "miou"))
+glue("reported_accuracy", reported_value("baseline", "accuracy"))
+glue("reported_cosine", reported_value("baseline", "cosine"))
 
 # %% [markdown]
 # The study reported a mean IoU of {glue:text}`reported_miou`, an accuracy of
@@ -110,7 +94,7 @@ glue("reported_cosine", reported_value("baseline", "cosine"), display=False)
 # with a detector's proposals; on real photographs with a pretrained CLIP the baseline is
 # expected to clear them easily, with untrained weights it need not.
 
-# %%
+# %% tags=["hide-input"]
 floors = {name: evaluate(dataset, make_method(name, backbones, seed=seed), proposer, backbones,
                          limit=limit)
           for name in ("random", "largest", "center")}
@@ -119,7 +103,7 @@ with_floors = results_table({"baseline (crop and match)": baseline,
 fig = metric_bar_chart(with_floors, ("miou", "accuracy"),
                        title="baseline and floors (this build; see the box above)")
 show_figure(fig)
-with_floors
+show_table(with_floors, f"{table_source([baseline, *floors.values()])}.")
 
 # %% [markdown]
 # ## Spatial and non-spatial expressions
@@ -130,20 +114,20 @@ with_floors
 # on expressions that mention a position (`refcocog_tools.dataset.is_spatial`) than on the
 # others. The table and chart split this run's result that way (numbers from this build only).
 
-# %%
+# %% tags=["hide-input"]
 by_spatial = spatial_table({"baseline": baseline, **{f"floor: {n}": d for n, d in floors.items()}})
 chart = by_spatial.assign(method=by_spatial["method"] + ", " + by_spatial["expressions"])
 fig = metric_bar_chart(chart, ("miou", "accuracy"),
                        title="spatial vs non-spatial expressions (this build)")
 show_figure(fig)
-by_spatial
+show_table(by_spatial, f"{table_source([baseline])}.")
 
-# %%
+# %% tags=["remove-input"]
 spatial = metrics["by_spatial"]
-glue("spatial_n", spatial["spatial"]["n"], display=False)
-glue("non_spatial_n", spatial["non_spatial"]["n"], display=False)
-glue("spatial_miou", spatial["spatial"]["miou"] or 0.0, display=False)
-glue("non_spatial_miou", spatial["non_spatial"]["miou"] or 0.0, display=False)
+glue("spatial_n", spatial["spatial"]["n"])
+glue("non_spatial_n", spatial["non_spatial"]["n"])
+glue("spatial_miou", spatial["spatial"]["miou"] or 0.0)
+glue("non_spatial_miou", spatial["non_spatial"]["miou"] or 0.0)
 
 # %% [markdown]
 # In this run {glue:text}`spatial_n` expressions are spatial and {glue:text}`non_spatial_n`
@@ -158,7 +142,7 @@ glue("non_spatial_miou", spatial["non_spatial"]["miou"] or 0.0, display=False)
 # (red, dashed); the title is the expression and the IoU of the prediction. On the embedded
 # defaults the model is untrained, so the choices are arbitrary.
 
-# %%
+# %% tags=["hide-input"]
 images = {items[0].image_id: items[0].image for items in group_by_image(dataset, limit)}
 rows = baseline["predictions"]
 shown = random.Random(seed).sample(rows, k=min(n_examples, len(rows)))

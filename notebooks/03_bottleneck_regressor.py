@@ -25,50 +25,40 @@
 # IoU loss whose intersection was computed with the wrong corner, and a random seed that was
 # never applied.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
-# out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
-# notebook with papermill, for instance with the study's ViT-B/32 backbone and its 30 epochs:
-#
-# ```bash
-# papermill notebooks/03_bottleneck_regressor.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip ViT-B/32 -p device cuda -p limit 0 -p epochs 30
+# ```{include} ../_real_data.md
 # ```
 #
-# or rebuild the whole report with `make reproduce DATA_ROOT=/data/refcocog`. The CLIP
-# embeddings of each split are computed once and cached; the same training is available on the
-# command line as `python -m refcocog_tools train-regressor --head bottleneck ...`.
-# ````
+# The CLIP embeddings of each split are computed once and cached; the same training is
+# available on the command line as
+# `python -m refcocog_tools train-regressor --head bottleneck ...`.
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # CLIP backbone(s), comma-separated (study: ViT-B/32)
-proposals = "gt"  # unused here: a regressor outputs its box directly and needs no proposals
-device = "cpu"
-limit = 0  # train and evaluate on the first N expressions of each split (0 = all)
-seed = 0  # initial weights, batch order (the study's seed never took effect)
-epochs = 30  # the study's 30
-lr = None  # Adam learning rate; None = the study's 0.01 for this head
-loss = "mse"  # "mse" (the study's reported run), "iou" or "mix"
-normalize_targets = False  # False = pixel targets, as in the study
-batch_size = 64  # the study's
-run_dir = ""  # where checkpoints and curves go; empty = a temporary folder, deleted at the end
+# %% tags=["parameters", "hide-input"]
+from typing import Optional
 
-# %%
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # CLIP backbone(s), comma-separated (study: ViT-B/32)
+proposals: str = "gt"  # unused here: a regressor outputs its box directly and needs no proposals
+device: str = "cpu"
+limit: int = 0  # train and evaluate on the first N expressions of each split (0: all)
+seed: int = 0  # initial weights, batch order (the study's seed never took effect)
+epochs: int = 30  # the study's 30
+lr: "Optional[float]" = None  # Adam learning rate; None: the study's 0.01 for this head
+loss: str = "mse"  # "mse" (the study's reported run), "iou" or "mix"
+normalize_targets: bool = False  # False: pixel targets, as in the study
+batch_size: int = 64  # the study's
+run_dir: str = ""  # where checkpoints and curves go; empty: a temporary folder, deleted at the end
+
+# %% tags=["remove-input"]
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
-from IPython.display import Markdown, display
-from myst_nb import glue
 from torchvision.ops import box_iou
 
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
-from refcocog_tools.figures import build_source, reported_source
+from refcocog_tools.figures import reported_caption, show_table, table_source
 from refcocog_tools.proposals import make_proposer
 from refcocog_tools.regressors import (
     RegressorMethod,
@@ -84,10 +74,10 @@ from refcocog_tools.regressors import (
     study_iou_loss_with_corner_bug,
     train_regressor,
 )
-from refcocog_tools.report import open_chapter, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 from refcocog_tools.reported import reported_results
 
-chapter = open_chapter(data_root, seed=seed, clip=clip, device=device)
+chapter = open_chapter(globals(), models=("clip",))
 root, backbones = chapter.root, chapter.backbones
 # Every caption of a number computed here names where it comes from.
 run_label = chapter.run_label
@@ -105,14 +95,14 @@ chapter.note
 # through a softplus, so every predicted box has `x2 >= x1` and `y2 >= y1`; the study read them
 # directly as corners, which allows inverted boxes.
 
-# %%
+# %% tags=["hide-input"]
 embed_dim = data["train"].embed_dim
 widths = head_widths("bottleneck", embed_dim)
 n_parameters = sum(p.numel() for p in make_head("bottleneck", embed_dim).parameters())
 study_parameters = sum(p.numel() for p in make_head("bottleneck", 512).parameters())
-glue("bottleneck_embed_dim", embed_dim, display=False)
-glue("bottleneck_parameters", n_parameters, display=False)
-glue("bottleneck_study_parameters", study_parameters, display=False)
+glue("bottleneck_embed_dim", embed_dim)
+glue("bottleneck_parameters", n_parameters)
+glue("bottleneck_study_parameters", study_parameters)
 pd.DataFrame({
     "configuration": [f"this run ({clip})", "the study (ViT-B/32, d = 512)"],
     "layer widths": [" -> ".join(map(str, widths)),
@@ -133,7 +123,7 @@ pd.DataFrame({
 # the checkpoint evaluated below is the best one, not the last one. Mean IoU is always measured
 # in pixels, on boxes clipped to the image, with `torchvision.ops.box_iou`.
 
-# %%
+# %% tags=["hide-input"]
 config = TrainConfig(head="bottleneck", loss=loss, epochs=epochs, lr=lr, batch_size=batch_size,
                      normalize_targets=normalize_targets, seed=seed)
 workdir = tempfile.TemporaryDirectory(prefix="refcocog-bottleneck-") if not run_dir else None
@@ -148,10 +138,11 @@ def rounded(value: float) -> float:
 
 
 history = pd.DataFrame(result.history).set_index("epoch").map(rounded)
-display(Markdown(f"*Loss and mean IoU per epoch, every few epochs ({run_label}).*"))
 step = max(1, len(history) // 10)
-history.iloc[list(range(0, len(history), step)) + ([len(history) - 1]
-                                                   if (len(history) - 1) % step else [])]
+shown_epochs = list(range(0, len(history), step)) + ([len(history) - 1]
+                                                     if (len(history) - 1) % step else [])
+show_table(history.iloc[shown_epochs],
+           f"Loss and mean IoU per epoch, every few epochs ({run_label}).")
 
 # %% [markdown]
 # The curves below show the loss and the mean IoU per epoch on the training and the
@@ -159,25 +150,25 @@ history.iloc[list(range(0, len(history), step)) + ([len(history) - 1]
 # the validation mean IoU after each epoch. The dotted line marks the epoch whose weights are
 # kept.
 
-# %%
+# %% tags=["hide-input"]
 fig = plot_history(result.history)
 for ax in fig.axes:
     ax.axvline(result.best_epoch, color="grey", linestyle=":", linewidth=1)
 fig.suptitle(f"bottleneck head, {loss} loss; dotted: best checkpoint ({run_label})", fontsize=9)
 show_figure(fig)
 
-# %%
+# %% tags=["remove-input"]
 first, last = result.history[0], result.history[-1]
 peak = max(result.history, key=lambda h: h["val_miou"])
-glue("bottleneck_epochs", len(result.history), display=False)
-glue("bottleneck_best_epoch", result.best_epoch, display=False)
-glue("bottleneck_first_train_miou", first["train_miou"], display=False)
-glue("bottleneck_last_train_miou", last["train_miou"], display=False)
-glue("bottleneck_peak_val_miou", peak["val_miou"], display=False)
-glue("bottleneck_last_val_miou", last["val_miou"], display=False)
-glue("bottleneck_first_train_loss", first["train_loss"], display=False)
-glue("bottleneck_last_train_loss", last["train_loss"], display=False)
-glue("bottleneck_last_val_loss", last["val_loss"], display=False)
+glue("bottleneck_epochs", len(result.history))
+glue("bottleneck_best_epoch", result.best_epoch)
+glue("bottleneck_first_train_miou", first["train_miou"])
+glue("bottleneck_last_train_miou", last["train_miou"])
+glue("bottleneck_peak_val_miou", peak["val_miou"])
+glue("bottleneck_last_val_miou", last["val_miou"])
+glue("bottleneck_first_train_loss", first["train_loss"], significant=4)
+glue("bottleneck_last_train_loss", last["train_loss"], significant=4)
+glue("bottleneck_last_val_loss", last["val_loss"])
 
 # %% [markdown]
 # In this run the training mean IoU went from {glue:text}`bottleneck_first_train_miou:.3f`
@@ -194,10 +185,10 @@ glue("bottleneck_last_val_loss", last["val_loss"], display=False)
 # RefCOCOg training split). This build's numbers are those of the best checkpoint, in
 # evaluation mode, on the three splits of the configuration in the box at the top of the page;
 # the test row is scored by `refcocog_tools.metrics.summarize`, like every other method of the
-# report. The `source` column says which row is which: the two kinds of rows are not
+# report. The `numbers` column says which row is which: the two kinds of rows are not
 # comparable on the embedded defaults.
 
-# %%
+# %% tags=["hide-input"]
 test_results = results_on_split(result, data["test"], root, backbones, out_dir / "best.pt")
 split_miou = {split: float(evaluate_head(result.head, data[split], config)[1].mean())
               for split in ("train", "val")}
@@ -205,34 +196,30 @@ metrics = test_results["metrics"]
 reported = reported_results()
 reported = reported[(reported["key"] == "bottleneck") & (reported["metric"] == "miou")]
 study = dict(zip(reported["split"], reported["value"], strict=True))
-section = reported["source"].iloc[0]
 table = pd.DataFrame([
     {"method": "bottleneck regressor [ViT-B/32, MSE, 30 epochs]",
      "train miou": study["train"], "val miou": study["val"], "test miou": study["test"],
      "test accuracy": float("nan"), "n (test)": float("nan"),
-     "source": reported_source(section)},
+     "numbers": "study"},
     {"method": f"bottleneck regressor [{clip}, {loss}, best of {len(result.history)} epochs]",
      "train miou": split_miou["train"], "val miou": split_miou["val"],
      "test miou": metrics["miou"], "test accuracy": metrics["accuracy"],
-     "n (test)": metrics["n"], "source": build_source(test_results)},
+     "n (test)": metrics["n"], "numbers": "this build"},
 ])
-display(Markdown("*Mean IoU of the bottleneck regressor; the `source` column says where each "
-                 "row comes from.*"))
-table.round(3)
+show_table(table, f"Mean IoU of the bottleneck regressor. {reported_caption(['bottleneck'])}; "
+           f"{table_source([test_results])}.")
 
-# %%
-glue("reported_bottleneck_train_miou", study["train"], display=False)
-glue("reported_bottleneck_val_miou", study["val"], display=False)
-glue("reported_bottleneck_test_miou", study["test"], display=False)
-glue("bottleneck_train_miou", split_miou["train"], display=False)
-glue("bottleneck_val_miou", split_miou["val"], display=False)
-glue("bottleneck_test_miou", metrics["miou"], display=False)
-glue("bottleneck_test_accuracy", metrics["accuracy"], display=False)
-glue("bottleneck_test_n", metrics["n"], display=False)
-glue("bottleneck_test_spatial_miou", metrics["by_spatial"]["spatial"]["miou"] or 0.0,
-     display=False)
-glue("bottleneck_test_non_spatial_miou", metrics["by_spatial"]["non_spatial"]["miou"] or 0.0,
-     display=False)
+# %% tags=["remove-input"]
+glue("reported_bottleneck_train_miou", study["train"])
+glue("reported_bottleneck_val_miou", study["val"])
+glue("reported_bottleneck_test_miou", study["test"])
+glue("bottleneck_train_miou", split_miou["train"])
+glue("bottleneck_val_miou", split_miou["val"])
+glue("bottleneck_test_miou", metrics["miou"])
+glue("bottleneck_test_accuracy", metrics["accuracy"])
+glue("bottleneck_test_n", metrics["n"])
+glue("bottleneck_test_spatial_miou", metrics["by_spatial"]["spatial"]["miou"] or 0.0)
+glue("bottleneck_test_non_spatial_miou", metrics["by_spatial"]["non_spatial"]["miou"] or 0.0)
 
 # %% [markdown]
 # **What the study found.** Its bottleneck reached a mean IoU of
@@ -266,7 +253,7 @@ glue("bottleneck_test_non_spatial_miou", metrics["by_spatial"]["non_spatial"]["m
 # proposals the engine hands it; ground-truth boxes are passed only because the engine expects
 # a proposer.
 
-# %%
+# %% tags=["hide-input"]
 engine = evaluate(RefCOCOg(root, split="test"),
                   RegressorMethod(backbones, out_dir / "best.pt", device=device),
                   make_proposer("gt"), backbones, limit=limit)
@@ -275,15 +262,14 @@ same_rows = ([(r["sent_id"], r["ref_id"]) for r in engine["predictions"]]
 gap = max(abs(a["iou"] - b["iou"])
           for a, b in zip(engine["predictions"], test_results["predictions"], strict=True))
 assert same_rows and gap < 1e-3, (same_rows, gap)
-glue("bottleneck_engine_miou", engine["metrics"]["miou"], display=False)
-glue("bottleneck_engine_cosine", engine["metrics"]["cosine"] or 0.0, display=False)
-display(Markdown(f"*The best checkpoint on the test split by two paths ({run_label}).*"))
-pd.DataFrame([
+glue("bottleneck_engine_miou", engine["metrics"]["miou"])
+glue("bottleneck_engine_cosine", engine["metrics"]["cosine"] or 0.0)
+show_table(pd.DataFrame([
     {"path": "cached embeddings (results_on_split)", **{
         k: test_results["metrics"][k] for k in ("n", "miou", "accuracy", "cosine")}},
     {"path": "evaluation engine (RegressorMethod + evaluate)", **{
         k: engine["metrics"][k] for k in ("n", "miou", "accuracy", "cosine")}},
-]).round(3)
+]), f"The best checkpoint on the test split by two paths ({run_label}).")
 
 # %% [markdown]
 # Both paths give the same boxes (the per-expression IoUs agree to within 0.001); through the
@@ -306,7 +292,7 @@ pd.DataFrame([
 # illustration), the IoU implied by the loss used here (`plain_iou_loss`) and
 # `torchvision.ops.box_iou` as the reference.
 
-# %%
+# %% tags=["hide-input"]
 pairs = {
     "identical": ([10, 10, 50, 50], [10, 10, 50, 50]),
     "partial overlap": ([0, 0, 10, 10], [5, 5, 15, 15]),
@@ -322,16 +308,14 @@ iou_table = pd.DataFrame({
         (1 - study_iou_loss_with_corner_bug(pred, target)).tolist(),
     "IoU in this project's loss": (1 - plain_iou_loss(pred, target)).tolist(),
     "torchvision box_iou": box_iou(pred, target).diagonal().tolist(),
-}, index=list(pairs)).round(4)
+}, index=pd.Index(list(pairs), name="pair"))
 study_column = "IoU in the study's loss (max corner)"
-glue("study_iou_disjoint", float(iou_table.loc["disjoint", study_column]), display=False)
+glue("study_iou_disjoint", float(iou_table.loc["disjoint", study_column]))
 glue("study_iou_contains",
-     float(iou_table.loc["prediction contains target", study_column]),
-     display=False)
+     float(iou_table.loc["prediction contains target", study_column]))
 glue("true_iou_contains",
-     float(iou_table.loc["prediction contains target", "torchvision box_iou"]),
-     display=False)
-iou_table
+     float(iou_table.loc["prediction contains target", "torchvision box_iou"]))
+show_table(iou_table, "Computed here from the four pairs of boxes listed.")
 
 # %% [markdown]
 # Two disjoint boxes get an IoU of {glue:text}`study_iou_disjoint:.3f` from the study's
@@ -353,12 +337,12 @@ iou_table
 # initial weights, batch order and dropout masks from `seed` alone. Training again with the
 # same configuration reproduces the run exactly:
 
-# %%
+# %% tags=["hide-input"]
 again = train_regressor(data["train"], data["val"], config, device=device)
 identical = again.history == result.history and all(
     torch.equal(a, b) for a, b in zip(again.head.state_dict().values(),
                                       result.head.state_dict().values(), strict=True))
-glue("bottleneck_rerun_identical", identical, display=False)
+glue("bottleneck_rerun_identical", identical)
 print(f"second run identical to the first (history and best weights): {identical}")
 if workdir is not None:
     workdir.cleanup()

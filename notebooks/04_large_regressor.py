@@ -24,47 +24,37 @@
 # why an MSE on pixel coordinates depends on the size of the images and drowns the IoU term of
 # the mixed loss.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
-# out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
-# notebook with papermill:
-#
-# ```bash
-# papermill notebooks/04_large_regressor.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip ViT-B/32 -p device cuda -p limit 0 -p epochs 30
+# ```{include} ../_real_data.md
 # ```
 #
-# or rebuild the whole report with `make reproduce DATA_ROOT=/data/refcocog`. The command-line
-# equivalent of one run is `python -m refcocog_tools train-regressor --head large --loss mix`.
-# ````
+# The command-line equivalent of one run is
+# `python -m refcocog_tools train-regressor --head large --loss mix`.
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # CLIP backbone(s), comma-separated (the study did not state it)
-proposals = "gt"  # unused here: a regressor outputs its box directly and needs no proposals
-device = "cpu"
-limit = 0  # train and evaluate on the first N expressions of each split (0 = all)
-seed = 0  # initial weights, batch order, dropout masks
-epochs = 30  # the study planned 30 and stopped after 1
-lr = None  # Adam learning rate; None = the study's 0.001 for this head
-iou_variant = "giou"  # IoU term of the "mix" loss: "iou" (corrected plain IoU), "giou", ...
-normalize_targets = False  # the target unit of the curves shown: False = pixels (the study's)
-batch_size = 64  # the study's
-run_dir = ""  # a folder for checkpoints and curves of the four runs; empty = keep them in memory
+# %% tags=["parameters", "hide-input"]
+from typing import Optional
 
-# %%
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # CLIP backbone(s), comma-separated (the study did not state it)
+proposals: str = "gt"  # unused here: a regressor outputs its box directly and needs no proposals
+device: str = "cpu"
+limit: int = 0  # train and evaluate on the first N expressions of each split (0: all)
+seed: int = 0  # initial weights, batch order, dropout masks
+epochs: int = 30  # the study planned 30 and stopped after 1
+lr: "Optional[float]" = None  # Adam learning rate; None: the study's 0.001 for this head
+iou_variant: str = "giou"  # IoU term of the "mix" loss: "iou" (corrected plain IoU), "giou", ...
+normalize_targets: bool = False  # the target unit of the curves shown (False: pixels, the study's)
+batch_size: int = 64  # the study's
+run_dir: str = ""  # folder for the four runs' checkpoints and curves (empty: memory)
+
+# %% tags=["remove-input"]
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from IPython.display import Markdown, display
-from myst_nb import glue
 
-from refcocog_tools.figures import build_source, reported_source
+from refcocog_tools.figures import reported_caption, show_table, table_source
 from refcocog_tools.regressors import (
     BoxLoss,
     TrainConfig,
@@ -79,10 +69,10 @@ from refcocog_tools.regressors import (
     split_data,
     train_regressor,
 )
-from refcocog_tools.report import open_chapter, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 from refcocog_tools.reported import reported_results
 
-chapter = open_chapter(data_root, seed=seed, clip=clip, device=device)
+chapter = open_chapter(globals(), models=("clip",))
 root, backbones = chapter.root, chapter.backbones
 # Every caption of a number computed here names where it comes from.
 run_label = chapter.run_label
@@ -100,13 +90,13 @@ chapter.note
 # sees a handicapped network; the train column of the results table re-scores the kept
 # checkpoint in evaluation mode.
 
-# %%
+# %% tags=["hide-input"]
 embed_dim = data["train"].embed_dim
 n_parameters = sum(p.numel() for p in make_head("large", embed_dim).parameters())
 study_parameters = sum(p.numel() for p in make_head("large", 512).parameters())
-glue("large_embed_dim", embed_dim, display=False)
-glue("large_parameters", n_parameters, display=False)
-glue("large_study_parameters", study_parameters, display=False)
+glue("large_embed_dim", embed_dim)
+glue("large_parameters", n_parameters)
+glue("large_study_parameters", study_parameters)
 pd.DataFrame({
     "configuration": [f"this run ({clip})", "the study (d = 512)"],
     "layer widths": [" -> ".join(map(str, head_widths("large", embed_dim))),
@@ -133,7 +123,7 @@ pd.DataFrame({
 # seeded weights and sees the batches in the same order; the checkpoint kept is the epoch with
 # the best validation mean IoU.
 
-# %%
+# %% tags=["hide-input"]
 runs = {}
 for loss in ("mse", "mix"):
     for normalized in (False, True):
@@ -163,7 +153,7 @@ shown_unit = "normalized" if normalize_targets else "pixels"
 # the checkpoint kept. The loss axis switches to a log scale when the loss spans more than two
 # orders of magnitude.
 
-# %%
+# %% tags=["hide-input"]
 for loss in ("mse", "mix"):
     result = runs[loss, shown_unit]["result"]
     fig = plot_history(result.history)
@@ -177,7 +167,7 @@ for loss in ("mse", "mix"):
 # The validation mean IoU of all four runs on one axis, to compare the losses and the target
 # units directly.
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
 for (loss, unit), run in runs.items():
     history = run["result"].history
@@ -199,34 +189,34 @@ show_figure(fig)
 # checkpoint; the test columns come from `refcocog_tools.metrics.summarize`, like every other
 # method of the report.
 
-# %%
+# %% tags=["hide-input"]
 reported = reported_results()
 reported = reported[(reported["key"] == "large_regressor") & (reported["metric"] == "miou")]
 study = dict(zip(reported["split"], reported["value"], strict=True))
 rows = [{"method": "large regressor [MSE + IoU, pixels, 1 epoch]", "loss": "mix",
          "targets": "pixels", "best epoch": 1, "train miou": float("nan"),
          "val miou": study["val"], "test miou": study["test"], "test accuracy": float("nan"),
-         "n (test)": float("nan"), "source": reported_source(reported["source"].iloc[0])}]
+         "n (test)": float("nan"), "numbers": "study"}]
 for (loss, unit), run in runs.items():
     metrics = run["test"]["metrics"]
     rows.append({"method": f"large regressor [{clip}]", "loss": loss, "targets": unit,
                  "best epoch": run["result"].best_epoch, "train miou": run["train_miou"],
                  "val miou": run["val_miou"], "test miou": metrics["miou"],
                  "test accuracy": metrics["accuracy"], "n (test)": metrics["n"],
-                 "source": build_source(run["test"])})
+                 "numbers": "this build"})
     key = f"large_{loss}_{unit}"
-    glue(f"{key}_best_epoch", run["result"].best_epoch, display=False)
-    glue(f"{key}_train_miou", run["train_miou"], display=False)
-    glue(f"{key}_val_miou", run["val_miou"], display=False)
-    glue(f"{key}_test_miou", metrics["miou"], display=False)
-    glue(f"{key}_test_accuracy", metrics["accuracy"], display=False)
-glue("large_test_n", runs["mse", "pixels"]["test"]["metrics"]["n"], display=False)
-glue("large_epochs", epochs, display=False)
-glue("reported_large_val_miou", study["val"], display=False)
-glue("reported_large_test_miou", study["test"], display=False)
-display(Markdown("*Mean IoU of the large regressor; the `source` column says where each row "
-                 "comes from.*"))
-pd.DataFrame(rows).round(3)
+    glue(f"{key}_best_epoch", run["result"].best_epoch)
+    glue(f"{key}_train_miou", run["train_miou"])
+    glue(f"{key}_val_miou", run["val_miou"])
+    glue(f"{key}_test_miou", metrics["miou"])
+    glue(f"{key}_test_accuracy", metrics["accuracy"])
+glue("large_test_n", runs["mse", "pixels"]["test"]["metrics"]["n"])
+glue("large_epochs", epochs)
+glue("reported_large_val_miou", study["val"])
+glue("reported_large_test_miou", study["test"])
+show_table(pd.DataFrame(rows), f"Mean IoU of the large regressor. "
+           f"{reported_caption(['large_regressor'])}; "
+           f"{table_source(run['test'] for run in runs.values())}.")
 
 # %% [markdown]
 # **What the study found.** After one epoch of the mixed loss the study's head reached a mean
@@ -258,7 +248,7 @@ pd.DataFrame(rows).round(3)
 # large, while its IoU does not change. The cell below computes this for one box at two image
 # sizes.
 
-# %%
+# %% tags=["hide-input"]
 scales = []
 for width, height in ((320, 240), (640, 480)):
     size = torch.tensor([[width, height, width, height]], dtype=torch.float32)
@@ -270,11 +260,11 @@ for width, height in ((320, 240), (640, 480)):
         "normalised MSE": float(F.mse_loss(shifted / size, true_box / size)),
         "IoU": float(1 - BoxLoss("iou", "iou")(shifted, true_box)),
     })
-scales = pd.DataFrame(scales).set_index("image size").round(4)
-glue("scale_mse_small", float(scales["pixel MSE"].iloc[0]), display=False)
-glue("scale_mse_large", float(scales["pixel MSE"].iloc[1]), display=False)
-glue("scale_iou", float(scales["IoU"].iloc[0]), display=False)
-scales
+scales = pd.DataFrame(scales).set_index("image size")
+glue("scale_mse_small", float(scales["pixel MSE"].iloc[0]))
+glue("scale_mse_large", float(scales["pixel MSE"].iloc[1]))
+glue("scale_iou", float(scales["IoU"].iloc[0]))
+show_table(scales, "Computed here for one box shifted by a tenth of the image width.")
 
 # %% [markdown]
 # The shifted box has an IoU of {glue:text}`scale_iou:.3f` at both sizes, but its pixel MSE
@@ -287,7 +277,7 @@ scales
 # comparable scales and treats a small and a large image alike. The cell below measures the
 # two terms of the mixed loss on the validation split for the kept checkpoints of this build.
 
-# %%
+# %% tags=["hide-input"]
 terms = []
 for unit in ("pixels", "normalized"):
     run = runs["mix", unit]
@@ -301,11 +291,9 @@ for unit in ("pixels", "normalized"):
                   f"1.0 x {config.iou_variant} loss": iou_term,
                   "IoU share of the loss": iou_term / (mse_term + iou_term)})
 terms = pd.DataFrame(terms).set_index("targets")
-glue("mix_iou_share_pixels", float(terms.loc["pixels", "IoU share of the loss"]), display=False)
-glue("mix_iou_share_normalized", float(terms.loc["normalized", "IoU share of the loss"]),
-     display=False)
-display(Markdown(f"*The two terms of the mixed loss on the validation split ({run_label}).*"))
-terms.map(lambda v: round(float(f"{v:.4g}"), 4))
+glue("mix_iou_share_pixels", float(terms.loc["pixels", "IoU share of the loss"]))
+glue("mix_iou_share_normalized", float(terms.loc["normalized", "IoU share of the loss"]))
+show_table(terms, f"The two terms of the mixed loss on the validation split ({run_label}).")
 
 # %% [markdown]
 # In this run the IoU term makes up {glue:text}`mix_iou_share_pixels:.1%` of the mixed loss

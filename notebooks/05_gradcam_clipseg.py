@@ -25,46 +25,38 @@
 # can be rechecked with pretrained weights. CLIPSeg, the study's second idea of this kind, is
 # described at the end but not run.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
-# out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
-# notebook with papermill:
-#
-# ```bash
-# papermill notebooks/05_gradcam_clipseg.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip ViT-B/32 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
-#
-# or rebuild the whole report with `make reproduce DATA_ROOT=/data/refcocog`.
-# ````
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # CLIP backbone(s), comma-separated (the study used a ViT for Grad-CAM)
-proposals = "gt"  # only used by the snap-to-proposal variant and the baseline row
-device = "cpu"
-limit = 0  # evaluate the first N expressions of the split (0 = all)
-seed = 0
-split = "test"
-threshold = 0.5  # the box encloses every pixel with heat >= threshold * max
-image_index = 0  # which image (in order of first appearance) the heat maps are drawn on
-n_maps = 3  # expressions of that image shown as heat maps
-thresholds = (0.3, 0.5, 0.7)  # the threshold sweep of the evaluation table
+# %% tags=["parameters", "hide-input"]
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # CLIP backbone(s), comma-separated (the study used a ViT for Grad-CAM)
+proposals: str = "gt"  # only used by the snap-to-proposal variant and the baseline row
+device: str = "cpu"
+limit: int = 0  # evaluate the first N expressions of the split (0: all)
+seed: int = 0
+split: str = "test"
+threshold: float = 0.5  # box around every pixel with heat of threshold times the maximum or more
+image_index: int = 0  # which image (in order of first appearance) the heat maps are drawn on
+n_maps: int = 3  # expressions of that image shown as heat maps
+thresholds: list[float] = [0.3, 0.5, 0.7]  # the threshold sweep of the evaluation table
 
-# %%
+# %% tags=["remove-input"]
 import torch
-from myst_nb import glue
 
 from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import heatmap_grid, metric_bar_chart, results_table
+from refcocog_tools.figures import (
+    heatmap_grid,
+    metric_bar_chart,
+    results_table,
+    show_table,
+    table_source,
+)
 from refcocog_tools.gradcam import GradCam, box_from_map
 from refcocog_tools.methods import make_method
-from refcocog_tools.report import open_chapter, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 
-chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
-                       device=device)
+chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
 chapter.note
@@ -77,7 +69,7 @@ chapter.note
 # (green). With untrained weights the gradient carries no meaning, so the maps only show the
 # mechanics: where the map is spread out the box covers most of the image.
 
-# %%
+# %% tags=["hide-input"]
 groups = group_by_image(dataset, limit)
 items = groups[min(image_index, len(groups) - 1)][:n_maps]
 image = items[0].image
@@ -87,10 +79,10 @@ boxes = torch.stack([box_from_map(h, threshold) for h in heat])
 fig = heatmap_grid(image, heat, boxes, [it.box for it in items], [it.sentence for it in items])
 show_figure(fig)
 
-# %%
-glue("threshold", threshold, display=False)
+# %% tags=["remove-input"]
+glue("threshold", threshold)
 glue("map_box_share", float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).mean()
-                            / (image.width * image.height)), display=False)
+                            / (image.width * image.height)))
 
 # %% [markdown]
 # At threshold {glue:text}`threshold` the boxes above cover on average
@@ -105,7 +97,7 @@ glue("map_box_share", float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[
 # (`snap_to_proposal`), and the crop-and-match baseline for reference. All rows are computed by
 # this build with the configuration in the box above.
 
-# %%
+# %% tags=["hide-input"]
 runs = {f"gradcam, threshold {t}": evaluate(dataset, make_method("gradcam", backbones,
                                                                  threshold=t),
                                             proposer, backbones, limit=limit)
@@ -118,12 +110,12 @@ runs["baseline (crop and match)"] = evaluate(dataset, make_method("baseline", ba
 table = results_table(runs)
 show_figure(metric_bar_chart(table, ("miou", "accuracy"),
                              title="Grad-CAM boxes (this build; see the box above)"))
-table
+show_table(table, f"{table_source(runs.values())}.")
 
-# %%
+# %% tags=["remove-input"]
 best = table.iloc[: len(thresholds)].sort_values("miou", ascending=False, kind="stable").iloc[0]
-glue("best_threshold_row", best["method"], display=False)
-glue("best_threshold_miou", float(best["miou"]), display=False)
+glue("best_threshold_row", best["method"])
+glue("best_threshold_miou", float(best["miou"]))
 
 # %% [markdown]
 # In this run the best of the thresholds tried is *{glue:text}`best_threshold_row`* with a mean

@@ -22,55 +22,49 @@
 # phrases are, and which words they use. It uses `refcocog_tools.language`, a small rule-based
 # reader that needs no model: good enough for statistics, not a parser to ground with.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# ```bash
-# papermill notebooks/06_language.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
-# ````
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # unused here: this chapter runs no model
-proposals = "gt"  # unused here
-device = "cpu"  # unused here
-limit = 0  # at most this many refs per split (0 = all)
-seed = 0  # which example parses are shown
-top_words = 15  # rows of the word-frequency tables
-n_parsed_examples = 8  # example parses shown
+# %% tags=["parameters", "hide-input"]
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # unused here: this chapter runs no model
+proposals: str = "gt"  # unused here
+device: str = "cpu"  # unused here
+limit: int = 0  # at most this many refs per split (0: all)
+seed: int = 0  # which example parses are shown
+top_words: int = 15  # rows of the word-frequency tables
+n_parsed_examples: int = 8  # example parses shown
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
-from myst_nb import glue
 
 from refcocog_tools.dataset import SPLITS, load_records
+from refcocog_tools.figures import show_table
 from refcocog_tools.language import (
     expression_table,
     parse_expression,
     relation_counts,
     word_frequencies,
 )
-from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 
-seed_everything(seed)
-root = resolve_data_root(data_root)
-provenance_note(data_root, backbones_untrained=None)
+chapter = open_chapter(globals(), models=())
+root = chapter.root
+chapter.note
 
-# %%
+# %% tags=["remove-input"]
 records = load_records(root)
 if limit:
     records = [r for split in SPLITS for r in [x for x in records if x.split == split][:limit]]
 table = expression_table(records)
 test = table[table["split"] == "test"]
-glue("n_expressions", len(table), display=False)
-glue("spatial_share", float(table["spatial"].mean()), display=False)
-glue("test_spatial_share", float(test["spatial"].mean()) if len(test) else 0.0, display=False)
-glue("median_words", float(table["n_words"].median()), display=False)
-glue("head_is_category", float(table["head_is_category"].mean()), display=False)
-glue("no_relation_share", float((table["n_relations"] == 0).mean()), display=False)
+glue("n_expressions", len(table))
+glue("spatial_share", float(table["spatial"].mean()))
+glue("test_spatial_share", float(test["spatial"].mean()) if len(test) else 0.0)
+glue("median_words", float(table["n_words"].median()))
+glue("head_is_category", float(table["head_is_category"].mean()))
+glue("no_relation_share", float((table["n_relations"] == 0).mean()))
 
 # %% [markdown]
 # ## Spatial and non-spatial expressions
@@ -81,16 +75,15 @@ glue("no_relation_share", float((table["n_relations"] == 0).mean()), display=Fal
 # ({glue:text}`test_spatial_share:.1%` on the test split). These are the expressions a
 # crop-and-match method is structurally unable to resolve when the image holds look-alikes.
 
-# %%
+# %% tags=["hide-input"]
 spatial = (
     table.groupby("split", sort=False)
     .agg(expressions=("sentence", "size"), spatial=("spatial", "sum"),
          spatial_share=("spatial", "mean"), parsed_spatial_share=("parsed_spatial", "mean"))
-    .round(3)
 )
-spatial
+show_table(spatial, "Computed here from this run's data root (see the box at the top).")
 
-# %%
+# %% tags=["hide-input"]
 by_category = (
     table.groupby("category")
     .agg(expressions=("sentence", "size"), spatial_share=("spatial", "mean"))
@@ -103,7 +96,7 @@ ax.set_ylim(0, 1)
 ax.set_ylabel("share of spatial expressions")
 ax.set_title("spatial expressions per category of the referred object")
 show_figure(fig)
-by_category
+show_table(by_category, "Computed here from this run's data root (see the box at the top).")
 
 # %% [markdown]
 # ## Length
@@ -112,7 +105,7 @@ by_category
 # phrases without a verb are the norm, which is one reason the study expected a
 # general-purpose parser to struggle.
 
-# %%
+# %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6, 3))
 bins = range(int(table["n_words"].min()), int(table["n_words"].max()) + 2)
 for flag, label in ((False, "non-spatial"), (True, "spatial")):
@@ -123,7 +116,8 @@ ax.set_ylabel("expressions")
 ax.legend()
 ax.set_title("expression length")
 show_figure(fig)
-table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%", "max"]].round(2)
+show_table(table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%", "max"]],
+           "Computed here from this run's data root (see the box at the top).")
 
 # %% [markdown]
 # ## What a parser would extract
@@ -132,7 +126,7 @@ table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%", "max"]].
 # and its last content word as the *head*, then collects each relation phrase ("left of",
 # "next to", "holding", ...) with the words that follow it. A few parses:
 
-# %%
+# %% tags=["hide-input"]
 examples = table.sample(n=min(n_parsed_examples, len(table)), random_state=seed)
 rows = []
 for sentence in examples["sentence"]:
@@ -153,9 +147,9 @@ pd.DataFrame(rows)
 # {glue:text}`no_relation_share:.1%` contain no relation phrase at all. The relation phrases
 # found, and whether each is about position:
 
-# %%
+# %% tags=["hide-input"]
 relations = relation_counts(table)
-relations
+show_table(relations, "Computed here from this run's data root (see the box at the top).")
 
 # %% [markdown]
 # ## Words
@@ -163,14 +157,14 @@ relations
 # The most frequent content words (function words removed), over all expressions and split by
 # whether the expression is spatial.
 
-# %%
+# %% tags=["hide-input"]
 words = word_frequencies(table["sentence"], top=top_words)
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.barh(words["word"][::-1], words["count"][::-1])
 ax.set_xlabel("occurrences")
 ax.set_title(f"{top_words} most frequent content words")
 show_figure(fig)
-pd.concat(
+show_table(pd.concat(
     {
         "spatial": word_frequencies(table.loc[table["spatial"], "sentence"], top=top_words)
         .reset_index(drop=True),
@@ -178,7 +172,7 @@ pd.concat(
         .reset_index(drop=True),
     },
     axis=1,
-)
+), "Computed here from this run's data root (see the box at the top).")
 
 # %% [markdown]
 # ## What this means for a parser-based method

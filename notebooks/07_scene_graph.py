@@ -25,33 +25,27 @@
 # any learning: for expressions of the form "the *category* on the left / right / at the top /
 # at the bottom", the candidate of that category that lies in that relation to all the others.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# ```bash
-# papermill notebooks/07_scene_graph.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
-# ````
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # unused here: this chapter runs no model
-proposals = "gt"  # the graph is built on the ground-truth boxes of each image
-device = "cpu"  # unused here
-limit = 0  # at most this many test expressions in the resolution check (0 = all)
-seed = 0
-image_index = 0  # which test image (in order of first appearance) is drawn
-margin = 0.0  # pixels: centroids closer than this along an axis are in neither order
+# %% tags=["parameters", "hide-input"]
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # unused here: this chapter runs no model
+proposals: str = "gt"  # the graph is built on the ground-truth boxes of each image
+device: str = "cpu"  # unused here
+limit: int = 0  # at most this many test expressions in the resolution check (0: all)
+seed: int = 0
+image_index: int = 0  # which test image (in order of first appearance) is drawn
+margin: float = 0.0  # pixels: centroids closer than this along an axis are in neither order
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
-from myst_nb import glue
 
 from refcocog_tools.dataset import RefCOCOg
+from refcocog_tools.figures import show_table
 from refcocog_tools.language import tokenize
-from refcocog_tools.report import provenance_note, resolve_data_root, seed_everything, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 from refcocog_tools.scene_graph import (
     EXTREME_WORDS,
     RELATIONS,
@@ -61,9 +55,9 @@ from refcocog_tools.scene_graph import (
     resolve_by_position,
 )
 
-seed_everything(seed)
-root = resolve_data_root(data_root)
-provenance_note(data_root, backbones_untrained=None)
+chapter = open_chapter(globals(), models=())
+root = chapter.root
+chapter.note
 
 # %% [markdown]
 # ## The graph of one image
@@ -71,7 +65,7 @@ provenance_note(data_root, backbones_untrained=None)
 # The nodes are the annotated objects of a test image; their labels are the ground-truth
 # categories, standing in for a detector's labels.
 
-# %%
+# %% tags=["hide-input"]
 dataset = RefCOCOg(root, split="test", view="ref")
 image_ids = dataset.image_ids
 image_id = image_ids[image_index % len(image_ids)]
@@ -80,8 +74,8 @@ boxes = [inst.box for inst in item.instances]
 labels = [inst.category for inst in item.instances]
 graph = build_scene_graph(boxes, item.image_size, labels, margin=margin)
 referred = next(i for i, inst in enumerate(item.instances) if inst.ann_id == item.ann_id)
-glue("n_nodes", len(graph), display=False)
-glue("n_edges", len(graph.edges()), display=False)
+glue("n_nodes", len(graph))
+glue("n_edges", len(graph.edges()))
 print(f"{len(graph)} nodes; referred object: node {referred} ({labels[referred]})")
 for sentence in item.sentences:
     print(f"  - {sentence}")
@@ -91,7 +85,7 @@ for sentence in item.sentences:
 # four relations. Each panel below draws the edges of one relation over the image: an arrow
 # from *i* to *j* means *i* is in that relation to *j*. The referred object is outlined in red.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, len(RELATIONS), figsize=(4.2 * len(RELATIONS), 3.6))
 for ax, relation in zip(axes, RELATIONS, strict=True):
     draw_scene_graph(ax, item.image, graph, relation=relation, highlight=referred)
@@ -107,13 +101,13 @@ show_figure(fig)
 # grows as two centroids get closer (1 minus their distance over the image diagonal), the kind
 # of edge weight a graph network could use to favour near neighbours.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
 plot_relation_heatmap(axes[0], graph, matrix="codes")
 plot_relation_heatmap(axes[1], graph, matrix="weights")
 fig.tight_layout()
 show_figure(fig)
-graph.to_frame()
+show_table(graph.to_frame(), "Computed here from the ground-truth boxes of the image drawn above.")
 
 # %% [markdown]
 # ## What the graph decides on its own
@@ -125,7 +119,7 @@ graph.to_frame()
 # Expressions without such a word, or whose candidates have no extreme (a "middle" object),
 # get no answer: that is where a learned model would have to take over.
 
-# %%
+# %% tags=["hide-input"]
 test_items = RefCOCOg(root, split="test", view="expression")
 n = len(test_items) if not limit else min(limit, len(test_items))
 rows = []
@@ -146,10 +140,9 @@ summary = (
     .round(3)
 )
 with_word = resolution[resolution["position_word"]]
-glue("resolved_share", float(with_word["correct"].mean()) if len(with_word) else 0.0,
-     display=False)
-glue("position_word_share", float(resolution["position_word"].mean()), display=False)
-summary
+glue("resolved_share", float(with_word["correct"].mean()) if len(with_word) else 0.0)
+glue("position_word_share", float(resolution["position_word"].mean()))
+show_table(summary, "Computed here from this run's data root (see the box at the top).")
 
 # %% [markdown]
 # On this run's test expressions, {glue:text}`position_word_share:.1%` contain a position word

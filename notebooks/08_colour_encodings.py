@@ -27,40 +27,33 @@
 #
 # Both are implemented in `refcocog_tools.overlay` on top of `refcocog_tools.visual_prompts`.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
-# out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
-# notebook with papermill:
-#
-# ```bash
-# papermill notebooks/08_colour_encodings.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
-#
-# or rebuild the whole report with `make reproduce DATA_ROOT=/data/refcocog`.
-# ````
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # CLIP backbone(s), comma-separated for an ensemble
-proposals = "gt"  # "gt" (ground-truth boxes) or a YOLO model
-device = "cpu"
-limit = 0  # evaluate the first N expressions of the split (0 = all)
-seed = 0
-split = "test"
-image_index = 0  # which image (in order of first appearance) the prompts are drawn for
-n_expressions = 4  # spatial expressions in the table of augmented prompts
+# %% tags=["parameters", "hide-input"]
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # CLIP backbone(s), comma-separated for an ensemble
+proposals: str = "gt"  # "gt" (ground-truth boxes) or a YOLO model
+device: str = "cpu"
+limit: int = 0  # evaluate the first N expressions of the split (0: all)
+seed: int = 0
+split: str = "test"
+image_index: int = 0  # which image (in order of first appearance) the prompts are drawn for
+n_expressions: int = 4  # spatial expressions in the table of augmented prompts
 
-# %%
+# %% tags=["remove-input"]
 import pandas as pd
-from myst_nb import glue
 
 from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import lut_figure, metric_bar_chart, reported_table, results_table
+from refcocog_tools.figures import (
+    comparison_table,
+    lut_figure,
+    metric_bar_chart,
+    results_table,
+    show_table,
+)
 from refcocog_tools.methods import make_method
-from refcocog_tools.report import open_chapter, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 from refcocog_tools.reported import reported_value
 from refcocog_tools.visual_prompts import (
     KEYWORD_COLOURS,
@@ -77,8 +70,7 @@ from refcocog_tools.visual_prompts import (
     tint_crop,
 )
 
-chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
-                       device=device)
+chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
 chapter.note
@@ -90,7 +82,7 @@ chapter.note
 # normalised by the image's width and height. The cuts are the study's: they are not thirds,
 # the middle column is narrower (0.35 to 0.65).
 
-# %%
+# %% tags=["hide-input"]
 show_figure(lut_figure(LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS))
 
 # %% [markdown]
@@ -100,7 +92,7 @@ show_figure(lut_figure(LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS))
 # the colour-background method embeds), then as a tinted crop (what the colour-overlay method
 # embeds). The titles name the colour or the side.
 
-# %%
+# %% tags=["hide-input"]
 groups = group_by_image(dataset, limit)
 items = groups[min(image_index, len(groups) - 1)]
 image = items[0].image
@@ -109,7 +101,7 @@ painted = [paint_background(image, box) for box in boxes]
 show_figure(side_by_side(painted, [lut_colour(box, image.size)[0] for box in boxes], width=2.4,
                          columns=min(4, len(painted))))
 
-# %%
+# %% tags=["hide-input"]
 tinted = [tint_crop(image, box) for box in boxes]
 show_figure(side_by_side(tinted, [overlay_side(box, image.size) for box in boxes], width=1.8,
                          columns=min(6, len(tinted))))
@@ -121,7 +113,7 @@ show_figure(side_by_side(tinted, [overlay_side(box, image.size) for box in boxes
 # come in pairs per colour of the column or row the keyword points at; the plain expression
 # is always kept as the first prompt.
 
-# %%
+# %% tags=["hide-input"]
 keywords = set(KEYWORD_COLOURS)
 spatial = [it.sentence for group in groups for it in group
            if keywords & set(it.sentence.lower().split())][:n_expressions]
@@ -131,7 +123,7 @@ prompt_table = pd.DataFrame([
      "overlay prompt": overlay_prompt(s)}
     for s in spatial
 ], columns=["expression", "colour prompts", "examples of colour prompts", "overlay prompt"])
-prompt_table
+show_table(prompt_table, "Computed here for the image drawn above.")
 
 # %% [markdown]
 # ## Evaluation
@@ -143,24 +135,22 @@ prompt_table
 # "not stated" there. The `source` column tells the two kinds of rows apart: on the embedded
 # defaults this build's rows come from an untrained CLIP on synthetic shapes.
 
-# %%
+# %% tags=["hide-input"]
 runs = {name: evaluate(dataset, make_method(name, backbones), proposer, backbones, limit=limit)
         for name in ("baseline", "color-background", "color-overlay")}
 computed = results_table(runs)
-table = pd.concat([reported_table(["baseline", "colour_background"]), computed],
-                  ignore_index=True)
+table, caption = comparison_table(["baseline", "colour_background"], runs)
 show_figure(metric_bar_chart(computed, ("miou", "accuracy"),
                              title="colour encodings vs baseline (this build; see the box)"))
-table
+show_table(table, caption)
 
-# %%
-glue("reported_colour_miou", reported_value("colour_background", "miou", split="not stated"),
-     display=False)
-glue("reported_baseline_miou", reported_value("baseline", "miou"), display=False)
+# %% tags=["remove-input"]
+glue("reported_colour_miou", reported_value("colour_background", "miou", split="not stated"))
+glue("reported_baseline_miou", reported_value("baseline", "miou"))
 for name, doc in runs.items():
-    glue(f"{name.replace('-', '_')}_miou", doc["metrics"]["miou"], display=False)
+    glue(f"{name.replace('-', '_')}_miou", doc["metrics"]["miou"])
     spatial_miou = doc["metrics"]["by_spatial"]["spatial"]["miou"]
-    glue(f"{name.replace('-', '_')}_spatial_miou", spatial_miou or 0.0, display=False)
+    glue(f"{name.replace('-', '_')}_spatial_miou", spatial_miou or 0.0)
 
 # %% [markdown]
 # The study reported about {glue:text}`reported_colour_miou` mean IoU for the colour-coded

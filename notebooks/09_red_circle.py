@@ -27,63 +27,54 @@
 #    CLIP backbones and **debiased** (below);
 # 4. a proposal's score is its best variant; the expression's answer is the best proposal.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# The book is built on the embedded defaults. To run this chapter on RefCOCOg (umd split, laid
-# out as `annotations/refs(umd).p`, `annotations/instances.json`, `images/`), execute its
-# notebook with papermill:
-#
-# ```bash
-# papermill notebooks/09_red_circle.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
 #
-# or rebuild the whole report with `make reproduce DATA_ROOT=/data/refcocog`. On the full test
-# split the ablations evaluate the method 15 times; `-p ablations False` skips them.
-# ````
+# On the full test split the ablations evaluate the method 15 times;
+# `-p ablations False` skips them.
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # CLIP backbone(s), comma-separated for an ensemble (study: RN50x16)
-proposals = "gt"  # "gt" (ground-truth boxes) or a YOLO model (study: yolov8s)
-device = "cpu"
-limit = 0  # evaluate the first N expressions of the split (0 = all)
-seed = 0  # seeds the sample of debiasing expressions
-split = "test"
-variants = ("blur", "blur_gray")  # the study's final choice
-blur_radius = 20.0
-stroke_width = 3
-n_debias = 5000  # training expressions averaged for debiasing (the study: 5000)
-area_filter = None  # drop proposals covering at least this share of the image (tried: 0.8)
-class_prior = False  # weight proposals by the expression's similarity to their class name
-ablations = True  # evaluate the one-change-at-a-time ablations
-image_index = 0  # which image of the split the debiasing example uses
+# %% tags=["parameters", "hide-input"]
+from typing import Optional
 
-# %%
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # CLIP backbone(s), comma-separated for an ensemble (study: RN50x16)
+proposals: str = "gt"  # "gt" (ground-truth boxes) or a YOLO model (study: yolov8s)
+device: str = "cpu"
+limit: int = 0  # evaluate the first N expressions of the split (0: all)
+seed: int = 0  # seeds the sample of debiasing expressions
+split: str = "test"
+variants: list[str] = ["blur", "blur_gray"]  # the study's final choice
+blur_radius: float = 20.0
+stroke_width: int = 3
+n_debias: int = 5000  # training expressions averaged for debiasing (the study: 5000)
+area_filter: "Optional[float]" = None  # drop proposals covering this share of the image or more
+class_prior: bool = False  # weight proposals by the expression's similarity to their class name
+ablations: bool = True  # evaluate the one-change-at-a-time ablations
+image_index: int = 0  # which image of the split the debiasing example uses
+
+# %% tags=["remove-input"]
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import torch
-from myst_nb import glue
 
 from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import RefCOCOg, load_rgb_image
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import (
+    comparison_table,
     metric_bar_chart,
-    reported_table,
     results_table,
+    show_table,
+    table_source,
     ultralytics_photo,
 )
 from refcocog_tools.methods import make_method
 from refcocog_tools.red_circle import debias_explicit, debias_fast, sample_debias_sentences
-from refcocog_tools.report import open_chapter, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 from refcocog_tools.reported import reported_value
 from refcocog_tools.visual_prompts import VARIANTS, render_variants, side_by_side
 
-chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
-                       device=device)
+chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
 debias_pool = RefCOCOg(root, split="train").sentences()
@@ -99,7 +90,7 @@ chapter.note
 # the marker alone, the marker on a blurred background, on a grey background, and on a
 # blurred grey background. The study kept the two blurred ones.
 
-# %%
+# %% tags=["hide-input"]
 # Hand-annotated xyxy pixel boxes (x1, y1, x2, y2) on the full-resolution photographs.
 PHOTO_BOXES = {
     "bus.jpg": {"the bus": (17, 231, 802, 768),
@@ -114,7 +105,7 @@ for photo, named in PHOTO_BOXES.items():
     panels = [im for row in rendered for im in row]
     titles = [f"{name}\n{variant}" for name in named for variant in VARIANTS]
     show_figure(side_by_side(panels, titles, width=2.6, columns=len(VARIANTS)))
-glue("stroke_width", stroke_width, display=False)
+glue("stroke_width", stroke_width)
 
 # %% [markdown]
 # The markers above are drawn 6 px wide so that they survive the figure's downscaling; the
@@ -140,7 +131,7 @@ glue("stroke_width", stroke_width, display=False)
 # `numpy.random.Generator` seeded by the `seed` parameter: the same seed gives the same
 # sample (checked below), a different seed a different one.
 
-# %%
+# %% tags=["hide-input"]
 cache = EmbeddingCache()  # shared by every run of this page: keys name all render parameters
 options = dict(variants=tuple(variants), blur_radius=blur_radius, stroke_width=stroke_width,
                n_debias=n_debias, area_filter=area_filter, class_prior=class_prior)
@@ -177,8 +168,8 @@ for ax, matrix, title in ((axes[0], sim, "raw cosine similarity"),
     ax.set_ylabel("expression")
 fig.tight_layout()
 show_figure(fig)
-glue("n_debias_used", len(method.debias_sentences), display=False)
-glue("debias_pool", len(debias_pool), display=False)
+glue("n_debias_used", len(method.debias_sentences))
+glue("debias_pool", len(debias_pool))
 
 # %% [markdown]
 # Left, the raw similarities of one image's expressions (rows) with its visual prompts
@@ -193,19 +184,19 @@ glue("debias_pool", len(debias_pool), display=False)
 # proposals and backbones, and the study's reported rows for both. The `source` column tells
 # the study's numbers from this build's.
 
-# %%
+# %% tags=["hide-input"]
 final = evaluate(dataset, method, proposer, backbones, limit=limit)
 baseline = evaluate(dataset, make_method("baseline", backbones, cache=cache), proposer,
                     backbones, limit=limit)
-computed = results_table({"red ellipse + blur, debiased (this page's parameters)": final,
-                          "baseline (crop and match)": baseline})
-pd.concat([reported_table(["final", "baseline"]), computed], ignore_index=True)
+show_table(*comparison_table(["final", "baseline"],
+                             {"red ellipse + blur, debiased (this page's parameters)": final,
+                              "baseline (crop and match)": baseline}))
 
-# %%
+# %% tags=["remove-input"]
 for metric in ("miou", "accuracy", "cosine"):
-    glue(f"reported_final_{metric}", reported_value("final", metric), display=False)
-glue("final_miou", final["metrics"]["miou"], display=False)
-glue("baseline_miou", baseline["metrics"]["miou"], display=False)
+    glue(f"reported_final_{metric}", reported_value("final", metric))
+glue("final_miou", final["metrics"]["miou"])
+glue("baseline_miou", baseline["metrics"]["miou"])
 
 # %% [markdown]
 # The study's test run printed a mean IoU of {glue:text}`reported_final_miou`, an accuracy of
@@ -224,7 +215,7 @@ glue("baseline_miou", baseline["metrics"]["miou"], display=False)
 # the study reported its tuning only in prose (about fifty combinations inspected by hand on
 # some hundred samples), so there are no reported rows here.
 
-# %%
+# %% tags=["hide-input"]
 ABLATIONS = [
     ("variants", "variants", [("blur", "blur_gray"), ("blur",), ("blur_gray",), ("marker",),
                               ("gray",)]),
@@ -257,13 +248,13 @@ if ablations:
 ablation_table = results_table(rows).rename(columns={"method": "setting"})
 show_figure(metric_bar_chart(ablation_table, ("miou", "accuracy"), label="setting",
                              title="red-circle ablations (this build; see the box above)"))
-ablation_table
+show_table(ablation_table, f"{table_source(done.values())}.")
 
-# %%
-glue("n_ablation_runs", len(done), display=False)
+# %% tags=["remove-input"]
+glue("n_ablation_runs", len(done))
 best = ablation_table.sort_values("miou", ascending=False, kind="stable").iloc[0]
-glue("best_setting", best["setting"], display=False)
-glue("best_setting_miou", float(best["miou"]), display=False)
+glue("best_setting", best["setting"])
+glue("best_setting_miou", float(best["miou"]))
 
 # %% [markdown]
 # The table took {glue:text}`n_ablation_runs` distinct evaluations (settings equal to the

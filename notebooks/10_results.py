@@ -20,36 +20,33 @@
 #   configuration stated in each chapter's box. On the embedded defaults they come from
 #   untrained tiny models on a synthetic dataset and say nothing about RefCOCOg.
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# ```bash
-# papermill notebooks/10_results.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
-# ````
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"
-proposals = "gt"
-device = "cpu"
-limit = 0
-seed = 0
-split = "test"
-results_dir = ""  # a folder to write one results JSON per method into ("" = write nothing)
-regressor_epochs = 30  # the study trained both regressors for 30 epochs
+# %% tags=["parameters", "hide-input"]
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"
+proposals: str = "gt"
+device: str = "cpu"
+limit: int = 0
+seed: int = 0
+split: str = "test"
+results_dir: str = ""  # a folder to write one results JSON per method into (empty: write nothing)
+regressor_epochs: int = 30  # the study trained both regressors for 30 epochs
 
-# %%
+# %% tags=["remove-input"]
 import tempfile
 from pathlib import Path
 
-import pandas as pd
-from myst_nb import glue
-
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
-from refcocog_tools.figures import metric_bar_chart, reported_table, results_table
+from refcocog_tools.figures import (
+    comparison_table,
+    metric_bar_chart,
+    results_table,
+    show_table,
+    table_source,
+)
 from refcocog_tools.io_utils import atomic_write_json
 from refcocog_tools.methods import make_method
 from refcocog_tools.regressors import (
@@ -59,11 +56,10 @@ from refcocog_tools.regressors import (
     split_data,
     train_regressor,
 )
-from refcocog_tools.report import open_chapter, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 from refcocog_tools.reported import STUDY, reported_results, reported_value
 
-chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
-                       device=device)
+chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
 chapter.note
@@ -71,17 +67,15 @@ chapter.note
 # %% [markdown]
 # ## Reported by the original study (not recomputed)
 
-# %%
+# %% tags=["hide-input"]
 reported = reported_results(wide=True).drop(columns="key")
-print(f"Source: {STUDY}. Values as reported; NaN = not reported.")
-reported
+show_table(reported, f"Source: {STUDY}, as reported (not recomputed).")
 
-# %%
+# %% tags=["remove-input"]
 for key in ("baseline", "final"):
     for metric in ("miou", "accuracy", "cosine"):
-        glue(f"reported_{key}_{metric}", reported_value(key, metric), display=False)
-glue("reported_colour_miou", reported_value("colour_background", "miou", split="not stated"),
-     display=False)
+        glue(f"reported_{key}_{metric}", reported_value(key, metric))
+glue("reported_colour_miou", reported_value("colour_background", "miou", split="not stated"))
 
 # %% [markdown]
 # As reported, the study's crop-and-match baseline with the RN50x16 backbone reached a mean IoU
@@ -105,7 +99,7 @@ glue("reported_colour_miou", reported_value("colour_background", "miou", split="
 # tiny models on a synthetic dataset, as the box at the top of the page says: they check that
 # every method runs end to end and is deterministic, nothing more.
 
-# %%
+# %% tags=["hide-input"]
 debias_pool = RefCOCOg(root, split="train").sentences()
 METHODS = {
     "baseline (crop and match)": ("baseline", {}),
@@ -147,23 +141,23 @@ with tempfile.TemporaryDirectory(prefix="refcocog-regressors-") as checkpoints:
 computed_table = results_table(computed)
 show_figure(metric_bar_chart(computed_table, ("miou", "accuracy", "cosine"),
                              title="every method (this build; see the box at the top)"))
-computed_table
+show_table(computed_table, f"{table_source(computed.values())}.")
 
 # %% [markdown]
 # ## Both, side by side
 #
-# The study's rows and this build's rows in one table, told apart by the `source` column. Rows
+# The study's rows and this build's rows in one table, told apart by the `numbers` column. Rows
 # of different sources are not comparable unless the box at the top of the page says this
 # build ran on RefCOCOg with pretrained weights, and even then the study's rows used their own
 # backbones and proposals, named in the `method` column.
 
-# %%
-pd.concat([reported_table(), computed_table], ignore_index=True)
+# %% tags=["hide-input"]
+show_table(*comparison_table(list(dict.fromkeys(reported_results()["key"])), computed))
 
-# %%
+# %% tags=["remove-input"]
 glue("computed_best", computed_table.sort_values("miou", ascending=False, kind="stable")
-     .iloc[0]["method"], display=False)
-glue("computed_n", int(computed_table["n"].iloc[0]), display=False)
+     .iloc[0]["method"])
+glue("computed_n", int(computed_table["n"].iloc[0]))
 
 # %% [markdown]
 # In this run, over {glue:text}`computed_n` expressions, the highest mean IoU belongs to

@@ -1,16 +1,16 @@
 """Tables and figures the report's chapters share.
 
-Every results table built here has a ``source`` column that says, per row, where its numbers
-come from: the original study (quoted from ``refcocog_tools.reported``, with its section) or
-this build (dataset, backbones and whether they are trained, proposals, number of expressions).
-Numbers of the two kinds are never put in one row, and a table never lacks that column.
+A table's numbers come from one place, or from two kept apart: the study's rows (quoted from
+``refcocog_tools.reported``) and this build's. ``show_table`` displays a table with its source
+stated once, in the caption (``table_source`` writes it from the results documents), numbers
+to three decimals, counts as integers, no index and one mark for a missing value.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 METRICS = ("miou", "accuracy", "cosine")
+MISSING = "–"  # the one mark of a value that is missing or was not reported
+DECIMALS = 3
 GT_COLOUR = "limegreen"
 PREDICTION_COLOUR = "red"
 
@@ -71,19 +73,20 @@ def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
 # Tables
 # ----------------------------------------------------------------------------------------------
 def results_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per evaluated method: ``method``, the metrics, ``n`` and ``source``.
+    """One row per evaluated method: ``method``, the metrics and ``n``.
 
-    ``results`` maps a row label to an ``evaluate`` results document, in display order.
+    ``results`` maps a row label to an ``evaluate`` results document, in display order; the
+    source of the rows is ``table_source(results.values())``, for the caption.
     """
     rows = []
     for label, doc in results.items():
         rows.append({"method": label, **_metric_values(doc["metrics"]),
-                     "n": int(doc["metrics"]["n"]), "source": build_source(doc)})
-    return pd.DataFrame(rows, columns=["method", *METRICS, "n", "source"]).astype({"n": "Int64"})
+                     "n": int(doc["metrics"]["n"])})
+    return pd.DataFrame(rows, columns=["method", *METRICS, "n"]).astype({"n": "Int64"})
 
 
 def reported_table(keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """The study's numbers in the same layout as ``results_table`` (``n`` is not stated: <NA>).
+    """The study's numbers in the same layout as ``results_table`` (``n`` is not stated).
 
     ``keys`` picks rows of ``reported.reported_results`` by key (default: all of them); the
     method label names the backbone, proposals, split and scope (what the number was computed
@@ -101,20 +104,107 @@ def reported_table(keys: Sequence[str] | None = None) -> pd.DataFrame:
                  f"split {record['split']}, scope {record['scope']}]")
         rows.append({"method": label,
                      **{m: float(record.get(m, float("nan"))) for m in METRICS},
-                     "n": None, "source": reported_source(record["source"])})
-    return pd.DataFrame(rows, columns=["method", *METRICS, "n", "source"]).astype({"n": "Int64"})
+                     "n": None})
+    return pd.DataFrame(rows, columns=["method", *METRICS, "n"]).astype({"n": "Int64"})
+
+
+def reported_caption(keys: Sequence[str]) -> str:
+    """Where the study's rows of ``keys`` come from: the study and its sections, once."""
+    wide = reported_results(wide=True)
+    sections = list(dict.fromkeys(wide[wide["key"].isin(keys)]["source"]))
+    return reported_source("; ".join(sections))
+
+
+def comparison_table(keys: Sequence[str],
+                     results: Mapping[str, Mapping[str, Any]]) -> tuple[pd.DataFrame, str]:
+    """The study's rows of ``keys`` above this build's ``results``, with a ``numbers`` column
+    ("study" or "this build") and the caption stating both sources."""
+    study = reported_table(keys).assign(numbers="study")
+    ours = results_table(results).assign(numbers="this build")
+    table = pd.concat([study, ours], ignore_index=True)
+    table = table[["numbers", "method", *METRICS, "n"]]
+    caption = f"{reported_caption(keys)}; {table_source(results.values())}."
+    return table, caption
 
 
 def spatial_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Per method, the metrics on spatial and on non-spatial expressions, with the source."""
+    """Per method, the metrics on spatial and on non-spatial expressions (source: caption)."""
     rows = []
     for label, doc in results.items():
-        source = build_source(doc)
         for subset, key in (("spatial", "spatial"), ("non-spatial", "non_spatial")):
             group = doc["metrics"]["by_spatial"][key]
             rows.append({"method": label, "expressions": subset, "n": int(group["n"]),
-                         **_metric_values(group), "source": source})
-    return pd.DataFrame(rows, columns=["method", "expressions", "n", *METRICS, "source"])
+                         **_metric_values(group)})
+    return pd.DataFrame(rows, columns=["method", "expressions", "n", *METRICS])
+
+
+def table_source(results: Iterable[Mapping[str, Any]]) -> str:
+    """The source of a table of this build's results documents, stated once: the common
+    ``build_source`` without the expression count (a column of the table)."""
+    sources = list(dict.fromkeys(build_source(doc).rsplit(", n=", 1)[0] for doc in results))
+    return "; ".join(sources)
+
+
+# ----------------------------------------------------------------------------------------------
+# Displaying a table
+# ----------------------------------------------------------------------------------------------
+def _is_count_column(name: str, column: pd.Series) -> bool:
+    """A column of whole numbers (counts), shown without decimals; metrics never are."""
+    if name in METRICS or not pd.api.types.is_numeric_dtype(column) or \
+            pd.api.types.is_bool_dtype(column):
+        return False
+    values = column.dropna()
+    return pd.api.types.is_integer_dtype(column) or bool(
+        len(values) and (values.astype(float) % 1 == 0).all())
+
+
+def _formatted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as the text a reader sees."""
+    shown = {}
+    for name in frame.columns:
+        column = frame[name]
+        if _is_count_column(str(name), column):
+            text = [MISSING if pd.isna(v) else f"{int(v)}" for v in column]
+        elif pd.api.types.is_float_dtype(column):
+            text = [MISSING if pd.isna(v) else f"{v:.{DECIMALS}f}" for v in column]
+        else:
+            text = [MISSING if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
+                    for v in column]
+        shown[name] = text
+    return pd.DataFrame(shown, columns=frame.columns)
+
+
+class Table:
+    """A table as a page shows it: the caption (its source), then the rows.
+
+    HTML in the book (``text/html``), aligned text elsewhere (``text/plain``, which nbval
+    compares): the same three-decimal cells in both.
+    """
+
+    def __init__(self, frame: pd.DataFrame, caption: str) -> None:
+        self.frame = frame
+        self.caption = caption
+
+    def _repr_html_(self) -> str:
+        import html
+
+        body = _formatted(self.frame).to_html(index=False, escape=True, border=0,
+                                              classes="dataframe refcocog-table")
+        caption = f"<caption>{html.escape(self.caption)}</caption>"
+        return body.replace(">\n", f">\n{caption}\n", 1) if self.caption else body
+
+    def __repr__(self) -> str:
+        text = _formatted(self.frame).to_string(index=False)
+        return f"{self.caption}\n{text}" if self.caption else text
+
+
+def show_table(frame: pd.DataFrame, caption: str = "") -> Table:
+    """``frame`` formatted for a page with its source in ``caption``; the cell's last line."""
+    if isinstance(frame.index, pd.RangeIndex):
+        frame = frame.reset_index(drop=True)
+    else:  # a labelled index (epochs, named rows) is a column of the page's table
+        frame = frame.reset_index(names=frame.index.name or "")
+    return Table(frame, caption)
 
 
 def expression_type_table(results: Mapping[str, Mapping[str, Any]],

@@ -27,14 +27,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import random
 import shutil
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,103 @@ def parse_value(text: str) -> Any:
     return text
 
 
+# ----------------------------------------------------------------------------------------------
+# Chapter parameters
+# ----------------------------------------------------------------------------------------------
+# Names an IPython kernel defines itself; everything else in a chapter's namespace before its
+# header cell is a parameter (declared in the parameters cell, or injected by papermill).
+_KERNEL_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+_SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+}
+
+
+def _type_accepts(annotation: str, value: Any) -> bool:
+    """Whether ``value`` fits a parameter annotation of the forms chapters use: ``int``,
+    ``float``, ``str``, ``bool``, ``Optional[X]`` and ``list[X]`` (a tuple is accepted too)."""
+    text = annotation.replace(" ", "")
+    if text.startswith("Optional[") and text.endswith("]"):
+        return value is None or _type_accepts(text[len("Optional["):-1], value)
+    if text.startswith("list[") and text.endswith("]"):
+        return (isinstance(value, list | tuple)
+                and all(_type_accepts(text[len("list["):-1], v) for v in value))
+    kinds = _SIMPLE_TYPES.get(text)
+    if kinds is None:
+        raise ReportError(f"parameter annotation {annotation!r} is not one of int, float, str, "
+                          "bool, Optional[X], list[X]")
+    if isinstance(value, bool) and bool not in kinds:
+        return False  # True is an int to Python, not to a reader of `-p limit True`
+    return isinstance(value, kinds)
+
+
+def _annotation_text(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
+                                                                 str(annotation))
+
+
+def _imported_names(cell_sources: Sequence[str]) -> set[str]:
+    """Names the kernel's executed cells (IPython's ``In``) bound by import statements: the
+    header cell imports constants (``SPLITS``) that are not parameters."""
+    import ast
+
+    names = set()
+    for source in cell_sources:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:  # IPython magics
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    return names
+
+
+def check_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The chapter's parameters from its namespace, checked against its parameters cell.
+
+    Every parameter is declared with a type hint (``limit: int = 0``), so the declared names and
+    types are the namespace's ``__annotations__``. A name that is defined but not declared (a
+    misspelt ``-p limt 5`` injected by papermill) or a value of the wrong type (``-p limit ten``)
+    raises ReportError naming the parameter, before the chapter does any work.
+    """
+    declared = {name: _annotation_text(a)
+                for name, a in namespace.get("__annotations__", {}).items()}
+    if not declared:
+        raise ReportError("the chapter declares no parameters: its parameters cell needs type "
+                          "hints (limit: int = 0)")
+    imported = _imported_names(namespace.get("In") or [])
+    unknown = sorted(
+        name for name, value in namespace.items()
+        if not name.startswith("_") and name not in _KERNEL_NAMES and name not in declared
+        and name not in imported
+        and not callable(value) and not isinstance(value, types.ModuleType)
+    )
+    if unknown:
+        raise ReportError(f"unknown parameter(s) {', '.join(unknown)}: this chapter's parameters "
+                          f"are {', '.join(declared)}")
+    values = {}
+    for name, annotation in declared.items():
+        if name not in namespace:
+            raise ReportError(f"parameter {name} is declared but has no value")
+        value = namespace[name]
+        if not _type_accepts(annotation, value):
+            raise ReportError(f"parameter {name} must be {annotation}, got {value!r} "
+                              f"({type(value).__name__})")
+        values[name] = value
+    return values
+
+
+def declared_parameters(root: Path, name: str) -> dict[str, str]:
+    """The parameters a chapter's source declares, name to type, as papermill reads them."""
+    from papermill.translators import PythonTranslator
+
+    nb = source_to_notebook(chapter_source(root, name))
+    index = parameters_cell_index(nb)
+    if index is None:
+        raise ReportError(f"chapter {name}: no cell tagged 'parameters' in its source")
+    return {p.name: p.inferred_type_name for p in PythonTranslator.inspect(nb.cells[index])}
+
+
 def execute_chapter(root: Path, name: str, parameters: dict[str, Any], out_dir: Path) -> Path:
     """Convert and execute one chapter into ``out_dir/<name>.ipynb``; return that path."""
     import nbformat
@@ -187,20 +286,24 @@ def clean_executed(nb: Any, pair: bool) -> Any:
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-input"]  # folded, like the parameters cell
     if pair:
         nb.metadata["jupytext"] = {"formats": PAIRING}
     return nb
 
 
-def execute_all(root: Path, names: Sequence[str], parameters: dict[str, Any],
+def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str, Any]],
                 out_dir: Path, log: Any = sys.stdout) -> list[Path]:
-    """Execute every chapter in order; ReportError names the first that fails."""
+    """Execute every chapter in order, each with its ``parameters[name]``; ReportError names
+    the first that fails."""
     import nbformat
 
     done = []
     for index, name in enumerate(names, 1):
         started = time.perf_counter()
-        path = execute_chapter(root, name, parameters, out_dir)
+        path = execute_chapter(root, name, parameters.get(name, {}), out_dir)
         nb = clean_executed(nbformat.read(path, as_version=4), pair=False)
         nbformat.write(nb, path)
         print(f"[{index}/{len(names)}] {name}: executed in "
@@ -220,16 +323,31 @@ def build_book(root: Path) -> None:
                           "warnings count as errors (-W), see the log above")
 
 
+def chapter_parameters(root: Path, names: Sequence[str],
+                       parameters: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per chapter, the given parameters it declares; ReportError for a parameter that none of
+    ``names`` declares (a misspelt ``-p limt 5`` stops before anything runs)."""
+    declared = {name: declared_parameters(root, name) for name in names}
+    known = set().union(*declared.values()) if declared else set()
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise ReportError(f"unknown parameter(s) {', '.join(unknown)}: no chapter of "
+                          f"{', '.join(names)} declares them (known: {', '.join(sorted(known))})")
+    return {name: {k: v for k, v in parameters.items() if k in declared[name]}
+            for name in names}
+
+
 def build(root: Path, parameters: dict[str, Any], chapters: Sequence[str] | None = None,
           book: bool = True) -> Path:
-    """Execute the chapters with ``parameters`` and build the book; return the HTML index."""
+    """Execute the chapters with ``parameters`` and build the book; return the HTML index.
+
+    Each chapter gets the parameters it declares: ``-p ablations False`` reaches chapter 09
+    and no other.
+    """
     names = list(chapters) if chapters else toc_chapters(root)
-    unknown = set(parameters) - set(COMMON_PARAMETERS)
-    if unknown:
-        print(f"note: parameters {sorted(unknown)} are not common to every chapter; papermill "
-              "passes them on and chapters without them ignore them", file=sys.stderr)
+    per_chapter = chapter_parameters(root, names, parameters)
     started = time.perf_counter()
-    execute_all(root, names, parameters, root / CHAPTER_DIR)
+    execute_all(root, names, per_chapter, root / CHAPTER_DIR)
     if book:
         build_book(root)
     print(f"report built in {time.perf_counter() - started:.1f} s: "
@@ -243,7 +361,7 @@ def regen_baselines(root: Path, chapters: Sequence[str] | None = None) -> list[P
 
     names = list(chapters) if chapters else toc_chapters(root)
     written = []
-    for path in execute_all(root, names, {}, root / CHAPTER_DIR):
+    for path in execute_all(root, names, {name: {} for name in names}, root / CHAPTER_DIR):
         nb = clean_executed(nbformat.read(path, as_version=4), pair=True)
         target = root / SOURCE_DIR / path.name
         nbformat.write(nb, target)
@@ -325,15 +443,27 @@ def provenance_note(data_root: str | os.PathLike[str] | None,
     return ProvenanceNote(title, body, "note")
 
 
-@dataclass
 class Chapter:
-    """What a method chapter works on, opened once by ``open_chapter``."""
+    """What a chapter works on, opened once by ``open_chapter``: its checked parameters, the
+    data root, the split's dataset (read on first use), the models and the provenance box."""
 
-    root: Path
-    dataset: Any  # RefCOCOg of the chapter's split, expression view
-    backbones: list[Any]
-    proposer: Any
-    note: ProvenanceNote
+    def __init__(self, params: dict[str, Any], root: Path, backbones: list[Any], proposer: Any,
+                 note: ProvenanceNote | None) -> None:
+        self.params = params
+        self.root = root
+        self.backbones = backbones
+        self.proposer = proposer
+        self.note = note
+
+    @cached_property
+    def dataset(self) -> Any:
+        """The RefCOCOg split of the ``split`` parameter (test when the chapter has none),
+        expression view."""
+        from .dataset import RefCOCOg
+
+        return RefCOCOg(self.root, split=self.params.get("split", "test"),
+                        dataset=self.params.get("dataset", "refcocog"),
+                        split_by=self.params.get("split_by") or None)
 
     @property
     def run_label(self) -> str:
@@ -346,30 +476,44 @@ class Chapter:
                 f"({'untrained' if untrained else 'pretrained'})")
 
 
-def open_chapter(data_root: str | os.PathLike[str] | None, *, seed: int, split: str = "test",
-                 clip: str = "", proposals: str = "", device: str = "cpu",
-                 dataset: str = "refcocog", split_by: str | None = None) -> Chapter:
-    """Seed everything, load the data, the CLIP backbones and the proposer of a chapter's
-    parameters, and write the page's provenance box (``chapter.note``) from what was loaded.
+def open_chapter(namespace: dict[str, Any], *,
+                 models: Sequence[str] = ("clip", "proposals")) -> Chapter:
+    """The header of every chapter: ``chapter = open_chapter(globals())``.
 
-    ``dataset`` / ``split_by``: another dataset of the family (see ``layouts``)."""
+    Checks the parameters (``check_parameters``: an unknown name or a wrong type stops here with
+    the parameter's name), seeds everything with ``seed``, resolves ``data_root``, loads the
+    models named in ``models`` from the parameters of the same name (``clip``: the CLIP
+    backbones, ``proposals``: the proposer; ``models=()`` for a chapter that runs none) on
+    ``device``, and writes the page's provenance box (``chapter.note``) from what was loaded.
+    The ``dataset`` and ``split_by`` parameters, where a chapter has them, choose another
+    dataset of the family (see ``layouts``); a proposer that reads a file checks it against the
+    split here.
+    """
     from .backbones import load_clips
-    from .dataset import RefCOCOg
     from .evaluate import check_proposer
     from .proposals import make_proposer
 
-    seed_everything(seed)
+    params = check_parameters(namespace)
+    unknown_models = set(models) - {"clip", "proposals"}
+    if unknown_models:
+        raise ValueError(f"open_chapter: models can be clip and proposals, not {unknown_models}")
+    seed_everything(params.get("seed", 0))
+    data_root = params.get("data_root", "")
     root = resolve_data_root(data_root)
-    items = RefCOCOg(root, split=split, dataset=dataset, split_by=split_by)
+    device = params.get("device", "cpu")
+    clip = params.get("clip", "") if "clip" in models else ""
+    proposals = params.get("proposals", "") if "proposals" in models else ""
     backbones = load_clips(clip, device=device) if clip else []
     proposer = make_proposer(proposals, device=device) if proposals else None
+    chapter = Chapter(params, root, backbones, proposer, None)
     if proposer is not None:
-        check_proposer(proposer, items)
-    models = [f"CLIP {clip}"] * bool(clip) + [f"proposals {proposals}"] * bool(proposals)
+        check_proposer(proposer, chapter.dataset)
+    named = [f"CLIP {clip}"] * bool(clip) + [f"proposals {proposals}"] * bool(proposals)
     untrained = (any(b.untrained for b in backbones)
-                 or bool(getattr(proposer, "untrained", False))) if models else None
-    note = provenance_note(data_root, backbones_untrained=untrained, models="; ".join(models))
-    return Chapter(root, items, backbones, proposer, note)
+                 or bool(getattr(proposer, "untrained", False))) if named else None
+    chapter.note = provenance_note(data_root, backbones_untrained=untrained,
+                                   models="; ".join(named))
+    return chapter
 
 
 def seed_everything(seed: int) -> None:
@@ -390,6 +534,23 @@ def seed_everything(seed: int) -> None:
     except ImportError:  # pragma: no cover - torch is a dependency
         return
     torch.manual_seed(seed)
+
+
+def glue(name: str, value: Any, digits: int = 3, significant: int | None = None) -> None:
+    """``myst_nb.glue`` a value for the prose, not displayed, floats rounded to ``digits``.
+
+    Prose shows at most three decimals (``:.3f``, ``:.1%``); rounding before gluing keeps the
+    recorded value, which nbval compares, the same on every CPU (the last digits of a float
+    differ from one machine's kernels to another's). ``significant`` rounds to that many
+    significant digits instead, for prose that shows ``:.4g``.
+    """
+    from myst_nb import glue as myst_glue
+
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # a NumPy or torch scalar
+    if isinstance(value, float) and math.isfinite(value):
+        value = float(f"{value:.{significant}g}") if significant else round(value, digits)
+    myst_glue(name, value, display=False)
 
 
 def show_figure(fig: Any, dpi: int = 100) -> None:

@@ -54,18 +54,18 @@ def test_build_source_marks_untrained_proposer_and_no_clip() -> None:
 def test_results_table_keeps_order_and_missing_metric_is_nan() -> None:
     table = figures.results_table({"b": _doc(0.4), "a": _doc(0.2, cosine=None)})
     assert list(table["method"]) == ["b", "a"]
-    assert list(table.columns) == ["method", "miou", "accuracy", "cosine", "n", "source"]
+    assert list(table.columns) == ["method", "miou", "accuracy", "cosine", "n"]
     assert table.loc[0, "miou"] == pytest.approx(0.4)
     assert math.isnan(table.loc[1, "cosine"])
-    assert table["source"].str.startswith("this build:").all()
 
 
 def test_reported_table_quotes_the_study_with_its_section() -> None:
     table = figures.reported_table(["baseline"])
     assert len(table) == 1
     assert table.loc[0, "miou"] == reported_value("baseline", "miou")
-    assert table.loc[0, "source"].startswith("reported by the original study (Baseline")
     assert pd.isna(table.loc[0, "n"])  # the study does not state n
+    assert figures.reported_caption(["baseline"]).startswith(
+        "reported by the original study (Baseline")
     with pytest.raises(KeyError):
         figures.reported_table(["no-such-key"])
 
@@ -121,3 +121,38 @@ def test_ultralytics_photos_are_found_without_importing_ultralytics() -> None:
     assert ("ultralytics" in sys.modules) == had_ultralytics
     with pytest.raises(FileNotFoundError, match="not among the photographs"):
         figures.ultralytics_photo("no-such.jpg")
+
+
+def test_table_source_states_one_source_once() -> None:
+    docs = [_doc(0.4), _doc(0.2)]
+    assert figures.table_source(docs) == (
+        "this build: synthetic dataset (test), tiny-rn (untrained), proposals gt")
+    mixed = figures.table_source([_doc(), _doc(untrained=False)])
+    assert mixed.count("this build:") == 2 and "; " in mixed
+
+
+def test_comparison_table_keeps_study_and_build_rows_apart() -> None:
+    table, caption = figures.comparison_table(["baseline"], {"ours": _doc(0.4)})
+    assert list(table["numbers"]) == ["study", "this build"]
+    assert "source" not in table.columns
+    assert caption.startswith("reported by the original study (Baseline")
+    assert "this build: synthetic dataset (test)" in caption
+
+
+def test_show_table_formats_cells_for_a_reader() -> None:
+    frame = pd.DataFrame({"method": ["a", "b"], "miou": [0.123456, float("nan")],
+                          "n": pd.array([43, None], dtype="Int64"),
+                          "count": [3.0, 4.0], "cosine": [1.0, 0.5]},
+                         index=[5, 6])
+    shown = figures.show_table(frame, "computed here")
+    text = repr(shown)
+    assert text.splitlines()[0] == "computed here"
+    assert "0.123" in text and "0.1234" not in text  # three decimals
+    assert "43" in text and "43.0" not in text and " 3 " in text + " "  # counts as integers
+    assert "1.000" in text  # a metric stays a metric even when whole
+    assert "NaN" not in text and "<NA>" not in text and text.count(figures.MISSING) == 2
+    assert " 5 " not in text  # no index
+    html = shown._repr_html_()
+    assert "<caption>computed here</caption>" in html and "0.123" in html
+    named = figures.show_table(frame.set_index("method"), "")
+    assert list(named.frame.columns)[0] == "method"  # a labelled index becomes a column

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import jupytext
@@ -47,8 +48,8 @@ def test_toc_chapters_walks_nested_entries(tmp_path: Path) -> None:
 
 
 def _parameter_names(source: str) -> set[str]:
-    return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
-            for t in node.targets if isinstance(t, ast.Name)}
+    return {node.target.id for node in ast.parse(source).body
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
@@ -167,7 +168,7 @@ def test_failing_chapter_stops_the_build_with_its_name(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     root = _toy_book(
         tmp_path,
-        '# %% tags=["parameters"]\nlimit = 0\n\n# %%\nraise ValueError(f"boom {limit}")\n',
+        '# %% tags=["parameters"]\nlimit: int = 0\n\n# %%\nraise ValueError(f"boom {limit}")\n',
     )
     code = report.main(["build", "--root", str(root), "-p", "limit", "7", "--no-book"])
     assert code == 1
@@ -194,16 +195,72 @@ def test_reproduce_path_runs_a_real_chapter_with_parameters(tmp_path: Path, mini
     assert len(injected) == 1 and str(mini_data) in "".join(injected[0]["source"])
     text = json.dumps(executed["cells"])
     assert "not a RefCOCOg result" in text  # the generated dataset is recognised as synthetic
-    assert ("synthetic dataset (test), tiny-rn (untrained), proposals gt (ground-truth boxes: "
-            "an upper bound, not the study's detector setting), n=6") in text.replace("\\'", "'")
+    assert ("this build: synthetic dataset (test), tiny-rn (untrained), proposals gt "
+            "(ground-truth boxes: an upper bound, not the study's detector setting)"
+            ) in text.replace("\\'", "'")
+
+
+def _namespace(**params: object) -> dict[str, object]:
+    """A chapter's namespace after its parameters cell: values and their type hints."""
+    hints = {"data_root": "str", "clip": "str", "proposals": "str", "seed": "int",
+             "limit": "int", "lr": "Optional[float]", "variants": "list[str]"}
+    values = {"data_root": "", "clip": "tiny-rn", "proposals": "gt", "seed": 0, "limit": 0,
+              "lr": None, "variants": ["blur"]}
+    values.update(params)
+    return {"__annotations__": {k: hints[k] for k in hints}, "__name__": "__main__",
+            "In": [], "get_ipython": print, "report": report, **values}
 
 
 def test_open_chapter_states_what_ran(mini_data: Path, isolated_cache: Path) -> None:
-    chapter = report.open_chapter(str(mini_data), seed=0, clip="tiny-rn", proposals="gt")
+    chapter = report.open_chapter(_namespace(data_root=str(mini_data)))
     assert chapter.dataset.split == "test" and len(chapter.dataset) > 0
     assert [b.name for b in chapter.backbones] == ["tiny-rn"]
+    assert chapter.params["limit"] == 0 and chapter.params["clip"] == "tiny-rn"
     assert chapter.run_label == "this build: synthetic dataset, CLIP tiny-rn (untrained)"
     assert chapter.note.kind == "warning" and "CLIP tiny-rn; proposals gt" in chapter.note.body
-    no_models = report.open_chapter(str(mini_data), seed=0)
+    no_models = report.open_chapter(_namespace(data_root=str(mini_data)), models=())
     assert no_models.backbones == [] and no_models.proposer is None
     assert "No model is used on this page." in no_models.note.body
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"limt": 5}, "unknown parameter(s) limt"),
+    ({"limit": "ten"}, "parameter limit must be int, got 'ten' (str)"),
+    ({"limit": True}, "parameter limit must be int"),
+    ({"lr": "fast"}, "parameter lr must be Optional[float]"),
+    ({"variants": "blur"}, "parameter variants must be list[str]"),
+])
+def test_open_chapter_refuses_unknown_names_and_wrong_types(params: dict, message: str) -> None:
+    with pytest.raises(ReportError, match=re.escape(message)):
+        report.open_chapter(_namespace(**params))
+
+
+def test_imported_constants_are_not_parameters() -> None:
+    namespace = _namespace(SPLITS=("train", "val"))
+    namespace["In"] = ["", "from refcocog_tools.dataset import SPLITS\nchapter = 1"]
+    assert "SPLITS" not in report.check_parameters(namespace)
+
+
+def test_check_parameters_accepts_what_papermill_passes() -> None:
+    values = report.check_parameters(_namespace(lr=1, variants=("blur", "gray"), limit=3))
+    assert values["lr"] == 1 and values["limit"] == 3  # an int is a float; a tuple a list
+
+
+def test_every_chapter_parameter_is_typed_for_papermill() -> None:
+    """`papermill --help-notebook` lists every parameter with its type (none "Unknown")."""
+    for name in CHAPTERS:
+        source = (ROOT / "notebooks" / f"{name}.py").read_text()
+        declared = report.declared_parameters(ROOT, name)
+        nb = source_to_notebook(ROOT / "notebooks" / f"{name}.py")
+        assigned = _parameter_names(nb.cells[parameters_cell_index(nb)].source)
+        assert set(declared) == assigned, (name, set(declared) ^ assigned)
+        assert "None" not in declared.values(), (name, declared)
+        assert source.count("```{include} ../_real_data.md") == 1, name
+
+
+def test_build_refuses_a_parameter_no_chapter_declares(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    root = _toy_book(tmp_path, '# %% tags=["parameters"]\nlimit: int = 0\n\n# %%\nlimit\n')
+    assert report.main(["build", "--root", str(root), "-p", "limt", "7", "--no-book"]) == 1
+    assert "unknown parameter(s) limt" in capsys.readouterr().err
+    assert not (root / "book" / "chapters").exists()  # refused before anything ran
