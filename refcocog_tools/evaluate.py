@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -23,14 +22,20 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import __version__
 from .backbones import ClipBackbone, load_clips
 from .cache import EmbeddingCache
-from .dataset import DatasetError, RefCOCOg, RefItem, image_problems, is_synthetic
+from .dataset import DatasetError, RefCOCOg, RefItem, image_problems
 from .io_utils import atomic_write_json, cache_dir
-from .layouts import DEFAULT_LAYOUT, Layout, add_layout_arguments, layout_from_args
-from .methods import ENTITY_SCORERS, METHOD_NAMES, NEEDS_CLIP, GroundingMethod, make_method
-from .metrics import box_iou_pairs, crop_cosine, summarize
+from .layouts import DEFAULT_LAYOUT, add_layout_arguments, layout_from_args
+from .methods import (
+    ENTITY_SCORERS,
+    METHOD_NAMES,
+    NEEDS_CLIP,
+    GroundingMethod,
+    canonical_method,
+    make_method,
+)
+from .metrics import box_iou_pairs, crop_cosine
 from .options import (
     OutputPathError,
     check_output_file,
@@ -46,6 +51,7 @@ from .options import (
 from .prediction import Prediction
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import DEBIAS_AT_ZERO, VARIANT_FUSIONS, RedCircle
+from .results import honesty_label, provenance, results_document
 
 
 def group_by_image(dataset: RefCOCOg, limit: int = 0) -> list[list[RefItem]]:
@@ -312,53 +318,6 @@ def _evaluate_plain(groups: Sequence[Sequence[RefItem]], method: GroundingMethod
     return rows
 
 
-def git_commit() -> str | None:
-    """The commit of the checkout this package runs from, when it is one."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-GROUND_TRUTH_PROPOSALS = "ground-truth boxes: an upper bound, not the study's detector setting"
-
-
-def honesty_label(provenance: dict[str, Any]) -> str:
-    """The suffix every printed number gets when it is not a RefCOCOg result with detected
-    proposals ("" when it is)."""
-    parts = [text for key, text in (("untrained", "untrained weights"),
-                                    ("synthetic_data", "synthetic data")) if provenance.get(key)]
-    notes = [f"{', '.join(parts)}: not a RefCOCOg result"] if parts else []
-    if provenance.get("ground_truth_proposals"):
-        notes.append(GROUND_TRUTH_PROPOSALS)
-    return f"  [{'; '.join(notes)}]" if notes else ""
-
-
-def provenance(data_root: str | Path, split: str, backbones: Sequence[ClipBackbone],
-               proposer: Proposer, layout: Layout = DEFAULT_LAYOUT) -> dict[str, Any]:
-    untrained = any(b.untrained for b in backbones) or bool(getattr(proposer, "untrained", False))
-    ground_truth = proposer.name == "gt"
-    return {
-        "package_version": __version__,
-        "git_commit": git_commit(),
-        "torch_version": torch.__version__,
-        "data_root": str(data_root),
-        "dataset": layout.dataset,
-        "split_by": layout.split_by,
-        "split": split,
-        "synthetic_data": is_synthetic(data_root),
-        "untrained": untrained,
-        "ground_truth_proposals": ground_truth,
-        "clip": [{"name": b.name, "checksum": b.checksum, "untrained": b.untrained}
-                 for b in backbones],
-        "proposals": {"name": proposer.name, "checksum": getattr(proposer, "checksum", None),
-                      "untrained": bool(getattr(proposer, "untrained", False)),
-                      "note": GROUND_TRUTH_PROPOSALS if ground_truth else None},
-    }
-
-
 def distributed_context() -> tuple[int, int]:
     """(rank, world size); joins the process group when launched by torchrun with WORLD_SIZE > 1.
 
@@ -426,17 +385,16 @@ def evaluate(
             cursor += 1
     rows = _gather_rows(indexed, world)
     elapsed = time.perf_counter() - started
-    return {
-        "metrics": summarize(rows, threshold=threshold),
-        "config": {"method": method.config(), "proposals": proposer.config(),
-                   "clip": [b.name for b in backbones], "split": dataset.split, "limit": limit,
-                   "threshold": threshold, **(config or {})},
-        "provenance": provenance(dataset.root, dataset.split, backbones, proposer,
-                                 getattr(dataset, "layout", DEFAULT_LAYOUT)),
-        "timing": {"seconds": round(elapsed, 3), "images": len(groups), "expressions": len(rows),
-                   "world_size": world, "workers": workers, "batch_size": batch_size},
-        "predictions": rows,
-    }
+    return results_document(
+        rows, threshold=threshold,
+        config={"method": method.config(), "proposals": proposer.config(),
+                "clip": [b.name for b in backbones], "split": dataset.split, "limit": limit,
+                "threshold": threshold, **(config or {})},
+        provenance=provenance(dataset.root, dataset.split, backbones, proposer,
+                              getattr(dataset, "layout", DEFAULT_LAYOUT)),
+        timing={"seconds": round(elapsed, 3), "images": len(groups), "expressions": len(rows),
+                "world_size": world, "workers": workers, "batch_size": batch_size},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,7 +405,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, default=None,
                         help="RefCOCOg root (default: the embedded synthetic dataset)")
     add_layout_arguments(parser, split=True)
-    parser.add_argument("--method", default="red-circle", choices=METHOD_NAMES)
+    parser.add_argument("--method", default="red-circle", choices=METHOD_NAMES,
+                        type=canonical_method, help="colour-* is accepted for color-*")
     parser.add_argument("--proposals", default="gt",
                         help="'gt' (ground-truth boxes), a YOLO name (yolov8s, as the study's "
                         "final proposal; yolov5su stands in for the study's torch-hub yolov5s, "
@@ -480,7 +439,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     red = parser.add_argument_group("red-circle options")
     red.add_argument("--variants", default="blur,blur_gray", type=variants_type)
     red.add_argument("--blur-radius", type=non_negative_float, default=20.0)
-    red.add_argument("--stroke-colour", default="red", type=colour_type)
+    red.add_argument("--stroke-colour", "--stroke-color", dest="stroke_colour", default="red",
+                     type=colour_type)
     red.add_argument("--stroke-width", type=positive_int, default=3)
     red.add_argument("--marker", default="ellipse", choices=("ellipse", "rectangle", "none"))
     red.add_argument("--n-debias", type=non_negative_int, default=5000,

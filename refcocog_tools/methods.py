@@ -21,12 +21,19 @@ METHOD_NAMES = (
     "baseline", "color-background", "color-overlay", "red-circle", "gradcam",
     "regressor", "relations", "random", "largest", "center",
 )
+# The book writes "colour", the method names say "color": both spellings name the same method.
+SPELLINGS = {"colour-background": "color-background", "colour-overlay": "color-overlay"}
 NEEDS_CLIP = frozenset({"baseline", "color-background", "color-overlay", "red-circle", "gradcam",
                         "regressor", "relations"})
 # The visual-prompt methods the relations method can score its noun phrases with: red-circle,
 # the crop of the baseline, ReCLIP's blur isolation (the proposal sharp on a blurred image, no
 # marker), or none (labels and geometry alone).
 ENTITY_SCORERS = ("red-circle", "crop", "blur", "none")
+
+
+def canonical_method(name: str) -> str:
+    """The method's name with either spelling: ``colour-overlay`` is ``color-overlay``."""
+    return SPELLINGS.get(name, name)
 
 
 class GroundingMethod(Protocol):
@@ -49,6 +56,7 @@ def make_method(
     **options: Any,
 ) -> GroundingMethod:
     """Build method ``name``; ``options`` go to its constructor (e.g. red-circle's n_debias)."""
+    name = canonical_method(name)
     if name == "baseline":
         from .baseline import CropMatching
 

@@ -50,7 +50,7 @@ from torchvision.ops import (
     generalized_box_iou_loss,
 )
 
-from .dataset import DatasetError, RefCOCOg, is_synthetic
+from .dataset import DatasetError, RefCOCOg
 from .embedding_cache import EmbeddingCacheError, SplitEmbeddings, split_embeddings
 from .io_utils import (
     UnreadableFileError,
@@ -67,6 +67,7 @@ from .options import (
     positive_float,
     positive_int,
 )
+from .results import clip_provenance, honesty_label, provenance, results_document
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -642,11 +643,6 @@ def write_history(out_dir: str | Path, history: Sequence[dict[str, float]]) -> N
 # ----------------------------------------------------------------------------------------------
 # The grounding method for the evaluation engine
 # ----------------------------------------------------------------------------------------------
-def clip_provenance(backbones: Sequence[Any]) -> list[dict[str, Any]]:
-    return [{"name": b.name, "checksum": b.checksum, "untrained": bool(b.untrained)}
-            for b in backbones]
-
-
 class RegressorMethod:
     """A trained head as a grounding method: one box per expression, proposals ignored.
 
@@ -718,7 +714,8 @@ def split_data(data_root: str | Path, split: str, backbones: Sequence[Any],
 
 
 def results_on_split(result: TrainResult, test: RegressionData, data_root: str | Path,
-                     backbones: Sequence[Any], checkpoint: Path | None = None) -> dict[str, Any]:
+                     backbones: Sequence[Any], checkpoint: Path | None = None,
+                     limit: int = 0) -> dict[str, Any]:
     """The best head on ``test`` in the project's results format.
 
     ``metrics`` is :func:`refcocog_tools.metrics.summarize` of the per-expression rows, so it has
@@ -726,9 +723,6 @@ def results_on_split(result: TrainResult, test: RegressionData, data_root: str |
     ``by_spatial``, ``by_category``); ``cosine`` is None because no crop is embedded here. The
     head's test loss, which only a trained head has, is under ``training``.
     """
-    from . import __version__
-    from .metrics import summarize
-
     loss, ious, boxes = evaluate_head(result.head, test, result.config)
     rows = []
     for row, box, gt, iou in zip(test.rows, boxes.tolist(), test.boxes.tolist(), ious.tolist(),
@@ -736,28 +730,16 @@ def results_on_split(result: TrainResult, test: RegressionData, data_root: str |
         rows.append({**row, "box": [round(v, 3) for v in box],
                      "gt_box": [round(v, 3) for v in gt], "iou": round(iou, 6), "cosine": None,
                      "chosen": -1, "n_proposals": 0})
-    config = {"method": "regressor", **result.config.to_dict()}
+    config = {"method": "regressor", **result.config.to_dict(), "split": "test", "limit": limit}
     if checkpoint is not None:
         config["checkpoint"] = str(checkpoint)
         config["checkpoint_sha256"] = sha256_file(checkpoint)
-    clip = clip_provenance(backbones)
-    return {
-        "metrics": summarize(rows),
-        "config": config,
-        "training": {"test_loss": loss, "best_epoch": result.best_epoch,
-                     "best_val_miou": result.best_val_miou, "epochs_run": len(result.history)},
-        "provenance": {
-            "package_version": __version__,
-            "clip": clip,
-            "data_root": str(data_root),
-            "split": "test",
-            "synthetic_data": is_synthetic(data_root),
-            "untrained": any(c["untrained"] for c in clip),
-            # A regressor uses no proposals; recorded so results tables can say so.
-            "proposals": {"name": "none", "untrained": False},
-        },
-        "predictions": rows,
-    }
+    return results_document(
+        rows, config=config,
+        provenance=provenance(data_root, "test", backbones, proposer=None),
+        training={"test_loss": loss, "best_epoch": result.best_epoch,
+                  "best_val_miou": result.best_val_miou, "epochs_run": len(result.history)},
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -858,7 +840,6 @@ def _train_regressor(args: argparse.Namespace) -> int:
     results = results_on_split(result, data["test"].to(args.device), data_root, backbones,
                            checkpoint if checkpoint.is_file() else None)
     atomic_write_json(args.out / "results.json", results)
-    from .evaluate import honesty_label
 
     metrics = results["metrics"]
     evaluated = (f"epoch {len(result.history)} (last)" if config.evaluated_checkpoint == "last"

@@ -261,3 +261,17 @@ def test_cache_shards_write_only_their_own_entries(tmp_path, tiny_rn) -> None:
     merged = EmbeddingCache(tmp_path / "emb")
     merged.texts(tiny_rn, ["a dog", "a cat", "a bus"])
     assert merged.misses == 0
+
+
+def test_both_spellings_of_colour_name_the_same_method() -> None:
+    from refcocog_tools.evaluate import add_common_arguments
+    from refcocog_tools.methods import canonical_method
+
+    assert canonical_method("colour-overlay") == "color-overlay"
+    assert canonical_method("colour-background") == "color-background"
+    assert canonical_method("baseline") == "baseline"
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    assert parser.parse_args(["--method", "colour-overlay"]).method == "color-overlay"

@@ -1,0 +1,310 @@
+"""The results document: its schema, its provenance, the honesty wording, its builder, its files.
+
+Every method's numbers travel in one JSON document, whoever computed them (``evaluate``, a
+trained regressor through ``regressors.results_on_split``, the command line, a chapter)::
+
+    {"schema": "refcocog-tools/results/1",
+     "metrics": {...},      # refcocog_tools.metrics.summarize of the predictions
+     "config": {...},       # the method, proposals, CLIP names, split, limit, threshold, ...
+     "provenance": {...},   # package version, git commit, torch, data root, split, whether the
+                            # data is synthetic and the weights untrained, checkpoint checksums
+     "timing": {...},       # optional: seconds, images, expressions, ...
+     "training": {...},     # optional: what only a trained head has (its test loss, best epoch)
+     "predictions": [...]}  # one row per expression
+
+``results_document`` builds it, ``provenance`` writes its provenance, ``write_results`` and
+``read_results`` store it as ``<results_dir>/<method>.json``, and ``find_results`` returns a
+stored document only when it was computed on the same data, split, models and limit (so a
+chapter can reuse what another chapter computed without ever mixing configurations).
+
+The honesty wording lives here too, one vocabulary for four uses: ``honesty_label`` (the suffix
+of a printed summary line), ``build_source`` (a table's source), ``run_label`` (a caption's
+configuration) and ``provenance_note`` (the box at the top of a chapter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .dataset import is_synthetic
+from .io_utils import atomic_write_json
+
+SCHEMA = "refcocog-tools/results/1"
+REQUIRED = ("metrics", "config", "provenance", "predictions")
+NOT_REFCOCOG = "not a RefCOCOg result"
+GROUND_TRUTH_PROPOSALS = "ground-truth boxes: an upper bound, not the study's detector setting"
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read as a results document; the message names the file
+    and the field."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance
+# ----------------------------------------------------------------------------------------------
+def git_commit() -> str | None:
+    """The checkout's commit, or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def clip_provenance(backbones: Sequence[Any]) -> list[dict[str, Any]]:
+    """Name, checksum and whether untrained, per CLIP backbone."""
+    return [{"name": b.name, "checksum": b.checksum, "untrained": bool(b.untrained)}
+            for b in backbones]
+
+
+def provenance(data_root: str | os.PathLike[str], split: str, backbones: Sequence[Any],
+               proposer: Any = None, layout: Any = None) -> dict[str, Any]:
+    """Where a document's numbers come from. ``proposer`` None: the method uses no proposals
+    (a regressor), recorded as ``{"name": "none"}`` so that tables can say so. ``layout``: the
+    dataset of the family and its split-by (``layouts.Layout``; RefCOCOg umd when None)."""
+    import torch
+
+    from .layouts import DEFAULT_LAYOUT
+
+    layout = layout or DEFAULT_LAYOUT
+
+    ground_truth = proposer is not None and proposer.name == "gt"
+    if proposer is None:
+        proposals = {"name": "none", "checksum": None, "untrained": False, "note": None}
+    else:
+        proposals = {"name": proposer.name, "checksum": getattr(proposer, "checksum", None),
+                     "untrained": bool(getattr(proposer, "untrained", False)),
+                     "note": GROUND_TRUTH_PROPOSALS if ground_truth else None}
+    clip = clip_provenance(backbones)
+    return {
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "data_root": str(data_root),
+        "dataset": layout.dataset,
+        "split_by": layout.split_by,
+        "split": split,
+        "synthetic_data": is_synthetic(data_root),
+        "untrained": any(c["untrained"] for c in clip) or proposals["untrained"],
+        "ground_truth_proposals": ground_truth,
+        "clip": clip,
+        "proposals": proposals,
+    }
+
+
+def results_document(rows: list[dict[str, Any]], *, config: dict[str, Any],
+                     provenance: dict[str, Any], threshold: float = 0.5,
+                     timing: dict[str, Any] | None = None,
+                     training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one builder of a results document: metrics summarised from ``rows`` (one per
+    expression) at the IoU ``threshold``, with the config and provenance given."""
+    from .metrics import summarize
+
+    document: dict[str, Any] = {"schema": SCHEMA, "metrics": summarize(rows, threshold=threshold),
+                                "config": config, "provenance": provenance}
+    if timing is not None:
+        document["timing"] = timing
+    if training is not None:
+        document["training"] = training
+    document["predictions"] = rows
+    return document
+
+
+# ----------------------------------------------------------------------------------------------
+# Honesty wording
+# ----------------------------------------------------------------------------------------------
+def data_words(synthetic: bool) -> str:
+    return "synthetic dataset" if synthetic else "RefCOCOg"
+
+
+def weights_words(untrained: bool) -> str:
+    return "untrained" if untrained else "pretrained"
+
+
+def honesty_label(provenance: Mapping[str, Any]) -> str:
+    """The suffix every printed number gets when it is not a RefCOCOg result with detected
+    proposals ("" when it is)."""
+    parts = [text for key, text in (("untrained", "untrained weights"),
+                                    ("synthetic_data", "synthetic data")) if provenance.get(key)]
+    notes = [f"{', '.join(parts)}: {NOT_REFCOCOG}"] if parts else []
+    if provenance.get("ground_truth_proposals"):
+        notes.append(GROUND_TRUTH_PROPOSALS)
+    return f"  [{'; '.join(notes)}]" if notes else ""
+
+
+def build_source(results: Mapping[str, Any]) -> str:
+    """A table's source for a number this build computed, from its results document, e.g.
+    ``"this build: synthetic dataset (test), tiny-rn (untrained), proposals gt, n=43"``."""
+    prov = results["provenance"]
+    clips = prov.get("clip") or []
+    if clips:
+        models = ", ".join(f"{c['name']} ({weights_words(c['untrained'])})" for c in clips)
+    else:
+        models = "no CLIP model"
+    proposals = prov.get("proposals") or {}
+    name = proposals.get("name", "?")
+    if proposals.get("untrained"):
+        name += " (untrained)"
+    if proposals.get("note"):  # ground-truth boxes: says they are an upper bound
+        name += f" ({proposals['note']})"
+    n = results["metrics"]["n"]
+    return (f"this build: {data_words(bool(prov.get('synthetic_data')))} "
+            f"({prov.get('split', '?')}), {models}, proposals {name}, n={n}")
+
+
+def run_label(data_root: str | os.PathLike[str], backbones: Sequence[Any]) -> str:
+    """A caption's configuration, e.g. "this build: synthetic dataset, CLIP tiny-rn
+    (untrained)"."""
+    clips = ",".join(b.name for b in backbones)
+    untrained = any(b.untrained for b in backbones)
+    return (f"this build: {data_words(is_synthetic(data_root))}, CLIP {clips} "
+            f"({weights_words(untrained)})")
+
+
+class ProvenanceNote:
+    """A visible statement of where a page's numbers come from.
+
+    Renders as a MyST admonition in the book (``text/markdown``) and as plain text elsewhere
+    (``text/plain``, which nbval compares).
+    """
+
+    def __init__(self, title: str, body: str, kind: str) -> None:
+        self.title = title
+        self.body = body
+        self.kind = kind  # "warning" or "note"
+
+    def _repr_markdown_(self) -> str:
+        return f"```{{admonition}} {self.title}\n:class: {self.kind}\n{self.body}\n```\n"
+
+    def __repr__(self) -> str:
+        return f"{self.kind.upper()}: {self.title}\n{self.body}"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+
+def provenance_note(synthetic: bool, backbones_untrained: bool | None = None,
+                    models: str = "") -> ProvenanceNote:
+    """What the numbers on a page are, given whether its data is synthetic and its models.
+
+    ``backbones_untrained`` is None for a page that uses no model, else whether any model used
+    (CLIP backbone, detector, regressor) has untrained weights. ``models`` names them.
+    """
+    named = f" ({models})" if models else ""
+    if synthetic:
+        data = ("the embedded **synthetic** dataset (pictures of drawn shapes with generated "
+                "expressions, written by `refcocog_tools.minidata`)")
+    else:
+        data = "the RefCOCOg data found at the `data_root` parameter of this run"
+    if backbones_untrained is None:
+        model_text = "No model is used on this page."
+    elif backbones_untrained:
+        model_text = (f"The models{named} are **{weights_words(True)}**: their weights are "
+                      "random, so their outputs carry no visual or linguistic knowledge.")
+    else:
+        model_text = f"The models{named} use {weights_words(False)} weights."
+    if synthetic or backbones_untrained:
+        title = f"Computed here on a smoke-test configuration: {NOT_REFCOCOG}"
+        meaning = ("These numbers check that the code runs end to end and is deterministic; "
+                   "they say nothing about RefCOCOg or about how well any method works. "
+                   "The original study's numbers are quoted separately, with their source.")
+        if not synthetic:
+            meaning = ("The data is real, but with untrained models the numbers say nothing "
+                       "about how well any method works.")
+        return ProvenanceNote(title, f"Every number on this page was computed by this build "
+                              f"from {data}. {model_text} {meaning}", "warning")
+    title = f"Computed here on RefCOCOg with {weights_words(False)} weights"
+    body = (f"Every number on this page was computed by this build from {data}. {model_text} "
+            "Compare them with the original study's numbers, which are quoted separately "
+            "with their source.")
+    return ProvenanceNote(title, body, "note")
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+def results_path(results_dir: str | os.PathLike[str], method: str) -> Path:
+    """``<results_dir>/<method>.json``; the method name is a file name, never a path."""
+    if not method or Path(method).name != method or method.startswith("."):
+        raise ValueError(f"results: {method!r} is not a method name")
+    return Path(results_dir) / f"{method}.json"
+
+
+def write_results(document: Mapping[str, Any], results_dir: str | os.PathLike[str],
+                  method: str) -> Path:
+    """Store ``document`` atomically as ``<results_dir>/<method>.json`` (the build's own
+    output: a newer run of the same method replaces it)."""
+    missing = [key for key in REQUIRED if key not in document]
+    if missing:
+        raise ResultsError(f"results for {method}: missing {', '.join(missing)}")
+    path = results_path(results_dir, method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"schema": SCHEMA, **document})
+    return path
+
+
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A stored results document; ResultsError naming the file and the field when it is not
+    one (plain JSON only: reading it runs no code)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{path}: not a readable results file ({err})") from err
+    if not isinstance(document, dict):
+        raise ResultsError(f"{path}: a results file holds a JSON object")
+    if document.get("schema") != SCHEMA:
+        raise ResultsError(f"{path}: field 'schema' is {document.get('schema')!r}, "
+                           f"expected {SCHEMA!r}")
+    for key in REQUIRED:
+        if key not in document:
+            raise ResultsError(f"{path}: field {key!r} is missing")
+    for key in ("metrics", "config", "provenance"):
+        if not isinstance(document[key], dict):
+            raise ResultsError(f"{path}: field {key!r} must be an object")
+    return document
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from a JSON file (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _same_models(prov: Mapping[str, Any], backbones: Sequence[Any]) -> bool:
+    stored = [(c.get("name"), c.get("checksum")) for c in prov.get("clip") or []]
+    return stored == [(b.name, b.checksum) for b in backbones]
+
+
+def find_results(results_dir: str | os.PathLike[str], method: str, *,
+                 data_root: str | os.PathLike[str], split: str, backbones: Sequence[Any],
+                 proposals: str | None, limit: int,
+                 config: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The stored document of ``method`` when it was computed on this data root and split,
+    with these CLIP checkpoints (by checksum), these proposals (None: a method without
+    proposals), this ``limit`` and every ``config`` entry equal (values of the document's
+    ``config`` or of its ``config["method"]``); None otherwise, or when there is no file."""
+    path = results_path(results_dir, method)
+    if not path.is_file():
+        return None
+    document = read_results(path)
+    prov, stored = document["provenance"], document["config"]
+    method_config = stored.get("method") if isinstance(stored.get("method"), dict) else {}
+    expected_proposals = "none" if proposals is None else proposals
+    checks = [
+        prov.get("data_root") == str(Path(data_root)),
+        prov.get("split") == split,
+        _same_models(prov, backbones),
+        (prov.get("proposals") or {}).get("name") == expected_proposals,
+        int(stored.get("limit", 0) or 0) == int(limit),
+        *(_as_json(stored.get(key, method_config.get(key))) == _as_json(value)
+          for key, value in (config or {}).items()),
+    ]
+    return document if all(checks) else None
