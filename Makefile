@@ -65,8 +65,13 @@ embedded-models: $(STAMP)
 	$(BIN)/python -c "from refcocog_tools.backbones import load_clip, load_yolo; \
 	[load_clip(name) for name in ('tiny-rn', 'tiny-vit')]; load_yolo('tiny-yolov8s')"
 
+# `make book` re-executes only the chapters whose source, parameters or package changed;
+# `make book CHAPTERS=09_red_circle` re-executes that chapter (and any other out of date), then
+# builds the book; `make book FORCE=1` re-executes every chapter.
+CHAPTERS ?=
+FORCE ?=
 book: $(STAMP)
-	$(BIN)/python -m refcocog_tools.report build
+	$(BIN)/python -m refcocog_tools.report build $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(FORCE),--force)
 
 reproduce: $(STAMP)
 	@test -n "$(DATA_ROOT)" || { echo "usage: make reproduce DATA_ROOT=/data/refcocog [CLIP=RN50x16] [PROPOSALS=yolov8s] [DEVICE=cuda] [LIMIT=0]"; exit 2; }

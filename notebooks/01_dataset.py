@@ -40,7 +40,7 @@ from matplotlib.patches import Rectangle
 
 from refcocog_tools.dataset import SPLITS, load_records, load_rgb_image, split_stats
 from refcocog_tools.figures import show_table
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 
 chapter = open_chapter(globals(), models=())
 root = chapter.root
@@ -87,15 +87,15 @@ glue("mean_objects", float(stats["objects_per_image"].mean()))
 #
 # A few test images with the referred object's ground-truth box (red, with its expressions
 # above the image) and every other annotated object (dashed white): the other objects are what
-# a method must rule out.
+# a method must rule out. {numref}`fig-examples` shows a few of them.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 test_refs = by_split["test"] or records
 rng = random.Random(seed)
 shown = rng.sample(test_refs, k=min(n_examples, len(test_refs)))
-columns = 3
+columns = 2  # two per row keep the expressions legible at page width
 rows = (len(shown) + columns - 1) // columns
-fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), squeeze=False)
+fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.6 * rows), squeeze=False)
 for ax in axes.flat:
     ax.set_axis_off()
 for ax, record in zip(axes.flat, shown, strict=False):
@@ -108,16 +108,30 @@ for ax, record in zip(axes.flat, shown, strict=False):
                                linestyle="--", linewidth=1))
     x1, y1, x2, y2 = record.box
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=2))
-    title = "\n".join(textwrap.shorten(s, 48) for s in record.sentences[:3])
-    ax.set_title(f"[{record.category}]\n{title}", fontsize=8)
+    title = "\n".join(textwrap.shorten(s, 40) for s in record.sentences[:3])
+    ax.set_title(f"[{record.category}]\n{title}", fontsize=11)
 fig.tight_layout()
-show_figure(fig)
+glue_figure("fig-examples", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig-examples
+# ---
+# name: fig-examples
+# alt: >-
+#   A grid of test images, each with the referred object outlined in red, other annotated
+#   objects dashed in white, and its category and expressions as the title.
+# ---
+# Example referred objects of the test split: the referred object in red, every other annotated
+# object (a possible distractor) dashed in white; the title gives the category and up to three
+# expressions.
+# ```
 
 # %% [markdown]
 # ## How crowded are the images?
 #
 # Every annotated object of an image is a candidate a method has to reject. The histogram
-# counts, per split, how many annotated objects the images hold.
+# counts, per split, how many annotated objects the images hold. {numref}`fig-objects-per-image`
+# draws the distribution.
 
 # %% tags=["hide-input"]
 objects = pd.DataFrame(
@@ -131,15 +145,25 @@ counts.plot.bar(ax=ax, rot=0)
 ax.set_xlabel("annotated objects in the image")
 ax.set_ylabel("images")
 ax.set_title("objects per image")
-show_figure(fig)
+glue_figure("fig-objects-per-image", fig)
 show_table(counts, "Computed here from this run's data root (see the box at the top).")
+
+# %% [markdown]
+# ```{glue:figure} fig-objects-per-image
+# ---
+# name: fig-objects-per-image
+# alt: >-
+#   A histogram of the number of annotated objects per image, one colour per split.
+# ---
+# Annotated objects per image, per split (computed here from this run's data root).
+# ```
 
 # %% [markdown]
 # ## Categories
 #
 # Which categories the referred objects belong to, per split. A grounding method that only
 # recognised the category would fail whenever the image holds two objects of it, and the
-# expression then has to say which one.
+# expression then has to say which one. {numref}`fig-categories` counts them.
 
 # %% tags=["hide-input"]
 categories = pd.DataFrame(
@@ -158,8 +182,18 @@ categories.plot.barh(ax=ax, stacked=True)
 ax.invert_yaxis()
 ax.set_xlabel("referred objects")
 ax.set_title("categories of the referred objects")
-show_figure(fig)
+glue_figure("fig-categories", fig)
 show_table(categories, "Computed here from this run's data root (see the box at the top).")
+
+# %% [markdown]
+# ```{glue:figure} fig-categories
+# ---
+# name: fig-categories
+# alt: >-
+#   Horizontal bars counting the referred objects of each category.
+# ---
+# Categories of the referred objects (computed here from this run's data root).
+# ```
 
 # %% [markdown]
 # For {glue:text}`share_with_twin:.1%` of the referred objects the image holds at least one

@@ -35,6 +35,7 @@ limit: int = 0  # evaluate the first N expressions of the split (0: all)
 seed: int = 0  # which predictions the grid shows; the random floor's seed
 split: str = "test"  # the split evaluated (the study reported the test split)
 n_examples: int = 6  # predictions in the qualitative grid
+results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 
 # %% tags=["remove-input"]
 import random
@@ -50,13 +51,14 @@ from refcocog_tools.figures import (
     table_source,
 )
 from refcocog_tools.methods import make_method
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_value
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
 baseline = evaluate(dataset, make_method("baseline", backbones), proposer, backbones, limit=limit)
+chapter.save_results("baseline", baseline)
 chapter.note
 
 # %% [markdown]
@@ -92,18 +94,32 @@ glue("reported_cosine", reported_value("baseline", "cosine"))
 # What the proposals are worth on their own: each floor ignores the expression. With
 # ground-truth proposals every candidate is a real object, so the floors are far higher than
 # with a detector's proposals; on real photographs with a pretrained CLIP the baseline is
-# expected to clear them easily, with untrained weights it need not.
+# expected to clear them easily, with untrained weights it need not. {numref}`fig-baseline-floors`
+# compares them.
 
 # %% tags=["hide-input"]
 floors = {name: evaluate(dataset, make_method(name, backbones, seed=seed), proposer, backbones,
                          limit=limit)
           for name in ("random", "largest", "center")}
+for name, doc in floors.items():
+    chapter.save_results(name, doc)
 with_floors = results_table({"baseline (crop and match)": baseline,
                              **{f"floor: {name}": doc for name, doc in floors.items()}})
 fig = metric_bar_chart(with_floors, ("miou", "accuracy"),
                        title="baseline and floors (this build; see the box above)")
-show_figure(fig)
+glue_figure("fig-baseline-floors", fig)
 show_table(with_floors, f"{table_source([baseline, *floors.values()])}.")
+
+# %% [markdown]
+# ```{glue:figure} fig-baseline-floors
+# ---
+# name: fig-baseline-floors
+# alt: >-
+#   Horizontal bars of mean IoU and accuracy for the baseline and the three floors.
+# ---
+# Mean IoU and accuracy of the baseline and of the three floors that ignore the expression (this
+# build, configuration in the box at the top).
+# ```
 
 # %% [markdown]
 # ## Spatial and non-spatial expressions
@@ -113,14 +129,26 @@ show_table(with_floors, f"{table_source([baseline, *floors.values()])}.")
 # be told from "the one on the right". If that is the weakness, the baseline should do worse
 # on expressions that mention a position (`refcocog_tools.dataset.is_spatial`) than on the
 # others. The table and chart split this run's result that way (numbers from this build only).
+# {numref}`fig-baseline-spatial` shows the split.
 
 # %% tags=["hide-input"]
 by_spatial = spatial_table({"baseline": baseline, **{f"floor: {n}": d for n, d in floors.items()}})
 chart = by_spatial.assign(method=by_spatial["method"] + ", " + by_spatial["expressions"])
 fig = metric_bar_chart(chart, ("miou", "accuracy"),
                        title="spatial vs non-spatial expressions (this build)")
-show_figure(fig)
+glue_figure("fig-baseline-spatial", fig)
 show_table(by_spatial, f"{table_source([baseline])}.")
+
+# %% [markdown]
+# ```{glue:figure} fig-baseline-spatial
+# ---
+# name: fig-baseline-spatial
+# alt: >-
+#   Horizontal bars of mean IoU and accuracy on spatial and non-spatial expressions, for the
+#   baseline and each floor.
+# ---
+# The baseline and the floors on spatial and on non-spatial expressions (this build).
+# ```
 
 # %% tags=["remove-input"]
 spatial = metrics["by_spatial"]
@@ -141,9 +169,22 @@ glue("non_spatial_miou", spatial["non_spatial"]["miou"] or 0.0)
 # A few expressions with the ground-truth box (green, solid) and the baseline's prediction
 # (red, dashed); the title is the expression and the IoU of the prediction. On the embedded
 # defaults the model is untrained, so the choices are arbitrary.
+# {numref}`fig-baseline-predictions` shows some.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 images = {items[0].image_id: items[0].image for items in group_by_image(dataset, limit)}
 rows = baseline["predictions"]
 shown = random.Random(seed).sample(rows, k=min(n_examples, len(rows)))
-show_figure(prediction_grid(images, shown))
+glue_figure("fig-baseline-predictions", prediction_grid(images, shown))
+
+# %% [markdown]
+# ```{glue:figure} fig-baseline-predictions
+# ---
+# name: fig-baseline-predictions
+# alt: >-
+#   Test images with a green ground-truth box and a red dashed predicted box, titled with the
+#   expression and the IoU.
+# ---
+# Predictions of the baseline: ground truth in green, prediction dashed in red, with the
+# expression and the IoU above each image (this build).
+# ```

@@ -47,6 +47,7 @@ loss: str = "mse"  # "mse" (the study's reported run), "iou" or "mix"
 normalize_targets: bool = False  # False: pixel targets, as in the study
 batch_size: int = 64  # the study's
 run_dir: str = ""  # where checkpoints and curves go; empty: a temporary folder, deleted at the end
+results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 
 # %% tags=["remove-input"]
 import tempfile
@@ -74,7 +75,7 @@ from refcocog_tools.regressors import (
     study_iou_loss_with_corner_bug,
     train_regressor,
 )
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_results
 
 chapter = open_chapter(globals(), models=("clip",))
@@ -148,14 +149,26 @@ show_table(history.iloc[shown_epochs],
 # The curves below show the loss and the mean IoU per epoch on the training and the
 # validation split. The training mean IoU is measured on the batches as they are trained on;
 # the validation mean IoU after each epoch. The dotted line marks the epoch whose weights are
-# kept.
+# kept. {numref}`fig-bottleneck-curves` draws them.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 fig = plot_history(result.history)
 for ax in fig.axes:
     ax.axvline(result.best_epoch, color="grey", linestyle=":", linewidth=1)
 fig.suptitle(f"bottleneck head, {loss} loss; dotted: best checkpoint ({run_label})", fontsize=9)
-show_figure(fig)
+glue_figure("fig-bottleneck-curves", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig-bottleneck-curves
+# ---
+# name: fig-bottleneck-curves
+# alt: >-
+#   Training and validation loss and mean IoU per epoch of the bottleneck head, with a dotted
+#   line at the epoch kept.
+# ---
+# Training curves of the bottleneck head: loss and mean IoU per epoch on the training and
+# validation splits; the dotted line marks the checkpoint kept (this build).
+# ```
 
 # %% tags=["remove-input"]
 first, last = result.history[0], result.history[-1]
@@ -189,7 +202,9 @@ glue("bottleneck_last_val_loss", last["val_loss"])
 # comparable on the embedded defaults.
 
 # %% tags=["hide-input"]
-test_results = results_on_split(result, data["test"], root, backbones, out_dir / "best.pt")
+test_results = results_on_split(result, data["test"], root, backbones, out_dir / "best.pt",
+                                limit=limit)
+chapter.save_results("regressor-bottleneck", test_results)
 split_miou = {split: float(evaluate_head(result.head, data[split], config)[1].mean())
               for split in ("train", "val")}
 metrics = test_results["metrics"]

@@ -45,6 +45,7 @@ iou_variant: str = "giou"  # IoU term of the "mix" loss: "iou" (corrected plain 
 normalize_targets: bool = False  # the target unit of the curves shown (False: pixels, the study's)
 batch_size: int = 64  # the study's
 run_dir: str = ""  # folder for the four runs' checkpoints and curves (empty: memory)
+results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 
 # %% tags=["remove-input"]
 from pathlib import Path
@@ -69,7 +70,7 @@ from refcocog_tools.regressors import (
     split_data,
     train_regressor,
 )
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_results
 
 chapter = open_chapter(globals(), models=("clip",))
@@ -139,11 +140,13 @@ for loss in ("mse", "mix"):
         runs[loss, unit] = {
             "config": config, "result": result,
             "test": results_on_split(result, data["test"], root, backbones,
-                                     out_dir / "best.pt" if out_dir else None),
+                                     out_dir / "best.pt" if out_dir else None, limit=limit),
             "train_miou": float(evaluate_head(result.head, data["train"], config)[1].mean()),
             "val_miou": float(evaluate_head(result.head, data["val"], config)[1].mean()),
         }
 shown_unit = "normalized" if normalize_targets else "pixels"
+# The run chapter 10 compares (MSE on pixel targets, as in the study's reported table).
+chapter.save_results("regressor-large", runs["mse", "pixels"]["test"])
 
 # %% [markdown]
 # ## Training curves
@@ -151,9 +154,9 @@ shown_unit = "normalized" if normalize_targets else "pixels"
 # Loss and mean IoU per epoch for the two losses, with the target unit chosen by the
 # `normalize_targets` parameter (pixels by default, as in the study). The dotted line marks
 # the checkpoint kept. The loss axis switches to a log scale when the loss spans more than two
-# orders of magnitude.
+# orders of magnitude. {numref}`fig-large-curves-mse` and {numref}`fig-large-curves-mix` draw them.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 for loss in ("mse", "mix"):
     result = runs[loss, shown_unit]["result"]
     fig = plot_history(result.history)
@@ -161,13 +164,35 @@ for loss in ("mse", "mix"):
         ax.axvline(result.best_epoch, color="grey", linestyle=":", linewidth=1)
     fig.suptitle(f"large head, {loss} loss, {shown_unit} targets; dotted: best checkpoint "
                  f"({run_label})", fontsize=9)
-    show_figure(fig)
+    glue_figure(f"fig-large-curves-{loss}", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig-large-curves-mse
+# ---
+# name: fig-large-curves-mse
+# alt: >-
+#   Loss and mean IoU per epoch of the large head trained with the MSE loss, dotted line at the
+#   checkpoint kept.
+# ---
+# Training curves of the large head with the MSE loss (target unit of the `normalize_targets`
+# parameter; this build).
+# ```
+#
+# ```{glue:figure} fig-large-curves-mix
+# ---
+# name: fig-large-curves-mix
+# alt: >-
+#   Loss and mean IoU per epoch of the large head trained with the mixed loss, dotted line at
+#   the checkpoint kept.
+# ---
+# Training curves of the large head with the mixed MSE + IoU loss (this build).
+# ```
 
 # %% [markdown]
 # The validation mean IoU of all four runs on one axis, to compare the losses and the target
-# units directly.
+# units directly. {numref}`fig-large-val-curves` shows them.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(6.5, 3.2), layout="constrained")
 for (loss, unit), run in runs.items():
     history = run["result"].history
@@ -178,7 +203,19 @@ ax.set(xlabel="epoch", ylabel="validation mean IoU", ylim=(0, 1),
 ax.title.set_fontsize(9)
 ax.grid(alpha=0.3)
 ax.legend()
-show_figure(fig)
+glue_figure("fig-large-val-curves", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig-large-val-curves
+# ---
+# name: fig-large-val-curves
+# alt: >-
+#   Validation mean IoU per epoch of the four runs of the large head, solid for pixel targets
+#   and dashed for normalised ones.
+# ---
+# Validation mean IoU of the four runs of the large head: MSE and mixed loss, pixel and normalised
+# targets (this build).
+# ```
 
 # %% [markdown]
 # ## Results

@@ -40,6 +40,7 @@ threshold: float = 0.5  # box around every pixel with heat of threshold times th
 image_index: int = 0  # which image (in order of first appearance) the heat maps are drawn on
 n_maps: int = 3  # expressions of that image shown as heat maps
 thresholds: list[float] = [0.3, 0.5, 0.7]  # the threshold sweep of the evaluation table
+results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 
 # %% tags=["remove-input"]
 import torch
@@ -54,7 +55,7 @@ from refcocog_tools.figures import (
 )
 from refcocog_tools.gradcam import GradCam, box_from_map
 from refcocog_tools.methods import make_method
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
@@ -68,8 +69,9 @@ chapter.note
 # with the box cut out of the map at the chosen threshold (red, dashed) and the ground truth
 # (green). With untrained weights the gradient carries no meaning, so the maps only show the
 # mechanics: where the map is spread out the box covers most of the image.
+# {numref}`fig-gradcam-maps` shows them.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 groups = group_by_image(dataset, limit)
 items = groups[min(image_index, len(groups) - 1)][:n_maps]
 image = items[0].image
@@ -77,7 +79,19 @@ gradcam = GradCam(backbones, threshold=threshold)
 heat = gradcam.heatmaps(image, [it.sentence for it in items])
 boxes = torch.stack([box_from_map(h, threshold) for h in heat])
 fig = heatmap_grid(image, heat, boxes, [it.box for it in items], [it.sentence for it in items])
-show_figure(fig)
+glue_figure("fig-gradcam-maps", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig-gradcam-maps
+# ---
+# name: fig-gradcam-maps
+# alt: >-
+#   Grad-CAM heat maps in jet colours over one image, one panel per expression, with the
+#   thresholded box dashed in red and the ground truth in green.
+# ---
+# Grad-CAM maps of a few expressions of one image: the box cut from the map (red, dashed) and the
+# ground truth (green). With untrained weights the maps show only the mechanics (this build).
+# ```
 
 # %% tags=["remove-input"]
 glue("threshold", threshold)
@@ -95,7 +109,7 @@ glue("map_box_share", float(((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[
 # The method as the study described it (a box from the thresholded map, no proposals) at a few
 # thresholds, a variant that instead picks the proposal with the highest mean heat inside it
 # (`snap_to_proposal`), and the crop-and-match baseline for reference. All rows are computed by
-# this build with the configuration in the box above.
+# this build with the configuration in the box above. {numref}`fig-gradcam-results` compares them.
 
 # %% tags=["hide-input"]
 runs = {f"gradcam, threshold {t}": evaluate(dataset, make_method("gradcam", backbones,
@@ -107,10 +121,24 @@ runs["gradcam, snap to proposal"] = evaluate(
     proposer, backbones, limit=limit)
 runs["baseline (crop and match)"] = evaluate(dataset, make_method("baseline", backbones),
                                              proposer, backbones, limit=limit)
+if threshold in thresholds:
+    chapter.save_results("gradcam", runs[f"gradcam, threshold {threshold}"])
 table = results_table(runs)
-show_figure(metric_bar_chart(table, ("miou", "accuracy"),
+glue_figure("fig-gradcam-results", metric_bar_chart(table, ("miou", "accuracy"),
                              title="Grad-CAM boxes (this build; see the box above)"))
 show_table(table, f"{table_source(runs.values())}.")
+
+# %% [markdown]
+# ```{glue:figure} fig-gradcam-results
+# ---
+# name: fig-gradcam-results
+# alt: >-
+#   Horizontal bars of mean IoU and accuracy for Grad-CAM at each threshold, snapped to a
+#   proposal, and the baseline.
+# ---
+# Grad-CAM boxes at each threshold, snapped to the nearest proposal, and the crop-and-match
+# baseline (this build).
+# ```
 
 # %% tags=["remove-input"]
 best = table.iloc[: len(thresholds)].sort_values("miou", ascending=False, kind="stable").iloc[0]

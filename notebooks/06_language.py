@@ -47,7 +47,7 @@ from refcocog_tools.language import (
     relation_counts,
     word_frequencies,
 )
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 
 chapter = open_chapter(globals(), models=())
 root = chapter.root
@@ -81,7 +81,12 @@ spatial = (
     .agg(expressions=("sentence", "size"), spatial=("spatial", "sum"),
          spatial_share=("spatial", "mean"), parsed_spatial_share=("parsed_spatial", "mean"))
 )
-show_table(spatial, "Computed here from this run's data root (see the box at the top).")
+show_table(spatial,
+           "Computed here from this run's data root (see the box at the top).")
+
+# %% [markdown]
+# {numref}`fig-spatial-by-category` shows the share of spatial expressions per category of
+# the referred object.
 
 # %% tags=["hide-input"]
 by_category = (
@@ -95,15 +100,26 @@ by_category["spatial_share"].plot.bar(ax=ax, rot=45, color="tab:orange")
 ax.set_ylim(0, 1)
 ax.set_ylabel("share of spatial expressions")
 ax.set_title("spatial expressions per category of the referred object")
-show_figure(fig)
+glue_figure("fig-spatial-by-category", fig)
 show_table(by_category, "Computed here from this run's data root (see the box at the top).")
+
+# %% [markdown]
+# ```{glue:figure} fig-spatial-by-category
+# ---
+# name: fig-spatial-by-category
+# alt: >-
+#   Bars of the share of spatial expressions for each category of referred object.
+# ---
+# Share of spatial expressions per category of the referred object (computed here from this run's
+# data root).
+# ```
 
 # %% [markdown]
 # ## Length
 #
 # Half of the expressions in this run have at most {glue:text}`median_words:.0f` words. Short
 # phrases without a verb are the norm, which is one reason the study expected a
-# general-purpose parser to struggle.
+# general-purpose parser to struggle. {numref}`fig-expression-length` compares the lengths.
 
 # %% tags=["hide-input"]
 fig, ax = plt.subplots(figsize=(6, 3))
@@ -115,9 +131,19 @@ ax.set_xlabel("words in the expression")
 ax.set_ylabel("expressions")
 ax.legend()
 ax.set_title("expression length")
-show_figure(fig)
+glue_figure("fig-expression-length", fig)
 show_table(table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%", "max"]],
            "Computed here from this run's data root (see the box at the top).")
+
+# %% [markdown]
+# ```{glue:figure} fig-expression-length
+# ---
+# name: fig-expression-length
+# alt: >-
+#   Histograms of expression length in words, spatial and non-spatial expressions overlaid.
+# ---
+# Expression length in words, spatial against non-spatial expressions (computed here).
+# ```
 
 # %% [markdown]
 # ## What a parser would extract
@@ -155,7 +181,7 @@ show_table(relations, "Computed here from this run's data root (see the box at t
 # ## Words
 #
 # The most frequent content words (function words removed), over all expressions and split by
-# whether the expression is spatial.
+# whether the expression is spatial. {numref}`fig-frequent-words` lists the most frequent ones.
 
 # %% tags=["hide-input"]
 words = word_frequencies(table["sentence"], top=top_words)
@@ -163,7 +189,7 @@ fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.barh(words["word"][::-1], words["count"][::-1])
 ax.set_xlabel("occurrences")
 ax.set_title(f"{top_words} most frequent content words")
-show_figure(fig)
+glue_figure("fig-frequent-words", fig)
 show_table(pd.concat(
     {
         "spatial": word_frequencies(table.loc[table["spatial"], "sentence"], top=top_words)
@@ -173,6 +199,16 @@ show_table(pd.concat(
     },
     axis=1,
 ), "Computed here from this run's data root (see the box at the top).")
+
+# %% [markdown]
+# ```{glue:figure} fig-frequent-words
+# ---
+# name: fig-frequent-words
+# alt: >-
+#   Horizontal bars of the most frequent content words of the expressions.
+# ---
+# The most frequent content words of the expressions (computed here).
+# ```
 
 # %% [markdown]
 # ## What this means for a parser-based method

@@ -45,7 +45,7 @@ import pandas as pd
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.figures import show_table
 from refcocog_tools.language import tokenize
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.scene_graph import (
     EXTREME_WORDS,
     RELATIONS,
@@ -84,13 +84,28 @@ for sentence in item.sentences:
 # The graph has {glue:text}`n_nodes` nodes and {glue:text}`n_edges` directed edges over the
 # four relations. Each panel below draws the edges of one relation over the image: an arrow
 # from *i* to *j* means *i* is in that relation to *j*. The referred object is outlined in red.
+# {numref}`fig-scene-graph` draws them.
 
-# %% tags=["hide-input"]
-fig, axes = plt.subplots(1, len(RELATIONS), figsize=(4.2 * len(RELATIONS), 3.6))
-for ax, relation in zip(axes, RELATIONS, strict=True):
+# %% tags=["remove-input"]
+# Two by two, so that each panel keeps half the page width and its labels stay legible.
+fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+for ax, relation in zip(axes.flat, RELATIONS, strict=True):
     draw_scene_graph(ax, item.image, graph, relation=relation, highlight=referred)
 fig.tight_layout()
-show_figure(fig)
+glue_figure("fig-scene-graph", fig)
+
+# %% [markdown]
+# ```{glue:figure} fig-scene-graph
+# ---
+# name: fig-scene-graph
+# alt: >-
+#   Four panels of the same image with numbered, labelled boxes and arrows for the edges of one
+#   relation each: left of, right of, above, below.
+# ---
+# The scene graph of one test image, one relation per panel: an arrow from i to j means i is in
+# that relation to j; the referred object is outlined in red (computed here from the ground-truth
+# boxes).
+# ```
 
 # %% [markdown]
 # ## The adjacency matrices
@@ -99,15 +114,28 @@ show_figure(fig)
 # (left of = 1, right of = 2, above = 4, below = 8), so one integer per ordered pair keeps all
 # of them: a code of 5 means *left of and above*. Beside it, a weighted adjacency whose weight
 # grows as two centroids get closer (1 minus their distance over the image diagonal), the kind
-# of edge weight a graph network could use to favour near neighbours.
+# of edge weight a graph network could use to favour near neighbours. {numref}`fig-adjacency`
+# shows both.
 
 # %% tags=["hide-input"]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
 plot_relation_heatmap(axes[0], graph, matrix="codes")
 plot_relation_heatmap(axes[1], graph, matrix="weights")
 fig.tight_layout()
-show_figure(fig)
+glue_figure("fig-adjacency", fig)
 show_table(graph.to_frame(), "Computed here from the ground-truth boxes of the image drawn above.")
+
+# %% [markdown]
+# ```{glue:figure} fig-adjacency
+# ---
+# name: fig-adjacency
+# alt: >-
+#   Two matrices over the image's objects: integer edge codes with their values written in, and
+#   closeness weights in colour.
+# ---
+# The graph as matrices: the edge code of every ordered pair (bit flags of the four relations) and
+# the closeness weight (computed here).
+# ```
 
 # %% [markdown]
 # ## What the graph decides on its own

@@ -40,6 +40,7 @@ seed: int = 0
 split: str = "test"
 image_index: int = 0  # which image (in order of first appearance) the prompts are drawn for
 n_expressions: int = 4  # spatial expressions in the table of augmented prompts
+results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 
 # %% tags=["remove-input"]
 import pandas as pd
@@ -53,7 +54,7 @@ from refcocog_tools.figures import (
     show_table,
 )
 from refcocog_tools.methods import make_method
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_value
 from refcocog_tools.visual_prompts import (
     KEYWORD_COLOURS,
@@ -80,31 +81,68 @@ chapter.note
 #
 # The colour of a proposal is read from the cell that holds its centre, in coordinates
 # normalised by the image's width and height. The cuts are the study's: they are not thirds,
-# the middle column is narrower (0.35 to 0.65).
+# the middle column is narrower (0.35 to 0.65). {numref}`fig-lut` draws it.
 
-# %% tags=["hide-input"]
-show_figure(lut_figure(LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS))
+# %% tags=["remove-input"]
+glue_figure("fig-lut", lut_figure(LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS))
+
+# %% [markdown]
+# ```{glue:figure} fig-lut
+# ---
+# name: fig-lut
+# alt: >-
+#   A three by three grid over the unit square, each cell filled with its colour and named, the
+#   middle column narrower.
+# ---
+# The study's colour look-up table: the colour of a proposal is that of the cell holding its
+# centre.
+# ```
 
 # %% [markdown]
 # ## The visual prompts of one image
 #
 # Every proposal of one image, first with its background painted in its cell's colour (what
 # the colour-background method embeds), then as a tinted crop (what the colour-overlay method
-# embeds). The titles name the colour or the side.
+# embeds). The titles name the colour or the side. {numref}`fig-colour-backgrounds` shows the
+# painted backgrounds
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 groups = group_by_image(dataset, limit)
 items = groups[min(image_index, len(groups) - 1)]
 image = items[0].image
 boxes = proposer(items[0]).boxes
 painted = [paint_background(image, box) for box in boxes]
-show_figure(side_by_side(painted, [lut_colour(box, image.size)[0] for box in boxes], width=2.4,
+glue_figure("fig-colour-backgrounds",
+            side_by_side(painted, [lut_colour(box, image.size)[0] for box in boxes], width=2.4,
                          columns=min(4, len(painted))))
 
-# %% tags=["hide-input"]
+# %% [markdown]
+# ```{glue:figure} fig-colour-backgrounds
+# ---
+# name: fig-colour-backgrounds
+# alt: >-
+#   One framed panel per proposal of one image, with the background painted in the proposal's
+#   colour, titled with the colour's name.
+# ---
+# Every proposal of one image with its background painted in its cell's colour, as the colour-
+# background method embeds it; each panel is framed so that a white background stays visible.
+# ``` and {numref}`fig-colour-overlays` the tinted crops.
+
+# %% tags=["remove-input"]
 tinted = [tint_crop(image, box) for box in boxes]
-show_figure(side_by_side(tinted, [overlay_side(box, image.size) for box in boxes], width=1.8,
+glue_figure("fig-colour-overlays",
+            side_by_side(tinted, [overlay_side(box, image.size) for box in boxes], width=1.8,
                          columns=min(6, len(tinted))))
+
+# %% [markdown]
+# ```{glue:figure} fig-colour-overlays
+# ---
+# name: fig-colour-overlays
+# alt: >-
+#   One framed panel per proposal crop, tinted by side, titled with the side.
+# ---
+# The same proposals as tinted crops, as the colour-overlay method embeds them.
+# ```
 
 # %% [markdown]
 # ## The augmented expressions
@@ -132,17 +170,30 @@ show_table(prompt_table, "Computed here for the image drawn above.")
 # and the study's reported numbers for the baseline and for the colour-coded background. The
 # study described the latter only in prose ("an average IoU of about 0.54"), without saying
 # on which split or with which backbone; the `method` column of the reported rows says
-# "not stated" there. The `source` column tells the two kinds of rows apart: on the embedded
+# "not stated" there. The `numbers` column tells the two kinds of rows apart: on the embedded
 # defaults this build's rows come from an untrained CLIP on synthetic shapes.
+# {numref}`fig-colour-results` compares them.
 
 # %% tags=["hide-input"]
 runs = {name: evaluate(dataset, make_method(name, backbones), proposer, backbones, limit=limit)
         for name in ("baseline", "color-background", "color-overlay")}
+for name in ("color-background", "color-overlay"):
+    chapter.save_results(name, runs[name])
 computed = results_table(runs)
 table, caption = comparison_table(["baseline", "colour_background"], runs)
-show_figure(metric_bar_chart(computed, ("miou", "accuracy"),
+glue_figure("fig-colour-results", metric_bar_chart(computed, ("miou", "accuracy"),
                              title="colour encodings vs baseline (this build; see the box)"))
 show_table(table, caption)
+
+# %% [markdown]
+# ```{glue:figure} fig-colour-results
+# ---
+# name: fig-colour-results
+# alt: >-
+#   Horizontal bars of mean IoU and accuracy for the baseline and the two colour encodings.
+# ---
+# The colour encodings against the baseline (this build, configuration in the box at the top).
+# ```
 
 # %% tags=["remove-input"]
 glue("reported_colour_miou", reported_value("colour_background", "miou", split="not stated"))

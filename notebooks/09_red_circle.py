@@ -51,8 +51,11 @@ area_filter: "Optional[float]" = None  # drop proposals covering this share of t
 class_prior: bool = False  # weight proposals by the expression's similarity to their class name
 ablations: bool = True  # evaluate the one-change-at-a-time ablations
 image_index: int = 0  # which image of the split the debiasing example uses
+results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 
 # %% tags=["remove-input"]
+
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -70,7 +73,7 @@ from refcocog_tools.figures import (
 )
 from refcocog_tools.methods import make_method
 from refcocog_tools.red_circle import debias_explicit, debias_fast, sample_debias_sentences
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_value
 from refcocog_tools.visual_prompts import VARIANTS, render_variants, side_by_side
 
@@ -88,9 +91,10 @@ chapter.note
 # not detections: they were annotated by hand for this page (by looking at the pictures) and
 # are listed in the next cell. Each row shows one box in the four variants the study tried:
 # the marker alone, the marker on a blurred background, on a grey background, and on a
-# blurred grey background. The study kept the two blurred ones.
+# blurred grey background. The study kept the two blurred ones. {numref}`fig-prompts-bus` and
+# {numref}`fig-prompts-zidane` show them.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 # Hand-annotated xyxy pixel boxes (x1, y1, x2, y2) on the full-resolution photographs.
 PHOTO_BOXES = {
     "bus.jpg": {"the bus": (17, 231, 802, 768),
@@ -104,8 +108,30 @@ for photo, named in PHOTO_BOXES.items():
                                width=max(stroke_width, 6))
     panels = [im for row in rendered for im in row]
     titles = [f"{name}\n{variant}" for name in named for variant in VARIANTS]
-    show_figure(side_by_side(panels, titles, width=2.6, columns=len(VARIANTS)))
+    glue_figure(f"fig-prompts-{Path(photo).stem}",
+                side_by_side(panels, titles, width=2.6, columns=len(VARIANTS)))
 glue("stroke_width", stroke_width)
+
+# %% [markdown]
+# ```{glue:figure} fig-prompts-bus
+# ---
+# name: fig-prompts-bus
+# alt: >-
+#   The bus photograph in four variants for two hand-annotated boxes: marker alone, blurred
+#   background, grey background, blurred grey background.
+# ---
+# The four visual-prompt variants on `bus.jpg`, one row per hand-annotated box.
+# ```
+#
+# ```{glue:figure} fig-prompts-zidane
+# ---
+# name: fig-prompts-zidane
+# alt: >-
+#   The photograph of two men in four variants for two hand-annotated boxes: marker alone,
+#   blurred background, grey background, blurred grey background.
+# ---
+# The four visual-prompt variants on `zidane.jpg`, one row per hand-annotated box.
+# ```
 
 # %% [markdown]
 # The markers above are drawn 6 px wide so that they survive the figure's downscaling; the
@@ -129,7 +155,7 @@ glue("stroke_width", stroke_width)
 # number 42 to the name `seed` instead of calling the function, so nothing was seeded and the
 # 5000 expressions changed on every run. Here the sample comes from a
 # `numpy.random.Generator` seeded by the `seed` parameter: the same seed gives the same
-# sample (checked below), a different seed a different one.
+# sample (checked below), a different seed a different one. {numref}`fig-debiasing` shows both.
 
 # %% tags=["hide-input"]
 cache = EmbeddingCache()  # shared by every run of this page: keys name all render parameters
@@ -167,9 +193,21 @@ for ax, matrix, title in ((axes[0], sim, "raw cosine similarity"),
     ax.set_xlabel("visual prompt (proposal x variant)")
     ax.set_ylabel("expression")
 fig.tight_layout()
-show_figure(fig)
+glue_figure("fig-debiasing", fig)
 glue("n_debias_used", len(method.debias_sentences))
 glue("debias_pool", len(debias_pool))
+
+# %% [markdown]
+# ```{glue:figure} fig-debiasing
+# ---
+# name: fig-debiasing
+# alt: >-
+#   Two heat maps of similarity between expressions (rows) and visual prompts (columns), raw and
+#   debiased.
+# ---
+# Cosine similarity of one image's expressions with its visual prompts, raw (left) and debiased
+# (right) (this build).
+# ```
 
 # %% [markdown]
 # Left, the raw similarities of one image's expressions (rows) with its visual prompts
@@ -181,11 +219,12 @@ glue("debias_pool", len(debias_pool))
 # ## Evaluation
 #
 # The full method with this page's parameters, the crop-and-match baseline with the same
-# proposals and backbones, and the study's reported rows for both. The `source` column tells
+# proposals and backbones, and the study's reported rows for both. The `numbers` column tells
 # the study's numbers from this build's.
 
 # %% tags=["hide-input"]
 final = evaluate(dataset, method, proposer, backbones, limit=limit)
+chapter.save_results("red-circle", final)
 baseline = evaluate(dataset, make_method("baseline", backbones, cache=cache), proposer,
                     backbones, limit=limit)
 show_table(*comparison_table(["final", "baseline"],
@@ -213,7 +252,8 @@ glue("baseline_miou", baseline["metrics"]["miou"])
 # image or more, and the class prior that weights each proposal by how similar the expression
 # is to "A photo of a *class*" for the proposal's class. Every row is computed by this build;
 # the study reported its tuning only in prose (about fifty combinations inspected by hand on
-# some hundred samples), so there are no reported rows here.
+# some hundred samples), so there are no reported rows here. {numref}`fig-ablations` draws the
+# table.
 
 # %% tags=["hide-input"]
 ABLATIONS = [
@@ -246,9 +286,20 @@ if ablations:
             same = " (page's setting)" if value == options[option] else ""
             rows[f"{label} = {shown}{same}"] = run_config({**options, option: value})
 ablation_table = results_table(rows).rename(columns={"method": "setting"})
-show_figure(metric_bar_chart(ablation_table, ("miou", "accuracy"), label="setting",
+glue_figure("fig-ablations", metric_bar_chart(ablation_table, ("miou", "accuracy"), label="setting",
                              title="red-circle ablations (this build; see the box above)"))
 show_table(ablation_table, f"{table_source(done.values())}.")
+
+# %% [markdown]
+# ```{glue:figure} fig-ablations
+# ---
+# name: fig-ablations
+# alt: >-
+#   Horizontal bars of mean IoU and accuracy for each ablation setting of the red-circle method.
+# ---
+# One change at a time: mean IoU and accuracy of each ablation setting of the red-circle method
+# (this build).
+# ```
 
 # %% tags=["remove-input"]
 glue("n_ablation_runs", len(done))

@@ -31,32 +31,30 @@ device: str = "cpu"
 limit: int = 0
 seed: int = 0
 split: str = "test"
-results_dir: str = ""  # a folder to write one results JSON per method into (empty: write nothing)
+results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 regressor_epochs: int = 30  # the study trained both regressors for 30 epochs
 
 # %% tags=["remove-input"]
-import tempfile
-from pathlib import Path
+from IPython.display import Markdown, display
 
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
 from refcocog_tools.figures import (
-    comparison_table,
     metric_bar_chart,
     results_table,
     show_table,
+    study_vs_build,
+    study_vs_build_chart,
     table_source,
 )
-from refcocog_tools.io_utils import atomic_write_json
 from refcocog_tools.methods import make_method
 from refcocog_tools.regressors import (
     TrainConfig,
-    clip_provenance,
-    save_checkpoint,
+    results_on_split,
     split_data,
     train_regressor,
 )
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import STUDY, reported_results, reported_value
 
 chapter = open_chapter(globals())
@@ -92,67 +90,117 @@ glue("reported_colour_miou", reported_value("colour_background", "miou", split="
 #
 # ## Computed by this build
 #
-# Every grounding method of the report, evaluated here with this page's parameters (same split,
-# proposals and backbones for all rows; the red-circle method with the study's final settings,
-# debiased with 5000 training expressions). Dataset statistics, the language analysis and the
+# Every grounding method of the report with this page's parameters (same split, proposals and
+# backbones for all rows; the red-circle method with the study's final settings, debiased with
+# 5000 training expressions; both regressors trained with MSE on pixel targets). The chapters
+# that compute a method write its results document to `results/<method>.json`; this page reads
+# those files and computes a method itself only when no chapter computed it with this
+# configuration (same data, split, CLIP checkpoints, proposals, limit and method settings), so a
+# build on real data computes nothing twice. Dataset statistics, the language analysis and the
 # scene graphs are on their own pages. On the embedded defaults these rows come from untrained
 # tiny models on a synthetic dataset, as the box at the top of the page says: they check that
 # every method runs end to end and is deterministic, nothing more.
 
 # %% tags=["hide-input"]
 debias_pool = RefCOCOg(root, split="train").sentences()
+# label: (method, its options, the key of the study's row)
 METHODS = {
-    "baseline (crop and match)": ("baseline", {}),
-    "colour-coded background": ("color-background", {}),
-    "colour overlay": ("color-overlay", {}),
+    "baseline (crop and match)": ("baseline", {}, "baseline"),
+    "colour-coded background": ("color-background", {}, "colour_background"),
+    "colour overlay": ("color-overlay", {}, None),
     "red ellipse + blur, debiased (final proposal)": ("red-circle",
-                                                      {"debias_pool": debias_pool}),
-    "Grad-CAM box": ("gradcam", {}),
-    "floor: random proposal": ("random", {}),
-    "floor: largest proposal": ("largest", {}),
-    "floor: proposal nearest the centre": ("center", {}),
+                                                      {"debias_pool": debias_pool}, "final"),
+    "Grad-CAM box": ("gradcam", {}, None),
+    "floor: random proposal": ("random", {}, None),
+    "floor: largest proposal": ("largest", {}, None),
+    "floor: proposal nearest the centre": ("center", {}, None),
 }
-computed = {}
-if results_dir:
-    Path(results_dir).mkdir(parents=True, exist_ok=True)
-for label, (name, options) in METHODS.items():
-    computed[label] = evaluate(dataset, make_method(name, backbones, seed=seed, **options),
-                               proposer, backbones, limit=limit)
-    if results_dir:
-        # Timings differ between runs; the files keep them, the page does not show them.
-        atomic_write_json(Path(results_dir) / f"{name}.json", computed[label])
+computed, recomputed = {}, []
+for label, (name, options, _) in METHODS.items():
+    method = make_method(name, backbones, seed=seed, **options)
+    document = chapter.stored_results(name, config={"method": method.config()})
+    if document is None:  # no chapter computed it with this configuration
+        document = evaluate(dataset, method, proposer, backbones, limit=limit)
+        chapter.save_results(name, document)
+        recomputed.append(name)
+    computed[label] = document
 
-# The two trained regressors (ideas 1 and 2), trained here with the study's settings (MSE,
-# Adam at its learning rates, `regressor_epochs` epochs) on this page's backbones, then
-# evaluated by the same engine through the `regressor` method.
-train_data, val_data = (split_data(root, s, backbones) for s in ("train", "val"))
-with tempfile.TemporaryDirectory(prefix="refcocog-regressors-") as checkpoints:
-    for label, head in (("regressor: bottleneck head (idea 1)", "bottleneck"),
-                        ("regressor: large head with dropout (idea 2)", "large")):
-        trained = train_regressor(train_data, val_data, TrainConfig(
-            head=head, loss="mse", epochs=regressor_epochs, seed=seed), device=device)
-        checkpoint = save_checkpoint(Path(checkpoints) / f"{head}.pt", trained.head,
-                                     trained.config, train_data.embed_dim,
-                                     clip_provenance(backbones))
-        computed[label] = evaluate(dataset, make_method("regressor", backbones,
-                                                        checkpoint=checkpoint),
-                                   proposer, backbones, limit=limit)
+# The two trained regressors (ideas 1 and 2) as chapters 03 and 04 trained them with the
+# study's settings (MSE, pixel targets, Adam at its learning rates, `regressor_epochs` epochs);
+# trained here only when their results files are missing or were made otherwise.
+REGRESSORS = {"regressor: bottleneck head (idea 1)": ("bottleneck", "bottleneck"),
+              "regressor: large head with dropout (idea 2)": ("large", "large_regressor")}
+data = None
+for label, (head, _) in REGRESSORS.items():
+    config = TrainConfig(head=head, loss="mse", epochs=regressor_epochs, seed=seed)
+    name = f"regressor-{head}"
+    document = chapter.stored_results(name, uses_proposals=False, config=config.to_dict())
+    if document is None:
+        data = data or {split: split_data(root, split, backbones).first(limit)
+                        for split in ("train", "val", "test")}
+        trained = train_regressor(data["train"], data["val"], config, device=device)
+        document = results_on_split(trained, data["test"], root, backbones, limit=limit)
+        chapter.save_results(name, document)
+        recomputed.append(name)
+    computed[label] = document
+display(Markdown(
+    f"Read from `{chapter.results_dir.name}/`: every method but "
+    f"{', '.join(recomputed)} (computed here: no chapter had computed them with this "
+    "configuration)." if recomputed else
+    f"Every row was read from the results files the chapters wrote (`{chapter.results_dir.name}/"
+    "<method>.json`); nothing was computed twice."))
 
+# %% [markdown]
+# {numref}`fig-every-method` draws every method this build computed.
+
+# %% tags=["hide-input"]
 computed_table = results_table(computed)
-show_figure(metric_bar_chart(computed_table, ("miou", "accuracy", "cosine"),
+glue_figure("fig-every-method", metric_bar_chart(computed_table, ("miou", "accuracy", "cosine"),
                              title="every method (this build; see the box at the top)"))
 show_table(computed_table, f"{table_source(computed.values())}.")
 
 # %% [markdown]
-# ## Both, side by side
+# ```{glue:figure} fig-every-method
+# ---
+# name: fig-every-method
+# alt: >-
+#   Horizontal bars of mean IoU, accuracy and cosine similarity for every method computed by
+#   this build.
+# ---
+# Every method of the report as this build computed it (configuration in the box at the top).
+# ```
+
+# %% [markdown]
+# ## The study's numbers next to this build's
 #
-# The study's rows and this build's rows in one table, told apart by the `numbers` column. Rows
-# of different sources are not comparable unless the box at the top of the page says this
-# build ran on RefCOCOg with pretrained weights, and even then the study's rows used their own
-# backbones and proposals, named in the `method` column.
+# One row per method: the mean IoU the study reported, with the configuration it used, and the
+# mean IoU this build computed, with this build's configuration. The two numbers of a row are
+# comparable only when the box at the top of the page says this build ran on RefCOCOg with
+# pretrained weights, and even then only as far as the two configurations agree.
+# {numref}`fig-study-vs-build` and the table below it put them side by side.
 
 # %% tags=["hide-input"]
-show_table(*comparison_table(list(dict.fromkeys(reported_results()["key"])), computed))
+SUMMARY = [(label, study_key, computed[label])
+           for label, (_, _, study_key) in METHODS.items() if not label.startswith("floor")]
+SUMMARY[1:1] = [(label, study_key, computed[label])
+                for label, (_, study_key) in REGRESSORS.items()]
+summary = study_vs_build(SUMMARY)
+glue_figure("fig-study-vs-build", study_vs_build_chart(summary))
+show_table(summary, f"Mean IoU. Study: {STUDY}, as reported (test split unless the "
+                    "configuration says otherwise). This build: computed on the configuration "
+                    "of each row.")
+
+# %% [markdown]
+# ```{glue:figure} fig-study-vs-build
+# ---
+# name: fig-study-vs-build
+# alt: >-
+#   Paired horizontal bars per method: the study's reported mean IoU, hatched grey, and this
+#   build's, blue, each labelled with its value or not reported.
+# ---
+# Mean IoU per method: the study's number (hatched, as reported) next to this build's
+# (configurations in the table below).
+# ```
 
 # %% tags=["remove-input"]
 glue("computed_best", computed_table.sort_values("miou", ascending=False, kind="stable")

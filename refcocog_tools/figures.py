@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from .reported import reported_results
+from .results import build_source
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -37,31 +38,6 @@ PREDICTION_COLOUR = "red"
 def reported_source(section: str) -> str:
     """The source text of a number quoted from the original study."""
     return f"reported by the original study ({section})"
-
-
-def build_source(results: Mapping[str, Any]) -> str:
-    """The source text of a number this build computed, from an ``evaluate`` results document.
-
-    Names the dataset (synthetic or RefCOCOg and the split), the CLIP backbones with
-    ``(untrained)`` or ``(pretrained)``, the proposals and the number of expressions, e.g.
-    ``"this build: synthetic dataset (test), tiny-rn (untrained), proposals gt, n=43"``.
-    """
-    prov = results["provenance"]
-    data = "synthetic dataset" if prov.get("synthetic_data") else "RefCOCOg"
-    clips = prov.get("clip") or []
-    if clips:
-        models = ", ".join(f"{c['name']} ({'untrained' if c['untrained'] else 'pretrained'})"
-                           for c in clips)
-    else:
-        models = "no CLIP model"
-    proposals = prov.get("proposals") or {}
-    name = proposals.get("name", "?")
-    if proposals.get("untrained"):
-        name += " (untrained)"
-    if proposals.get("note"):  # ground-truth boxes: says they are an upper bound
-        name += f" ({proposals['note']})"
-    n = results["metrics"]["n"]
-    return f"this build: {data} ({prov.get('split', '?')}), {models}, proposals {name}, n={n}"
 
 
 def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -143,6 +119,58 @@ def table_source(results: Iterable[Mapping[str, Any]]) -> str:
     ``build_source`` without the expression count (a column of the table)."""
     sources = list(dict.fromkeys(build_source(doc).rsplit(", n=", 1)[0] for doc in results))
     return "; ".join(sources)
+
+
+def study_vs_build(rows: Sequence[tuple[str, str | None, Mapping[str, Any]]]) -> pd.DataFrame:
+    """One row per method: the study's mean IoU and configuration next to this build's.
+
+    ``rows`` are (label, key of the study's row or None when it reported no number, this
+    build's results document). The study's number is its test-split one where it has one.
+    """
+    wide = reported_results(wide=True)
+    out = []
+    for label, key, doc in rows:
+        study = wide[wide["key"] == key] if key else wide.iloc[:0]
+        if len(study) > 1 and (study["split"] == "test").any():
+            study = study[study["split"] == "test"]
+        first = study.iloc[0] if len(study) else None
+        out.append({
+            "method": label,
+            "study miou": float(first["miou"]) if first is not None else float("nan"),
+            "study configuration": (f"{first['backbone']}, proposals {first['proposals']}, "
+                                    f"{first['split']} split" if first is not None else None),
+            "this build miou": _metric_values(doc["metrics"])["miou"],
+            "this build accuracy": _metric_values(doc["metrics"])["accuracy"],
+            "this build configuration": build_source(doc).removeprefix("this build: "),
+        })
+    return pd.DataFrame(out)
+
+
+def study_vs_build_chart(table: pd.DataFrame, width: float = 7.5) -> Figure:
+    """Paired horizontal bars per method: the study's mean IoU (grey, hatched; absent where it
+    reported none) and this build's (blue), labelled with their values."""
+    import matplotlib.pyplot as plt
+
+    labels = [textwrap.shorten(str(v), 40) for v in table["method"]]
+    fig, ax = plt.subplots(figsize=(width, 0.55 * len(labels) + 1.2))
+    positions = range(len(labels))
+    for offset, column, style in ((-0.2, "study miou", {"color": "0.6", "hatch": "//",
+                                                        "label": "study (reported)"}),
+                                  (0.2, "this build miou", {"color": "C0",
+                                                            "label": "this build"})):
+        values = table[column].astype(float)
+        bars = ax.barh([p + offset for p in positions], values.fillna(0), height=0.38, **style)
+        for bar, value in zip(bars, values, strict=True):
+            text = "not reported" if pd.isna(value) else f"{value:.3f}"
+            ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2, text,
+                    va="center", fontsize=9)
+    ax.set_yticks(list(positions), labels, fontsize=10)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.15)
+    ax.set_xlabel("mean IoU", fontsize=10)
+    ax.legend(loc="lower right", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -297,7 +325,7 @@ def prediction_grid(images: Mapping[int, Image.Image], rows: Sequence[Mapping[st
         draw_box(ax, row["gt_box"], GT_COLOUR)
         draw_box(ax, row["box"], PREDICTION_COLOUR, linestyle="--")
         title = textwrap.fill(textwrap.shorten(str(row["sentence"]), 70), 36)
-        ax.set_title(f"{title}\nIoU {float(row['iou']):.2f}", fontsize=8)
+        ax.set_title(f"{title}\nIoU {float(row['iou']):.2f}", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -348,7 +376,7 @@ def heatmap_grid(image: Image.Image, heatmaps: torch.Tensor, boxes: torch.Tensor
         ax.imshow(heat.numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
         draw_box(ax, gt, GT_COLOUR)
         draw_box(ax, box, PREDICTION_COLOUR, linestyle="--")
-        ax.set_title(textwrap.fill(textwrap.shorten(title, 70), 36), fontsize=8)
+        ax.set_title(textwrap.fill(textwrap.shorten(title, 60), 30), fontsize=11)
     fig.tight_layout()
     return fig
 

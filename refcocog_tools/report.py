@@ -40,7 +40,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from . import results
 from .dataset import is_synthetic as dataset_is_synthetic
+from .results import ProvenanceNote
 
 CHAPTER_DIR = Path("book") / "chapters"  # the build area, relative to the book root
 SOURCE_DIR = Path("notebooks")
@@ -48,6 +50,8 @@ KERNEL = "python3"
 PAIRING = "ipynb,py:percent"
 # What every chapter's parameters cell defines (chapters may add their own).
 COMMON_PARAMETERS = ("data_root", "clip", "proposals", "device", "limit", "seed")
+# What the book keeps of papermill's record of a run (not its paths).
+_RUN_RECORD = ("start_time", "end_time", "duration", "exception", "parameters")
 # Deterministic kernels unless the caller (the Makefile) already chose.
 _KERNEL_ENV = {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                "YOLO_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -182,8 +186,12 @@ def _type_accepts(annotation: str, value: Any) -> bool:
 
 
 def _annotation_text(annotation: Any) -> str:
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__",
-                                                                 str(annotation))
+    """A type hint as its source text: ``int``, ``list[str]``, ``Optional[float]``."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")  # list[float], typing.Optional[float]
 
 
 def _imported_names(cell_sources: Sequence[str]) -> set[str]:
@@ -280,9 +288,13 @@ def execute_chapter(root: Path, name: str, parameters: dict[str, Any], out_dir: 
 def clean_executed(nb: Any, pair: bool) -> Any:
     """Drop run-specific metadata (papermill paths and timings, execution timestamps).
 
-    With ``pair`` the notebook gets the jupytext pairing with its ``.py`` source.
+    With ``pair`` the notebook gets the jupytext pairing with its ``.py`` source. Without it
+    (the book's build area) the notebook keeps papermill's record of the run (start, end,
+    duration, exception, parameters), which the provenance page reads, without its paths.
     """
-    nb.metadata.pop("papermill", None)
+    record = nb.metadata.pop("papermill", None) or {}
+    if not pair:
+        nb.metadata["papermill"] = {key: record[key] for key in _RUN_RECORD if key in record}
     for cell in nb.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
@@ -294,33 +306,237 @@ def clean_executed(nb: Any, pair: bool) -> Any:
     return nb
 
 
-def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str, Any]],
-                out_dir: Path, log: Any = sys.stdout) -> list[Path]:
-    """Execute every chapter in order, each with its ``parameters[name]``; ReportError names
-    the first that fails."""
+# ----------------------------------------------------------------------------------------------
+# Incremental builds and the execution record
+# ----------------------------------------------------------------------------------------------
+def package_fingerprint() -> str:
+    """SHA-256 of the package's sources and version: any change to the code chapters call."""
+    import hashlib
+
+    from . import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _reads_results(source: str) -> bool:
+    """Whether a chapter reads the results files other chapters write (chapter 10)."""
+    return ".stored_results(" in source
+
+
+def chapter_hash(root: Path, name: str, parameters: dict[str, Any],
+                 package: str | None = None) -> str:
+    """What an executed chapter depends on: its source, its parameters and the package, plus
+    the results files when it reads them. Equal hashes: nothing to re-execute."""
+    import hashlib
+    import json
+
+    source = chapter_source(root, name).read_text(encoding="utf-8")
+    digest = hashlib.sha256()
+    for part in (source, json.dumps(parameters, sort_keys=True, default=str),
+                 package or package_fingerprint()):
+        digest.update(part.encode() + b"\0")
+    if _reads_results(source):
+        results_dir = Path(parameters.get("results_dir") or root / "results")
+        for path in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def hash_path(out_dir: Path, name: str) -> Path:
+    """The hash kept beside an executed notebook: ``<name>.ipynb.sha256``."""
+    return out_dir / f"{name}.ipynb.sha256"
+
+
+def is_current(out_dir: Path, name: str, digest: str) -> bool:
+    """Whether ``out_dir/<name>.ipynb`` was executed from exactly these inputs."""
+    stamp = hash_path(out_dir, name)
+    return ((out_dir / f"{name}.ipynb").is_file() and stamp.is_file()
+            and stamp.read_text(encoding="utf-8").strip() == digest)
+
+
+def _footer_cell(root: Path, name: str, nb: Any) -> Any:
+    """The last cell of a page in the book: when, how long, with what it was executed."""
     import nbformat
 
+    record = nb.metadata.get("papermill", {})
+    build = nb.metadata.get("refcocog_tools", {})
+    params = record.get("parameters") or {}
+    shown = ", ".join(f"`{k}={v!r}`" for k, v in params.items()) or "the defaults"
+    status = "failed" if record.get("exception") else "completed"
+    seconds = record.get("duration")
+    took = f" in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+    text = (f"```{{admonition}} How this page was made\n:class: dropdown\n"
+            f"Executed by papermill{took} ({status}), started "
+            f"{str(record.get('start_time', '?'))[:19].replace('T', ' ')} UTC, from "
+            f"`{SOURCE_DIR.as_posix()}/{name}.py` with refcocog-tools "
+            f"{build.get('version', '?')}, commit `{(build.get('commit') or 'unknown')[:12]}`. "
+            f"Parameters: {shown}. The record of every chapter is on the page "
+            "{doc}`../provenance`.\n```")
+    return nbformat.v4.new_markdown_cell(text, metadata={"tags": ["provenance-footer"]})
+
+
+def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str, Any]],
+                out_dir: Path, log: Any = None, incremental: bool = False,
+                force: Sequence[str] = (), record: bool = False) -> list[Path]:
+    """Execute every chapter in order, each with its ``parameters[name]``; ReportError names
+    the first that fails.
+
+    ``incremental``: a chapter whose executed notebook and hash (``chapter_hash``) are current
+    is not executed again, unless it is named in ``force``. ``record``: keep papermill's run
+    record, the build's commit and version and a footer cell in each executed notebook.
+    """
+    import nbformat
+
+    from . import __version__
+    from .results import git_commit
+
+    log = log or sys.stdout
+    package = package_fingerprint()
+    commit = git_commit() if record else None
     done = []
     for index, name in enumerate(names, 1):
+        path = out_dir / f"{name}.ipynb"
+        digest = chapter_hash(root, name, parameters.get(name, {}), package)
+        if incremental and name not in force and is_current(out_dir, name, digest):
+            print(f"[{index}/{len(names)}] {name}: up to date (source, parameters and "
+                  "package unchanged)", file=log, flush=True)
+            done.append(path)
+            continue
+        hash_path(out_dir, name).unlink(missing_ok=True)
         started = time.perf_counter()
         path = execute_chapter(root, name, parameters.get(name, {}), out_dir)
         nb = clean_executed(nbformat.read(path, as_version=4), pair=False)
+        if record:
+            nb.metadata["refcocog_tools"] = {"version": __version__, "commit": commit,
+                                             "hash": digest}
+            nb.cells.append(_footer_cell(root, name, nb))
+        else:
+            nb.metadata.pop("papermill", None)
         nbformat.write(nb, path)
+        # Hashed after the run: a chapter that reads results files sees the ones just written.
+        hash_path(out_dir, name).write_text(
+            chapter_hash(root, name, parameters.get(name, {}), package) + "\n",
+            encoding="utf-8")
         print(f"[{index}/{len(names)}] {name}: executed in "
               f"{time.perf_counter() - started:.1f} s", file=log, flush=True)
         done.append(path)
     return done
 
 
-def build_book(root: Path) -> None:
+def on_embedded_defaults(parameters: dict[str, Any]) -> bool:
+    """Whether a chapter's parameters select the embedded synthetic data or an untrained
+    embedded model (the default ``tiny-*`` backbones and detector)."""
+    from .backbones import TINY_CLIP_CONFIGS
+
+    data_root = parameters.get("data_root", "")
+    if not data_root or dataset_is_synthetic(resolve_data_root(data_root)):
+        return True
+    clips = str(parameters.get("clip", "tiny-rn")).split(",")
+    return (any(c.strip() in TINY_CLIP_CONFIGS for c in clips)
+            or str(parameters.get("proposals", "")).startswith("tiny-"))
+
+
+def write_provenance_page(root: Path, names: Sequence[str], out_dir: Path) -> Path:
+    """``book/provenance.md``: the execution record of every chapter of this build."""
+    import nbformat
+
+    from . import __version__
+    from .results import git_commit
+
+    lines = ["# How this book was built", "",
+             f"Built on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from commit "
+             f"`{git_commit() or 'unknown (not a git checkout)'}` with refcocog-tools "
+             f"{__version__}. Each chapter was executed by papermill from its source in "
+             "`notebooks/`; `make book` re-executes a chapter only when its source, its "
+             "parameters or the package changed, so a chapter's run can be older than the "
+             "build. Parameters not listed are the chapter's defaults.", "",
+             "| chapter | status | runtime | executed (UTC) | commit | parameters |",
+             "|---|---|---|---|---|---|"]
+    for name in names:
+        nb = nbformat.read(out_dir / f"{name}.ipynb", as_version=4)
+        record = nb.metadata.get("papermill", {})
+        build = nb.metadata.get("refcocog_tools", {})
+        params = ", ".join(f"`{k}={v!r}`" for k, v in (record.get("parameters") or {}).items())
+        seconds = record.get("duration")
+        lines.append(
+            f"| {{doc}}`chapters/{name}` | "
+            f"{'failed' if record.get('exception') else 'completed'} | "
+            f"{f'{seconds:.1f} s' if isinstance(seconds, int | float) else '?'} | "
+            f"{str(record.get('start_time', '?'))[:19].replace('T', ' ')} | "
+            f"`{(build.get('commit') or 'unknown')[:12]}` | {params or 'defaults'} |")
+    page = root / "book" / "provenance.md"
+    page.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return page
+
+
+def book_config(root: Path, defaults: bool) -> Path:
+    """The book's ``_config.yml`` with this build's banner and footer, written into the build
+    area: the announcement when the build ran on the embedded defaults, and the commit,
+    version and date at the foot of every page (plus the repository button when the checkout
+    has an ``origin`` remote)."""
+    import yaml
+
+    from . import __version__
+    from .results import git_commit
+
+    config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8"))
+    html = config.setdefault("html", {})
+    if defaults:
+        html["announcement"] = (
+            "Built on the embedded defaults (a synthetic dataset and untrained models): no "
+            "number computed in this book is a RefCOCOg result. The study's numbers are "
+            "quoted as reported.")
+    commit = git_commit()
+    html["extra_footer"] = (
+        f"<p>Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with refcocog-tools "
+        f"{__version__} from commit <code>{(commit or 'unknown')[:12]}</code>; each chapter's "
+        "record is on the page <em>How this book was built</em>.</p>")
+    try:
+        remote = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
+                                capture_output=True, text=True, timeout=5, check=True)
+        url = remote.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        url = ""
+    if url.startswith(("https://", "http://")):
+        config["repository"] = {"url": url.removesuffix(".git"), "branch": "main"}
+        html["use_repository_button"] = True
+        html["use_edit_page_button"] = False
+    path = root / CHAPTER_DIR / "_config.build.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def build_book(root: Path, config: Path | None = None) -> None:
     """``jupyter-book build`` of the whole book, warnings as errors, output in book/_build."""
     exe = Path(sys.executable).with_name("jupyter-book")
     command = [str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book"),
                "build", str(root), "--path-output", str(root / "book"), "-W", "--all"]
+    if config is not None:
+        command += ["--config", str(config)]
     result = subprocess.run(command, cwd=root, check=False)
     if result.returncode != 0:
         raise ReportError(f"jupyter-book build failed (exit {result.returncode}); "
                           "warnings count as errors (-W), see the log above")
+
+
+def _declared_defaults(root: Path, name: str) -> dict[str, Any]:
+    """A chapter's parameter defaults, read from its source (no code runs)."""
+    import ast
+
+    nb = source_to_notebook(chapter_source(root, name))
+    values = {}
+    for node in ast.parse(nb.cells[parameters_cell_index(nb) or 0].source).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+            try:
+                values[node.target.id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return values
 
 
 def chapter_parameters(root: Path, names: Sequence[str],
@@ -338,18 +554,32 @@ def chapter_parameters(root: Path, names: Sequence[str],
 
 
 def build(root: Path, parameters: dict[str, Any], chapters: Sequence[str] | None = None,
-          book: bool = True) -> Path:
+          book: bool = True, force: bool = False) -> Path:
     """Execute the chapters with ``parameters`` and build the book; return the HTML index.
 
     Each chapter gets the parameters it declares: ``-p ablations False`` reaches chapter 09
-    and no other.
+    and no other. A chapter is executed only when its executed notebook is missing or out of
+    date (``chapter_hash``), when ``force``, or when it is named in ``chapters`` (with the
+    book, the other chapters are brought up to date as usual; without it, only the named
+    chapters are considered).
     """
-    names = list(chapters) if chapters else toc_chapters(root)
+    names = toc_chapters(root)
+    unknown_chapters = sorted(set(chapters or ()) - set(names))
+    if unknown_chapters:
+        raise ReportError(f"no chapter {', '.join(unknown_chapters)} in _toc.yml "
+                          f"(chapters: {', '.join(names)})")
+    if chapters and not book:
+        names = [name for name in names if name in chapters]
     per_chapter = chapter_parameters(root, names, parameters)
+    out_dir = root / CHAPTER_DIR
     started = time.perf_counter()
-    execute_all(root, names, per_chapter, root / CHAPTER_DIR)
+    execute_all(root, names, per_chapter, out_dir, incremental=not force, force=chapters or (),
+                record=True)
     if book:
-        build_book(root)
+        write_provenance_page(root, names, out_dir)
+        defaults = any(on_embedded_defaults({**_declared_defaults(root, n), **per_chapter[n]})
+                       for n in names)
+        build_book(root, book_config(root, defaults))
     print(f"report built in {time.perf_counter() - started:.1f} s: "
           f"{(root / 'book' / '_build' / 'html' / 'index.html').relative_to(root)}")
     return root / "book" / "_build" / "html" / "index.html"
@@ -382,65 +612,13 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
     return Path(data_root).expanduser()
 
 
-class ProvenanceNote:
-    """A visible statement of where a page's numbers come from.
-
-    Renders as a MyST admonition in the book (``text/markdown``) and as plain text elsewhere
-    (``text/plain``, which nbval compares).
-    """
-
-    def __init__(self, title: str, body: str, kind: str) -> None:
-        self.title = title
-        self.body = body
-        self.kind = kind  # "warning" or "note"
-
-    def _repr_markdown_(self) -> str:
-        return f"```{{admonition}} {self.title}\n:class: {self.kind}\n{self.body}\n```\n"
-
-    def __repr__(self) -> str:
-        return f"{self.kind.upper()}: {self.title}\n{self.body}"
-
-    def __str__(self) -> str:
-        return repr(self)
-
-
 def provenance_note(data_root: str | os.PathLike[str] | None,
                     backbones_untrained: bool | None = None,
                     models: str = "") -> ProvenanceNote:
-    """What the numbers on a page are, given the run's data root and models.
-
-    ``backbones_untrained`` is None for a page that uses no model, else whether any model used
-    (CLIP backbone, detector, regressor) has untrained weights. ``models`` names them.
-    """
+    """The box at the top of a page (``results.provenance_note``) for a run's data root: the
+    embedded synthetic dataset when empty."""
     synthetic = not data_root or dataset_is_synthetic(resolve_data_root(data_root))
-    named = f" ({models})" if models else ""
-    if synthetic:
-        data = ("the embedded **synthetic** dataset (pictures of drawn shapes with generated "
-                "expressions, written by `refcocog_tools.minidata`)")
-    else:
-        data = "the RefCOCOg data found at the `data_root` parameter of this run"
-    if backbones_untrained is None:
-        model_text = "No model is used on this page."
-    elif backbones_untrained:
-        model_text = (f"The models{named} are **untrained**: their weights are random, so their "
-                      "outputs carry no visual or linguistic knowledge.")
-    else:
-        model_text = f"The models{named} use pretrained weights."
-    if synthetic or backbones_untrained:
-        title = "Computed here on a smoke-test configuration: not a RefCOCOg result"
-        meaning = ("These numbers check that the code runs end to end and is deterministic; "
-                   "they say nothing about RefCOCOg or about how well any method works. "
-                   "The original study's numbers are quoted separately, with their source.")
-        if not synthetic:
-            meaning = ("The data is real, but with untrained models the numbers say nothing "
-                       "about how well any method works.")
-        return ProvenanceNote(title, f"Every number on this page was computed by this build "
-                              f"from {data}. {model_text} {meaning}", "warning")
-    title = "Computed here on RefCOCOg with pretrained weights"
-    body = (f"Every number on this page was computed by this build from {data}. {model_text} "
-            "Compare them with the original study's numbers, which are quoted separately "
-            "with their source.")
-    return ProvenanceNote(title, body, "note")
+    return results.provenance_note(synthetic, backbones_untrained, models)
 
 
 class Chapter:
@@ -466,14 +644,34 @@ class Chapter:
                         split_by=self.params.get("split_by") or None)
 
     @property
+    def results_dir(self) -> Path:
+        """Where the chapter's methods write ``<method>.json``: the ``results_dir`` parameter,
+        else ``results/`` in the book root (chapter 10 reads them there)."""
+        given = self.params.get("results_dir", "")
+        return Path(given).expanduser() if given else find_root() / "results"
+
+    def save_results(self, method: str, document: dict[str, Any]) -> Path:
+        """Store a method's results document as ``<results_dir>/<method>.json``."""
+        return results.write_results(document, self.results_dir, method)
+
+    def stored_results(self, method: str, *, uses_proposals: bool = True,
+                       config: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The stored document of ``method`` computed on this chapter's data, split, CLIP
+        checkpoints, proposals (unless ``uses_proposals`` is False) and limit, with ``config``
+        equal; None when there is none (``results.find_results``)."""
+        proposals = None
+        if uses_proposals:
+            proposals = self.proposer.name if self.proposer else self.params.get("proposals")
+        return results.find_results(
+            self.results_dir, method, data_root=self.root,
+            split=self.params.get("split", "test"), backbones=self.backbones,
+            proposals=proposals, limit=self.params.get("limit", 0), config=config)
+
+    @property
     def run_label(self) -> str:
         """How captions name this page's computed numbers, e.g. "this build: synthetic
         dataset, CLIP tiny-rn (untrained)"."""
-        data = "synthetic dataset" if dataset_is_synthetic(self.root) else "RefCOCOg"
-        clips = ",".join(b.name for b in self.backbones)
-        untrained = any(b.untrained for b in self.backbones)
-        return (f"this build: {data}, CLIP {clips} "
-                f"({'untrained' if untrained else 'pretrained'})")
+        return results.run_label(self.root, self.backbones)
 
 
 def open_chapter(namespace: dict[str, Any], *,
@@ -553,6 +751,22 @@ def glue(name: str, value: Any, digits: int = 3, significant: int | None = None)
     myst_glue(name, value, display=False)
 
 
+def glue_figure(name: str, fig: Any, dpi: int = 100) -> None:
+    """Glue a matplotlib figure as a PNG under ``name`` and close it.
+
+    The page shows it where the prose places a numbered, captioned ``{glue:figure}`` directive
+    with the same name (and its alt text), and the prose refers to it with ``{numref}``.
+    """
+    import matplotlib.pyplot as plt
+    from IPython.display import Image
+    from myst_nb import glue as myst_glue
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    myst_glue(name, Image(data=buffer.getvalue(), format="png"), display=False)
+
+
 def show_figure(fig: Any, dpi: int = 100) -> None:
     """Display a matplotlib figure as a PNG and close it, whatever the matplotlib backend.
 
@@ -583,6 +797,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="chapter parameter, e.g. -p data_root /data/refcocog")
     build_p.add_argument("--chapters", nargs="+", help="only these chapters (NN_<idea>)")
     build_p.add_argument("--no-book", action="store_true", help="execute only, skip the book")
+    build_p.add_argument("--force", action="store_true",
+                         help="re-execute every chapter, even those whose source, parameters "
+                              "and package are unchanged")
     regen = sub.add_parser("regen-baselines",
                            help="execute with defaults into notebooks/*.ipynb (nbval baselines)")
     regen.add_argument("--chapters", nargs="+", help="only these chapters (NN_<idea>)")
@@ -598,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = find_root(args.root)
         if args.command == "build":
             parameters = {name: parse_value(value) for name, value in args.parameter}
-            build(root, parameters, args.chapters, book=not args.no_book)
+            build(root, parameters, args.chapters, book=not args.no_book, force=args.force)
         else:
             regen_baselines(root, args.chapters)
     except ReportError as err:

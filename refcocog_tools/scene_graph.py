@@ -255,10 +255,11 @@ def between_tensor(boxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Ten
 
 
 def draw_scene_graph(ax: Axes, image: Image.Image, graph: SceneGraph, relation: str = "left_of",
-                     highlight: int | None = None) -> None:
+                     highlight: int | None = None, fontsize: float = 10) -> None:
     """Draw the image, the boxes, and an arrow i -> j for every edge of ``relation``.
 
     Every edge is drawn (faintly), not a reduced set, so the picture shows the whole matrix.
+    ``fontsize`` (points) of the node labels; the title is one point larger.
     """
     from matplotlib.patches import FancyArrowPatch, Rectangle
 
@@ -268,15 +269,15 @@ def draw_scene_graph(ax: Axes, image: Image.Image, graph: SceneGraph, relation: 
         colour = "red" if i == highlight else "yellow"
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
                                linewidth=2))
-        ax.text(x1 + 2, y1 + 2, f"{i}: {graph.labels[i]}", va="top", fontsize=7,
+        ax.text(x1 + 2, y1 + 2, f"{i}: {graph.labels[i]}", va="top", fontsize=fontsize,
                 color="black", bbox={"facecolor": colour, "alpha": 0.8, "pad": 1})
     for i, j, _ in graph.edges(relation):
         arrow = FancyArrowPatch(tuple(c[i].tolist()), tuple(c[j].tolist()), arrowstyle="-|>",
-                                mutation_scale=8, color="white", alpha=0.6, linewidth=1,
+                                mutation_scale=12, color="white", alpha=0.8, linewidth=1.5,
                                 connectionstyle="arc3,rad=0.15")
         ax.add_patch(arrow)
     ax.scatter(c[:, 0], c[:, 1], s=18, color="black", zorder=3)
-    ax.set_title(f"edges i -> j where i is {relation.replace('_', ' ')} j", fontsize=9)
+    ax.set_title(f"i -> j: i is {relation.replace('_', ' ')} j", fontsize=fontsize + 1)
     ax.set_axis_off()
 
 
@@ -285,16 +286,16 @@ def plot_relation_heatmap(ax: Axes, graph: SceneGraph, matrix: str = "codes") ->
     values = graph.codes if matrix == "codes" else graph.weights
     image = ax.imshow(values.numpy(), cmap="viridis")
     ticks = [f"{i}: {label}" for i, label in enumerate(graph.labels)]
-    ax.set_xticks(range(len(graph)), ticks, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(graph)), ticks, fontsize=7)
+    ax.set_xticks(range(len(graph)), ticks, rotation=60, ha="right", fontsize=9)
+    ax.set_yticks(range(len(graph)), ticks, fontsize=9)
     ax.set_xlabel("j")
     ax.set_ylabel("i")
     if matrix == "codes":
         for i in range(len(graph)):
             for j in range(len(graph)):
-                ax.text(j, i, str(int(values[i, j])), ha="center", va="center", fontsize=7,
+                ax.text(j, i, str(int(values[i, j])), ha="center", va="center", fontsize=9,
                         color="white" if int(values[i, j]) < 6 else "black")
-        ax.set_title("edge code of i -> j (left=1, right=2, above=4, below=8)", fontsize=9)
+        ax.set_title("edge code of i -> j (left=1, right=2, above=4, below=8)", fontsize=11)
     else:
-        ax.set_title("edge weight: 1 - distance / diagonal", fontsize=9)
+        ax.set_title("edge weight: 1 - distance / diagonal", fontsize=11)
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)

@@ -409,7 +409,11 @@ def overlay_prompt(sentence: str) -> str:
 # ----------------------------------------------------------------------------------------------
 def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = None,
                  width: float = 3.2, columns: int | None = None) -> Figure:
-    """A matplotlib figure showing ``images`` in a row (or a grid of ``columns``)."""
+    """A matplotlib figure showing ``images`` in a row (or a grid of ``columns``).
+
+    Each image gets a thin grey frame, so that a white or pale picture keeps its edges on a
+    white page.
+    """
     import matplotlib.pyplot as plt  # lazy: plotting is only needed for the book
 
     if not images:
@@ -425,10 +429,16 @@ def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = N
                              figsize=(width * columns, width * aspect * rows + title_room),
                              squeeze=False)
     for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(images[k])
-            if titles is not None:
-                ax.set_title(titles[k], fontsize=9)
+        if k >= len(images):
+            ax.axis("off")
+            continue
+        ax.imshow(images[k])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor("0.55")
+            spine.set_linewidth(1.0)
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=10)
     fig.tight_layout()
     return fig

@@ -242,7 +242,9 @@ def test_imported_constants_are_not_parameters() -> None:
 
 
 def test_check_parameters_accepts_what_papermill_passes() -> None:
-    values = report.check_parameters(_namespace(lr=1, variants=("blur", "gray"), limit=3))
+    namespace = _namespace(lr=1, variants=("blur", "gray"), limit=3)
+    namespace["__annotations__"].update(variants=list[str], limit=int)  # evaluated hints
+    values = report.check_parameters(namespace)
     assert values["lr"] == 1 and values["limit"] == 3  # an int is a float; a tuple a list
 
 
@@ -264,3 +266,57 @@ def test_build_refuses_a_parameter_no_chapter_declares(tmp_path: Path,
     assert report.main(["build", "--root", str(root), "-p", "limt", "7", "--no-book"]) == 1
     assert "unknown parameter(s) limt" in capsys.readouterr().err
     assert not (root / "book" / "chapters").exists()  # refused before anything ran
+
+
+def test_a_second_build_executes_nothing_until_an_input_changes(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Incremental builds: the hash beside the executed notebook covers source, parameters and
+    package; an unchanged chapter is not executed again (kernel start-ups: about 10 s)."""
+    root = _toy_book(tmp_path, '# %% tags=["parameters"]\nlimit: int = 0\n\n# %%\nlimit * 2\n')
+    out = root / "book" / "chapters"
+    assert report.main(["build", "--root", str(root), "--no-book"]) == 0
+    assert "99_toy: executed" in capsys.readouterr().out
+    stamp = report.hash_path(out, "99_toy")
+    assert stamp.read_text().strip() == report.chapter_hash(root, "99_toy", {})
+    assert report.main(["build", "--root", str(root), "--no-book"]) == 0
+    assert "99_toy: up to date" in capsys.readouterr().out
+    assert report.main(["build", "--root", str(root), "--no-book", "-p", "limit", "3"]) == 0
+    assert "99_toy: executed" in capsys.readouterr().out
+    executed = nbformat.read(out / "99_toy.ipynb", as_version=4)
+    assert executed.metadata["papermill"]["parameters"] == {"limit": 3}
+    assert "input_path" not in executed.metadata["papermill"]  # no machine paths
+    assert executed.cells[-1].metadata["tags"] == ["provenance-footer"]
+    assert "`limit=3`" in executed.cells[-1].source
+    page = report.write_provenance_page(root, ["99_toy"], out)
+    assert "| {doc}`chapters/99_toy` | completed |" in page.read_text()
+
+
+def test_hash_covers_source_parameters_and_results_read(tmp_path: Path) -> None:
+    root = _toy_book(tmp_path, '# %% tags=["parameters"]\nlimit: int = 0\n')
+    first = report.chapter_hash(root, "99_toy", {}, package="p")
+    assert report.chapter_hash(root, "99_toy", {"limit": 1}, package="p") != first
+    assert report.chapter_hash(root, "99_toy", {}, package="q") != first
+    (root / "results").mkdir()
+    (root / "results" / "baseline.json").write_text("{}")
+    assert report.chapter_hash(root, "99_toy", {}, package="p") == first  # does not read them
+    (root / "notebooks" / "99_toy.py").write_text(
+        '# %% tags=["parameters"]\nlimit: int = 0\n\n# %%\nchapter.stored_results("x")\n')
+    reader = report.chapter_hash(root, "99_toy", {}, package="p")
+    (root / "results" / "baseline.json").write_text('{"changed": 1}')
+    assert report.chapter_hash(root, "99_toy", {}, package="p") != reader
+
+
+def test_the_book_config_carries_banner_footer_and_keeps_the_rest(tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    path = report.book_config(tmp_path, defaults=True)
+    assert path.parent == tmp_path / "book" / "chapters"
+    config = yaml.safe_load(path.read_text())
+    assert "embedded defaults" in config["html"]["announcement"]
+    assert "refcocog-tools" in config["html"]["extra_footer"]
+    assert config["bibtex_bibfiles"] == ["book/references.bib"]
+    assert "announcement" not in yaml.safe_load(
+        report.book_config(tmp_path, defaults=False).read_text())["html"]
