@@ -104,7 +104,7 @@ glue_figure("fig-lut", lut_figure(LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS))
 # Every proposal of one image, first with its background painted in its cell's colour (what
 # the colour-background method embeds), then as a tinted crop (what the colour-overlay method
 # embeds). The titles name the colour or the side. {numref}`fig-colour-backgrounds` shows the
-# painted backgrounds
+# painted backgrounds and {numref}`fig-colour-overlays` the tinted crops.
 
 # %% tags=["remove-input"]
 groups = group_by_image(dataset, limit)
@@ -124,9 +124,10 @@ glue_figure("fig-colour-backgrounds",
 #   One framed panel per proposal of one image, with the background painted in the proposal's
 #   colour, titled with the colour's name.
 # ---
-# Every proposal of one image with its background painted in its cell's colour, as the colour-
-# background method embeds it; each panel is framed so that a white background stays visible.
-# ``` and {numref}`fig-colour-overlays` the tinted crops.
+# Every proposal of one image with its background painted in its cell's colour, as the
+# colour-background method embeds it; each panel is framed so that a white background stays
+# visible.
+# ```
 
 # %% tags=["remove-input"]
 tinted = [tint_crop(image, box) for box in boxes]
