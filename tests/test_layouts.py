@@ -154,12 +154,21 @@ def test_evaluate_runs_on_a_refcoco_test_split_and_records_the_layout(roots, tmp
     assert (prov["dataset"], prov["split_by"], prov["split"]) == ("refcoco", "unc", "testB")
 
 
+def _chapter_namespace(**params: object) -> dict[str, object]:
+    """A chapter's namespace after its typed parameters cell (what open_chapter reads)."""
+    hints = {"data_root": "str", "seed": "int", "split": "str", "dataset": "str",
+             "split_by": "str"}
+    values = {"seed": 0, "split": "test", "dataset": "refcocog", "split_by": "", **params}
+    return {"__annotations__": hints, **values}
+
+
 def test_a_chapter_opens_another_dataset_of_the_family(roots) -> None:
     from refcocog_tools.report import open_chapter
 
-    chapter = open_chapter(str(roots[("refcoco", "unc")]), seed=0, split="testA",
-                           dataset="refcoco", split_by="unc")
+    root = str(roots[("refcoco", "unc")])
+    chapter = open_chapter(_chapter_namespace(data_root=root, split="testA",
+                                              dataset="refcoco", split_by="unc"), models=())
     assert chapter.dataset.layout == get_layout("refcoco", "unc")
     assert {r.split for r in chapter.dataset.records} == {"testA"}
     with pytest.raises(LayoutError, match="no split 'test'"):
-        open_chapter(str(roots[("refcoco", "unc")]), seed=0, dataset="refcoco")
+        _ = open_chapter(_chapter_namespace(data_root=root, dataset="refcoco"), models=()).dataset
