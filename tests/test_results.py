@@ -96,11 +96,14 @@ def test_the_four_honesty_texts_share_one_vocabulary(mini_data: Path) -> None:
     source = results.build_source(doc)
     caption = results.run_label(mini_data, CLIP)
     note = repr(results.provenance_note(True, True, "CLIP tiny-rn"))
-    assert label == "  [untrained weights, synthetic data: not a RefCOCOg result]"
-    assert source == "this build: synthetic dataset (test), tiny-rn (untrained), proposals gt, n=2"
+    gt_note = results.GROUND_TRUTH_PROPOSALS
+    assert label == f"  [untrained weights, synthetic data: not a RefCOCOg result; {gt_note}]"
+    assert source == (f"this build: synthetic dataset (test), tiny-rn (untrained), proposals gt "
+                      f"({gt_note}), n=2")
     assert caption == "this build: synthetic dataset, CLIP tiny-rn (untrained)"
     assert results.NOT_REFCOCOG in label and results.NOT_REFCOCOG in note
-    pretrained = dict(doc["provenance"], synthetic_data=False, untrained=False)
+    pretrained = dict(doc["provenance"], synthetic_data=False, untrained=False,
+                      ground_truth_proposals=False)
     assert results.honesty_label(pretrained) == ""
     assert repr(results.provenance_note(False, False)).startswith("NOTE: Computed here on "
                                                                   "RefCOCOg with pretrained")
