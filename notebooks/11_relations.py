@@ -41,36 +41,29 @@
 #    ReCLIP's vocabulary (`scene_graph.pairwise_relation`: left of, right of, above, below,
 #    bigger, smaller, inside, near; `between_tensor` for "between").
 #
-# ````{admonition} Running this chapter on real data
-# :class: tip
-#
-# ```bash
-# papermill notebooks/11_relations.ipynb out.ipynb -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s -p device cuda -p limit 0
+# ```{include} ../_real_data.md
 # ```
 #
 # The table by expression type needs the embedded dataset, whose generator knows what each
 # expression says; on RefCOCOg the page shows spatial against non-spatial expressions instead.
 # From the command line: `refcocog-tools evaluate --method relations --entity-scorer
 # red-circle --out relations.json` (`--no-labels` to ignore class labels).
-# ````
 
-# %% tags=["parameters"]
-data_root = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip = "tiny-rn"  # CLIP backbone(s) of the entity scorer (ReCLIP: RN50x16 + ViT-B/32)
-proposals = "gt"  # "gt": ground-truth boxes labelled with their categories; or a YOLO model
-device = "cpu"
-limit = 0  # evaluate the first N expressions of the split (0 = all)
-seed = 0  # seeds the sample of red-circle's debiasing expressions
-split = "test"
-entity_scorer = "red-circle"  # red-circle, crop, blur or none
-use_labels = True  # use the proposals' class labels
-n_debias = 5000  # red-circle's debiasing expressions
+# %% tags=["parameters", "hide-input"]
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+clip: str = "tiny-rn"  # CLIP backbone(s) of the entity scorer (ReCLIP: RN50x16 + ViT-B/32)
+proposals: str = "gt"  # "gt": ground-truth boxes labelled with their categories; or a YOLO model
+device: str = "cpu"
+limit: int = 0  # evaluate the first N expressions of the split (0: all)
+seed: int = 0  # seeds the sample of red-circle's debiasing expressions
+split: str = "test"
+entity_scorer: str = "red-circle"  # red-circle, crop, blur or none
+use_labels: bool = True  # use the proposals' class labels
+n_debias: int = 5000  # red-circle's debiasing expressions
 
-# %%
+# %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
-from myst_nb import glue
 
 from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import RefCOCOg, is_synthetic
@@ -79,10 +72,9 @@ from refcocog_tools.figures import expression_type_table, results_table, spatial
 from refcocog_tools.methods import make_method
 from refcocog_tools.minidata import expression_audit, expression_type
 from refcocog_tools.relations import draw_resolution, parse_reference
-from refcocog_tools.report import open_chapter, show_figure
+from refcocog_tools.report import glue, open_chapter, show_figure
 
-chapter = open_chapter(data_root, seed=seed, split=split, clip=clip, proposals=proposals,
-                       device=device)
+chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
 debias_pool = RefCOCOg(root, split="train").sentences()
@@ -199,16 +191,16 @@ audit = expression_audit(root, main["predictions"])
 position_size = audit[audit["type"].isin(["position", "size"])]
 relation = audit[audit["type"] == "relation"]
 plain = audit[audit["type"] == "plain"]
-glue("main_label", main_label, display=False)
-glue("position_size_accuracy", float(position_size["correct"].mean()), display=False)
-glue("n_position_size", len(position_size), display=False)
-glue("relation_accuracy", float(relation["correct"].mean()), display=False)
-glue("n_relation", len(relation), display=False)
-glue("n_relation_ambiguous", int((relation["difficulty"] == "ambiguous").sum()), display=False)
-glue("n_relation_colour", int((relation["difficulty"] == "needs colour").sum()), display=False)
-glue("n_plain", len(plain), display=False)
-glue("n_plain_ambiguous", int((plain["difficulty"] == "ambiguous").sum()), display=False)
-glue("n_plain_colour", int((plain["difficulty"] == "needs colour").sum()), display=False)
+glue("main_label", main_label)
+glue("position_size_accuracy", float(position_size["correct"].mean()))
+glue("n_position_size", len(position_size))
+glue("relation_accuracy", float(relation["correct"].mean()))
+glue("n_relation", len(relation))
+glue("n_relation_ambiguous", int((relation["difficulty"] == "ambiguous").sum()))
+glue("n_relation_colour", int((relation["difficulty"] == "needs colour").sum()))
+glue("n_plain", len(plain))
+glue("n_plain_ambiguous", int((plain["difficulty"] == "ambiguous").sum()))
+glue("n_plain_colour", int((plain["difficulty"] == "needs colour").sum()))
 
 # %% [markdown]
 # With ground-truth boxes and their categories, *{glue:text}`main_label`* answers
