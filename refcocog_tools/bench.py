@@ -52,6 +52,7 @@ from .layouts import layout_from_args
 from .methods import NEEDS_CLIP, GroundingMethod, make_method
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import RedCircle, debias_fast
+from .render import RENDER_BACKENDS, input_difference
 from .visual_prompts import render_variant, render_variants
 
 MIN_PROPOSALS = 8
@@ -174,6 +175,38 @@ def study_pattern(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
                 picked[position] = int(keep[int(fused[row].argmax())])
         chosen.extend(picked[position] for position in range(len(items)))
     return chosen
+
+
+def choice_agreement(groups: Sequence[Sequence[RefItem]], backbones: Sequence[ClipBackbone],
+                     proposer: Proposer, debias_pool: Sequence[str] = (),
+                     **options: Any) -> dict[str, Any]:
+    """Red-circle with the torch render backend against the Pillow reference: the share of
+    expressions whose chosen proposal is the same, and the model inputs' largest and mean
+    per-pixel difference in grey levels over every visual prompt of the groups."""
+    options = {k: v for k, v in options.items() if k != "render_backend"}
+    chosen = {}
+    for backend in RENDER_BACKENDS:
+        method = make_method("red-circle", backbones, cache=EmbeddingCache(None),
+                             debias_pool=debias_pool, render_backend=backend, **options)
+        rows = evaluate_groups(groups, method, proposer)
+        chosen[backend] = [row["chosen"] for row in rows]
+    same = sum(a == b for a, b in zip(chosen["torch"], chosen["pil"], strict=True))
+    largest = mean = 0.0
+    n_images = 0
+    for items in groups:
+        image = items[0].image
+        boxes = proposer(items[0], image).boxes
+        for resolution in dict.fromkeys(b.input_resolution for b in backbones):
+            difference = input_difference(
+                image, boxes[method.kept_proposals(image.size, boxes)], method.variants,
+                resolution, preprocess=method.preprocess, **method.render_params)
+            largest = max(largest, difference["max_levels"])
+            mean += difference["mean_levels"]
+            n_images += 1
+    return {"expressions": len(chosen["torch"]), "same_choices": round(same / max(1, len(
+                chosen["torch"])), 6),
+            "max_levels": largest, "mean_levels": round(mean / max(1, n_images), 5),
+            "preprocess": method.preprocess}
 
 
 def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,

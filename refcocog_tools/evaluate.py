@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from .options import (
 from .prediction import Prediction
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import DEBIAS_AT_ZERO, VARIANT_FUSIONS, RedCircle
+from .render import DEFAULT_PREPROCESS, DEFAULT_RENDER_BACKEND, PREPROCESS_MODES, RENDER_BACKENDS
 from .results import honesty_label, provenance, results_document
 
 
@@ -123,12 +124,14 @@ class _PromptRenderer:
 
     kept_proposals = RedCircle.kept_proposals
     visual_prompt_keys = RedCircle.visual_prompt_keys
-    render = RedCircle.render
+    prompt_inputs = RedCircle.prompt_inputs
 
     def __init__(self, method: RedCircle) -> None:
         self.variants = method.variants
         self.render_params = dict(method.render_params)
         self.area_filter = method.area_filter
+        self.render_backend = method.render_backend
+        self.preprocess = method.preprocess
 
 
 class _ImageGroups(torch.utils.data.Dataset):
@@ -141,12 +144,12 @@ class _ImageGroups(torch.utils.data.Dataset):
 
     def __init__(self, groups: Sequence[Sequence[RefItem]], proposer: Proposer | None,
                  renderer: _PromptRenderer | None = None,
-                 preprocesses: Sequence[Callable[[Image.Image], torch.Tensor]] = (),
+                 resolutions: Sequence[int] = (),
                  cached: frozenset[str] = frozenset()) -> None:
         self.groups = groups
         self.proposer = proposer
         self.renderer = renderer
-        self.preprocesses = list(preprocesses)
+        self.resolutions = list(resolutions)
         self.cached = cached
 
     def __len__(self) -> int:
@@ -159,13 +162,13 @@ class _ImageGroups(torch.utils.data.Dataset):
                                   "proposals": self.proposer(item, image) if self.proposer
                                   else None}
         if self.renderer is not None and sample["proposals"] is not None:
-            sample.update(_prepare_prompts(self.renderer, self.preprocesses, self.cached,
+            sample.update(_prepare_prompts(self.renderer, self.resolutions, self.cached,
                                            image, sample["proposals"]))
         return sample
 
 
 def _prepare_prompts(renderer: _PromptRenderer,
-                     preprocesses: Sequence[Callable[[Image.Image], torch.Tensor]],
+                     resolutions: Sequence[int],
                      cached: frozenset[str], image: Image.Image,
                      proposals: Proposals) -> dict[str, Any]:
     """The visual prompts of one image not cached yet: their keys, and their pixels rendered
@@ -174,10 +177,10 @@ def _prepare_prompts(renderer: _PromptRenderer,
     keys = renderer.visual_prompt_keys(image, boxes)
     first = {k: i for i, k in reversed(list(enumerate(keys)))}
     missing = [k for k in first if k not in cached]
-    prompts = renderer.render(image, boxes, [first[k] for k in missing])
+    indices = [first[k] for k in missing]
     return {"keys": missing,
-            "pixels": [torch.stack([p(im) for im in prompts]) if prompts else None
-                       for p in preprocesses]}
+            "pixels": [renderer.prompt_inputs(image, boxes, r, indices) if indices else None
+                       for r in resolutions]}
 
 
 def _loader(dataset: _ImageGroups, workers: int) -> Iterable[dict[str, Any]]:
@@ -216,19 +219,16 @@ def evaluate_groups(
     if batch_size is None and workers <= 0:
         return _evaluate_plain(groups, method, proposer, metric_backbones, progress)
     in_worker = proposer if getattr(proposer, "name", None) == "gt" else None
-    renderer = preprocesses = None
+    renderer = resolutions = None
     cached: frozenset[str] = frozenset()
     if batched:
         assert isinstance(method, RedCircle)
         renderer = _PromptRenderer(method)
-        # One preprocessing per distinct transform (backbones of the same resolution share it).
-        by_repr: dict[str, Callable[[Image.Image], torch.Tensor]] = {}
-        for backbone in method.backbones:
-            by_repr.setdefault(repr(backbone.preprocess), backbone.preprocess)
-        preprocesses = list(by_repr.values())
-        which = [list(by_repr).index(repr(b.preprocess)) for b in method.backbones]
+        # Model inputs once per distinct resolution (backbones of the same size share them).
+        resolutions = list(dict.fromkeys(b.input_resolution for b in method.backbones))
+        which = [resolutions.index(b.input_resolution) for b in method.backbones]
         cached = _cached_keys(method)
-    dataset = _ImageGroups(groups, in_worker, renderer, preprocesses or (), cached)
+    dataset = _ImageGroups(groups, in_worker, renderer, resolutions or (), cached)
     rows: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
     n_pending = 0
@@ -250,8 +250,8 @@ def evaluate_groups(
         for sample, proposals in zip(todo, found, strict=True):
             sample["proposals"] = proposals
         if painters is not None:
-            assert renderer is not None and preprocesses is not None
-            drawn = painters.map(lambda s: _prepare_prompts(renderer, preprocesses, cached,
+            assert renderer is not None and resolutions is not None
+            drawn = painters.map(lambda s: _prepare_prompts(renderer, resolutions, cached,
                                                             s["image"], s["proposals"]), todo)
             for sample, prompts in zip(todo, drawn, strict=True):
                 sample.update(prompts)
@@ -459,6 +459,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     red.add_argument("--class-prior", action="store_true")
     red.add_argument("--render-size", type=positive_int, default=None,
                      help="render visual prompts at this short side (approximation)")
+    red.add_argument("--render-backend", default=DEFAULT_RENDER_BACKEND, choices=RENDER_BACKENDS,
+                     help="draw visual prompts as tensor operations on the device (torch) or "
+                     "with Pillow, the reference (pil)")
+    red.add_argument("--preprocess", default=DEFAULT_PREPROCESS, choices=PREPROCESS_MODES,
+                     help="how a whole image becomes CLIP's square input: CLIP's resize + "
+                     "centre crop, or a resize of the whole image to the square (no crop)")
     rel = parser.add_argument_group("relations options")
     rel.add_argument("--entity-scorer", default="red-circle", choices=ENTITY_SCORERS,
                      help="what scores each noun phrase against each proposal (red-circle takes "
@@ -498,7 +504,8 @@ def _red_circle_options(args: argparse.Namespace) -> dict[str, Any]:
             "stroke_width": args.stroke_width, "marker": args.marker,
             "n_debias": args.n_debias, "debias_at_zero": args.debias_at_zero,
             "variant_fusion": args.variant_fusion, "area_filter": args.area_filter,
-            "class_prior": args.class_prior, "render_size": args.render_size}
+            "class_prior": args.class_prior, "render_size": args.render_size,
+            "render_backend": args.render_backend, "preprocess": args.preprocess}
 
 
 def detector_options(args: argparse.Namespace) -> dict[str, Any]:

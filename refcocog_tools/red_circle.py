@@ -39,6 +39,13 @@ from .baseline import box_key
 from .cache import EmbeddingCache, image_fingerprint, params_key
 from .prediction import Prediction
 from .proposals import Proposals
+from .render import (
+    DEFAULT_PREPROCESS,
+    DEFAULT_RENDER_BACKEND,
+    RENDER_BACKENDS,
+    check_preprocess,
+    prompt_inputs,
+)
 from .visual_prompts import VARIANTS, render_variants
 
 STUDY_VARIANTS = ("blur", "blur_gray")
@@ -104,6 +111,8 @@ class RedCircle:
         class_prior: bool = False,
         class_prompt: str = "A photo of a {}",
         render_size: int | None = None,
+        render_backend: str = DEFAULT_RENDER_BACKEND,
+        preprocess: str = DEFAULT_PREPROCESS,
     ) -> None:
         if not backbones:
             raise ValueError("red-circle needs at least one CLIP backbone")
@@ -114,6 +123,11 @@ class RedCircle:
             raise ValueError(f"variant_fusion must be one of {VARIANT_FUSIONS}")
         if debias_at_zero not in DEBIAS_AT_ZERO:
             raise ValueError(f"debias_at_zero must be one of {DEBIAS_AT_ZERO}")
+        if render_backend not in RENDER_BACKENDS:
+            raise ValueError(f"render_backend must be one of {RENDER_BACKENDS}, "
+                             f"got {render_backend!r}")
+        self.render_backend = render_backend
+        self.preprocess = check_preprocess(preprocess)
         self.backbones = list(backbones)
         self.cache = cache or EmbeddingCache()
         self.variants = tuple(variants)
@@ -147,7 +161,8 @@ class RedCircle:
             "debias": self.debias_description(),
             "variant_fusion": self.variant_fusion,
             "area_filter": self.area_filter, "class_prior": self.class_prior,
-            "class_prompt": self.class_prompt,
+            "class_prompt": self.class_prompt, "render_backend": self.render_backend,
+            "preprocess": self.preprocess,
         }
 
     def debias_description(self) -> str:
@@ -163,7 +178,9 @@ class RedCircle:
 
     # -- pieces, public so that notebooks and tests can show each step ------------------------
     def visual_prompt_keys(self, image: Image.Image, boxes: torch.Tensor) -> list[str]:
-        params = params_key(**self.render_params)
+        # The backend and the preprocessing change the model inputs: both are in the key.
+        params = params_key(**self.render_params, backend=self.render_backend,
+                            preprocess=self.preprocess)
         fingerprint = image_fingerprint(image)
         return [f"rc:{fingerprint}:{params}:{v}:{box_key(b)}" for b in boxes for v in self.variants]
 
@@ -176,6 +193,21 @@ class RedCircle:
         rendered = render_variants(image, boxes[wanted], self.variants, **self.render_params)
         position = {p: j for j, p in enumerate(wanted)}
         return [rendered[position[i // k]][i % k] for i in indices]
+
+    def prompt_inputs(self, image: Image.Image, boxes: torch.Tensor, resolution: int,
+                      indices: Sequence[int] | None = None,
+                      device: str | torch.device = "cpu") -> torch.Tensor:
+        """Model inputs ``(N, 3, R, R)`` of the visual prompts in key order (or ``indices``),
+        drawn by the method's render backend and preprocessed in its mode."""
+        k = len(self.variants)
+        indices = list(range(len(boxes) * k)) if indices is None else list(indices)
+        wanted = sorted({i // k for i in indices})
+        inputs = prompt_inputs(image, boxes[wanted], self.variants, resolution,
+                               preprocess=self.preprocess, backend=self.render_backend,
+                               device=device, **self.render_params)
+        position = {p: j for j, p in enumerate(wanted)}
+        rows = torch.tensor([position[i // k] * k + i % k for i in indices], dtype=torch.long)
+        return inputs[rows.to(inputs.device)]
 
     def kept_proposals(self, image_size: tuple[int, int], boxes: torch.Tensor) -> torch.Tensor:
         """Indices of the proposals that pass the optional area filter (never none)."""
@@ -200,7 +232,8 @@ class RedCircle:
         texts = [self.prefix + e for e in expressions]
         total = None
         for backbone, debias_mean in zip(self.backbones, self.debias_means, strict=True):
-            visual = self.cache.images(backbone, keys, lambda idx: self.render(image, boxes, idx))
+            visual = self.cache.images(backbone, keys, lambda idx, b=backbone: self.prompt_inputs(
+                image, boxes, b.input_resolution, idx, b.device))
             text = self.cache.texts(backbone, texts)
             sim = text @ visual.T  # (E, P*K)
             if self.class_prior:

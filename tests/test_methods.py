@@ -75,7 +75,7 @@ def test_red_circle_debias_matches_the_study_form(test_split, tiny_rn, tiny_vit,
     """The method's scores equal the (E + N) x V matrix computation, per backbone, averaged."""
     item = test_split[0]
     proposals = GroundTruthProposer()(item)
-    method = RedCircle([tiny_rn, tiny_vit], pool, n_debias=30, debias_seed=4)
+    method = RedCircle([tiny_rn, tiny_vit], pool, n_debias=30, debias_seed=4, render_backend="pil")
     expressions = [i.sentence for i in test_split if i.image_id == item.image_id]
     scores, keep = method.scores(item.image, expressions, proposals)
     prompts = ["This is " + e for e in expressions] + method.debias_sentences
