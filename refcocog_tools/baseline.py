@@ -10,8 +10,10 @@ from PIL import Image
 
 from .backbones import ClipBackbone
 from .cache import EmbeddingCache, image_fingerprint
+from .methods import EncodeRequest
 from .prediction import Prediction
 from .proposals import Proposals
+from .render import pil_preprocess
 from .visual_prompts import crop
 
 
@@ -20,22 +22,42 @@ def box_key(box: torch.Tensor | Sequence[float]) -> str:
     return ",".join(f"{float(v):.2f}" for v in box)
 
 
+def crop_request(image: Image.Image, boxes: torch.Tensor, texts: Sequence[str] = ()
+                 ) -> EncodeRequest:
+    """The crops of ``boxes`` as CLIP inputs (CLIP's own preprocessing): the baseline's inputs
+    and the crop-cosine metric's, under the same keys so neither encodes a crop twice."""
+    fingerprint = image_fingerprint(image)
+
+    def draw(resolution: int, indices: Sequence[int], device: str | torch.device = "cpu"
+             ) -> torch.Tensor:
+        transform = pil_preprocess(resolution)
+        return torch.stack([transform(crop(image, boxes[i])) for i in indices]).to(device)
+
+    return EncodeRequest([f"crop:{fingerprint}:{box_key(b)}" for b in boxes], draw, list(texts))
+
+
+def request_embeddings(cache: EmbeddingCache, backbone: ClipBackbone, request: EncodeRequest
+                       ) -> torch.Tensor:
+    """``(len(request.keys), D)`` embeddings of a request's inputs, drawing only those not
+    cached (the engine has usually encoded them all already)."""
+    return cache.images(backbone, request.keys,
+                        lambda idx: request.draw(backbone.input_resolution, idx, backbone.device))
+
+
 def ensemble_similarity(
     backbones: Sequence[ClipBackbone],
     cache: EmbeddingCache,
     texts: Sequence[str],
-    image_keys: Sequence[str],
-    render: Any,
+    request: EncodeRequest,
 ) -> torch.Tensor:
-    """(len(texts), len(image_keys)) cosine similarities averaged over the backbones.
+    """(len(texts), len(request.keys)) cosine similarities averaged over the backbones.
 
     Averaging the similarity matrices is the study's ensemble of several CLIP backbones.
     """
     total = None
     for backbone in backbones:
         text = cache.texts(backbone, texts)
-        visual = cache.images(backbone, image_keys, render)
-        sim = text @ visual.T
+        sim = text @ request_embeddings(cache, backbone, request).T
         total = sim if total is None else total + sim
     assert total is not None, "at least one backbone is needed"
     return total / len(backbones)
@@ -57,13 +79,12 @@ class CropMatching:
     def config(self) -> dict[str, Any]:
         return {"method": self.name, "prefix": self.prefix}
 
+    def encode_request(self, image: Image.Image, expressions: Sequence[str],
+                       proposals: Proposals) -> EncodeRequest:
+        return crop_request(image, proposals.boxes, [self.prefix + e for e in expressions])
+
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
-        fingerprint = image_fingerprint(image)
-        boxes = proposals.boxes
-        keys = [f"crop:{fingerprint}:{box_key(b)}" for b in boxes]
-        scores = ensemble_similarity(
-            self.backbones, self.cache, [self.prefix + e for e in expressions], keys,
-            lambda idx: [crop(image, boxes[i]) for i in idx],
-        )
+        request = self.encode_request(image, expressions, proposals)
+        scores = ensemble_similarity(self.backbones, self.cache, request.texts, request)
         return Prediction.from_scores(scores, proposals)

@@ -33,13 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import ImageChops
 
 from .backbones import ClipBackbone, load_clips
 from .cache import EmbeddingCache
 from .dataset import RefCOCOg, RefItem, is_synthetic, load_rgb_image
 from .evaluate import (
-    _evaluate_plain,
     add_common_arguments,
     check_proposer,
     detector_options,
@@ -49,13 +47,11 @@ from .evaluate import (
     uses_debias_pool,
 )
 from .layouts import layout_from_args
-from .methods import NEEDS_CLIP, GroundingMethod, make_method
+from .methods import NEEDS_CLIP, BatchedMethod, GroundingMethod, make_method
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import RedCircle, debias_fast
 from .render import RENDER_BACKENDS, input_difference
-from .visual_prompts import render_variant, render_variants
-
-MIN_PROPOSALS = 8
+from .visual_prompts import render_variant
 
 
 def _rate(count: int, seconds: float) -> float | None:
@@ -80,54 +76,23 @@ def _peak_memory() -> dict[str, Any]:
     return memory
 
 
-def _synthesise_boxes(boxes: torch.Tensor, size: tuple[int, int], minimum: int,
-                      seed: int) -> torch.Tensor:
-    """``boxes`` padded with seeded random boxes (fractional coordinates) up to ``minimum``."""
-    missing = minimum - len(boxes)
-    if missing <= 0:
-        return boxes
-    gen = torch.Generator().manual_seed(seed)
-    w, h = size
-    corner = torch.rand(missing, 2, generator=gen) * torch.tensor([w * 0.7, h * 0.7])
-    extent = (0.1 + 0.3 * torch.rand(missing, 2, generator=gen)) * torch.tensor([w, h])
-    extra = torch.cat([corner, corner + extent], dim=1)
-    return torch.cat([boxes.float(), extra])
-
-
-def bench_render(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
-                 method: RedCircle, n_images: int, seed: int) -> dict[str, Any]:
-    """Per-proposal ``render_variant`` vs ``render_variants`` on images with >= 8 proposals."""
-    params = dict(method.render_params)
-    if params.pop("target_size", None) is not None:
-        params_note = "render_size ignored: the comparison is at full resolution"
-    else:
-        params_note = None
-    per_proposal = batched = 0.0
-    identical = True
-    n_boxes = 0
-    for k, items in enumerate(groups[:n_images]):
-        image = items[0].image
-        boxes = _synthesise_boxes(proposer(items[0], image).boxes, image.size, MIN_PROPOSALS,
-                                  seed + k)
-        n_boxes += len(boxes)
+def bench_backends(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
+                   make_with_backend: Any, batch_size: int, workers: int) -> dict[str, Any]:
+    """The engine end to end with each render backend (torch, the Pillow reference): seconds,
+    rates, whether every chosen proposal is the same, and the torch backend's speed-up."""
+    n_img, n_expr = len(groups), sum(len(g) for g in groups)
+    result: dict[str, Any] = {}
+    chosen = {}
+    for backend in RENDER_BACKENDS:
+        method = make_with_backend(backend)
         started = time.perf_counter()
-        slow = [[render_variant(image, box, v, **params) for v in method.variants]
-                for box in boxes]
-        per_proposal += time.perf_counter() - started
-        started = time.perf_counter()
-        fast = render_variants(image, boxes, method.variants, **params)
-        batched += time.perf_counter() - started
-        identical &= all(ImageChops.difference(a, b).getbbox() is None
-                         for row_a, row_b in zip(slow, fast, strict=True)
-                         for a, b in zip(row_a, row_b, strict=True))
-    result = {"images": min(n_images, len(groups)), "proposals": n_boxes,
-              "variants": list(method.variants),
-              "per_proposal_seconds": round(per_proposal, 4),
-              "render_variants_seconds": round(batched, 4),
-              "speedup": round(per_proposal / batched, 2) if batched > 0 else None,
-              "pixel_identical": identical}
-    if params_note:
-        result["note"] = params_note
+        rows = evaluate_groups(groups, method, proposer, batch_size=batch_size, workers=workers)
+        result[backend] = _stage(time.perf_counter() - started, n_img, n_expr)
+        chosen[backend] = [row["chosen"] for row in rows]
+    result["same_choices"] = chosen["torch"] == chosen["pil"]
+    torch_seconds = result["torch"]["seconds"]
+    result["torch_speedup"] = (round(result["pil"]["seconds"] / torch_seconds, 3)
+                               if torch_seconds > 0 else None)
     return result
 
 
@@ -158,7 +123,7 @@ def study_pattern(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
                 visual = torch.cat([
                     backbone.encode_images([render_variant(image, box, v, **params)
                                             for v in method.variants])
-                    for box in boxes])
+                    for box in boxes])  # the study's Pillow rendering and CLIP preprocessing
                 text = backbone.encode_texts([method.prefix + items[i].sentence
                                               for i in positions])
                 sim = text @ visual.T
@@ -223,22 +188,26 @@ def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
     proposals: list[Proposals] = proposer.propose_many([items[0] for items in groups], images)
     stages["proposals"] = _stage(time.perf_counter() - started, n_img, n_expr)
     method: GroundingMethod = make()
-    if isinstance(method, RedCircle):
+    batched = isinstance(method, BatchedMethod)
+    if batched:
         started = time.perf_counter()
-        rendered, keys = [], []
-        for image, props in zip(images, proposals, strict=True):
-            boxes = props.boxes[method.kept_proposals(image.size, props.boxes)]
-            keys.extend(method.visual_prompt_keys(image, boxes))
-            rendered.extend(method.render(image, boxes))
+        requests = [method.encode_request(image, [it.sentence for it in items], props)
+                    for image, props, items in zip(images, proposals, groups, strict=True)]
+        resolutions = list(dict.fromkeys(b.input_resolution for b in method.backbones))
+        inputs = {r: torch.cat([q.draw(r, range(len(q.keys)), method.backbones[0].device)
+                                for q in requests]) for r in resolutions}
+        n_inputs = sum(len(q.keys) for q in requests)
         stages["render"] = _stage(time.perf_counter() - started, n_img, n_expr,
-                                  visual_prompts=len(rendered))
+                                  visual_prompts=n_inputs,
+                                  note="declared inputs drawn and preprocessed to model inputs")
         started = time.perf_counter()
+        keys = [k for q in requests for k in q.keys]
         for backbone in method.backbones:
-            pixels = torch.stack([backbone.preprocess(im) for im in rendered])
-            method.cache.put_images(backbone, keys, backbone.encode_images(pixels, batch_size))
+            vectors = backbone.encode_images(inputs[backbone.input_resolution], batch_size)
+            method.cache.put_images(backbone, keys, vectors)
         seconds = time.perf_counter() - started
         stages["encode"] = _stage(seconds, n_img, n_expr,
-                                  visual_prompts_per_s=_rate(len(rendered), seconds))
+                                  visual_prompts_per_s=_rate(n_inputs, seconds))
     else:
         stages["render"] = stages["encode"] = None  # done inside predict for other methods
     started = time.perf_counter()
@@ -246,8 +215,33 @@ def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
         method.predict(image, [it.sentence for it in items], props)
     stages["score"] = _stage(time.perf_counter() - started, n_img, n_expr,
                              note="predict on cache hits (text encoding included)"
-                             if isinstance(method, RedCircle) else "predict, all work included")
+                             if batched else "predict, all work included")
     return stages
+
+
+def encoder_ceiling(backbone: ClipBackbone, batch_size: int, batches: int = 3
+                    ) -> dict[str, Any]:
+    """The image encoder alone on one batch of inputs made on its device, encoded
+    ``batches`` times after a warm-up: the most prompts/s any pipeline can reach."""
+    resolution = backbone.input_resolution
+    gen = torch.Generator(device=backbone.device).manual_seed(0)  # the global RNG untouched
+    inputs = torch.randn(batch_size, 3, resolution, resolution, device=backbone.device,
+                         generator=gen)
+    backbone.encode_images(inputs, batch_size)  # warm-up (cuDNN autotuning, allocations)
+    _synchronize(backbone.device)
+    started = time.perf_counter()
+    for _ in range(batches):
+        backbone.encode_images(inputs, batch_size)
+    _synchronize(backbone.device)
+    seconds = time.perf_counter() - started
+    return {"backbone": backbone.name, "batch_size": batch_size, "prompts": batch_size * batches,
+            "seconds": round(seconds, 4),
+            "visual_prompts_per_s": _rate(batch_size * batches, seconds)}
+
+
+def _synchronize(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # RN50x16's configuration (what clip.model.build_model infers from its state dict).
@@ -261,47 +255,65 @@ RN50X16_CONFIG: dict[str, Any] = dict(
 def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str,
                        batch_size: int, seed: int, architecture: dict[str, Any] | None = None,
                        architecture_name: str = "RN50x16") -> dict[str, Any]:
-    """Encode IMAGES x PROPOSALS x 2 random prompts with the RN50x16 architecture.
+    """The whole red-circle pipeline on IMAGES generated on the device, PROPOSALS each.
 
-    This times the GPU-bound part of a test-split evaluation (the image encoder over every
-    visual prompt); decoding and rendering run in DataLoader workers beside it. Loaded RN50x16
-    weights are used when ``--clip`` names them, else random weights (same cost).
+    Every 640 x 480 image is made on the device as uint8 (as a decoded JPEG arrives there),
+    its PROPOSALS random boxes are drawn in the study's two variants by the tensor renderer,
+    resized, centre-cropped and normalised there, and encoded in batches of ``batch_size``
+    by the RN50x16 architecture (loaded weights when ``--clip`` names RN50x16, else random
+    ones: the same cost). The encoder's ceiling is measured in the same run, so the ratio
+    compares like with like.
     """
     import clip.model
 
+    from .backbones import prepare_for_device
+    from .render import pil_preprocess, prompt_inputs
+    from .visual_prompts import STUDY_VARIANTS
+
     n_images, n_proposals = (int(v) for v in spec.split(","))
-    full = next((b for b in backbones if b.name == architecture_name), None)
-    if full is not None:
-        model, untrained = full.model, False
-    else:
+    backbone = next((b for b in backbones if b.name == architecture_name), None)
+    if backbone is None:
         with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
             torch.manual_seed(seed)
-            model = clip.model.CLIP(**(architecture or RN50X16_CONFIG))
-        model = model.eval().to(device)
-        untrained = True
-    resolution = model.visual.input_resolution
-    count = n_images * n_proposals * 2
-    gen = torch.Generator().manual_seed(seed)
-    on_cuda = torch.device(device).type == "cuda"
-    if on_cuda:
-        torch.cuda.synchronize()
+            model = clip.model.CLIP(**(architecture or RN50X16_CONFIG)).eval()
+        model = prepare_for_device(model, torch.device(device))
+        backbone = ClipBackbone(name=f"{architecture_name} (random weights)", model=model,
+                                preprocess=pil_preprocess(model.visual.input_resolution),
+                                device=torch.device(device), checksum="random",
+                                checkpoint=Path("."), untrained=True)
+    resolution = backbone.input_resolution
+    ceiling = encoder_ceiling(backbone, batch_size)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    count = n_images * n_proposals * len(STUDY_VARIANTS)
+    _synchronize(device)
     started = time.perf_counter()
-    done = 0
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
-        while done < count:
-            n = min(batch_size, count - done)
-            # Random content: the cost of the encoder does not depend on the pixels.
-            batch = torch.rand(n, 3, resolution, resolution, generator=gen).to(device)
-            model.encode_image(batch).float().cpu()
-            done += n
-    if on_cuda:
-        torch.cuda.synchronize()
+    pending: list[torch.Tensor] = []
+    n_pending = 0
+    for _ in range(n_images):
+        image = torch.randint(0, 256, (3, 480, 640), generator=gen, device=device,
+                              dtype=torch.uint8)
+        corner = torch.rand(n_proposals, 2, generator=gen, device=device) * torch.tensor(
+            [448.0, 336.0], device=device)
+        extent = (0.1 + 0.3 * torch.rand(n_proposals, 2, generator=gen, device=device)
+                  ) * torch.tensor([640.0, 480.0], device=device)
+        boxes = torch.cat([corner, corner + extent], dim=1)
+        pending.append(prompt_inputs(image, boxes, STUDY_VARIANTS, resolution, device=device))
+        n_pending += len(pending[-1])
+        if n_pending >= batch_size:
+            backbone.encode_images(torch.cat(pending), batch_size)
+            pending, n_pending = [], 0
+    if pending:
+        backbone.encode_images(torch.cat(pending), batch_size)
+    _synchronize(device)
     seconds = time.perf_counter() - started
+    rate = _rate(count, seconds)
     return {"images": n_images, "proposals_per_image": n_proposals, "visual_prompts": count,
-            "architecture": architecture_name, "random_weights": untrained,
-            "resolution": resolution,
-            "seconds": round(seconds, 3), "visual_prompts_per_s": _rate(count, seconds),
-            "images_per_s": _rate(n_images, seconds), "fp16_autocast": on_cuda}
+            "image_size": [640, 480], "architecture": architecture_name,
+            "random_weights": backbone.untrained, "resolution": resolution,
+            "seconds": round(seconds, 3), "visual_prompts_per_s": rate,
+            "images_per_s": _rate(n_images, seconds), "encoder_ceiling": ceiling,
+            "share_of_ceiling": (round(rate / ceiling["visual_prompts_per_s"], 3)
+                                 if rate and ceiling["visual_prompts_per_s"] else None)}
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -350,12 +362,27 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     report["end_to_end"] = _stage(time.perf_counter() - started, n_img, n_expr)
     method = make()
     started = time.perf_counter()
-    plain_rows = _evaluate_plain(groups, method, proposer, (), False)
+    plain_rows = evaluate_groups(groups, method, proposer)  # the plain loop
     report["end_to_end_unbatched"] = _stage(time.perf_counter() - started, n_img, n_expr,
                                             same_predictions=plain_rows == engine_rows)
+    if isinstance(method, BatchedMethod):
+        prompts = report["stages"]["render"]["visual_prompts"]
+        ceiling = encoder_ceiling(method.backbones[0], args.batch_size)
+        pipeline = _rate(prompts, report["end_to_end"]["seconds"])
+        report["encoder_ceiling"] = ceiling
+        report["pipeline"] = {
+            "visual_prompts": prompts, "visual_prompts_per_s": pipeline,
+            "expressions_per_s": report["end_to_end"]["expressions_per_s"],
+            "share_of_ceiling": (round(pipeline / ceiling["visual_prompts_per_s"], 3)
+                                 if pipeline and ceiling["visual_prompts_per_s"] else None)}
     if isinstance(text_method, RedCircle):
-        report["render"] = bench_render(groups, proposer, text_method, args.render_images,
-                                        args.seed)
+        def with_backend(backend: str) -> GroundingMethod:
+            return make_method(args.method, backbones, cache=text_cache.texts_only_copy(),
+                               debias_pool=debias_pool, seed=args.seed,
+                               **{**method_options(args), "render_backend": backend})
+
+        report["render_backends"] = bench_backends(groups, proposer, with_backend,
+                                                   args.batch_size, args.workers)
         started = time.perf_counter()
         chosen = study_pattern(groups, proposer, text_method)
         seconds = time.perf_counter() - started
@@ -387,8 +414,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "bench", help="throughput of each stage and end to end, peak memory (JSON)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--render-images", type=int, default=4,
-                        help="images used for the render_variant vs render_variants comparison")
     parser.add_argument("--synthetic-workload", metavar="IMAGES,PROPOSALS", default=None,
                         help="also time encoding IMAGES x PROPOSALS x 2 random visual prompts "
                         "with the RN50x16 architecture (e.g. 2600,10 on a GPU; slow on a CPU)")

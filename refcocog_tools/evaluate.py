@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .backbones import ClipBackbone, load_clips
+from .baseline import crop_request, request_embeddings
 from .cache import EmbeddingCache
 from .dataset import DatasetError, RefCOCOg, RefItem, image_problems
 from .io_utils import atomic_write_json, cache_dir
@@ -31,11 +32,13 @@ from .methods import (
     ENTITY_SCORERS,
     METHOD_NAMES,
     NEEDS_CLIP,
+    BatchedMethod,
+    EncodeRequest,
     GroundingMethod,
     canonical_method,
     make_method,
 )
-from .metrics import box_iou_pairs, crop_cosine
+from .metrics import box_iou_pairs
 from .options import (
     OutputPathError,
     check_output_file,
@@ -50,7 +53,7 @@ from .options import (
 )
 from .prediction import Prediction
 from .proposals import Proposals, Proposer, make_proposer
-from .red_circle import DEBIAS_AT_ZERO, VARIANT_FUSIONS, RedCircle
+from .red_circle import DEBIAS_AT_ZERO, VARIANT_FUSIONS
 from .render import DEFAULT_PREPROCESS, DEFAULT_RENDER_BACKEND, PREPROCESS_MODES, RENDER_BACKENDS
 from .results import honesty_label, provenance, results_document
 
@@ -92,12 +95,26 @@ def predict_per_ref(method: GroundingMethod, image: Image.Image, items: Sequence
                       scores=torch.cat([p.scores for _, p in parts])[order])
 
 
+def _crop_cosines(cache: EmbeddingCache, backbones: Sequence[ClipBackbone], image: Image.Image,
+                  pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Crop cosine of each (predicted, ground-truth) pair, from the cache where the crops are
+    already encoded (the engine encodes every ground-truth crop in its batches)."""
+    request = crop_request(image, torch.cat([pred, gt]))
+    total = torch.zeros(len(pred))
+    for backbone in backbones:
+        embeddings = request_embeddings(cache, backbone, request)
+        total += (embeddings[:len(pred)] * embeddings[len(pred):]).sum(dim=-1)
+    return total / len(backbones)
+
+
 def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
-          prediction: Prediction, metric_backbones: Sequence[ClipBackbone]) -> list[dict[str, Any]]:
+          prediction: Prediction, metric_backbones: Sequence[ClipBackbone],
+          metric_cache: EmbeddingCache) -> list[dict[str, Any]]:
     """The result rows of one image's expressions."""
+    boxes = prediction.boxes.float()
     gt = torch.tensor([it.box for it in items], dtype=torch.float32)
-    ious = box_iou_pairs(prediction.boxes, gt)
-    cosines = (crop_cosine([image] * len(items), prediction.boxes, gt, metric_backbones)
+    ious = box_iou_pairs(boxes, gt)
+    cosines = (_crop_cosines(metric_cache, metric_backbones, image, boxes, gt).tolist()
                if metric_backbones else [None] * len(items))
     return [{
         "ref_id": item.ref_id,
@@ -106,7 +123,7 @@ def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
         "ann_id": item.ann_id,
         "category": item.category,
         "sentence": item.sentence,
-        "box": [round(float(v), 3) for v in prediction.boxes[k]],
+        "box": [round(float(v), 3) for v in boxes[k]],
         "gt_box": [round(float(v), 3) for v in item.box],
         "iou": round(float(ious[k]), 6),
         "cosine": None if cosines[k] is None else round(float(cosines[k]), 6),
@@ -115,72 +132,96 @@ def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
     } for k, item in enumerate(items)]
 
 
-class _PromptRenderer:
-    """The picklable part of a ``RedCircle``: what a DataLoader worker needs to draw prompts.
+class _Encoding:
+    """One set of backbones sharing a cache, and what it already holds (workers skip that)."""
 
-    It borrows RedCircle's own methods, so keys, proposal filtering and pixels are exactly the
-    ones ``RedCircle.predict`` computes (it then finds every embedding in the cache).
-    """
+    def __init__(self, backbones: Sequence[ClipBackbone], cache: EmbeddingCache) -> None:
+        self.backbones = list(backbones)
+        self.cache = cache
+        self.resolutions = list(dict.fromkeys(b.input_resolution for b in self.backbones))
+        self.cached = frozenset.intersection(*(cache.image_keys(b) for b in self.backbones))
 
-    kept_proposals = RedCircle.kept_proposals
-    visual_prompt_keys = RedCircle.visual_prompt_keys
-    prompt_inputs = RedCircle.prompt_inputs
+    def prepare(self, request: EncodeRequest, device: str | torch.device = "cpu"
+                ) -> dict[str, Any]:
+        """The request's inputs not cached yet: keys, and model inputs per resolution."""
+        first = {k: i for i, k in reversed(list(enumerate(request.keys)))}
+        missing = [k for k in first if k not in self.cached]
+        indices = [first[k] for k in missing]
+        return {"keys": missing, "texts": request.texts,
+                "pixels": [request.draw(r, indices, device) if indices else None
+                           for r in self.resolutions]}
 
-    def __init__(self, method: RedCircle) -> None:
-        self.variants = method.variants
-        self.render_params = dict(method.render_params)
-        self.area_filter = method.area_filter
-        self.render_backend = method.render_backend
-        self.preprocess = method.preprocess
+    def encode(self, prepared: Sequence[dict[str, Any]], batch_size: int) -> None:
+        """Encode the prepared inputs of many images in shared batches, into the cache."""
+        keys = [k for p in prepared for k in p["keys"]]
+        texts = list(dict.fromkeys(t for p in prepared for t in p["texts"]))
+        for backbone in self.backbones:
+            which = self.resolutions.index(backbone.input_resolution)
+            pixels = [p["pixels"][which] for p in prepared if p["pixels"][which] is not None]
+            if pixels:
+                vectors = backbone.encode_images(torch.cat(pixels), batch_size)
+                self.cache.put_images(backbone, keys, vectors)
+            if texts:
+                self.cache.texts(backbone, texts)  # every distinct prompt in one text batch
+
+
+def _encodings(method: GroundingMethod, metric_backbones: Sequence[ClipBackbone],
+               metric_cache: EmbeddingCache) -> list[_Encoding]:
+    """What the engine batches: the method's declared inputs and the metric's crops."""
+    found = []
+    if isinstance(method, BatchedMethod):
+        found.append(_Encoding(method.backbones, method.cache))
+    if metric_backbones:
+        found.append(_Encoding(metric_backbones, metric_cache))
+    return found
+
+
+def _requests(method: GroundingMethod, metric_on: bool, items: Sequence[RefItem],
+              image: Image.Image, proposals: Proposals) -> list[EncodeRequest]:
+    requests = []
+    if isinstance(method, BatchedMethod):
+        requests.append(method.encode_request(image, [it.sentence for it in items], proposals))
+    if metric_on:
+        gt = torch.tensor(sorted({tuple(it.box) for it in items}), dtype=torch.float32)
+        requests.append(crop_request(image, gt.reshape(-1, 4)))
+    return requests
 
 
 class _ImageGroups(torch.utils.data.Dataset):
-    """One sample per image group, computed in a DataLoader worker when ``--workers`` > 0.
-
-    A sample holds the decoded image, its proposals (ground-truth proposals only: a YOLO model
-    stays in the main process) and, for red-circle, the visual prompts not yet cached,
-    rendered and preprocessed to tensors for each distinct CLIP preprocessing.
-    """
+    """One sample per image group, computed in a DataLoader worker when ``--workers`` > 0:
+    the decoded image, its proposals (ground-truth proposals only: a detector stays in the
+    main process) and the model inputs the method and the metric need encoded."""
 
     def __init__(self, groups: Sequence[Sequence[RefItem]], proposer: Proposer | None,
-                 renderer: _PromptRenderer | None = None,
-                 resolutions: Sequence[int] = (),
-                 cached: frozenset[str] = frozenset()) -> None:
+                 method: GroundingMethod, encodings: Sequence[_Encoding],
+                 metric_on: bool) -> None:
         self.groups = groups
         self.proposer = proposer
-        self.renderer = renderer
-        self.resolutions = list(resolutions)
-        self.cached = cached
+        self.method = method
+        self.encodings = encodings
+        self.metric_on = metric_on
 
     def __len__(self) -> int:
         return len(self.groups)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.groups[index][0]
-        image = item.image
+        items = self.groups[index]
+        image = items[0].image
         sample: dict[str, Any] = {"index": index, "image": image,
-                                  "proposals": self.proposer(item, image) if self.proposer
+                                  "proposals": self.proposer(items[0], image) if self.proposer
                                   else None}
-        if self.renderer is not None and sample["proposals"] is not None:
-            sample.update(_prepare_prompts(self.renderer, self.resolutions, self.cached,
-                                           image, sample["proposals"]))
+        if sample["proposals"] is not None:
+            sample["prepared"] = _prepare(self.method, self.encodings, self.metric_on, items,
+                                          image, sample["proposals"])
         return sample
 
 
-def _prepare_prompts(renderer: _PromptRenderer,
-                     resolutions: Sequence[int],
-                     cached: frozenset[str], image: Image.Image,
-                     proposals: Proposals) -> dict[str, Any]:
-    """The visual prompts of one image not cached yet: their keys, and their pixels rendered
-    and preprocessed once per distinct CLIP preprocessing (None where nothing is missing)."""
-    boxes = proposals.boxes[renderer.kept_proposals(image.size, proposals.boxes)]
-    keys = renderer.visual_prompt_keys(image, boxes)
-    first = {k: i for i, k in reversed(list(enumerate(keys)))}
-    missing = [k for k in first if k not in cached]
-    indices = [first[k] for k in missing]
-    return {"keys": missing,
-            "pixels": [renderer.prompt_inputs(image, boxes, r, indices) if indices else None
-                       for r in resolutions]}
+def _prepare(method: GroundingMethod, encodings: Sequence[_Encoding], metric_on: bool,
+             items: Sequence[RefItem], image: Image.Image, proposals: Proposals
+             ) -> list[dict[str, Any]]:
+    requests = _requests(method, metric_on, items, image, proposals)
+    return [encoding.prepare(request)
+            for encoding, request in zip(encodings, requests, strict=True)]
 
 
 def _loader(dataset: _ImageGroups, workers: int) -> Iterable[dict[str, Any]]:
@@ -204,42 +245,40 @@ def evaluate_groups(
     *,
     batch_size: int | None = None,
     workers: int = 0,
+    metric_cache: EmbeddingCache | None = None,
 ) -> list[dict[str, Any]]:
     """Per-expression prediction rows for the given image groups (no summary).
 
-    ``batch_size=None`` and ``workers=0``: the plain loop, one ``method.predict`` per ref
-    (``predict_per_ref``).
-    Otherwise images are decoded (and ground-truth proposals computed) in ``workers``
-    DataLoader processes; for red-circle the workers also render and preprocess the visual
-    prompts, and the main process encodes them in batches of ``batch_size`` across images
-    (filling the method's embedding cache) before ``method.predict`` runs on cache hits.
-    The rows are the same either way.
+    ``batch_size=None`` and ``workers=0``: the plain loop, one image at a time. Otherwise
+    images are decoded (and ground-truth proposals computed) in ``workers`` DataLoader
+    processes, which also draw the model inputs each method declares through
+    ``encode_request`` (and the ground-truth crops of the crop-cosine metric); the main
+    process encodes them in batches of ``batch_size`` across images, filling the caches,
+    before ``predict`` runs on cache hits. The rows are the same either way. ``predict`` is
+    called once per referred object (``predict_per_ref``). ``metric_cache``: where the
+    metric's crop embeddings go (the method's cache is a good choice: the baseline's crops
+    are the metric's).
     """
-    batched = batch_size is not None and isinstance(method, RedCircle)
+    metric_cache = metric_cache if metric_cache is not None else EmbeddingCache(None)
     if batch_size is None and workers <= 0:
-        return _evaluate_plain(groups, method, proposer, metric_backbones, progress)
+        return _evaluate_plain(groups, method, proposer, metric_backbones, metric_cache,
+                               progress)
     in_worker = proposer if getattr(proposer, "name", None) == "gt" else None
-    renderer = resolutions = None
-    cached: frozenset[str] = frozenset()
-    if batched:
-        assert isinstance(method, RedCircle)
-        renderer = _PromptRenderer(method)
-        # Model inputs once per distinct resolution (backbones of the same size share them).
-        resolutions = list(dict.fromkeys(b.input_resolution for b in method.backbones))
-        which = [resolutions.index(b.input_resolution) for b in method.backbones]
-        cached = _cached_keys(method)
-    dataset = _ImageGroups(groups, in_worker, renderer, resolutions or (), cached)
+    encodings = _encodings(method, metric_backbones, metric_cache)
+    metric_on = bool(metric_backbones)
+    dataset = _ImageGroups(groups, in_worker, method, encodings, metric_on)
     rows: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
     n_pending = 0
+    batch = batch_size or 1
     bar = tqdm(total=len(groups), desc=method.name, unit="image", disable=not progress,
                file=sys.stderr)
 
     # A detector runs in the main process (one model, on the GPU when there is one), so its
-    # images' visual prompts are drawn here, in threads: Pillow's filters and pastes release
-    # the GIL. Ground-truth proposals are drawn in the DataLoader workers instead.
+    # images' inputs are drawn here, in threads (Pillow and torch release the GIL). Ground-
+    # truth proposals are drawn in the DataLoader workers instead.
     painters = (ThreadPoolExecutor(max_workers=max(1, workers))
-                if renderer is not None and in_worker is None else None)
+                if encodings and in_worker is None else None)
 
     def detect_and_draw() -> None:
         todo = [s for s in pending if s["proposals"] is None]
@@ -250,45 +289,38 @@ def evaluate_groups(
         for sample, proposals in zip(todo, found, strict=True):
             sample["proposals"] = proposals
         if painters is not None:
-            assert renderer is not None and resolutions is not None
-            drawn = painters.map(lambda s: _prepare_prompts(renderer, resolutions, cached,
-                                                            s["image"], s["proposals"]), todo)
-            for sample, prompts in zip(todo, drawn, strict=True):
-                sample.update(prompts)
+            drawn = painters.map(lambda s: _prepare(method, encodings, metric_on,
+                                                    groups[s["index"]], s["image"],
+                                                    s["proposals"]), todo)
+            for sample, prepared in zip(todo, drawn, strict=True):
+                sample["prepared"] = prepared
 
     def flush() -> None:
         nonlocal n_pending
         detect_and_draw()
-        if renderer is not None and pending:
-            assert isinstance(method, RedCircle) and batch_size is not None
-            keys = [k for s in pending for k in s["keys"]]
-            for backbone, index in zip(method.backbones, which, strict=True):
-                pixels = [s["pixels"][index] for s in pending if s["pixels"][index] is not None]
-                if pixels:
-                    method.cache.put_images(
-                        backbone, keys, backbone.encode_images(torch.cat(pixels), batch_size))
-                # Every distinct expression of these images in one text batch.
-                method.cache.texts(backbone, list(dict.fromkeys(
-                    method.prefix + it.sentence for s in pending for it in groups[s["index"]])))
+        for k, encoding in enumerate(encodings):
+            encoding.encode([s["prepared"][k] for s in pending if "prepared" in s], batch)
         for sample in pending:
             items = groups[sample["index"]]
             proposals = (sample["proposals"] if sample["proposals"] is not None
                          else proposer(items[0], sample["image"]))
             prediction = predict_per_ref(method, sample["image"], items, proposals)
-            rows.extend(_rows(items, sample["image"], proposals, prediction, metric_backbones))
+            rows.extend(_rows(items, sample["image"], proposals, prediction, metric_backbones,
+                              metric_cache))
             bar.update(1)
         pending.clear()
         n_pending = 0
 
     # Images per detector batch: their prompts (up to max_det x variants each) are encoded
     # together, so a few images already fill an encoder batch.
-    detector_chunk = max(1, (batch_size or 1) // 8)
+    detector_chunk = max(1, batch // 8)
     try:
         for sample in _loader(dataset, workers):
             pending.append(sample)
-            n_pending += len(sample.get("keys", ())) if in_worker is not None else 1
-            if renderer is None or n_pending >= (batch_size if in_worker is not None
-                                                 else detector_chunk):
+            n_pending += (sum(len(p["keys"]) for p in sample.get("prepared", ()))
+                          if in_worker is not None else 1)
+            if not encodings or n_pending >= (batch if in_worker is not None
+                                              else detector_chunk):
                 flush()
         flush()
     finally:
@@ -298,15 +330,9 @@ def evaluate_groups(
     return rows
 
 
-def _cached_keys(method: RedCircle) -> frozenset[str]:
-    """Visual-prompt keys already cached for every backbone (the workers skip those)."""
-    common = frozenset.intersection(*(method.cache.image_keys(b) for b in method.backbones))
-    return frozenset(k for k in common if isinstance(k, str) and k.startswith("rc:"))
-
-
 def _evaluate_plain(groups: Sequence[Sequence[RefItem]], method: GroundingMethod,
                     proposer: Proposer, metric_backbones: Sequence[ClipBackbone],
-                    progress: bool) -> list[dict[str, Any]]:
+                    metric_cache: EmbeddingCache, progress: bool) -> list[dict[str, Any]]:
     """The reference loop: decode, propose and predict one image at a time."""
     rows: list[dict[str, Any]] = []
     for items in tqdm(groups, desc=method.name, unit="image", disable=not progress,
@@ -314,7 +340,7 @@ def _evaluate_plain(groups: Sequence[Sequence[RefItem]], method: GroundingMethod
         image = items[0].image
         proposals = proposer(items[0], image)
         prediction = predict_per_ref(method, image, items, proposals)
-        rows.extend(_rows(items, image, proposals, prediction, metric_backbones))
+        rows.extend(_rows(items, image, proposals, prediction, metric_backbones, metric_cache))
     return rows
 
 

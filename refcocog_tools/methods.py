@@ -2,14 +2,18 @@
 
 All methods share ``predict(image, expressions, proposals) -> Prediction`` and ``config()``.
 A method never loads a model: it receives backbones (and, for red-circle, debias sentences).
+CLIP methods also declare, per image, what they need encoded (``encode_request``): the engine
+encodes it for many images at once and ``predict`` then finds every embedding cached.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+import torch
 from PIL import Image
 
 from .backbones import ClipBackbone
@@ -37,12 +41,43 @@ def canonical_method(name: str) -> str:
 
 
 class GroundingMethod(Protocol):
+    """What the engine calls. ``expressions`` are those of ONE referred object: the engine
+    never mixes the refs of an image in one call, so an answer cannot depend on the other
+    objects' expressions (methods that normalise over the expressions of a call, such as
+    red-circle's debiasing, rely on it)."""
+
     name: str
 
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction: ...
 
     def config(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class EncodeRequest:
+    """What a method will look up in its embedding cache for one image, declared before it
+    predicts, so that the engine can encode the inputs of many images in shared batches.
+
+    ``keys[i]`` names image input ``i``; ``draw(resolution, indices, device)`` returns the
+    model inputs ``(len(indices), 3, R, R)`` of those inputs (it may run in a DataLoader
+    worker); ``texts`` are the prompts the method will encode.
+    """
+
+    keys: list[str]
+    draw: Callable[[int, Sequence[int], str | torch.device], torch.Tensor]
+    texts: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class BatchedMethod(Protocol):
+    """A method whose CLIP inputs the engine may encode across images (optional)."""
+
+    backbones: list[ClipBackbone]
+    cache: EmbeddingCache
+
+    def encode_request(self, image: Image.Image, expressions: Sequence[str],
+                       proposals: Proposals) -> EncodeRequest: ...
 
 
 def make_method(

@@ -35,8 +35,9 @@ import torch
 from PIL import Image
 
 from .backbones import ClipBackbone
-from .baseline import box_key
+from .baseline import box_key, request_embeddings
 from .cache import EmbeddingCache, image_fingerprint, params_key
+from .methods import EncodeRequest
 from .prediction import Prediction
 from .proposals import Proposals
 from .render import (
@@ -219,6 +220,16 @@ class RedCircle:
                 keep = keep[small]
         return keep
 
+    def encode_request(self, image: Image.Image, expressions: Sequence[str],
+                       proposals: Proposals) -> EncodeRequest:
+        """The visual prompts of the kept proposals (key order) and the expressions' prompts."""
+        boxes = proposals.boxes[self.kept_proposals(image.size, proposals.boxes)]
+        return EncodeRequest(
+            self.visual_prompt_keys(image, boxes),
+            lambda resolution, idx, device="cpu": self.prompt_inputs(image, boxes, resolution,
+                                                                     idx, device),
+            [self.prefix + e for e in expressions])
+
     def scores(self, image: Image.Image, expressions: Sequence[str],
                proposals: Proposals) -> tuple[torch.Tensor, torch.Tensor]:
         """(E, P_kept) final scores and the kept proposal indices.
@@ -228,12 +239,11 @@ class RedCircle:
         """
         keep = self.kept_proposals(image.size, proposals.boxes)
         boxes = proposals.boxes[keep]
-        keys = self.visual_prompt_keys(image, boxes)
-        texts = [self.prefix + e for e in expressions]
+        request = self.encode_request(image, expressions, proposals)
+        texts = request.texts
         total = None
         for backbone, debias_mean in zip(self.backbones, self.debias_means, strict=True):
-            visual = self.cache.images(backbone, keys, lambda idx, b=backbone: self.prompt_inputs(
-                image, boxes, b.input_resolution, idx, b.device))
+            visual = request_embeddings(self.cache, backbone, request)
             text = self.cache.texts(backbone, texts)
             sim = text @ visual.T  # (E, P*K)
             if self.class_prior:

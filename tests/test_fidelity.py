@@ -92,8 +92,8 @@ def test_n_debias_zero_skips_or_applies_the_study_formula(test_split, tiny_rn) -
     item = test_split[0]
     own = [it.sentence for it in test_split if it.ref_id == item.ref_id]
     proposals = GroundTruthProposer()(item)
-    none = RedCircle([tiny_rn], (), n_debias=0)
-    study = RedCircle([tiny_rn], (), n_debias=0, debias_at_zero="own-prompts")
+    none = RedCircle([tiny_rn], (), render_backend="pil", n_debias=0)
+    study = RedCircle([tiny_rn], (), render_backend="pil", n_debias=0, debias_at_zero="own-prompts")
     text = tiny_rn.encode_texts(["This is " + e for e in own])
     visual = tiny_rn.encode_images(none.render(item.image, proposals.boxes))
     raw = (text @ visual.T).reshape(len(own), len(proposals), 2)
@@ -109,8 +109,8 @@ def test_n_debias_zero_skips_or_applies_the_study_formula(test_split, tiny_rn) -
 def test_variant_fusion_mean(test_split, tiny_rn) -> None:
     item = test_split[0]
     proposals = GroundTruthProposer()(item)
-    by_max = RedCircle([tiny_rn], (), n_debias=0)
-    by_mean = RedCircle([tiny_rn], (), n_debias=0, variant_fusion="mean")
+    by_max = RedCircle([tiny_rn], (), render_backend="pil", n_debias=0)
+    by_mean = RedCircle([tiny_rn], (), render_backend="pil", n_debias=0, variant_fusion="mean")
     text = tiny_rn.encode_texts(["This is " + item.sentence])
     visual = tiny_rn.encode_images(by_max.render(item.image, proposals.boxes))
     raw = (text @ visual.T).reshape(1, len(proposals), 2)
@@ -118,7 +118,7 @@ def test_variant_fusion_mean(test_split, tiny_rn) -> None:
                                raw.mean(-1), atol=1e-5, rtol=1e-4)
     assert by_mean.config()["variant_fusion"] == "mean"
     with pytest.raises(ValueError, match="variant_fusion"):
-        RedCircle([tiny_rn], (), n_debias=0, variant_fusion="median")
+        RedCircle([tiny_rn], (), render_backend="pil", n_debias=0, variant_fusion="median")
 
 
 @pytest.fixture

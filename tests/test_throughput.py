@@ -52,6 +52,16 @@ def groups(mini_data):
     return group_by_image(RefCOCOg(mini_data, "test"), 14)
 
 
+def _only_cache_hits(method) -> None:
+    """Make ``method`` fail if ``predict`` draws an input the engine should have encoded."""
+    looked_up = method.cache.images
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("predict re-rendered a visual prompt the engine had encoded")
+
+    method.cache.images = lambda backbone, keys, draw: looked_up(backbone, keys, no_drawing)
+
+
 def _red_circle(backbones, pool) -> RedCircle:
     return RedCircle(backbones, pool, EmbeddingCache(), n_debias=30, debias_seed=2)
 
@@ -65,10 +75,7 @@ def test_batched_engine_gives_the_unbatched_predictions(options, groups, mini_da
     reference = evaluate_groups(groups, _red_circle(backbones, pool), GroundTruthProposer())
     method = _red_circle(backbones, pool)
 
-    def no_render(*args, **kwargs):
-        raise AssertionError("predict re-rendered a visual prompt the engine had encoded")
-
-    method.render = no_render  # the engine's batches must leave predict only cache hits
+    _only_cache_hits(method)  # the engine's batches must leave predict only cache hits
     rows = evaluate_groups(groups, method, GroundTruthProposer(), **options)
     assert len(rows) == sum(len(g) for g in groups) and rows == reference
 
@@ -84,7 +91,7 @@ def test_plain_engine_with_workers_for_other_methods(groups, tiny_rn) -> None:
 
 def test_bench_command_prints_every_stage(mini_data, isolated_cache, capsys) -> None:
     code = cli_main(["bench", "--data-root", str(mini_data), "--limit", "5", "--n-debias", "20",
-                     "--render-images", "1", "--batch-size", "4"])
+                     "--batch-size", "4"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report["stages"]) == {"decode", "proposals", "render", "encode", "score"}
@@ -93,7 +100,12 @@ def test_bench_command_prints_every_stage(mini_data, isolated_cache, capsys) -> 
     assert report["expressions"] == 5
     assert report["end_to_end"]["expressions_per_s"] is not None
     assert report["end_to_end_unbatched"]["same_predictions"] is True
-    assert report["render"]["pixel_identical"] is True and report["render"]["proposals"] >= 8
+    backends = report["render_backends"]
+    assert backends["same_choices"] is True and backends["torch_speedup"] > 0
+    assert {"torch", "pil"} <= set(backends)
+    assert report["encoder_ceiling"]["visual_prompts_per_s"] > 0
+    assert report["pipeline"]["visual_prompts"] == report["stages"]["render"]["visual_prompts"]
+    assert 0 < report["pipeline"]["share_of_ceiling"]
     assert report["study_pattern"]["same_choices"] is True
     assert report["memory"]["rss_peak_mib"] > 0
 
@@ -110,6 +122,7 @@ def test_synthetic_workload_encodes_every_visual_prompt() -> None:
                              architecture=TINY_CLIP_CONFIGS["tiny-rn"], architecture_name="tiny")
     assert out["visual_prompts"] == 3 * 4 * 2 and out["random_weights"] is True
     assert out["resolution"] == TINY_CLIP_CONFIGS["tiny-rn"]["image_resolution"]
+    assert out["encoder_ceiling"]["visual_prompts_per_s"] > 0 and out["share_of_ceiling"] > 0
     assert torch.equal(state, torch.random.get_rng_state())
     assert set(RN50X16_CONFIG) == set(TINY_CLIP_CONFIGS["tiny-rn"])  # a complete CLIP config
 
@@ -153,10 +166,7 @@ def test_batched_engine_with_a_detector_in_the_main_process(options, groups, min
     reference = evaluate_groups(groups, _red_circle([tiny_rn], pool), _FakeDetector())
     method = _red_circle([tiny_rn], pool)
 
-    def no_render(*args, **kwargs):
-        raise AssertionError("predict re-rendered a visual prompt the engine had encoded")
-
-    method.render = no_render
+    _only_cache_hits(method)  # the engine's batches must leave predict only cache hits
     detector = _FakeDetector()
     rows = evaluate_groups(groups, method, detector, **options)
     assert rows == reference
