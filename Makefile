@@ -23,7 +23,7 @@ PROPOSALS ?= yolov8s
 DEVICE ?= cuda
 LIMIT ?= 0
 
-.PHONY: all install test nbval nbval-generic-cpu embedded-models lint book reproduce regen-baselines clean
+.PHONY: all install test nbval nbval-generic-cpu embedded-models lint book reproduce regen-baselines gpu-check clean
 
 all: test
 
@@ -76,6 +76,13 @@ book: $(STAMP)
 reproduce: $(STAMP)
 	@test -n "$(DATA_ROOT)" || { echo "usage: make reproduce DATA_ROOT=/data/refcocog [CLIP=RN50x16] [PROPOSALS=yolov8s] [DEVICE=cuda] [LIMIT=0]"; exit 2; }
 	$(BIN)/python -m refcocog_tools.report build -p data_root "$(DATA_ROOT)" -p clip "$(CLIP)" -p proposals "$(PROPOSALS)" -p device "$(DEVICE)" -p limit "$(LIMIT)"
+
+# The prepared GPU check (README, "Throughput"): needs only PyTorch and torchvision; wheels of
+# openai-clip, ultralytics, ultralytics-thop, ftfy, wcwidth and setuptools<82 in ./wheels or on
+# PYTHONPATH. GPU_CHECK_ARGS=--small runs it at CPU sizes.
+GPU_CHECK_OUT ?= gpu_check.json
+gpu-check:
+	$(PYTHON) scripts/gpu_check.py --out "$(GPU_CHECK_OUT)" $(GPU_CHECK_ARGS)
 
 regen-baselines: $(STAMP)
 	$(BIN)/python -m refcocog_tools.report regen-baselines

@@ -141,9 +141,12 @@ class _Encoding:
         self.resolutions = list(dict.fromkeys(b.input_resolution for b in self.backbones))
         self.cached = frozenset.intersection(*(cache.image_keys(b) for b in self.backbones))
 
-    def prepare(self, request: EncodeRequest, device: str | torch.device = "cpu"
-                ) -> dict[str, Any]:
-        """The request's inputs not cached yet: keys, and model inputs per resolution."""
+    def prepare(self, request: EncodeRequest) -> dict[str, Any]:
+        """The request's inputs not cached yet: keys, and model inputs per resolution, drawn
+        on the backbones' device in the main process and on the CPU in a DataLoader worker
+        (the main process copies them over from pinned memory)."""
+        in_worker = torch.utils.data.get_worker_info() is not None
+        device = "cpu" if in_worker else self.backbones[0].device
         first = {k: i for i, k in reversed(list(enumerate(request.keys)))}
         missing = [k for k in first if k not in self.cached]
         indices = [first[k] for k in missing]

@@ -394,3 +394,26 @@ def ultralytics_photo(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not among the photographs ultralytics ships")
     return path
+
+
+def tensor_variants(image: Image.Image, boxes: Sequence[Sequence[float]] | torch.Tensor,
+                    variants: Sequence[str], **render_params: Any) -> list[list[Image.Image]]:
+    """``result[i][j]``: proposal ``i`` in ``variants[j]``, drawn by the tensor renderer the
+    engine uses (``render.render_prompts``), as Pillow images for ``side_by_side``."""
+    from .render import image_tensor, render_prompts, to_pil
+
+    drawn = render_prompts(image_tensor(image), torch.as_tensor(boxes, dtype=torch.float32),
+                           variants, **render_params)
+    return [[to_pil(prompt) for prompt in row] for row in drawn]
+
+
+def preprocess_views(image: Image.Image, box: Sequence[float], resolution: int = 224,
+                     variant: str = "blur", **render_params: Any) -> dict[str, Image.Image]:
+    """What CLIP sees of one proposal's visual prompt in each ``--preprocess`` mode: the
+    model input (``render.prompt_inputs``, torch backend) turned back into an image."""
+    from .render import PREPROCESS_MODES, model_view, prompt_inputs
+
+    boxes = torch.tensor([list(box)], dtype=torch.float32)
+    return {mode: model_view(prompt_inputs(image, boxes, (variant,), resolution,
+                                           preprocess=mode, **render_params)[0])
+            for mode in PREPROCESS_MODES}

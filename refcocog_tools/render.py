@@ -389,3 +389,11 @@ def input_difference(image: Image.Image, boxes: torch.Tensor, variants: Sequence
     return {"max_levels": round(float(difference.max()), 3),
             "mean_levels": round(float(difference.mean()), 5),
             "share_over_1_level": round(float((difference > 1).double().mean()), 6)}
+
+
+def model_view(inputs: torch.Tensor) -> Image.Image:
+    """What CLIP sees: one normalised ``(3, R, R)`` model input back as a Pillow image."""
+    mean = torch.tensor(CLIP_MEAN, device=inputs.device).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=inputs.device).view(3, 1, 1)
+    pixels = ((inputs.float() * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    return to_pil(pixels)

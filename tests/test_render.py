@@ -132,3 +132,18 @@ def test_backends_choose_the_same_boxes_on_the_embedded_test_split(tiny_rn, tiny
         print(backbone.name, result)
         assert result["same_choices"] == 1.0, result
         assert result["max_levels"] <= 8, result
+
+
+def test_preprocess_views_show_what_clip_sees_of_an_edge_proposal() -> None:
+    """Figures: the centre crop loses a proposal at the left edge, the square view keeps it."""
+    from refcocog_tools.figures import preprocess_views, tensor_variants
+
+    image = Image.new("RGB", (160, 90), (0, 0, 255))
+    views = preprocess_views(image, (1.0, 10.0, 30.0, 80.0), resolution=32, blur_radius=2.0,
+                             width=3)
+    assert set(views) == {"center-crop", "square"}
+    red = {mode: (np.asarray(v)[..., 0] > 128).sum() for mode, v in views.items()}
+    assert red["center-crop"] == 0 < red["square"]  # the red ellipse was cut off
+    [[drawn]] = tensor_variants(image, [(1.0, 10.0, 30.0, 80.0)], ("blur",), blur_radius=2.0)
+    assert np.array_equal(np.asarray(drawn), np.asarray(
+        render_variants(image, [(1.0, 10.0, 30.0, 80.0)], ("blur",), blur_radius=2.0)[0][0]))
