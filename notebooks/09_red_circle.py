@@ -30,7 +30,7 @@
 # ```{include} ../_real_data.md
 # ```
 #
-# On the full test split the ablations evaluate the method 15 times;
+# On the full test split the ablations evaluate the method 16 times;
 # `-p ablations False` skips them.
 
 # %% tags=["parameters", "hide-input"]
@@ -49,6 +49,7 @@ stroke_width: int = 3
 n_debias: int = 5000  # training expressions averaged for debiasing (the study: 5000)
 area_filter: "Optional[float]" = None  # drop proposals covering this share of the image or more
 class_prior: bool = False  # weight proposals by the expression's similarity to their class name
+preprocess: str = "center-crop"  # CLIP's resize + centre crop, or "square" (whole image, no crop)
 ablations: bool = True  # evaluate the one-change-at-a-time ablations
 image_index: int = 0  # which image of the split the debiasing example uses
 results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
@@ -66,16 +67,18 @@ from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import (
     comparison_table,
     metric_bar_chart,
+    preprocess_views,
     results_table,
     show_table,
     table_source,
+    tensor_variants,
     ultralytics_photo,
 )
 from refcocog_tools.methods import make_method
 from refcocog_tools.red_circle import debias_explicit, debias_fast, sample_debias_sentences
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_value
-from refcocog_tools.visual_prompts import VARIANTS, render_variants, side_by_side
+from refcocog_tools.visual_prompts import VARIANTS, side_by_side
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
@@ -92,7 +95,9 @@ chapter.note
 # are listed in the next cell. Each row shows one box in the four variants the study tried:
 # the marker alone, the marker on a blurred background, on a grey background, and on a
 # blurred grey background. The study kept the two blurred ones. {numref}`fig-prompts-bus` and
-# {numref}`fig-prompts-zidane` show them.
+# {numref}`fig-prompts-zidane` show them, drawn by the same tensor renderer the evaluation uses
+# (`refcocog_tools.render`; its pixels equal those of the Pillow reference, `--render-backend
+# pil`, which the tests check).
 
 # %% tags=["remove-input"]
 # Hand-annotated xyxy pixel boxes (x1, y1, x2, y2) on the full-resolution photographs.
@@ -104,7 +109,7 @@ PHOTO_BOXES = {
 }
 for photo, named in PHOTO_BOXES.items():
     picture = load_rgb_image(ultralytics_photo(photo))
-    rendered = render_variants(picture, list(named.values()), VARIANTS, blur_radius=blur_radius,
+    rendered = tensor_variants(picture, list(named.values()), VARIANTS, blur_radius=blur_radius,
                                width=max(stroke_width, 6))
     panels = [im for row in rendered for im in row]
     titles = [f"{name}\n{variant}" for name in named for variant in VARIANTS]
@@ -137,6 +142,36 @@ glue("stroke_width", stroke_width)
 # The markers above are drawn 6 px wide so that they survive the figure's downscaling; the
 # method draws them {glue:text}`stroke_width` px wide on the full-size image, as the study did.
 #
+# ## What CLIP sees: centre crop or square
+#
+# CLIP's own preprocessing resizes the short side of an image to the model's input and cuts
+# the long side to a square. `bus.jpg` is a portrait photograph (810 x 1080): the centre crop
+# drops 135 px at the top and at the bottom, so a proposal there loses its red ellipse before
+# CLIP sees it. `--preprocess square` resizes the whole image to the square instead (the
+# aspect ratio changes; nothing is cut), as ReCLIP and FGVP do. {numref}`fig-preprocess-bus`
+# shows the model input of one proposal at the bottom edge in both modes, and the ablations
+# below evaluate both.
+
+# %% tags=["remove-input"]
+EDGE_BOX = (560, 950, 810, 1079)  # bottom-right corner of bus.jpg, inside the band the crop drops
+views = preprocess_views(load_rgb_image(ultralytics_photo("bus.jpg")), EDGE_BOX, 224,
+                         blur_radius=blur_radius, width=max(stroke_width, 6))
+glue_figure("fig-preprocess-bus",
+            side_by_side(list(views.values()), [f"--preprocess {mode}" for mode in views],
+                         width=3.0))
+
+# %% [markdown]
+# ```{glue:figure} fig-preprocess-bus
+# ---
+# name: fig-preprocess-bus
+# alt: >-
+#   Two 224 x 224 model inputs of the bus photograph with a proposal at its bottom-right corner:
+#   with the centre crop the red ellipse is gone; with the square resize it is visible.
+# ---
+# What CLIP sees of a proposal at the bottom edge of `bus.jpg` (224 px input, blurred variant):
+# the centre crop cuts the ellipse off, the square resize keeps it.
+# ```
+#
 # ## Debiasing
 #
 # Some renderings score high with *every* expression: a large proposal with little blur, or a
@@ -160,7 +195,8 @@ glue("stroke_width", stroke_width)
 # %% tags=["hide-input"]
 cache = EmbeddingCache()  # shared by every run of this page: keys name all render parameters
 options = dict(variants=tuple(variants), blur_radius=blur_radius, stroke_width=stroke_width,
-               n_debias=n_debias, area_filter=area_filter, class_prior=class_prior)
+               n_debias=n_debias, area_filter=area_filter, class_prior=class_prior,
+               preprocess=preprocess)
 method = make_method("red-circle", backbones, cache=cache, debias_pool=debias_pool, seed=seed,
                      **options)
 groups = group_by_image(dataset, limit)
@@ -169,7 +205,9 @@ image = items[0].image
 boxes = proposer(items[0]).boxes
 backbone = backbones[0]
 keys = method.visual_prompt_keys(image, boxes)
-visual = cache.images(backbone, keys, lambda idx: method.render(image, boxes, idx))
+resolution = backbone.input_resolution
+visual = cache.images(backbone, keys,
+                      lambda idx: method.prompt_inputs(image, boxes, resolution, idx))
 texts = cache.texts(backbone, [method.prefix + it.sentence for it in items])
 sim = texts @ visual.T
 if method.debias_sentences:
@@ -250,7 +288,8 @@ glue("baseline_miou", baseline["metrics"]["miou"])
 # (the first row): the rendering variants, the blur radius, the marker's stroke width, the
 # number of debiasing expressions, the area filter that drops proposals covering 80 % of the
 # image or more, and the class prior that weights each proposal by how similar the expression
-# is to "A photo of a *class*" for the proposal's class. Every row is computed by this build;
+# is to "A photo of a *class*" for the proposal's class, and how the rendered image becomes
+# CLIP's square input (below). Every row is computed by this build;
 # the study reported its tuning only in prose (about fifty combinations inspected by hand on
 # some hundred samples), so there are no reported rows here. {numref}`fig-ablations` draws the
 # table.
@@ -264,6 +303,7 @@ ABLATIONS = [
     ("debias expressions", "n_debias", [0, 100, 5000]),
     ("area filter", "area_filter", [None, 0.8]),
     ("class prior", "class_prior", [False, True]),
+    ("preprocess", "preprocess", ["center-crop", "square"]),
 ]
 
 
