@@ -88,9 +88,9 @@ for sentence in item.sentences:
 
 # %% tags=["remove-input"]
 # Two by two, so that each panel keeps half the page width and its labels stay legible.
-fig, axes = plt.subplots(2, 2, figsize=(10, 8))
+fig, axes = plt.subplots(2, 2, figsize=(9, 7.6))
 for ax, relation in zip(axes.flat, RELATIONS, strict=True):
-    draw_scene_graph(ax, item.image, graph, relation=relation, highlight=referred)
+    draw_scene_graph(ax, item.image, graph, relation=relation, highlight=referred, fontsize=13)
 fig.tight_layout()
 glue_figure("fig-scene-graph", fig)
 

@@ -63,32 +63,13 @@ root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.bac
 chapter.note
 
 # %% [markdown]
-# ## Reported by the original study (not recomputed)
-
-# %% tags=["hide-input"]
-reported = reported_results(wide=True).drop(columns="key")
-show_table(reported, f"Source: {STUDY}, as reported (not recomputed).")
-
-# %% tags=["remove-input"]
-for key in ("baseline", "final"):
-    for metric in ("miou", "accuracy", "cosine"):
-        glue(f"reported_{key}_{metric}", reported_value(key, metric))
-glue("reported_colour_miou", reported_value("colour_background", "miou", split="not stated"))
-
-# %% [markdown]
-# As reported, the study's crop-and-match baseline with the RN50x16 backbone reached a mean IoU
-# of {glue:text}`reported_baseline_miou` on the test split (accuracy
-# {glue:text}`reported_baseline_accuracy`, cosine similarity
-# {glue:text}`reported_baseline_cosine`). Its final proposal (red ellipse with a blurred
-# background, YOLOv8s proposals, RN50x16, debiased with 5000 training expressions) printed a mean
-# IoU of {glue:text}`reported_final_miou`, accuracy {glue:text}`reported_final_accuracy` and
-# cosine similarity {glue:text}`reported_final_cosine` in its test-run cell; the colour-coded
-# background of section 6.1.1 is described as reaching an average IoU of
-# {glue:text}`reported_colour_miou`. The regressors stayed far below. The rows do not all share
-# one configuration (backbone, proposal model, split), as the table's columns show, so they are
-# not a controlled comparison.
+# ## The study's numbers next to this build's
 #
-# ## Computed by this build
+# One row per method: the mean IoU the study reported, with the configuration it used, and the
+# mean IoU this build computed, with this build's configuration. The two numbers of a row are
+# comparable only when the box at the top of the page says this build ran on RefCOCOg with
+# pretrained weights, and even then only as far as the two configurations agree.
+# {numref}`fig-study-vs-build` and the table below it put them side by side.
 #
 # Every grounding method of the report with this page's parameters (same split, proposals and
 # backbones for all rows; the red-circle method with the study's final settings, debiased with
@@ -150,8 +131,62 @@ display(Markdown(
     f"Every row was read from the results files the chapters wrote (`{chapter.results_dir.name}/"
     "<method>.json`); nothing was computed twice."))
 
+# %% tags=["remove-input"]
+SUMMARY = [(label, study_key, computed[label])
+           for label, (_, _, study_key) in METHODS.items() if not label.startswith("floor")]
+SUMMARY[1:1] = [(label, study_key, computed[label])
+                for label, (_, study_key) in REGRESSORS.items()]
+summary = study_vs_build(SUMMARY)
+glue_figure("fig-study-vs-build", study_vs_build_chart(summary))
+
 # %% [markdown]
-# {numref}`fig-every-method` draws every method this build computed.
+# ```{glue:figure} fig-study-vs-build
+# ---
+# name: fig-study-vs-build
+# alt: >-
+#   Paired horizontal bars per method: the study's reported mean IoU, hatched grey, and this
+#   build's, blue, each labelled with its value or not reported.
+# ---
+# Mean IoU per method: the study's number (hatched, as reported) next to this build's
+# (configurations in the table below).
+# ```
+
+# %% tags=["hide-input"]
+show_table(summary, f"Mean IoU. Study: {STUDY}, as reported (test split unless the "
+                    "configuration says otherwise). This build: computed on the configuration "
+                    "of each row.")
+
+# %% [markdown]
+# ## Reported by the original study (not recomputed)
+
+# %% tags=["hide-input"]
+reported = reported_results(wide=True).drop(columns="key")
+show_table(reported, f"Source: {STUDY}, as reported (not recomputed).")
+
+# %% tags=["remove-input"]
+for key in ("baseline", "final"):
+    for metric in ("miou", "accuracy", "cosine"):
+        glue(f"reported_{key}_{metric}", reported_value(key, metric))
+glue("reported_colour_miou", reported_value("colour_background", "miou", split="not stated"))
+
+# %% [markdown]
+# As reported, the study's crop-and-match baseline with the RN50x16 backbone reached a mean IoU
+# of {glue:text}`reported_baseline_miou` on the test split (accuracy
+# {glue:text}`reported_baseline_accuracy`, cosine similarity
+# {glue:text}`reported_baseline_cosine`). Its final proposal (red ellipse with a blurred
+# background, YOLOv8s proposals, RN50x16, debiased with 5000 training expressions) printed a mean
+# IoU of {glue:text}`reported_final_miou`, accuracy {glue:text}`reported_final_accuracy` and
+# cosine similarity {glue:text}`reported_final_cosine` in its test-run cell; the colour-coded
+# background of section 6.1.1 is described as reaching an average IoU of
+# {glue:text}`reported_colour_miou`. The regressors stayed far below. The rows do not all share
+# one configuration (backbone, proposal model, split), as the table's columns show, so they are
+# not a controlled comparison.
+
+# %% [markdown]
+# ## Every method computed by this build
+#
+# All three metrics of every method this build computed, the floors included.
+# {numref}`fig-every-method` draws them.
 
 # %% tags=["hide-input"]
 computed_table = results_table(computed)
@@ -168,38 +203,6 @@ show_table(computed_table, f"{table_source(computed.values())}.")
 #   this build.
 # ---
 # Every method of the report as this build computed it (configuration in the box at the top).
-# ```
-
-# %% [markdown]
-# ## The study's numbers next to this build's
-#
-# One row per method: the mean IoU the study reported, with the configuration it used, and the
-# mean IoU this build computed, with this build's configuration. The two numbers of a row are
-# comparable only when the box at the top of the page says this build ran on RefCOCOg with
-# pretrained weights, and even then only as far as the two configurations agree.
-# {numref}`fig-study-vs-build` and the table below it put them side by side.
-
-# %% tags=["hide-input"]
-SUMMARY = [(label, study_key, computed[label])
-           for label, (_, _, study_key) in METHODS.items() if not label.startswith("floor")]
-SUMMARY[1:1] = [(label, study_key, computed[label])
-                for label, (_, study_key) in REGRESSORS.items()]
-summary = study_vs_build(SUMMARY)
-glue_figure("fig-study-vs-build", study_vs_build_chart(summary))
-show_table(summary, f"Mean IoU. Study: {STUDY}, as reported (test split unless the "
-                    "configuration says otherwise). This build: computed on the configuration "
-                    "of each row.")
-
-# %% [markdown]
-# ```{glue:figure} fig-study-vs-build
-# ---
-# name: fig-study-vs-build
-# alt: >-
-#   Paired horizontal bars per method: the study's reported mean IoU, hatched grey, and this
-#   build's, blue, each labelled with its value or not reported.
-# ---
-# Mean IoU per method: the study's number (hatched, as reported) next to this build's
-# (configurations in the table below).
 # ```
 
 # %% tags=["remove-input"]

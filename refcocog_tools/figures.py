@@ -138,7 +138,9 @@ def study_vs_build(rows: Sequence[tuple[str, str | None, Mapping[str, Any]]]) ->
             "method": label,
             "study miou": float(first["miou"]) if first is not None else float("nan"),
             "study configuration": (f"{first['backbone']}, proposals {first['proposals']}, "
-                                    f"{first['split']} split" if first is not None else None),
+                                    f"{first['split']} split"
+                                    + (f", scope {first['scope']}" if "scope" in first else "")
+                                    if first is not None else None),
             "this build miou": _metric_values(doc["metrics"])["miou"],
             "this build accuracy": _metric_values(doc["metrics"])["accuracy"],
             "this build configuration": build_source(doc).removeprefix("this build: "),

@@ -156,3 +156,16 @@ def test_show_table_formats_cells_for_a_reader() -> None:
     assert "<caption>computed here</caption>" in html and "0.123" in html
     named = figures.show_table(frame.set_index("method"), "")
     assert list(named.frame.columns)[0] == "method"  # a labelled index becomes a column
+
+
+def test_study_vs_build_puts_the_study_number_and_scope_beside_this_build() -> None:
+    table = figures.study_vs_build([("baseline", "baseline", _doc(0.4)),
+                                    ("overlay", None, _doc(0.2))])
+    assert table.loc[0, "study miou"] == pytest.approx(0.504)  # the study's results table
+    assert "RN50x16" in table.loc[0, "study configuration"]
+    assert "scope" in table.loc[0, "study configuration"]
+    assert table.loc[0, "this build miou"] == pytest.approx(0.4)
+    assert math.isnan(table.loc[1, "study miou"]) and pd.isna(table.loc[1, "study configuration"])
+    assert table.loc[1, "this build configuration"].startswith("synthetic dataset (test)")
+    fig = figures.study_vs_build_chart(table)
+    assert len(fig.axes[0].patches) == 4
