@@ -11,6 +11,11 @@ CLIP specs (``load_clip``):
   ``clip.model.CLIP`` class, generated once into ``<cache>/clip`` and then loaded through the
   same local-checkpoint route as a user's file. They make every code path runnable offline;
   numbers computed with them say nothing about CLIP.
+* ``"toy-rn"``: a small ``clip.model.CLIP`` *trained* by ``refcocog-tools train-toy-clip`` on the
+  train split of a generated embedded world (``toy_clip``). It ships inside the package
+  (compressed, with its sha256 and training configuration), is unpacked once into
+  ``<cache>/clip`` and loaded through the same route. Its numbers are about the synthetic world:
+  toy weights, never a RefCOCOg result.
 
 YOLO specs (``load_yolo``): an Ultralytics weights name (``"yolov8s"`` ->
 ``<cache>/yolo/yolov8s.pt``), a local ``.pt`` path, or ``"tiny-yolov8s"``, an untrained
@@ -22,6 +27,7 @@ YOLO specs (``load_yolo``): an Ultralytics weights name (``"yolov8s"`` ->
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -41,6 +47,7 @@ from .io_utils import (
     UnreadableFileError,
     UnsafeFileError,
     atomic_torch_save,
+    atomic_write_bytes,
     atomic_write_json,
     cache_dir,
     load_torch_file,
@@ -59,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EMBEDDED_CLIPS",
+    "TOY_CLIPS",
     "EMBEDDED_YOLO",
     "TINY_CLIP_CONFIGS",
     "BackboneError",
@@ -113,23 +121,38 @@ TINY_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
         transformer_layers=2,
     ),
 }
-EMBEDDED_CLIPS = tuple(TINY_CLIP_CONFIGS)
 TINY_SEEDS = {"tiny-rn": 0, "tiny-vit": 1}
+# Trained toy models shipped in ``refcocog_tools/weights``: name -> packed file.
+TOY_CLIPS: dict[str, str] = {"toy-rn": "toy-rn.pt.gz"}
+EMBEDDED_CLIPS = tuple(TINY_CLIP_CONFIGS)  # the untrained ones, generated on first use
 
 
 def _resolve_cache(cache: str | Path | None) -> Path:
     return Path(cache) if cache is not None else cache_dir()
 
 
-def _untrained_marker(checkpoint: Path) -> bool:
-    """A sidecar ``<checkpoint>.json`` with ``{"untrained": true}`` marks random weights."""
+def _sidecar(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's ``<checkpoint>.json`` sidecar ({} when there is none)."""
     sidecar = Path(str(checkpoint) + ".json")
     if not sidecar.is_file():
-        return False
+        return {}
     try:
-        return bool(json.loads(sidecar.read_text(encoding="utf-8")).get("untrained", False))
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BackboneError(f"{sidecar}: unreadable sidecar JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise BackboneError(f"{sidecar}: the sidecar JSON must be an object")
+    return meta
+
+
+def _untrained_marker(checkpoint: Path) -> bool:
+    """A sidecar ``<checkpoint>.json`` with ``{"untrained": true}`` marks random weights."""
+    return bool(_sidecar(checkpoint).get("untrained", False))
+
+
+def _toy_marker(checkpoint: Path) -> bool:
+    """A sidecar with ``{"toy": true}`` (what train-toy-clip writes) marks toy weights."""
+    return bool(_sidecar(checkpoint).get("toy", False))
 
 
 def _tiny_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -211,6 +234,34 @@ def _to_device(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) ->
         memory_format=torch.channels_last)
 
 
+def toy_metadata(name: str) -> dict[str, Any]:
+    """The shipped toy model's metadata: sha256, training configuration, loss history."""
+    from importlib import resources
+
+    packed = resources.files("refcocog_tools") / "weights" / TOY_CLIPS[name]
+    meta_file = packed.parent / (TOY_CLIPS[name].removesuffix(".pt.gz") + ".json")
+    return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
+def _toy_checkpoint(name: str, cache: Path) -> Path:
+    """The shipped toy model unpacked into ``<cache>/clip`` (again whenever its sha256 differs)."""
+    import gzip
+    from importlib import resources
+
+    path = cache / "clip" / f"{name}.pt"
+    meta = toy_metadata(name)
+    if not path.is_file() or sha256_file(path) != meta["sha256"]:
+        packed = resources.files("refcocog_tools") / "weights" / TOY_CLIPS[name]
+        data = gzip.decompress(packed.read_bytes())
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta["sha256"]:
+            raise BackboneError(f"the packaged {TOY_CLIPS[name]} unpacks to sha256 {digest}, "
+                                f"not the recorded {meta['sha256']}: the installation is damaged")
+        atomic_write_bytes(path, data)
+    atomic_write_json(Path(str(path) + ".json"), {**meta, "toy": True, "untrained": False})
+    return path
+
+
 # ----------------------------------------------------------------------------------------------
 # The backbone
 # ----------------------------------------------------------------------------------------------
@@ -225,6 +276,8 @@ class ClipBackbone:
     checksum: str
     checkpoint: Path
     untrained: bool
+    # Trained here on the synthetic world (train-toy-clip): real learning, but no RefCOCOg.
+    toy: bool = False
 
     @property
     def input_resolution(self) -> int:
@@ -389,7 +442,8 @@ def _read_model(path: Path) -> clip.model.CLIP:
 
 
 def _backbone_from_file(
-    path: Path, name: str, device: torch.device, untrained: bool | None = None
+    path: Path, name: str, device: torch.device, untrained: bool | None = None,
+    toy: bool | None = None,
 ) -> ClipBackbone:
     model = prepare_for_device(_model_from_file(path), device)
     return ClipBackbone(
@@ -400,6 +454,7 @@ def _backbone_from_file(
         checksum=sha256_file(path),
         checkpoint=path,
         untrained=_untrained_marker(path) if untrained is None else untrained,
+        toy=_toy_marker(path) if toy is None else toy,
     )
 
 
@@ -412,6 +467,9 @@ def load_clip(
     cache = _resolve_cache(cache)
     if spec in TINY_CLIP_CONFIGS:
         return _backbone_from_file(_tiny_checkpoint(spec, cache), spec, device, untrained=True)
+    if spec in TOY_CLIPS:
+        return _backbone_from_file(_toy_checkpoint(spec, cache), spec, device, untrained=False,
+                                   toy=True)
     if spec in clip.available_models():
         url = clip.clip._MODELS[spec]
         filename = os.path.basename(url)
@@ -435,7 +493,7 @@ def load_clip(
         return _backbone_from_file(path, path.name, device)
     raise BackboneError(
         f"unknown CLIP spec {spec!r}: not a file, not one of {clip.available_models()} "
-        f"and not an embedded model {list(EMBEDDED_CLIPS)}"
+        f"and not an embedded model {[*EMBEDDED_CLIPS, *TOY_CLIPS]}"
     )
 
 

@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "refcocog_tools.evaluate",
     "refcocog_tools.regressors",
     "refcocog_tools.bench",
+    "refcocog_tools.toy_clip",
 )
 
 

@@ -444,7 +444,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         "ReCLIP use)")
     parser.add_argument("--clip", default="tiny-rn",
                         help="comma-separated CLIP backbones, ensembled: names (RN50x16, "
-                        "ViT-B/32), checkpoint paths, or tiny-rn / tiny-vit (embedded, untrained)")
+                        "ViT-B/32), checkpoint paths, tiny-rn / tiny-vit (embedded, untrained) or "
+                        "toy-rn (embedded, trained here on the synthetic world)")
     detector = parser.add_argument_group(
         "detector options (a YOLO --proposals; default: the study's settings, YOLOv8: conf "
         "0.25, iou 0.7, max-det 300; YOLOv5 names: the torch-hub yolov5s's 0.25, 0.45, 1000)")

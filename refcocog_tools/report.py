@@ -614,11 +614,11 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
 
 def provenance_note(data_root: str | os.PathLike[str] | None,
                     backbones_untrained: bool | None = None,
-                    models: str = "") -> ProvenanceNote:
+                    models: str = "", toy: bool = False) -> ProvenanceNote:
     """The box at the top of a page (``results.provenance_note``) for a run's data root: the
     embedded synthetic dataset when empty."""
     synthetic = not data_root or dataset_is_synthetic(resolve_data_root(data_root))
-    return results.provenance_note(synthetic, backbones_untrained, models)
+    return results.provenance_note(synthetic, backbones_untrained, models, toy)
 
 
 class Chapter:
@@ -710,7 +710,8 @@ def open_chapter(namespace: dict[str, Any], *,
     untrained = (any(b.untrained for b in backbones)
                  or bool(getattr(proposer, "untrained", False))) if named else None
     chapter.note = provenance_note(data_root, backbones_untrained=untrained,
-                                   models="; ".join(named))
+                                   models="; ".join(named),
+                                   toy=any(getattr(b, "toy", False) for b in backbones))
     return chapter
 
 

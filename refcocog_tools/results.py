@@ -39,6 +39,8 @@ SCHEMA = "refcocog-tools/results/1"
 REQUIRED = ("metrics", "config", "provenance", "predictions")
 NOT_REFCOCOG = "not a RefCOCOg result"
 GROUND_TRUTH_PROPOSALS = "ground-truth boxes: an upper bound, not the study's detector setting"
+# A CLIP trained here by train-toy-clip (toy-rn): real learning, of the synthetic world only.
+TOY_LABEL = "toy weights trained on the synthetic world"
 
 
 class ResultsError(ValueError):
@@ -60,9 +62,16 @@ def git_commit() -> str | None:
 
 
 def clip_provenance(backbones: Sequence[Any]) -> list[dict[str, Any]]:
-    """Name, checksum and whether untrained, per CLIP backbone."""
-    return [{"name": b.name, "checksum": b.checksum, "untrained": bool(b.untrained)}
-            for b in backbones]
+    """Name, checksum, whether untrained or toy, and which weights in words, per CLIP
+    backbone."""
+    out = []
+    for b in backbones:
+        untrained, toy = bool(b.untrained), bool(getattr(b, "toy", False))
+        weights = ("untrained (random) weights" if untrained
+                   else TOY_LABEL if toy else "pretrained weights")
+        out.append({"name": b.name, "checksum": b.checksum, "untrained": untrained, "toy": toy,
+                    "weights": weights})
+    return out
 
 
 def provenance(data_root: str | os.PathLike[str], split: str, backbones: Sequence[Any],
@@ -125,15 +134,18 @@ def data_words(synthetic: bool) -> str:
     return "synthetic dataset" if synthetic else "RefCOCOg"
 
 
-def weights_words(untrained: bool) -> str:
-    return "untrained" if untrained else "pretrained"
+def weights_words(untrained: bool, toy: bool = False) -> str:
+    return "untrained" if untrained else "toy, trained here" if toy else "pretrained"
 
 
 def honesty_label(provenance: Mapping[str, Any]) -> str:
     """The suffix every printed number gets when it is not a RefCOCOg result with detected
-    proposals ("" when it is)."""
+    proposals ("" when it is). Toy weights name the synthetic world themselves, so they replace
+    the "synthetic data" part."""
     parts = [text for key, text in (("untrained", "untrained weights"),
                                     ("synthetic_data", "synthetic data")) if provenance.get(key)]
+    if any(isinstance(c, Mapping) and c.get("toy") for c in provenance.get("clip") or ()):
+        parts = [p for p in parts if p != "synthetic data"] + [TOY_LABEL]
     notes = [f"{', '.join(parts)}: {NOT_REFCOCOG}"] if parts else []
     if provenance.get("ground_truth_proposals"):
         notes.append(GROUND_TRUTH_PROPOSALS)
@@ -146,7 +158,8 @@ def build_source(results: Mapping[str, Any]) -> str:
     prov = results["provenance"]
     clips = prov.get("clip") or []
     if clips:
-        models = ", ".join(f"{c['name']} ({weights_words(c['untrained'])})" for c in clips)
+        models = ", ".join(f"{c['name']} ({weights_words(c['untrained'], c.get('toy', False))})"
+                           for c in clips)
     else:
         models = "no CLIP model"
     proposals = prov.get("proposals") or {}
@@ -165,8 +178,9 @@ def run_label(data_root: str | os.PathLike[str], backbones: Sequence[Any]) -> st
     (untrained)"."""
     clips = ",".join(b.name for b in backbones)
     untrained = any(b.untrained for b in backbones)
+    toy = any(getattr(b, "toy", False) for b in backbones)
     return (f"this build: {data_words(is_synthetic(data_root))}, CLIP {clips} "
-            f"({weights_words(untrained)})")
+            f"({weights_words(untrained, toy)})")
 
 
 class ProvenanceNote:
@@ -192,11 +206,12 @@ class ProvenanceNote:
 
 
 def provenance_note(synthetic: bool, backbones_untrained: bool | None = None,
-                    models: str = "") -> ProvenanceNote:
+                    models: str = "", toy: bool = False) -> ProvenanceNote:
     """What the numbers on a page are, given whether its data is synthetic and its models.
 
     ``backbones_untrained`` is None for a page that uses no model, else whether any model used
-    (CLIP backbone, detector, regressor) has untrained weights. ``models`` names them.
+    (CLIP backbone, detector, regressor) has untrained weights. ``models`` names them. ``toy``:
+    a CLIP trained here on the synthetic world (``toy-rn``) is among them.
     """
     named = f" ({models})" if models else ""
     if synthetic:
@@ -211,6 +226,15 @@ def provenance_note(synthetic: bool, backbones_untrained: bool | None = None,
                       "random, so their outputs carry no visual or linguistic knowledge.")
     else:
         model_text = f"The models{named} use {weights_words(False)} weights."
+    if toy and not backbones_untrained:
+        model_text = (f"The CLIP model{named} has {TOY_LABEL} (`refcocog-tools train-toy-clip`, "
+                      "on the train split of another seed's generated world): it has learnt "
+                      "the shapes, colours and position words of that world and nothing else.")
+        return ProvenanceNote(
+            f"Computed here with {TOY_LABEL}: {NOT_REFCOCOG}",
+            f"Every number on this page was computed by this build from {data}. {model_text} "
+            "The numbers tell the methods apart in miniature; they say nothing about RefCOCOg "
+            "or about a pretrained CLIP.", "warning")
     if synthetic or backbones_untrained:
         title = f"Computed here on a smoke-test configuration: {NOT_REFCOCOG}"
         meaning = ("These numbers check that the code runs end to end and is deterministic; "

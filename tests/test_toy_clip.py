@@ -1,0 +1,70 @@
+"""The toy CLIP: deterministic training on the train split only, the shipped toy-rn, its labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from refcocog_tools.backbones import load_clip
+from refcocog_tools.cli import main
+from refcocog_tools.io_utils import sha256_file
+from refcocog_tools.minidata import generate
+from refcocog_tools.toy_clip import TOY_LABEL, ToyClipConfig, build_pairs, train_toy_clip
+
+# A few seconds: 8 generated images, 3 steps of 8 pairs.
+SMALL = ToyClipConfig(data_images=8, data_seed=5, captions_per_image=2, steps=3, batch_size=8,
+                      warmup=1)
+
+
+def test_pairs_come_from_the_train_split_only() -> None:
+    pairs = build_pairs(SMALL)
+    refs, _, _ = generate(SMALL.data_images, SMALL.data_seed)
+    split = {r["image_id"]: r["split"] for r in refs}
+    assert {split[i] for i in pairs.image_ids} == {"train"}
+    assert set(split.values()) == {"train", "val", "test"}  # there were others to leave out
+    counts = pairs.counts()
+    assert counts["image"] and counts["crop"] and counts["marked"]
+    assert pairs.pixels.shape == (len(pairs.kinds), 3, 64, 64)
+    for kind, captions in zip(pairs.kinds, pairs.captions, strict=True):
+        assert captions
+        assert all(c.startswith("This is ") for c in captions) == (kind == "marked")
+    scene = [c for k, cs in zip(pairs.kinds, pairs.captions, strict=True) if k == "image"
+             for c in cs]
+    assert any(w in c for c in scene for w in ("on the left", "on the right", "to the left of",
+                                                "to the right of", "at the top", "at the bottom"))
+
+
+def test_training_is_deterministic_and_records_its_parameters() -> None:
+    first, meta = train_toy_clip(SMALL)
+    second, _ = train_toy_clip(SMALL)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    assert meta["config"]["data_images"] == 8 and meta["config"]["marked_share"] == 0.5
+    assert meta["data"]["split"] == "train" and meta["data"]["seed"] == 5
+    assert len(meta["history"]["loss_per_step"]) == 3
+    assert meta["label"] == TOY_LABEL
+    # Training leaves the process as it found it.
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_cli_writes_a_loadable_labelled_checkpoint_and_never_overwrites(tmp_path: Path,
+                                                                       capsys) -> None:
+    out = tmp_path / "toy.pt"
+    args = ["train-toy-clip", "--out", str(out), "--images", "6", "--steps", "2",
+            "--batch-size", "8", "--data-seed", "3", "--quiet"]
+    assert main(args) == 0
+    meta = json.loads((tmp_path / "toy.pt.json").read_text())
+    assert meta["sha256"] == sha256_file(out)
+    assert meta["toy"] is True and meta["config"]["data_seed"] == 3
+    stored = torch.load(out, weights_only=True)
+    assert stored["toy_clip"]["data"]["images"] == 6
+    backbone = load_clip(str(out))
+    assert backbone.toy and not backbone.untrained
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="--force"):
+        main(args)
+    assert out.read_bytes() == before
+    capsys.readouterr()
