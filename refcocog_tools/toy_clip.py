@@ -366,9 +366,13 @@ def pack(checkpoint: str | Path, name: str = "toy-rn",
 # Command line
 # ----------------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
+    from .options import OutputPathError, check_output_file
+
     out = Path(args.out)
     if out.exists() and not args.force:
-        raise SystemExit(f"refcocog-tools: error: {out} exists; pass --force to overwrite it")
+        raise OutputPathError(f"{out}: a checkpoint is already there; pass --force to "
+                              "overwrite it")
+    check_output_file(out, "checkpoint")
     defaults = ToyClipConfig()
     config = dataclasses.replace(
         defaults, data_images=args.images, data_seed=args.data_seed,
@@ -389,6 +393,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from .options import float_in, int_at_least, non_negative_int, positive_int
+
     defaults = ToyClipConfig()
     parser = subparsers.add_parser(
         "train-toy-clip", help="train a small CLIP on the embedded world's train split",
@@ -397,14 +403,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "images, object crops, red-ellipse-marked images). Deterministic; a few minutes on a "
         "CPU. The result is toy weights for the synthetic world, never a RefCOCOg model.")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
-    parser.add_argument("--images", type=int, default=defaults.data_images,
+    parser.add_argument("--images", type=int_at_least(3), default=defaults.data_images,
                         help="images generated; the train split (60%%) is used")
-    parser.add_argument("--data-seed", type=int, default=defaults.data_seed)
-    parser.add_argument("--marked-share", type=float, default=defaults.marked_share,
+    parser.add_argument("--data-seed", type=non_negative_int, default=defaults.data_seed)
+    parser.add_argument("--marked-share", type=float_in(0.0, 1.0), default=defaults.marked_share,
                         help="share of referred objects also shown red-ellipse-marked")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed)
+    parser.add_argument("--steps", type=positive_int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int_at_least(2), default=defaults.batch_size)
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=_run)
