@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from refcocog_tools.backbones import load_clip
+from refcocog_tools.backbones import load_clip, toy_metadata
 from refcocog_tools.cli import main
+from refcocog_tools.evaluate import honesty_label
 from refcocog_tools.io_utils import sha256_file
 from refcocog_tools.minidata import generate
 from refcocog_tools.toy_clip import TOY_LABEL, ToyClipConfig, build_pairs, train_toy_clip
@@ -66,3 +67,18 @@ def test_cli_writes_a_loadable_labelled_checkpoint_and_never_overwrites(tmp_path
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_shipped_toy_rn_is_the_recorded_checkpoint(session_cache: Path) -> None:
+    meta = toy_metadata("toy-rn")
+    backbone = load_clip("toy-rn", cache=session_cache)
+    assert backbone.toy and not backbone.untrained
+    assert backbone.checksum == meta["sha256"]
+    assert meta["config"] == ToyClipConfig().as_dict()  # shipped with the defaults
+    assert len(meta["history"]["loss_per_step"]) == meta["config"]["steps"]
+    provenance = {"synthetic_data": True, "untrained": False,
+                  "clip": [{"name": "toy-rn", "toy": True, "untrained": False}]}
+    assert honesty_label(provenance).strip() == f"[{TOY_LABEL}: not a RefCOCOg result]"
+    # A damaged unpacked copy is replaced from the package on the next load.
+    backbone.checkpoint.write_bytes(b"damaged")
+    assert load_clip("toy-rn", cache=session_cache).checksum == meta["sha256"]
