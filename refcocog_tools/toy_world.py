@@ -1,0 +1,151 @@
+"""The toy world: every method on a generated embedded dataset with the toy CLIP, by expression
+type.
+
+The embedded world's expressions are of four types, read from their words (the generator
+writes them from fixed templates): a **relation** to another object ("red car to the left of
+the blue dog"), a **position** ("the car on the left", "at the top", "in the middle"), a
+**size** ("the bigger car") or **plain** colour and category ("the red car"). With the toy
+CLIP (``toy-rn``, trained by ``toy_clip`` on another seed's train split) the methods can be
+told apart; the numbers remain about drawn shapes, never about RefCOCOg.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .metrics import ACCURACY_THRESHOLD
+
+__all__ = [
+    "EXPRESSION_TYPES",
+    "TOY_METHODS",
+    "evaluate_toy_methods",
+    "expression_type",
+    "random_floor",
+    "table_by_type",
+    "training_curve",
+]
+
+EXPRESSION_TYPES = ("plain", "position", "size", "relation")
+_WORD = re.compile(r"[a-z]+")
+_RELATION = re.compile(r"\b(left|right) of\b")
+_POSITION = frozenset("left right middle top bottom".split())
+_SIZE = frozenset("bigger smaller larger biggest smallest".split())
+
+# (row label, make_method name, options): the zero-shot methods and the floors.
+TOY_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("random", "random", {}),
+    ("largest", "largest", {}),
+    ("centre", "center", {}),
+    ("crop baseline", "baseline", {}),
+    ("colour background", "color-background", {}),
+    ("colour overlay", "color-overlay", {}),
+    ("Grad-CAM", "gradcam", {}),
+    ("red-circle, no debiasing", "red-circle", {"n_debias": 0}),
+    ("red-circle", "red-circle", {}),
+)
+FLOORS = frozenset({"random", "largest", "centre"})
+
+
+def expression_type(sentence: str) -> str:
+    """``relation``, ``position``, ``size`` or ``plain``, in that order of precedence."""
+    text = sentence.lower()
+    if _RELATION.search(text):
+        return "relation"
+    words = set(_WORD.findall(text))
+    if words & _POSITION:
+        return "position"
+    if words & _SIZE:
+        return "size"
+    return "plain"
+
+
+def random_floor(rows: Iterable[Mapping[str, Any]]) -> float:
+    """The random floor's expected accuracy with ground-truth proposals: the mean over
+    expressions of 1 / number of proposals (exactly one proposal is the referred object).
+    Exact, unlike one seeded draw of the random method."""
+    rows = list(rows)
+    return sum(1.0 / int(r["n_proposals"]) for r in rows) / len(rows)
+
+
+def _accuracy(rows: Sequence[Mapping[str, Any]], threshold: float) -> float | None:
+    if not rows:
+        return None
+    return sum(float(r["iou"]) >= threshold for r in rows) / len(rows)
+
+
+def table_by_type(results: Mapping[str, Mapping[str, Any]],
+                  threshold: float = ACCURACY_THRESHOLD, metric: str = "accuracy"
+                  ) -> pd.DataFrame:
+    """Rows: methods (the keys of ``results``, each a results document or its predictions);
+    columns: every expression type and ``all``; cells: accuracy at IoU >= ``threshold`` (or
+    mean IoU with ``metric="miou"``). The last row holds the number of expressions."""
+    table: dict[str, dict[str, float | None]] = {}
+    counts: dict[str, float | None] = {}
+    for name, doc in results.items():
+        rows = doc["predictions"] if isinstance(doc, Mapping) else list(doc)
+        groups: dict[str, list[Mapping[str, Any]]] = {t: [] for t in EXPRESSION_TYPES}
+        for row in rows:
+            groups[expression_type(str(row["sentence"]))].append(row)
+        groups["all"] = list(rows)
+        if metric == "accuracy":
+            table[name] = {t: _accuracy(g, threshold) for t, g in groups.items()}
+        elif metric == "miou":
+            table[name] = {t: (sum(float(r["iou"]) for r in g) / len(g) if g else None)
+                           for t, g in groups.items()}
+        else:
+            raise ValueError("metric must be 'accuracy' or 'miou'")
+        counts = {t: float(len(g)) for t, g in groups.items()}
+    frame = pd.DataFrame(table).T
+    frame.loc["expressions"] = pd.Series(counts)
+    return frame[[*EXPRESSION_TYPES, "all"]]
+
+
+def training_curve(name: str = "toy-rn", window: int = 25) -> pd.DataFrame:
+    """The shipped toy model's contrastive loss per step (from its metadata, no retraining)
+    and its running mean over ``window`` steps."""
+    from .backbones import toy_metadata
+
+    loss = pd.Series(toy_metadata(name)["history"]["loss_per_step"], name="loss")
+    loss.index.name = "step"
+    return pd.DataFrame({"loss": loss,
+                         "running mean": loss.rolling(window, min_periods=1).mean()})
+
+
+def evaluate_toy_methods(
+    data_root: str | Path,
+    split: str = "test",
+    clip: str = "toy-rn",
+    methods: Iterable[tuple[str, str, dict[str, Any]]] = TOY_METHODS,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    model_cache: str | Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Results documents of ``methods`` (label, method name, options) on ``split`` with
+    ground-truth proposals; red-circle's debiasing sentences come from the train split.
+    ``model_cache``: where the CLIP checkpoints live (default: the project cache)."""
+    from .backbones import load_clips
+    from .cache import EmbeddingCache
+    from .dataset import RefCOCOg
+    from .evaluate import evaluate
+    from .methods import make_method
+    from .proposals import make_proposer
+
+    dataset = RefCOCOg(data_root, split, view="expression")
+    backbones = load_clips(clip, device=device, cache=model_cache)
+    proposer = make_proposer("gt")
+    cache = EmbeddingCache()  # in memory only: the methods share the text and crop embeddings
+    pool = RefCOCOg(data_root, "train", view="expression").sentences()
+    out: dict[str, dict[str, Any]] = {}
+    for label, name, options in methods:
+        method = make_method(name, backbones, cache=cache,
+                             debias_pool=pool if name == "red-circle" else (),
+                             seed=seed, **options)
+        out[label] = evaluate(dataset, method, proposer, backbones,
+                              config={"label": label, "clip_spec": clip, "seed": seed})
+    return out
