@@ -1,17 +1,16 @@
 """The toy world: every method on a generated embedded dataset with the toy CLIP, by expression
 type.
 
-The embedded world's expressions are of four types, read from their words (the generator
-writes them from fixed templates): a **relation** to another object ("red car to the left of
-the blue dog"), a **position** ("the car on the left", "at the top", "in the middle"), a
-**size** ("the bigger car") or **plain** colour and category ("the red car"). With the toy
+The embedded world's expressions are of four types, read back from the generator's templates
+(``minidata.expression_type``): a **relation** to another object ("red car to the left of the
+blue dog"), a **position** ("the car on the left", "at the top", "in the middle"), a **size**
+("the bigger car") or **plain** colour and category ("the red car"). With the toy
 CLIP (``toy-rn``, trained by ``toy_clip`` on another seed's train split) the methods can be
 told apart; the numbers remain about drawn shapes, never about RefCOCOg.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,22 +18,15 @@ from typing import Any
 import pandas as pd
 
 from .metrics import ACCURACY_THRESHOLD
+from .minidata import EXPRESSION_TYPES, expression_type
 
 __all__ = [
-    "EXPRESSION_TYPES",
     "TOY_METHODS",
     "evaluate_toy_methods",
-    "expression_type",
     "random_floor",
     "table_by_type",
     "training_curve",
 ]
-
-EXPRESSION_TYPES = ("plain", "position", "size", "relation")
-_WORD = re.compile(r"[a-z]+")
-_RELATION = re.compile(r"\b(left|right) of\b")
-_POSITION = frozenset("left right middle top bottom".split())
-_SIZE = frozenset("bigger smaller larger biggest smallest".split())
 
 # (row label, make_method name, options): the zero-shot methods and the floors.
 TOY_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
@@ -47,21 +39,10 @@ TOY_METHODS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("Grad-CAM", "gradcam", {}),
     ("red-circle, no debiasing", "red-circle", {"n_debias": 0}),
     ("red-circle", "red-circle", {}),
+    ("relations resolver, crop scores", "relations", {"entity_scorer": "crop"}),
+    ("relations resolver, red-circle scores", "relations", {"entity_scorer": "red-circle"}),
 )
 FLOORS = frozenset({"random", "largest", "centre"})
-
-
-def expression_type(sentence: str) -> str:
-    """``relation``, ``position``, ``size`` or ``plain``, in that order of precedence."""
-    text = sentence.lower()
-    if _RELATION.search(text):
-        return "relation"
-    words = set(_WORD.findall(text))
-    if words & _POSITION:
-        return "position"
-    if words & _SIZE:
-        return "size"
-    return "plain"
 
 
 def random_floor(rows: Iterable[Mapping[str, Any]]) -> float:
@@ -82,15 +63,17 @@ def table_by_type(results: Mapping[str, Mapping[str, Any]],
                   threshold: float = ACCURACY_THRESHOLD, metric: str = "accuracy"
                   ) -> pd.DataFrame:
     """Rows: methods (the keys of ``results``, each a results document or its predictions);
-    columns: every expression type and ``all``; cells: accuracy at IoU >= ``threshold`` (or
-    mean IoU with ``metric="miou"``). The last row holds the number of expressions."""
+    columns: every expression type (``other``: sentences of no template, when any) and
+    ``all``; cells: accuracy at IoU >= ``threshold`` (or mean IoU with ``metric="miou"``).
+    The last row holds the number of expressions."""
     table: dict[str, dict[str, float | None]] = {}
     counts: dict[str, float | None] = {}
     for name, doc in results.items():
         rows = doc["predictions"] if isinstance(doc, Mapping) else list(doc)
-        groups: dict[str, list[Mapping[str, Any]]] = {t: [] for t in EXPRESSION_TYPES}
+        groups: dict[str, list[Mapping[str, Any]]] = {t: [] for t in (*EXPRESSION_TYPES,
+                                                                       "other")}
         for row in rows:
-            groups[expression_type(str(row["sentence"]))].append(row)
+            groups[expression_type(str(row["sentence"])) or "other"].append(row)
         groups["all"] = list(rows)
         if metric == "accuracy":
             table[name] = {t: _accuracy(g, threshold) for t, g in groups.items()}
@@ -102,7 +85,8 @@ def table_by_type(results: Mapping[str, Mapping[str, Any]],
         counts = {t: float(len(g)) for t, g in groups.items()}
     frame = pd.DataFrame(table).T
     frame.loc["expressions"] = pd.Series(counts)
-    return frame[[*EXPRESSION_TYPES, "all"]]
+    other = ["other"] if counts.get("other") else []  # sentences of no template (real data)
+    return frame[[*EXPRESSION_TYPES, *other, "all"]]
 
 
 def training_curve(name: str = "toy-rn", window: int = 25) -> pd.DataFrame:
@@ -144,8 +128,8 @@ def evaluate_toy_methods(
     out: dict[str, dict[str, Any]] = {}
     for label, name, options in methods:
         method = make_method(name, backbones, cache=cache,
-                             debias_pool=pool if name == "red-circle" else (),
-                             seed=seed, **options)
+                             debias_pool=pool if name in ("red-circle", "relations") else (),
+                             seed=seed, **dict(options))
         out[label] = evaluate(dataset, method, proposer, backbones,
                               config={"label": label, "clip_spec": clip, "seed": seed})
     return out

@@ -30,17 +30,10 @@ from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
 from refcocog_tools.methods import make_method
-from refcocog_tools.minidata import write_mini_dataset
+from refcocog_tools.minidata import EXPRESSION_TYPES, write_mini_dataset
 from refcocog_tools.prediction import Prediction
 from refcocog_tools.proposals import Proposals, make_proposer
-from refcocog_tools.toy_world import (
-    EXPRESSION_TYPES,
-    TOY_METHODS,
-    evaluate_toy_methods,
-    expression_type,
-    random_floor,
-    table_by_type,
-)
+from refcocog_tools.toy_world import TOY_METHODS, evaluate_toy_methods, random_floor, table_by_type
 
 WORLD_SEED = 7
 WORLD_IMAGES = 60
@@ -107,11 +100,3 @@ def test_the_table_by_expression_type(toy_results: dict) -> None:
 def test_results_name_the_toy_weights(toy_results: dict) -> None:
     clip = toy_results["red-circle"]["provenance"]["clip"][0]
     assert clip["toy"] and clip["weights"] == "toy weights trained on the synthetic world"
-
-
-def test_expression_types() -> None:
-    assert expression_type("red car to the left of the blue dog") == "relation"
-    assert expression_type("the car on the left") == "position"
-    assert expression_type("a car in the middle of the picture") == "position"
-    assert expression_type("the bigger car") == "size"
-    assert expression_type("the red car") == "plain"
