@@ -9,9 +9,9 @@ import torch
 
 from refcocog_tools.backbones import load_clip, toy_metadata
 from refcocog_tools.cli import main
-from refcocog_tools.evaluate import honesty_label
 from refcocog_tools.io_utils import sha256_file
 from refcocog_tools.minidata import generate
+from refcocog_tools.results import honesty_label
 from refcocog_tools.toy_clip import TOY_LABEL, ToyClipConfig, build_pairs, train_toy_clip
 
 # A few seconds: 8 generated images, 3 steps of 8 pairs.
