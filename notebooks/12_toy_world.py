@@ -27,6 +27,9 @@
 # Every number on this page comes from **toy weights trained on the synthetic world: not a
 # RefCOCOg result**. They show, in miniature, which method can use what a CLIP has learnt;
 # they say nothing about how the methods do with a pretrained CLIP on photographs.
+#
+# ```{include} ../_real_data.md
+# ```
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)

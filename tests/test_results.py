@@ -39,7 +39,8 @@ def test_the_builder_writes_every_part_of_the_schema(mini_data: Path) -> None:
     assert doc["metrics"]["accuracy"] == pytest.approx(0.5)
     prov = doc["provenance"]
     assert prov["synthetic_data"] and prov["untrained"] and prov["split"] == "test"
-    assert prov["clip"] == [{"name": "tiny-rn", "checksum": "abc", "untrained": True}]
+    assert prov["clip"] == [{"name": "tiny-rn", "checksum": "abc", "untrained": True,
+                             "toy": False, "weights": "untrained (random) weights"}]
     assert results.provenance(mini_data, "test", CLIP)["proposals"]["name"] == "none"
 
 
