@@ -28,6 +28,8 @@ device: str = "cpu"  # unused here
 limit: int = 0  # at most this many refs per split in the per-ref tables and figures (0: all)
 seed: int = 0  # which examples the grid shows
 n_examples: int = 6  # images in the example grid
+dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
+split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 
 # %% tags=["remove-input"]
 import random
@@ -38,12 +40,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from refcocog_tools.dataset import SPLITS, load_records, load_rgb_image, split_stats
+from refcocog_tools.dataset import load_records, load_rgb_image, split_stats
 from refcocog_tools.figures import show_table
+from refcocog_tools.layouts import get_layout
 from refcocog_tools.report import glue, glue_figure, open_chapter
 
 chapter = open_chapter(globals(), models=())
 root = chapter.root
+layout = get_layout(dataset, split_by or None)  # RefCOCO's unc split has testA and testB
+evaluated = layout.default_split  # test, or val where the dataset has no test split
 chapter.note
 
 # %% [markdown]
@@ -56,22 +61,22 @@ chapter.note
 # referred objects.
 
 # %% tags=["hide-input"]
-stats = pd.DataFrame(split_stats(root)).T
+stats = pd.DataFrame(split_stats(root, layout=layout)).T
 for column in ("refs", "expressions", "images", "categories"):
     stats[column] = stats[column].astype(int)
 show_table(stats, "Computed here from this run's data root (see the box at the top).")
 
 # %% tags=["remove-input"]
-records = load_records(root)
-by_split = {split: [r for r in records if r.split == split] for split in SPLITS}
+records = load_records(root, layout=layout)
+by_split = {split: [r for r in records if r.split == split] for split in layout.splits}
 if limit:
     by_split = {split: recs[:limit] for split, recs in by_split.items()}
 
 glue("n_images", int(stats["images"].sum()))
 glue("n_refs", int(stats["refs"].sum()))
 glue("n_expressions", int(stats["expressions"].sum()))
-glue("test_expressions", int(stats.loc["test", "expressions"]))
-glue("test_spatial_share", float(stats.loc["test", "spatial_share"]))
+glue("test_expressions", int(stats.loc[evaluated, "expressions"]))
+glue("test_spatial_share", float(stats.loc[evaluated, "spatial_share"]))
 glue("mean_objects", float(stats["objects_per_image"].mean()))
 
 # %% [markdown]
@@ -90,7 +95,7 @@ glue("mean_objects", float(stats["objects_per_image"].mean()))
 # a method must rule out. {numref}`fig-examples` shows a few of them.
 
 # %% tags=["remove-input"]
-test_refs = by_split["test"] or records
+test_refs = by_split[evaluated] or records
 rng = random.Random(seed)
 shown = rng.sample(test_refs, k=min(n_examples, len(test_refs)))
 columns = 2  # two per row keep the expressions legible at page width
@@ -139,7 +144,7 @@ objects = pd.DataFrame(
      for split, recs in by_split.items() for r in recs]
 ).drop_duplicates(["split", "image_id"])
 counts = objects.groupby(["objects", "split"]).size().unstack("split", fill_value=0)
-counts = counts.reindex(columns=[s for s in SPLITS if s in counts.columns])
+counts = counts.reindex(columns=[s for s in layout.splits if s in counts.columns])
 fig, ax = plt.subplots(figsize=(6, 3))
 counts.plot.bar(ax=ax, rot=0)
 ax.set_xlabel("annotated objects in the image")

@@ -68,8 +68,15 @@ DATASETS: dict[str, dict[str, tuple[str, ...]]] = {
     "refcoco": {"unc": _UNC, "google": ("train", "val", "test")},
     "refcoco+": {"unc": _UNC},
 }
+# How prose names each dataset of the family.
+TITLES = {"refcocog": "RefCOCOg", "refcoco": "RefCOCO", "refcoco+": "RefCOCO+"}
 SPLIT_BYS = tuple(dict.fromkeys(s for by in DATASETS.values() for s in by))
 ALL_SPLITS = tuple(dict.fromkeys(s for by in DATASETS.values() for ss in by.values() for s in ss))
+
+
+def dataset_title(dataset: str) -> str:
+    """How prose names a dataset of the family: ``refcoco+`` -> "RefCOCO+"."""
+    return TITLES.get(dataset, dataset)
 
 
 def get_layout(dataset: str = "refcocog", split_by: str | None = None) -> Layout:

@@ -614,11 +614,14 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
 
 def provenance_note(data_root: str | os.PathLike[str] | None,
                     backbones_untrained: bool | None = None,
-                    models: str = "", toy: bool = False) -> ProvenanceNote:
+                    models: str = "", toy: bool = False,
+                    dataset: str = "refcocog") -> ProvenanceNote:
     """The box at the top of a page (``results.provenance_note``) for a run's data root: the
-    embedded synthetic dataset when empty."""
+    embedded synthetic dataset when empty; ``dataset`` names real data (refcocog, refcoco,
+    refcoco+)."""
     synthetic = not data_root or dataset_is_synthetic(resolve_data_root(data_root))
-    return results.provenance_note(synthetic, backbones_untrained, models, toy)
+    return results.provenance_note(synthetic, backbones_untrained, models, toy,
+                                   dataset=dataset)
 
 
 class Chapter:
@@ -635,7 +638,8 @@ class Chapter:
 
     @cached_property
     def dataset(self) -> Any:
-        """The RefCOCOg split of the ``split`` parameter (test when the chapter has none),
+        """The split of the ``split`` parameter (test when the chapter has none) of the
+        ``dataset`` / ``split_by`` parameters' dataset (RefCOCOg umd when it has none),
         expression view."""
         from .dataset import RefCOCOg
 
@@ -671,7 +675,8 @@ class Chapter:
     def run_label(self) -> str:
         """How captions name this page's computed numbers, e.g. "this build: synthetic
         dataset, CLIP tiny-rn (untrained)"."""
-        return results.run_label(self.root, self.backbones)
+        return results.run_label(self.root, self.backbones,
+                                 dataset=self.params.get("dataset", "refcocog"))
 
 
 def open_chapter(namespace: dict[str, Any], *,
@@ -711,7 +716,8 @@ def open_chapter(namespace: dict[str, Any], *,
                  or bool(getattr(proposer, "untrained", False))) if named else None
     chapter.note = provenance_note(data_root, backbones_untrained=untrained,
                                    models="; ".join(named),
-                                   toy=any(getattr(b, "toy", False) for b in backbones))
+                                   toy=any(getattr(b, "toy", False) for b in backbones),
+                                   dataset=params.get("dataset", "refcocog"))
     return chapter
 
 

@@ -130,8 +130,12 @@ def results_document(rows: list[dict[str, Any]], *, config: dict[str, Any],
 # ----------------------------------------------------------------------------------------------
 # Honesty wording
 # ----------------------------------------------------------------------------------------------
-def data_words(synthetic: bool) -> str:
-    return "synthetic dataset" if synthetic else "RefCOCOg"
+def data_words(synthetic: bool, dataset: str = "refcocog") -> str:
+    """The data a number was computed on: "synthetic dataset", or the dataset's name
+    ("RefCOCOg", "RefCOCO", "RefCOCO+")."""
+    from .layouts import dataset_title
+
+    return "synthetic dataset" if synthetic else dataset_title(dataset)
 
 
 def weights_words(untrained: bool, toy: bool = False) -> str:
@@ -169,17 +173,19 @@ def build_source(results: Mapping[str, Any]) -> str:
     if proposals.get("note"):  # ground-truth boxes: says they are an upper bound
         name += f" ({proposals['note']})"
     n = results["metrics"]["n"]
-    return (f"this build: {data_words(bool(prov.get('synthetic_data')))} "
+    data = data_words(bool(prov.get("synthetic_data")), prov.get("dataset", "refcocog"))
+    return (f"this build: {data} "
             f"({prov.get('split', '?')}), {models}, proposals {name}, n={n}")
 
 
-def run_label(data_root: str | os.PathLike[str], backbones: Sequence[Any]) -> str:
+def run_label(data_root: str | os.PathLike[str], backbones: Sequence[Any],
+              dataset: str = "refcocog") -> str:
     """A caption's configuration, e.g. "this build: synthetic dataset, CLIP tiny-rn
-    (untrained)"."""
+    (untrained)"; ``dataset`` names real data (refcocog, refcoco, refcoco+)."""
     clips = ",".join(b.name for b in backbones)
     untrained = any(b.untrained for b in backbones)
     toy = any(getattr(b, "toy", False) for b in backbones)
-    return (f"this build: {data_words(is_synthetic(data_root))}, CLIP {clips} "
+    return (f"this build: {data_words(is_synthetic(data_root), dataset)}, CLIP {clips} "
             f"({weights_words(untrained, toy)})")
 
 
@@ -206,19 +212,22 @@ class ProvenanceNote:
 
 
 def provenance_note(synthetic: bool, backbones_untrained: bool | None = None,
-                    models: str = "", toy: bool = False) -> ProvenanceNote:
+                    models: str = "", toy: bool = False,
+                    dataset: str = "refcocog") -> ProvenanceNote:
     """What the numbers on a page are, given whether its data is synthetic and its models.
 
     ``backbones_untrained`` is None for a page that uses no model, else whether any model used
     (CLIP backbone, detector, regressor) has untrained weights. ``models`` names them. ``toy``:
-    a CLIP trained here on the synthetic world (``toy-rn``) is among them.
+    a CLIP trained here on the synthetic world (``toy-rn``) is among them. ``dataset`` names
+    the real data's dataset of the family (refcocog, refcoco, refcoco+).
     """
+    name = data_words(False, dataset)
     named = f" ({models})" if models else ""
     if synthetic:
         data = ("the embedded **synthetic** dataset (pictures of drawn shapes with generated "
                 "expressions, written by `refcocog_tools.minidata`)")
     else:
-        data = "the RefCOCOg data found at the `data_root` parameter of this run"
+        data = f"the {name} data found at the `data_root` parameter of this run"
     if backbones_untrained is None:
         model_text = "No model is used on this page."
     elif backbones_untrained:
@@ -233,19 +242,19 @@ def provenance_note(synthetic: bool, backbones_untrained: bool | None = None,
         return ProvenanceNote(
             f"Computed here with {TOY_LABEL}: {NOT_REFCOCOG}",
             f"Every number on this page was computed by this build from {data}. {model_text} "
-            "The numbers tell the methods apart in miniature; they say nothing about RefCOCOg "
+            f"The numbers tell the methods apart in miniature; they say nothing about {name} "
             "or about a pretrained CLIP.", "warning")
     if synthetic or backbones_untrained:
         title = f"Computed here on a smoke-test configuration: {NOT_REFCOCOG}"
         meaning = ("These numbers check that the code runs end to end and is deterministic; "
-                   "they say nothing about RefCOCOg or about how well any method works. "
+                   f"they say nothing about {name} or about how well any method works. "
                    "The original study's numbers are quoted separately, with their source.")
         if not synthetic:
             meaning = ("The data is real, but with untrained models the numbers say nothing "
                        "about how well any method works.")
         return ProvenanceNote(title, f"Every number on this page was computed by this build "
                               f"from {data}. {model_text} {meaning}", "warning")
-    title = f"Computed here on RefCOCOg with {weights_words(False)} weights"
+    title = f"Computed here on {name} with {weights_words(False)} weights"
     body = (f"Every number on this page was computed by this build from {data}. {model_text} "
             "Compare them with the original study's numbers, which are quoted separately "
             "with their source.")

@@ -108,3 +108,15 @@ def test_the_four_honesty_texts_share_one_vocabulary(mini_data: Path) -> None:
     assert results.honesty_label(pretrained) == ""
     assert repr(results.provenance_note(False, False)).startswith("NOTE: Computed here on "
                                                                   "RefCOCOg with pretrained")
+
+
+def test_the_honesty_texts_name_the_dataset_of_real_data(tmp_path: Path) -> None:
+    root = tmp_path / "real"  # no generator stamp: real data
+    (root / "annotations").mkdir(parents=True)
+    note = repr(results.provenance_note(False, False, dataset="refcoco+"))
+    assert note.startswith("NOTE: Computed here on RefCOCO+ with pretrained")
+    assert "the RefCOCO+ data found at the `data_root`" in note and "RefCOCOg" not in note
+    pretrained = [SimpleNamespace(name="RN50x16", checksum="abc", untrained=False)]
+    assert (results.run_label(root, pretrained, dataset="refcoco")
+            == "this build: RefCOCO, CLIP RN50x16 (pretrained)")
+    assert results.run_label(root, pretrained).startswith("this build: RefCOCOg,")
