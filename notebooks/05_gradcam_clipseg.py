@@ -41,6 +41,8 @@ image_index: int = 0  # which image (in order of first appearance) the heat maps
 n_maps: int = 3  # expressions of that image shown as heat maps
 thresholds: list[float] = [0.3, 0.5, 0.7]  # the threshold sweep of the evaluation table
 results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
+dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
+split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 
 # %% tags=["remove-input"]
 import torch

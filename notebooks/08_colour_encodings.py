@@ -41,6 +41,8 @@ split: str = "test"
 image_index: int = 0  # which image (in order of first appearance) the prompts are drawn for
 n_expressions: int = 4  # spatial expressions in the table of augmented prompts
 results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
+dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
+split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 
 # %% tags=["remove-input"]
 import pandas as pd

@@ -39,7 +39,6 @@ regressor_epochs: int = 30  # the study trained both regressors for 30 epochs
 # %% tags=["remove-input"]
 from IPython.display import Markdown, display
 
-from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
 from refcocog_tools.figures import (
     metric_bar_chart,
@@ -87,7 +86,7 @@ chapter.note
 # every method runs end to end and is deterministic, nothing more.
 
 # %% tags=["hide-input"]
-debias_pool = RefCOCOg(root, split="train").sentences()
+debias_pool = chapter.open_split("train").sentences()
 # label: (method, its options, the key of the study's row)
 METHODS = {
     "baseline (crop and match)": ("baseline", {}, "baseline"),

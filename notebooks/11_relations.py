@@ -60,13 +60,15 @@ split: str = "test"
 entity_scorer: str = "red-circle"  # red-circle, crop, blur or none
 use_labels: bool = True  # use the proposals' class labels
 n_debias: int = 5000  # red-circle's debiasing expressions
+dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
+split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from refcocog_tools.cache import EmbeddingCache
-from refcocog_tools.dataset import RefCOCOg, is_synthetic
+from refcocog_tools.dataset import is_synthetic
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import expression_type_table, results_table, spatial_table
 from refcocog_tools.methods import make_method
@@ -77,7 +79,7 @@ from refcocog_tools.report import glue, open_chapter, show_figure
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
-debias_pool = RefCOCOg(root, split="train").sentences()
+debias_pool = chapter.open_split("train").sentences()
 synthetic = is_synthetic(root)
 chapter.note
 

@@ -641,9 +641,14 @@ class Chapter:
         """The split of the ``split`` parameter (test when the chapter has none) of the
         ``dataset`` / ``split_by`` parameters' dataset (RefCOCOg umd when it has none),
         expression view."""
+        return self.open_split(self.params.get("split", "test"))
+
+    def open_split(self, split: str, view: str = "expression") -> Any:
+        """Another split of this chapter's dataset (the ``dataset`` / ``split_by`` parameters),
+        e.g. the training split whose expressions red-circle debiases with."""
         from .dataset import RefCOCOg
 
-        return RefCOCOg(self.root, split=self.params.get("split", "test"),
+        return RefCOCOg(self.root, split=split, view=view,
                         dataset=self.params.get("dataset", "refcocog"),
                         split_by=self.params.get("split_by") or None)
 

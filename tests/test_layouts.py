@@ -170,5 +170,7 @@ def test_a_chapter_opens_another_dataset_of_the_family(roots) -> None:
                                               dataset="refcoco", split_by="unc"), models=())
     assert chapter.dataset.layout == get_layout("refcoco", "unc")
     assert {r.split for r in chapter.dataset.records} == {"testA"}
+    train = chapter.open_split("train")  # red-circle's debiasing pool: same dataset, other split
+    assert train.layout == chapter.dataset.layout and {r.split for r in train.records} == {"train"}
     with pytest.raises(LayoutError, match="no split 'test'"):
         _ = open_chapter(_chapter_namespace(data_root=root, dataset="refcoco"), models=()).dataset
