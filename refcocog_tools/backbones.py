@@ -38,9 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .io_utils import (
     CACHE_ENV,
@@ -155,12 +157,66 @@ def _toy_marker(checkpoint: Path) -> bool:
     return bool(_sidecar(checkpoint).get("toy", False))
 
 
+class _PortableRandom(TorchDispatchMode):
+    """Every random draw of PyTorch, taken instead from numpy's PCG64 in float64.
+
+    PyTorch's CPU generator gives different float32 values on different CPUs: ``normal_`` uses
+    vectorised transcendental functions whose last bits depend on the kernels the CPU selects
+    (``ATEN_CPU_CAPABILITY``). numpy's ``Generator(PCG64(seed))`` is specified bit for bit, and
+    a float64 value rounds to the same float32 everywhere, so a model initialised inside this
+    mode has the same weights on any machine. The distributions are the ones PyTorch was asked
+    for (``normal_(mean, std)``, ``uniform_(a, b)``, ``randn``), so the model is initialised as
+    its own code says; any other random op is refused rather than silently left CPU-dependent.
+    Being a dispatch mode, it also sees the draws made inside ``nn.init`` helpers.
+    """
+
+    _REFUSED = frozenset({"rand", "randint", "randperm", "random_", "bernoulli", "bernoulli_",
+                          "exponential_", "geometric_", "log_normal_", "cauchy_", "multinomial",
+                          "normal", "rand_like", "randn_like", "randint_like", "poisson",
+                          "native_dropout", "rrelu_with_noise"})
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        name = func._schema.name.split("::")[-1]
+        if name == "normal_":
+            tensor, mean, std = _with_defaults(args, kwargs, ("self", 0.0), ("mean", 0.0),
+                                                ("std", 1.0))
+            return tensor.copy_(self._draw(self.rng.normal(mean, std, tuple(tensor.shape))))
+        if name == "uniform_":
+            tensor, low, high = _with_defaults(args, kwargs, ("self", 0.0), ("from", 0.0),
+                                                ("to", 1.0))
+            return tensor.copy_(self._draw(self.rng.uniform(low, high, tuple(tensor.shape))))
+        if name == "randn":
+            values = self._draw(self.rng.standard_normal(tuple(args[0])))
+            return values.to(dtype=kwargs.get("dtype") or torch.get_default_dtype())
+        if name in self._REFUSED:
+            raise RuntimeError(f"random op {name} has no CPU-independent replacement")
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _draw(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+
+
+def _with_defaults(args: tuple, kwargs: dict, *names_defaults: tuple[str, float]) -> list:
+    """Positional-or-keyword arguments of an aten op, in schema order, with defaults."""
+    return [args[i] if i < len(args) else kwargs.get(name, default)
+            for i, (name, default) in enumerate(names_defaults)]
+
+
 def _tiny_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """Build the untrained tiny model with a fixed seed; global RNG state is left untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEEDS[name])
+    """Build the untrained tiny model from a fixed seed, bit-identical on any CPU.
+
+    Every random draw comes from numpy (``_PortableRandom``) and the BatchNorm calibration runs
+    in float64; neither touches PyTorch's global RNG.
+    """
+    with _PortableRandom(TINY_SEEDS[name]):
         model = clip.model.CLIP(**TINY_CLIP_CONFIGS[name])
-        _calibrate_batchnorm(model, TINY_SEEDS[name])
+    _calibrate_batchnorm(model, TINY_SEEDS[name])
     # Stored in fp16 like OpenAI's files: build_model() converts to fp16 on load anyway, so
     # nothing is lost and the file is half the size. contiguous() + clone() give every tensor
     # its own storage, so the serialised bytes depend only on the values.
@@ -178,20 +234,22 @@ def _calibrate_batchnorm(model: clip.model.CLIP, seed: int) -> None:
     embeds to nearly the same direction (pairwise cosine > 0.999), which makes every score a
     tie. One forward pass in training mode, with no gradient step and no data, standardises the
     channels; the weights stay untrained. ViT models have no BatchNorm and are left as they are.
+    The pass runs in float64 on numpy noise: the float32 statistics it rounds to do not depend
+    on the CPU's kernels or thread count, the way a float32 pass's last bits do.
     """
     norms = [m for m in model.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     if not norms:
         return
     size = model.visual.input_resolution
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(64, 3, 8, 8, generator=generator)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    noise = torch.from_numpy(rng.standard_normal((64, 3, 8, 8)))
     noise = torch.nn.functional.interpolate(noise, size=size, mode="bilinear") * 1.5
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average: exactly this batch's statistics
-    model.visual.train()
+    model.visual.double().train()
     model.visual(noise)
-    model.visual.eval()
+    model.visual.float().eval()
     for norm in norms:
         norm.momentum = 0.1
 
@@ -552,8 +610,8 @@ def _tiny_yolo_checkpoint(cache: Path) -> Path:
     from ultralytics.utils import ROOT
 
     coco = yaml.safe_load((ROOT / "cfg" / "datasets" / "coco.yaml").read_text(encoding="utf-8"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_YOLO_SEED)
+    # Drawn from numpy like the tiny CLIP models: PyTorch's own draws differ between CPUs.
+    with _PortableRandom(TINY_YOLO_SEED):
         model = DetectionModel("yolov8s.yaml", nc=len(coco["names"]), verbose=False)
     model.names = {int(k): str(v) for k, v in coco["names"].items()}
     ckpt = {

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from refcocog_tools.backbones import (
     EMBEDDED_CLIPS,
+    EMBEDDED_YOLO,
     TINY_CLIP_CONFIGS,
     BackboneError,
     ClipBackbone,
+    _PortableRandom,
     clip,
     load_clip,
     load_clips,
+    yolo_checksum,
 )
 from refcocog_tools.io_utils import sha256_file
 
@@ -79,6 +87,45 @@ def test_generated_checkpoints_are_byte_identical(tiny, tmp_path):
         assert again[name].checksum == tiny[name].checksum
     # Different seeds/architectures: the two embedded models are not the same file.
     assert tiny["tiny-rn"].checksum != tiny["tiny-vit"].checksum
+
+
+_GENERATE_AND_HASH = """
+import json, sys
+from refcocog_tools.backbones import EMBEDDED_CLIPS, EMBEDDED_YOLO, load_clip, yolo_checksum
+sums = {name: load_clip(name, cache=sys.argv[1]).checksum for name in EMBEDDED_CLIPS}
+sums[EMBEDDED_YOLO] = yolo_checksum(EMBEDDED_YOLO, cache=sys.argv[1])
+print(json.dumps(sums))
+"""
+
+
+def test_generation_does_not_depend_on_cpu_kernels(tiny, cache, tmp_path):
+    """PyTorch's generic kernels and two threads give the same files as this process.
+
+    ``ATEN_CPU_CAPABILITY=default`` changes the last bits of float32 results the way another
+    CPU does; it is read once at start-up, hence the subprocess (about 10 s).
+    """
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "2",
+           "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics")}
+    done = subprocess.run([sys.executable, "-c", _GENERATE_AND_HASH, str(tmp_path)], env=env,
+                          capture_output=True, text=True, check=True, timeout=300)
+    generic = json.loads(done.stdout.strip().splitlines()[-1])
+    here = {name: tiny[name].checksum for name in EMBEDDED_CLIPS}
+    here[EMBEDDED_YOLO] = yolo_checksum(EMBEDDED_YOLO, cache=cache)
+    assert generic == here
+
+
+def test_portable_random_draws_numpy_values_and_refuses_the_rest():
+    expected = np.random.Generator(np.random.PCG64(7))
+    with _PortableRandom(7):
+        normal = torch.empty(2, 3).normal_(1.0, 2.0)
+        uniform = torch.nn.init.kaiming_uniform_(torch.empty(4, 5), a=5**0.5)  # inside nn.init
+        gauss = torch.randn(6)
+        with pytest.raises(RuntimeError, match="no CPU-independent replacement"):
+            torch.rand(3)
+    assert torch.equal(normal, torch.from_numpy(expected.normal(1.0, 2.0, (2, 3))).float())
+    bound = float(np.sqrt(6.0 / ((1 + 5.0) * 5)))  # gain sqrt(2 / (1 + a^2)), fan_in 5
+    assert torch.equal(uniform, torch.from_numpy(expected.uniform(-bound, bound, (4, 5))).float())
+    assert torch.equal(gauss, torch.from_numpy(expected.standard_normal(6)).float())
 
 
 def test_cache_env_var_is_the_default(monkeypatch, tmp_path, tiny):
