@@ -254,17 +254,35 @@ def _calibrate_batchnorm(model: clip.model.CLIP, seed: int) -> None:
         norm.momentum = 0.1
 
 
+# Version of the generation recipe, written into each generated file's sidecar. A cache file
+# made by an older recipe (version 1: PyTorch's own RNG, whose draws differ between CPUs) is
+# generated again instead of being used, so no cache mixes weights of two recipes.
+TINY_GENERATOR = 2
+
+
+def _generated_current(path: Path) -> bool:
+    """Whether ``path`` exists and its sidecar says the current recipe made it."""
+    sidecar = Path(str(path) + ".json")
+    if not (path.is_file() and sidecar.is_file()):
+        return False
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("generator") == TINY_GENERATOR
+
+
 def _tiny_checkpoint(name: str, cache: Path) -> Path:
     """Path of the embedded model's file, generating it (deterministically) on first use."""
     path = cache / "clip" / f"{name}.pt"
-    if not path.is_file():
+    if not _generated_current(path):
+        # The weights first, the sidecar last: an interrupted run is generated again.
         atomic_torch_save(path, _tiny_state_dict(name))
-    sidecar = Path(str(path) + ".json")
-    if not sidecar.is_file():
-        atomic_write_json(sidecar, {
+        atomic_write_json(Path(str(path) + ".json"), {
             "untrained": True,
+            "generator": TINY_GENERATOR,
             "description": f"embedded {name}: random weights of clip.model.CLIP, "
-                           f"seed {TINY_SEEDS[name]}; for offline smoke runs only",
+                           f"seed {TINY_SEEDS[name]} (numpy PCG64); for offline smoke runs only",
             "config": TINY_CLIP_CONFIGS[name],
         })
     return path
@@ -601,7 +619,7 @@ def _tiny_yolo_checkpoint(cache: Path) -> Path:
     file; this dict has the layout ``ultralytics.nn.tasks.load_checkpoint`` reads.
     """
     path = cache / "yolo" / f"{EMBEDDED_YOLO}.pt"
-    if path.is_file():
+    if _generated_current(path):
         return path
     _ultralytics_env(cache)
     import ultralytics
@@ -621,7 +639,14 @@ def _tiny_yolo_checkpoint(cache: Path) -> Path:
         "version": ultralytics.__version__,
         _UNTRAINED_KEY: {"untrained": True, "seed": TINY_YOLO_SEED, "cfg": "yolov8s.yaml"},
     }
-    return atomic_torch_save(path, ckpt)
+    atomic_torch_save(path, ckpt)
+    atomic_write_json(Path(str(path) + ".json"), {
+        "untrained": True,
+        "generator": TINY_GENERATOR,
+        "description": f"embedded {EMBEDDED_YOLO}: random weights of yolov8s.yaml, seed "
+                       f"{TINY_YOLO_SEED} (numpy PCG64); for offline smoke runs only",
+    })
+    return path
 
 
 def _yolo_path(spec: str, cache: Path) -> Path:

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,16 @@ def test_generation_does_not_depend_on_cpu_kernels(tiny, cache, tmp_path):
     here = {name: tiny[name].checksum for name in EMBEDDED_CLIPS}
     here[EMBEDDED_YOLO] = yolo_checksum(EMBEDDED_YOLO, cache=cache)
     assert generic == here
+
+
+def test_a_file_of_an_older_recipe_is_generated_again(tiny, tmp_path):
+    """A cache from before the CPU-independent recipe (no "generator" in the sidecar) is not
+    used: its weights would differ from a fresh clone's."""
+    path = tmp_path / "clip" / "tiny-rn.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"weights of the old recipe")
+    Path(str(path) + ".json").write_text(json.dumps({"untrained": True}), encoding="utf-8")
+    assert load_clip("tiny-rn", cache=tmp_path).checksum == tiny["tiny-rn"].checksum
 
 
 def test_portable_random_draws_numpy_values_and_refuses_the_rest():
