@@ -33,6 +33,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections.abc import Iterable, Sequence
@@ -48,6 +49,9 @@ CHAPTER_DIR = Path("book") / "chapters"  # the build area, relative to the book 
 SOURCE_DIR = Path("notebooks")
 KERNEL = "python3"
 PAIRING = "ipynb,py:percent"
+# A folder for the chapters' results files that overrides results/ of the book root when a
+# chapter's results_dir parameter is empty (the nbval runs and baselines use fresh ones).
+RESULTS_ENV = "REFCOCOG_TOOLS_RESULTS"
 # What every chapter's parameters cell defines (chapters may add their own).
 COMMON_PARAMETERS = ("data_root", "clip", "proposals", "device", "limit", "seed")
 # What the book keeps of papermill's record of a run (not its paths).
@@ -591,7 +595,20 @@ def regen_baselines(root: Path, chapters: Sequence[str] | None = None) -> list[P
 
     names = list(chapters) if chapters else toc_chapters(root)
     written = []
-    for path in execute_all(root, names, {name: {} for name in names}, root / CHAPTER_DIR):
+    # A baseline must not depend on results files an earlier build left in results/: the
+    # chapters write to and read from a fresh folder (named results/, as the page prints it).
+    fresh_results = Path(tempfile.mkdtemp(prefix="refcocog-baselines-")) / "results"
+    previous = os.environ.get(RESULTS_ENV)
+    os.environ[RESULTS_ENV] = str(fresh_results)
+    try:
+        executed = execute_all(root, names, {name: {} for name in names}, root / CHAPTER_DIR)
+    finally:
+        if previous is None:
+            os.environ.pop(RESULTS_ENV, None)
+        else:
+            os.environ[RESULTS_ENV] = previous
+        shutil.rmtree(fresh_results.parent, ignore_errors=True)
+    for path in executed:
         nb = clean_executed(nbformat.read(path, as_version=4), pair=True)
         target = root / SOURCE_DIR / path.name
         nbformat.write(nb, target)
@@ -655,8 +672,9 @@ class Chapter:
     @property
     def results_dir(self) -> Path:
         """Where the chapter's methods write ``<method>.json``: the ``results_dir`` parameter,
-        else ``results/`` in the book root (chapter 10 reads them there)."""
-        given = self.params.get("results_dir", "")
+        else the folder named by ``$REFCOCOG_TOOLS_RESULTS``, else ``results/`` in the book root
+        (chapter 10 reads them there)."""
+        given = self.params.get("results_dir", "") or os.environ.get(RESULTS_ENV, "")
         return Path(given).expanduser() if given else find_root() / "results"
 
     def save_results(self, method: str, document: dict[str, Any]) -> Path:

@@ -320,3 +320,16 @@ def test_the_book_config_carries_banner_footer_and_keeps_the_rest(tmp_path: Path
     assert config["bibtex_bibfiles"] == ["book/references.bib"]
     assert "announcement" not in yaml.safe_load(
         report.book_config(tmp_path, defaults=False).read_text())["html"]
+
+
+def test_results_folder_comes_from_the_parameter_then_the_environment(tmp_path, monkeypatch):
+    """The nbval runs and the baselines give the chapters a fresh results folder through
+    $REFCOCOG_TOOLS_RESULTS, so two runs at once (or an earlier build's files) never mix."""
+    from refcocog_tools.report import RESULTS_ENV, Chapter, find_root
+
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    assert Chapter({}, tmp_path, [], None, None).results_dir == find_root() / "results"
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "env" / "results"))
+    assert Chapter({}, tmp_path, [], None, None).results_dir == tmp_path / "env" / "results"
+    given = Chapter({"results_dir": str(tmp_path / "mine")}, tmp_path, [], None, None)
+    assert given.results_dir == tmp_path / "mine"
