@@ -47,18 +47,25 @@ NBVAL := $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-sanitize
 # (bit-identical on any CPU, see backbones._PortableRandom) and every embedding and regressor is
 # computed afresh, as on a fresh clone elsewhere.
 GENERIC_CPU_CACHE := $(CURDIR)/.cache/refcocog-tools-generic-cpu
+# Each run's chapters write their results files to a fresh folder of the run's own (chapter 10
+# reads them): the two runs go in parallel, and a results/ left by `make book` must not leak in.
+NBVAL_RESULTS := $(CURDIR)/.cache/nbval/results
+GENERIC_CPU_RESULTS := $(CURDIR)/.cache/nbval-generic-cpu/results
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 	$(MAKE) --no-print-directory -j2 --output-sync=target nbval nbval-generic-cpu
 
 nbval: $(STAMP) embedded-models
-	$(NBVAL)
+	rm -rf $(NBVAL_RESULTS)
+	REFCOCOG_TOOLS_RESULTS=$(NBVAL_RESULTS) $(NBVAL)
 
 nbval-generic-cpu: $(STAMP)
 	rm -rf $(GENERIC_CPU_CACHE)
 	mkdir -p $(GENERIC_CPU_CACHE)
-	ATEN_CPU_CAPABILITY=default REFCOCOG_TOOLS_CACHE=$(GENERIC_CPU_CACHE) $(NBVAL)
+	rm -rf $(GENERIC_CPU_RESULTS)
+	ATEN_CPU_CAPABILITY=default REFCOCOG_TOOLS_CACHE=$(GENERIC_CPU_CACHE) \
+	    REFCOCOG_TOOLS_RESULTS=$(GENERIC_CPU_RESULTS) $(NBVAL)
 
 # The embedded untrained checkpoints, generated once into the cache.
 embedded-models: $(STAMP)
