@@ -70,11 +70,17 @@ import pandas as pd
 from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import is_synthetic
 from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import expression_type_table, results_table, spatial_table
+from refcocog_tools.figures import (
+    expression_type_table,
+    results_table,
+    show_table,
+    spatial_table,
+    table_source,
+)
 from refcocog_tools.methods import make_method
 from refcocog_tools.minidata import expression_audit, expression_type
 from refcocog_tools.relations import draw_resolution, parse_reference
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
@@ -96,8 +102,8 @@ chapter.note
 # two of them, split at "and". An absolute position ("on the left", "at the top") or a
 # relation to the picture itself ("in the middle of the picture") is a superlative of the head;
 # relations that are not spatial ("holding", "with", "of") stay in the head's text, as ReCLIP
-# does with them. The first expression of each type the generator writes, and a few written by
-# hand in RefCOCOg's style:
+# does with them. The table shows the parses of the first expression of each type in this
+# page's split, and of a few written by hand in RefCOCOg's style:
 
 # %%
 examples = []
@@ -116,7 +122,10 @@ for sentence in examples:
                                for r in parse.relations),
         "noun phrases scored": " | ".join(p.text for p in parse.phrases()),
     })
-pd.DataFrame(rows)
+show_table(pd.DataFrame(rows),
+           "Parses by refcocog_tools.relations.parse_reference: the first expression of each "
+           "type in this page's split (types of the embedded dataset's generator), then five "
+           "written by hand.")
 
 # %% [markdown]
 # ## The combination rule
@@ -182,11 +191,14 @@ results = {label: evaluate(dataset, make_method(name, backbones, **common, **opt
            for label, (name, options) in configs.items()}
 main_label = next(iter(results))
 main = results[main_label]
-by_type = (expression_type_table(results, root) if synthetic else spatial_table(results))
-by_type
+by_type = (expression_type_table(results, root).drop(columns="source") if synthetic
+           else spatial_table(results))
+source = table_source(results.values())
+show_table(by_type, (f"Accuracy (IoU >= 0.5) by expression type; {source}." if synthetic else
+                     f"Metrics on spatial and non-spatial expressions; {source}."))
 
 # %%
-results_table(results)
+show_table(results_table(results), f"All expressions of the split; {source}.")
 
 # %%
 audit = expression_audit(root, main["predictions"])
@@ -232,17 +244,19 @@ glue("n_plain_colour", int((plain["difficulty"] == "needs colour").sum()))
 
 # %%
 failures = audit[~audit["correct"]].drop(columns=["correct", "ref_id"])
-failures
+show_table(failures.reset_index(drop=True),
+           f"Every expression that {main_label} gets wrong, read by the generator's rules "
+           f"(minidata.expression_audit); {table_source([main])}.")
 
 # %% [markdown]
 # An empty `difficulty` would be a failure of the method itself (the parse or the geometry).
 #
 # ## A resolved relation, drawn
 #
-# The first relation expression of the split and the first position expression, resolved by
-# the page's method: every proposal with its label and final probability, the head's
-# candidates in yellow, the object of the relation in blue (the arrow runs from the answer to
-# it), and the answer in red.
+# {numref}`fig-relations-resolved` shows the first relation expression of the split and the
+# first position expression, resolved by the page's method: every proposal with its label and
+# final probability, the head's candidates in yellow, the object of the relation in blue (the
+# arrow runs from the answer to it), and the answer in red.
 
 # %%
 method = make_method("relations", backbones, **common, **configs[main_label][1])
@@ -260,9 +274,21 @@ for ax, item in zip(axes.flat, shown, strict=True):
     candidates = proposer(item, image)
     draw_resolution(ax, image, candidates, method.explain(image, item.sentence, candidates))
 fig.tight_layout()
-show_figure(fig)
+glue_figure("fig-relations-resolved", fig)
 
 # %% [markdown]
+# ```{glue:figure} fig-relations-resolved
+# ---
+# name: fig-relations-resolved
+# alt: >-
+#   Two images of the split with every proposal boxed and labelled with its class and final
+#   probability: the head noun's candidates in yellow, the object of the relation in blue with
+#   an arrow from the answer to it, and the chosen answer in red.
+# ---
+# A relation expression and a position expression resolved on the scene graph by the page's
+# method (this build; see the box at the top of the page).
+# ```
+#
 # The figure is computed by this build on the synthetic dataset with the untrained backbone of
 # the box at the top of the page; with labels, the yellow candidates are the objects of the
 # head noun's category, and the geometry alone decides between them.
