@@ -53,6 +53,8 @@ preprocess: str = "center-crop"  # CLIP's resize + centre crop, or "square" (who
 ablations: bool = True  # evaluate the one-change-at-a-time ablations
 image_index: int = 0  # which image of the split the debiasing example uses
 results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
+dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
+split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 
 # %% tags=["remove-input"]
 
@@ -62,7 +64,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from refcocog_tools.cache import EmbeddingCache
-from refcocog_tools.dataset import RefCOCOg, load_rgb_image
+from refcocog_tools.dataset import load_rgb_image
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import (
     comparison_table,
@@ -83,7 +85,7 @@ from refcocog_tools.visual_prompts import VARIANTS, side_by_side
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
                                       chapter.proposer)
-debias_pool = RefCOCOg(root, split="train").sentences()
+debias_pool = chapter.open_split("train").sentences()
 chapter.note
 
 # %% [markdown]
