@@ -181,7 +181,7 @@ glue("bottleneck_peak_val_miou", peak["val_miou"])
 glue("bottleneck_last_val_miou", last["val_miou"])
 glue("bottleneck_first_train_loss", first["train_loss"], significant=4)
 glue("bottleneck_last_train_loss", last["train_loss"], significant=4)
-glue("bottleneck_last_val_loss", last["val_loss"])
+glue("bottleneck_last_val_loss", last["val_loss"], significant=4)
 
 # %% [markdown]
 # In this run the training mean IoU went from {glue:text}`bottleneck_first_train_miou:.3f`

@@ -198,21 +198,20 @@ def _annotation_text(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")  # list[float], typing.Optional[float]
 
 
-def _imported_names(cell_sources: Sequence[str]) -> set[str]:
-    """Names the kernel's executed cells (IPython's ``In``) bound by import statements: the
-    header cell imports constants (``SPLITS``) that are not parameters."""
-    import ast
-
-    names = set()
-    for source in cell_sources:
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:  # IPython magics
+def _bound_by_import(name: str, value: Any) -> bool:
+    """Whether ``value`` is the very object a loaded module holds under ``name``: a constant the
+    header cell imported (``from refcocog_tools.dataset import SPLITS``), not a parameter. (The
+    kernel's cell history ``In`` cannot tell: nbval executes cells without storing history.)"""
+    for module_name, module in list(sys.modules.items()):
+        if module_name == "__main__" or module is None:
             continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-    return names
+        held = getattr(module, "__dict__", {}).get(name, _NOT_HELD)
+        if held is value:
+            return True
+    return False
+
+
+_NOT_HELD = object()
 
 
 def check_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -228,12 +227,11 @@ def check_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
     if not declared:
         raise ReportError("the chapter declares no parameters: its parameters cell needs type "
                           "hints (limit: int = 0)")
-    imported = _imported_names(namespace.get("In") or [])
     unknown = sorted(
         name for name, value in namespace.items()
         if not name.startswith("_") and name not in _KERNEL_NAMES and name not in declared
-        and name not in imported
         and not callable(value) and not isinstance(value, types.ModuleType)
+        and not _bound_by_import(name, value)
     )
     if unknown:
         raise ReportError(f"unknown parameter(s) {', '.join(unknown)}: this chapter's parameters "
@@ -677,9 +675,10 @@ class Chapter:
         given = self.params.get("results_dir", "") or os.environ.get(RESULTS_ENV, "")
         return Path(given).expanduser() if given else find_root() / "results"
 
-    def save_results(self, method: str, document: dict[str, Any]) -> Path:
-        """Store a method's results document as ``<results_dir>/<method>.json``."""
-        return results.write_results(document, self.results_dir, method)
+    def save_results(self, method: str, document: dict[str, Any]) -> None:
+        """Store a method's results document as ``<results_dir>/<method>.json``. Nothing is
+        returned: a chapter's last line would otherwise print the machine's path on the page."""
+        results.write_results(document, self.results_dir, method)
 
     def stored_results(self, method: str, *, uses_proposals: bool = True,
                        config: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -236,9 +236,12 @@ def test_open_chapter_refuses_unknown_names_and_wrong_types(params: dict, messag
 
 
 def test_imported_constants_are_not_parameters() -> None:
-    namespace = _namespace(SPLITS=("train", "val"))
-    namespace["In"] = ["", "from refcocog_tools.dataset import SPLITS\nchapter = 1"]
-    assert "SPLITS" not in report.check_parameters(namespace)
+    """A constant the header imported is the module's own object; nbval keeps no ``In``."""
+    from refcocog_tools.reported import STUDY
+
+    assert "STUDY" not in report.check_parameters(_namespace(STUDY=STUDY))
+    with pytest.raises(ReportError, match=re.escape("unknown parameter(s) STUDY")):
+        report.check_parameters(_namespace(STUDY=STUDY.upper()))  # same name, not the import
 
 
 def test_check_parameters_accepts_what_papermill_passes() -> None:
