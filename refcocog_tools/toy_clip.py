@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .backbones import TINY_CLIP_CONFIGS
 from .io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
 from .minidata import BACKGROUNDS, CATEGORIES, COLOURS, generate
 from .results import TOY_LABEL
@@ -78,19 +79,10 @@ class ToyClipConfig:
     lr: float = 2e-3
     warmup: int = 30
     weight_decay: float = 0.0
-    # clip.model.CLIP arguments (build_model re-derives all of them from the tensor shapes).
-    model: dict[str, Any] = field(default_factory=lambda: dict(
-        embed_dim=64,
-        image_resolution=64,
-        vision_layers=(1, 1, 1, 1),
-        vision_width=16,
-        vision_patch_size=None,
-        context_length=24,
-        vocab_size=49408,
-        transformer_width=64,
-        transformer_heads=1,
-        transformer_layers=2,
-    ))
+    # clip.model.CLIP arguments (build_model re-derives all of them from the tensor shapes): the
+    # embedded tiny-rn architecture, with a context as long as the longest toy caption.
+    model: dict[str, Any] = field(default_factory=lambda: {
+        **TINY_CLIP_CONFIGS["tiny-rn"], "context_length": 24})
 
     def as_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
