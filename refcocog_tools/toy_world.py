@@ -11,20 +11,16 @@ told apart; the numbers remain about drawn shapes, never about RefCOCOg.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .metrics import ACCURACY_THRESHOLD
-from .minidata import EXPRESSION_TYPES, expression_type
-
 __all__ = [
     "TOY_METHODS",
     "evaluate_toy_methods",
     "random_floor",
-    "table_by_type",
     "training_curve",
 ]
 
@@ -51,42 +47,6 @@ def random_floor(rows: Iterable[Mapping[str, Any]]) -> float:
     Exact, unlike one seeded draw of the random method."""
     rows = list(rows)
     return sum(1.0 / int(r["n_proposals"]) for r in rows) / len(rows)
-
-
-def _accuracy(rows: Sequence[Mapping[str, Any]], threshold: float) -> float | None:
-    if not rows:
-        return None
-    return sum(float(r["iou"]) >= threshold for r in rows) / len(rows)
-
-
-def table_by_type(results: Mapping[str, Mapping[str, Any]],
-                  threshold: float = ACCURACY_THRESHOLD, metric: str = "accuracy"
-                  ) -> pd.DataFrame:
-    """Rows: methods (the keys of ``results``, each a results document or its predictions);
-    columns: every expression type (``other``: sentences of no template, when any) and
-    ``all``; cells: accuracy at IoU >= ``threshold`` (or mean IoU with ``metric="miou"``).
-    The last row holds the number of expressions."""
-    table: dict[str, dict[str, float | None]] = {}
-    counts: dict[str, float | None] = {}
-    for name, doc in results.items():
-        rows = doc["predictions"] if isinstance(doc, Mapping) else list(doc)
-        groups: dict[str, list[Mapping[str, Any]]] = {t: [] for t in (*EXPRESSION_TYPES,
-                                                                       "other")}
-        for row in rows:
-            groups[expression_type(str(row["sentence"])) or "other"].append(row)
-        groups["all"] = list(rows)
-        if metric == "accuracy":
-            table[name] = {t: _accuracy(g, threshold) for t, g in groups.items()}
-        elif metric == "miou":
-            table[name] = {t: (sum(float(r["iou"]) for r in g) / len(g) if g else None)
-                           for t, g in groups.items()}
-        else:
-            raise ValueError("metric must be 'accuracy' or 'miou'")
-        counts = {t: float(len(g)) for t, g in groups.items()}
-    frame = pd.DataFrame(table).T
-    frame.loc["expressions"] = pd.Series(counts)
-    other = ["other"] if counts.get("other") else []  # sentences of no template (real data)
-    return frame[[*EXPRESSION_TYPES, *other, "all"]]
 
 
 def training_curve(name: str = "toy-rn", window: int = 25) -> pd.DataFrame:

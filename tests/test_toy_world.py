@@ -31,11 +31,12 @@ from refcocog_tools.backbones import load_clips
 from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
+from refcocog_tools.figures import expression_type_table
 from refcocog_tools.methods import make_method
 from refcocog_tools.minidata import EXPRESSION_TYPES, write_mini_dataset
 from refcocog_tools.prediction import Prediction
 from refcocog_tools.proposals import Proposals, make_proposer
-from refcocog_tools.toy_world import TOY_METHODS, evaluate_toy_methods, random_floor, table_by_type
+from refcocog_tools.toy_world import TOY_METHODS, evaluate_toy_methods, random_floor
 
 WORLD_SEED = 7
 WORLD_IMAGES = 60
@@ -63,8 +64,13 @@ class ShuffledChoices:
 
 
 @pytest.fixture(scope="module")
-def toy_results(tmp_path_factory: pytest.TempPathFactory, session_cache: Path) -> dict:
-    root = write_mini_dataset(tmp_path_factory.mktemp("toy-world"), WORLD_IMAGES, WORLD_SEED)
+def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_mini_dataset(tmp_path_factory.mktemp("toy-world"), WORLD_IMAGES, WORLD_SEED)
+
+
+@pytest.fixture(scope="module")
+def toy_results(toy_root: Path, session_cache: Path) -> dict:
+    root = toy_root
     methods = [m for m in TOY_METHODS if m[0] in ASSERTED]
     results = evaluate_toy_methods(root, "test", "toy-rn", methods, model_cache=session_cache)
     backbones = load_clips("toy-rn", cache=session_cache)
@@ -80,8 +86,10 @@ def _clears_floor(doc: dict) -> bool:
 
 
 @pytest.mark.parametrize("label", ASSERTED)
-def test_zero_shot_methods_beat_the_random_floor(toy_results: dict, label: str) -> None:
-    assert _clears_floor(toy_results[label]), table_by_type(toy_results).to_string()
+def test_zero_shot_methods_beat_the_random_floor(toy_results: dict, toy_root: Path,
+                                                 label: str) -> None:
+    assert _clears_floor(toy_results[label]), \
+        expression_type_table(toy_results, toy_root).to_string()
 
 
 def test_a_method_with_shuffled_choices_fails_the_same_check(toy_results: dict) -> None:
@@ -89,12 +97,13 @@ def test_a_method_with_shuffled_choices_fails_the_same_check(toy_results: dict) 
     assert not _clears_floor(toy_results["shuffled red-circle"])
 
 
-def test_the_table_by_expression_type(toy_results: dict) -> None:
-    table = table_by_type(toy_results)
-    assert list(table.columns) == [*EXPRESSION_TYPES, "all"]
+def test_the_table_by_expression_type(toy_results: dict, toy_root: Path) -> None:
+    table = expression_type_table(toy_results, toy_root).set_index("method")
+    types = list(table.columns[:len(EXPRESSION_TYPES)])
+    assert [t.split(" (n=")[0] for t in types] == list(EXPRESSION_TYPES)
+    assert list(table.columns[len(EXPRESSION_TYPES):]) == ["all", "source"]
     n = len(toy_results["red-circle"]["predictions"])
-    assert table.loc["expressions", "all"] == n
-    assert table.loc["expressions", list(EXPRESSION_TYPES)].sum() == n
+    assert sum(int(t.split("(n=")[1].rstrip(")")) for t in types) == n
     assert table.loc["red-circle", "all"] == pytest.approx(
         toy_results["red-circle"]["metrics"]["accuracy"])
 
