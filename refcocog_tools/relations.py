@@ -67,7 +67,7 @@ from .language import (
     match_relation,
     tokenize,
 )
-from .methods import GroundingMethod
+from .methods import BatchedMethod, EncodeRequest, GroundingMethod
 from .prediction import Prediction
 from .proposals import Proposals
 from .scene_graph import between_tensor, box_areas, centroids, pairwise_relation
@@ -389,6 +389,13 @@ class RelationsMethod:
         self.temperature = float(temperature)
         self.full_expression = full_expression
         self.superlative_rule = superlative_rule
+        # A scorer that declares its CLIP inputs (red-circle, crop, blur) lends the engine its
+        # backbones and cache, which makes this method a ``BatchedMethod``: the engine then
+        # encodes the scorer's prompts of many images in shared batches. Without such a scorer
+        # (labels and geometry alone) the attributes stay unset and the engine does not batch.
+        if isinstance(entity_scorer, BatchedMethod):
+            self.backbones = entity_scorer.backbones
+            self.cache = entity_scorer.cache
 
     def config(self) -> dict[str, Any]:
         return {
@@ -401,6 +408,23 @@ class RelationsMethod:
         }
 
     # -- pieces ---------------------------------------------------------------------------------
+    @staticmethod
+    def scored_texts(expressions: Sequence[str]) -> list[str]:
+        """Every text the entity scorer is shown for ``expressions``: each whole expression,
+        then the noun phrases of its parse, without repeats."""
+        parses = [parse_reference(e) for e in expressions]
+        return list(dict.fromkeys([*expressions, *(p.text for parse in parses
+                                                   for p in parse.phrases())]))
+
+    def encode_request(self, image: Image.Image, expressions: Sequence[str],
+                       proposals: Proposals) -> EncodeRequest:
+        """What the entity scorer will look up for ``expressions``: its visual prompts of the
+        proposals and its text prompts of every scored text (see ``scored_texts``)."""
+        if not isinstance(self.entity_scorer, BatchedMethod):
+            raise TypeError(f"entity scorer {self.scorer_name!r} does not declare its inputs")
+        return self.entity_scorer.encode_request(image, self.scored_texts(expressions),
+                                                 proposals)
+
     def text_scores(self, image: Image.Image, texts: Sequence[str],
                     proposals: Proposals) -> torch.Tensor:
         """(T, P) entity-scorer scores of ``texts`` (zeros without a scorer).
@@ -468,9 +492,7 @@ class RelationsMethod:
 
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
-        parses = [parse_reference(e) for e in expressions]
-        texts = list(dict.fromkeys([*expressions, *(p.text for parse in parses
-                                                    for p in parse.phrases())]))
+        texts = self.scored_texts(expressions)
         rows = self.text_scores(image, texts, proposals)
         scores = dict(zip(texts, rows, strict=True))
         finals = [self.explain(image, e, proposals, scores).final for e in expressions]

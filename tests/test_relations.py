@@ -278,3 +278,32 @@ def test_evaluate_and_bench_draw_the_debias_pool_for_a_red_circle_scorer(tmp_pat
     assert not uses_debias_pool(parsed("--method", "relations", "--entity-scorer", "crop"))
     assert uses_debias_pool(parsed("--method", "red-circle"))
     assert not uses_debias_pool(parsed("--method", "baseline"))
+
+
+@pytest.mark.parametrize("scorer", ["red-circle", "crop"])
+def test_engine_batches_the_scorer_inputs_with_the_same_choices(
+        mini_data: Path, tiny_rn, monkeypatch: pytest.MonkeyPatch, scorer: str) -> None:
+    """relations declares its scorer's inputs: the batched engine encodes every image's visual
+    prompts in one shared batch before ``predict``, and the rows equal the plain loop's."""
+    from refcocog_tools.evaluate import evaluate_groups, group_by_image
+    from refcocog_tools.methods import BatchedMethod
+
+    groups = group_by_image(RefCOCOg(mini_data, "test"))
+    assert len(groups) > 1
+    options = {"scorer_options": {"n_debias": 0}} if scorer == "red-circle" else {}
+    plain = evaluate_groups(groups, make_method("relations", [tiny_rn], entity_scorer=scorer,
+                                                **options), GroundTruthProposer())
+    calls = []
+    original = tiny_rn.encode_images
+
+    def counting(images, *args, **kwargs):
+        calls.append(len(images))
+        return original(images, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_rn, "encode_images", counting)
+    method = make_method("relations", [tiny_rn], entity_scorer=scorer, **options)
+    assert isinstance(method, BatchedMethod)
+    batched = evaluate_groups(groups, method, GroundTruthProposer(), batch_size=100_000)
+    assert batched == plain
+    assert len(calls) == 1  # all images' prompts in one batch; predict found them cached
+    assert not isinstance(make_method("relations", entity_scorer="none"), BatchedMethod)
