@@ -63,7 +63,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import load_rgb_image
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import (
@@ -77,6 +76,7 @@ from refcocog_tools.figures import (
     ultralytics_photo,
 )
 from refcocog_tools.methods import make_method
+from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.red_circle import debias_explicit, debias_fast, sample_debias_sentences
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_value

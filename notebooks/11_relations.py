@@ -67,7 +67,6 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import is_synthetic
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.figures import (
@@ -79,6 +78,7 @@ from refcocog_tools.figures import (
 )
 from refcocog_tools.methods import make_method
 from refcocog_tools.minidata import expression_audit, expression_type
+from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.relations import draw_resolution, parse_reference
 from refcocog_tools.report import glue, glue_figure, open_chapter
 

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from .backbones import ClipBackbone
-from .cache import EmbeddingCache, image_fingerprint
 from .methods import EncodeRequest
 from .prediction import Prediction
+from .prompt_cache import EmbeddingCache, image_fingerprint
 from .proposals import Proposals
 from .render import pil_preprocess
 from .visual_prompts import crop

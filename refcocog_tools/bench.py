@@ -35,7 +35,6 @@ from typing import Any
 import torch
 
 from .backbones import ClipBackbone, load_clips
-from .cache import EmbeddingCache
 from .dataset import RefCOCOg, RefItem, is_synthetic, load_rgb_image
 from .evaluate import (
     add_common_arguments,
@@ -48,6 +47,7 @@ from .evaluate import (
 )
 from .layouts import layout_from_args
 from .methods import NEEDS_CLIP, BatchedMethod, GroundingMethod, make_method
+from .prompt_cache import EmbeddingCache
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import RedCircle, debias_fast
 from .render import RENDER_BACKENDS, input_difference

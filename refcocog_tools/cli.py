@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     expected: tuple[type[Exception], ...] = (DatasetError, LayoutError, OutputPathError)
     try:
         from .backbones import BackboneError
-        from .embedding_cache import EmbeddingCacheError
+        from .embedding_files import EmbeddingCacheError
         from .io_utils import UnreadableFileError
         from .regressors import RegressorError
 

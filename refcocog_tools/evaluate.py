@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from .backbones import ClipBackbone, load_clips
 from .baseline import crop_request, request_embeddings
-from .cache import EmbeddingCache
 from .dataset import DatasetError, RefCOCOg, RefItem, image_problems
 from .io_utils import atomic_write_json, cache_dir
 from .layouts import DEFAULT_LAYOUT, add_layout_arguments, layout_from_args
@@ -52,6 +51,7 @@ from .options import (
     variants_type,
 )
 from .prediction import Prediction
+from .prompt_cache import EmbeddingCache
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import DEBIAS_AT_ZERO, VARIANT_FUSIONS
 from .render import DEFAULT_PREPROCESS, DEFAULT_RENDER_BACKEND, PREPROCESS_MODES, RENDER_BACKENDS

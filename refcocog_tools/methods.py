@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from .backbones import ClipBackbone
-from .cache import EmbeddingCache
 from .prediction import Prediction
+from .prompt_cache import EmbeddingCache
 from .proposals import Proposals
 
 METHOD_NAMES = (

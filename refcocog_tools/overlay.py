@@ -17,9 +17,9 @@ from PIL import Image
 
 from .backbones import ClipBackbone
 from .baseline import box_key, ensemble_similarity
-from .cache import EmbeddingCache, image_fingerprint, params_key
 from .methods import EncodeRequest
 from .prediction import Prediction
+from .prompt_cache import EmbeddingCache, image_fingerprint, params_key
 from .proposals import Proposals
 from .render import DEFAULT_PREPROCESS, check_preprocess, pil_preprocess
 from .visual_prompts import colour_prompts, lut_colour, overlay_prompt, paint_background, tint_crop

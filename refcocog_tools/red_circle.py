@@ -36,9 +36,9 @@ from PIL import Image
 
 from .backbones import ClipBackbone
 from .baseline import box_key, request_embeddings
-from .cache import EmbeddingCache, image_fingerprint, params_key
 from .methods import EncodeRequest
 from .prediction import Prediction
+from .prompt_cache import EmbeddingCache, image_fingerprint, params_key
 from .proposals import Proposals
 from .render import (
     DEFAULT_PREPROCESS,

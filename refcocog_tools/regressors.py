@@ -3,8 +3,8 @@
 A head reads the concatenation of the CLIP embedding of the whole image and the CLIP embedding of
 one expression, and outputs one box. There are no proposals: this is the study's "can a small
 network on top of CLIP solve the task directly?" experiment. Embeddings come from
-:mod:`refcocog_tools.embedding_cache`, so CLIP runs once per backbone and split, and every training
-run reuses them (the study stored them in a CSV file for the same reason).
+:mod:`refcocog_tools.split_embeddings`, so CLIP runs once per backbone and split, and every
+training run reuses them (the study stored them in a CSV file for the same reason).
 
 Heads (``d`` = the backbone's embedding size, summed over backbones when several are given):
 
@@ -51,7 +51,7 @@ from torchvision.ops import (
 )
 
 from .dataset import DatasetError, RefCOCOg
-from .embedding_cache import EmbeddingCacheError, SplitEmbeddings, split_embeddings
+from .embedding_files import EmbeddingCacheError
 from .io_utils import (
     UnreadableFileError,
     atomic_torch_save,
@@ -68,6 +68,7 @@ from .options import (
     positive_int,
 )
 from .results import clip_provenance, honesty_label, provenance, results_document
+from .split_embeddings import SplitEmbeddings, split_embeddings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -795,9 +796,9 @@ def _train_regressor_command(args: argparse.Namespace) -> int:
 
 def _train_regressor(args: argparse.Namespace) -> int:
     from .backbones import load_clips
-    from .embedding_cache import default_cache_root
     from .minidata import default_data_root
     from .options import check_output_folder
+    from .split_embeddings import default_cache_root
 
     out = args.out
     earlier = [out / name for name in RUN_FILES if (out / name).exists()]

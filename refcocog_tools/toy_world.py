@@ -74,10 +74,10 @@ def evaluate_toy_methods(
     ground-truth proposals; red-circle's debiasing sentences come from the train split.
     ``model_cache``: where the CLIP checkpoints live (default: the project cache)."""
     from .backbones import load_clips
-    from .cache import EmbeddingCache
     from .dataset import RefCOCOg
     from .evaluate import evaluate
     from .methods import make_method
+    from .prompt_cache import EmbeddingCache
     from .proposals import make_proposer
 
     dataset = RefCOCOg(data_root, split, view="expression")

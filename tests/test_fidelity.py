@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate_groups, group_by_image
+from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals import GroundTruthProposer
 from refcocog_tools.red_circle import (
     RedCircle,

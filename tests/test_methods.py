@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.gradcam import GradCam, box_from_map
 from refcocog_tools.methods import make_method
+from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals import GroundTruthProposer, Proposals
 from refcocog_tools.red_circle import (
     RedCircle,

@@ -12,12 +12,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from refcocog_tools.dataset import RefCOCOg, load_rgb_image
-from refcocog_tools.embedding_cache import (
-    EmbeddingCacheError,
-    cache_path,
-    load_cache,
-    split_embeddings,
-)
+from refcocog_tools.embedding_files import EmbeddingCacheError
 from refcocog_tools.metrics import summarize
 from refcocog_tools.minidata import write_mini_dataset
 from refcocog_tools.regressors import (
@@ -37,6 +32,7 @@ from refcocog_tools.regressors import (
     study_iou_loss_with_corner_bug,
     train_regressor,
 )
+from refcocog_tools.split_embeddings import cache_path, load_cache, split_embeddings
 
 SIZE = (320.0, 240.0)
 

@@ -299,7 +299,7 @@ def test_training_run_is_never_overwritten_and_zero_epochs_is_json(tmp_path, min
 # 6. Caches: checkpointed during the run, shared safely, no stale temporaries, umask modes
 # ----------------------------------------------------------------------------------------------
 def test_cache_is_checkpointed_during_the_run(tmp_path, tiny_rn) -> None:
-    from refcocog_tools.cache import EmbeddingCache
+    from refcocog_tools.prompt_cache import EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "emb", autosave_s=0)
     cache.texts(tiny_rn, ["a red car"])  # no save(): a run killed here keeps this entry
@@ -309,7 +309,7 @@ def test_cache_is_checkpointed_during_the_run(tmp_path, tiny_rn) -> None:
 
 
 def test_two_processes_sharing_a_cache_file_keep_both_entries(tmp_path, tiny_rn) -> None:
-    from refcocog_tools.cache import EmbeddingCache
+    from refcocog_tools.prompt_cache import EmbeddingCache
 
     # Both open the (empty) cache first, as two evaluations of different splits would.
     test_run, val_run = EmbeddingCache(tmp_path / "emb"), EmbeddingCache(tmp_path / "emb")
@@ -325,8 +325,8 @@ def test_two_processes_sharing_a_cache_file_keep_both_entries(tmp_path, tiny_rn)
 
 
 def test_stale_temporaries_are_removed_and_files_get_the_umask(tmp_path, tiny_rn) -> None:
-    from refcocog_tools.cache import EmbeddingCache
     from refcocog_tools.io_utils import atomic_write_json
+    from refcocog_tools.prompt_cache import EmbeddingCache
 
     folder = tmp_path / "emb" / tiny_rn.checksum[:16]
     folder.mkdir(parents=True)

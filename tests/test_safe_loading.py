@@ -141,7 +141,7 @@ def test_hostile_embedding_cache_files_are_recomputed(tmp_path, mini_data, isola
 def test_hostile_regressor_embedding_cache_is_recomputed(tmp_path, mini_data, tiny_rn,
                                                          marker) -> None:
     from refcocog_tools.dataset import RefCOCOg
-    from refcocog_tools.embedding_cache import cache_path, split_embeddings
+    from refcocog_tools.split_embeddings import cache_path, split_embeddings
 
     dataset = RefCOCOg(mini_data, split="val", view="expression")
     path = plant_hostile(cache_path(tiny_rn, dataset, tmp_path / "emb"), marker)

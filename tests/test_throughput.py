@@ -10,10 +10,10 @@ import torch
 from PIL import Image, ImageChops
 
 from refcocog_tools import visual_prompts as vp
-from refcocog_tools.cache import EmbeddingCache
 from refcocog_tools.cli import main as cli_main
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate_groups, group_by_image
+from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals import GroundTruthProposer
 from refcocog_tools.red_circle import RedCircle
 

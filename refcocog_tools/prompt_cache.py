@@ -1,9 +1,11 @@
-"""Embedding caches shared by every method and run.
+"""The prompt cache: embeddings of texts, prompts and rendered crops for the zero-shot methods.
 
-Text and image embeddings are keyed by the backbone's checkpoint checksum, so weights that change
-can never reuse stale vectors. Image keys name the pixels (a hash of the decoded image), the
-visual-prompt parameters and the box. The on-disk form is one ``torch.save`` file per backbone and
-kind, written atomically; an unreadable file or an entry of the wrong shape, dtype or norm is
+Every method and run shares it (the regressors' whole-split embeddings live in
+``split_embeddings``). Text and image embeddings are keyed by the backbone's checkpoint checksum,
+so weights that change can never reuse stale vectors. Image keys name the pixels (a hash of the
+decoded image), the visual-prompt parameters and the box. The on-disk form is one ``torch.save``
+file per backbone and kind, written atomically and read through the checked load both caches
+share (``embedding_files``); an unreadable file or an entry of the wrong shape, dtype or norm is
 dropped and recomputed, never trusted.
 """
 
@@ -17,25 +19,18 @@ import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from PIL import Image
 
-from .io_utils import atomic_torch_save, load_torch_file, remove_stale_temporaries
-
-CACHE_FORMAT = 1
-
-
-class Encoder(Protocol):
-    """What the cache needs of a backbone (``backbones.ClipBackbone`` satisfies it)."""
-
-    checksum: str
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = ...) -> torch.Tensor: ...
-
-    def encode_images(self, images: Sequence[Image.Image], batch_size: int = ...) -> torch.Tensor:
-        ...
+from .embedding_files import (
+    PROMPT_CACHE_FORMAT,
+    EmbeddingCacheError,
+    Encoder,
+    load_embedding_file,
+)
+from .io_utils import atomic_torch_save, remove_stale_temporaries
 
 
 def image_fingerprint(image: Image.Image) -> str:
@@ -119,13 +114,18 @@ class EmbeddingCache:
 
     def _load_file(self, path: Path, checksum: str) -> dict[Hashable, torch.Tensor]:
         try:
-            payload = load_torch_file(path)
-            if (not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT
-                    or payload.get("checksum") != checksum):
-                raise ValueError("cache header does not match this backbone")
+            payload = load_embedding_file(path, PROMPT_CACHE_FORMAT, checksum)
+            if payload is None:
+                return {}
             keys, vectors = payload["keys"], payload["vectors"]
             if not isinstance(vectors, torch.Tensor) or len(keys) != vectors.shape[0]:
                 raise ValueError("keys and vectors disagree")
+        except EmbeddingCacheError:
+            # Only a copied file or a checksum-prefix clash puts another backbone's file in
+            # this backbone's folder; its own entries are rewritten on the next save.
+            warnings.warn(f"{path}: unreadable embedding cache (written by another backbone); "
+                          "recomputing", stacklevel=2)
+            return {}
         except Exception as err:  # noqa: BLE001 - any unreadable cache is recomputed
             warnings.warn(f"{path}: unreadable embedding cache ({err}); recomputing", stacklevel=2)
             return {}
@@ -153,7 +153,7 @@ class EmbeddingCache:
                         table.setdefault(key, vector)
                         own.add(key)
                 keys = [k for k in table if k in own]  # other shards' entries stay in theirs
-                atomic_torch_save(path, {"format": CACHE_FORMAT, "checksum": checksum,
+                atomic_torch_save(path, {"format": PROMPT_CACHE_FORMAT, "checksum": checksum,
                                          "keys": keys,
                                          "vectors": torch.stack([table[k] for k in keys])})
         self._dirty.clear()

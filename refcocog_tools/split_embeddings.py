@@ -7,10 +7,14 @@ CSV) under ``<cache>/regressor-embeddings/<checksum[:16]>/<split>-<fingerprint[:
 
 Each file records the backbone's checksum and a fingerprint of the data it was computed from:
 
-* a file whose checksum names another backbone is refused (:class:`EmbeddingCacheError`): its
-  vectors live in another embedding space, and silently training on them would be wrong;
+* a file whose checksum names another backbone is refused
+  (:class:`~refcocog_tools.embedding_files.EmbeddingCacheError`): its vectors live in another
+  embedding space, and silently training on them would be wrong;
 * a file that cannot be read (truncated, corrupt, wrong layout) or that describes other data is
   recomputed and rewritten, never trusted.
+
+The header check is the one both embedding caches share (``embedding_files``); the prompt cache
+of the zero-shot methods is ``prompt_cache``.
 
 Files are written atomically (temporary file + rename), so an interrupted run leaves no partial
 cache behind.
@@ -24,36 +28,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from PIL import Image
 
 from .dataset import RefCOCOg, load_rgb_image
-from .io_utils import (
-    UnreadableFileError,
-    atomic_torch_save,
-    cache_dir,
-    load_torch_file,
-    remove_stale_temporaries,
-)
-
-CACHE_FORMAT = "refcocog-tools-embeddings/1"
-
-
-class EmbeddingCacheError(RuntimeError):
-    """An embedding cache file belongs to another backbone and must not be used."""
-
-
-class Encoder(Protocol):
-    """What the cache needs from a backbone (``backbones.ClipBackbone`` satisfies it)."""
-
-    name: str
-    checksum: str
-
-    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
-
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
+from .embedding_files import SPLIT_EMBEDDINGS_FORMAT, Encoder, load_embedding_file
+from .io_utils import atomic_torch_save, cache_dir, remove_stale_temporaries
 
 
 @dataclass
@@ -85,7 +66,7 @@ class SplitEmbeddings:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": CACHE_FORMAT,
+            "format": SPLIT_EMBEDDINGS_FORMAT,
             "backbone_name": self.backbone_name,
             "backbone_checksum": self.backbone_checksum,
             "split": self.split,
@@ -128,10 +109,8 @@ def cache_path(backbone: Encoder, dataset: RefCOCOg, cache_root: str | Path | No
     return root / backbone.checksum[:16] / f"{dataset.split}-{fingerprint[:16]}{suffix}.pt"
 
 
-def _from_dict(data: Any) -> SplitEmbeddings:
-    """Rebuild from a loaded dict, checking every field; ValueError when anything is off."""
-    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-        raise ValueError("not an embedding cache of this format")
+def _from_dict(data: dict[str, Any]) -> SplitEmbeddings:
+    """Rebuild from a header-checked dict, checking every field; ValueError when anything is off."""
     images, texts = data.get("image_embeddings"), data.get("text_embeddings")
     image_ids, sentences = data.get("image_ids"), data.get("sentences")
     if not (isinstance(images, torch.Tensor) and isinstance(texts, torch.Tensor)):
@@ -167,24 +146,12 @@ def load_cache(path: str | Path, backbone: Encoder,
         remove_stale_temporaries(path.parent)
     if not path.is_file():
         return None
-    try:
-        # weights_only: a cache file is data; never let it run code.
-        data = load_torch_file(path)
-    except (OSError, UnreadableFileError) as err:
-        warnings.warn(f"{path}: unreadable embedding cache ({err}); recomputing", stacklevel=2)
+    data = load_embedding_file(path, SPLIT_EMBEDDINGS_FORMAT, backbone.checksum,
+                               checksum_field="backbone_checksum", backbone_name=backbone.name)
+    if data is None:
         return None
-    checksum = data.get("backbone_checksum") if isinstance(data, dict) else None
-    if checksum is not None and checksum != backbone.checksum:
-        raise EmbeddingCacheError(
-            f"{path}: embedding cache written by backbone {data.get('backbone_name')!r} "
-            f"(checksum {str(checksum)[:12]}...), not by {backbone.name!r} "
-            f"(checksum {backbone.checksum[:12]}...); its embeddings live in another space. "
-            "Delete the file or point the cache elsewhere."
-        )
     try:
         embeddings = _from_dict(data)
-        if checksum is None:
-            raise ValueError("no backbone checksum recorded")
     except ValueError as err:
         warnings.warn(f"{path}: invalid embedding cache ({err}); recomputing", stacklevel=2)
         return None
