@@ -17,9 +17,10 @@ trained regressor through ``regressors.results_on_split``, the command line, a c
 stored document only when it was computed on the same data, split, models and limit (so a
 chapter can reuse what another chapter computed without ever mixing configurations).
 
-The honesty wording lives here too, one vocabulary for four uses: ``honesty_label`` (the suffix
-of a printed summary line), ``build_source`` (a table's source), ``run_label`` (a caption's
-configuration) and ``provenance_note`` (the box at the top of a chapter).
+The honesty wording lives here too, one vocabulary for five uses: ``honesty_label`` (the suffix
+of a printed summary line), ``honesty_text`` and ``reading_note`` (a chapter's prose: the label
+in words and what the numbers can show), ``build_source`` (a table's source), ``run_label`` (a
+caption's configuration) and ``provenance_note`` (the box at the top of a chapter).
 """
 
 from __future__ import annotations
@@ -142,18 +143,57 @@ def weights_words(untrained: bool, toy: bool = False) -> str:
     return "untrained" if untrained else "toy, trained here" if toy else "pretrained"
 
 
-def honesty_label(provenance: Mapping[str, Any]) -> str:
-    """The suffix every printed number gets when it is not a RefCOCOg result with detected
-    proposals ("" when it is). Toy weights name the synthetic world themselves, so they replace
-    the "synthetic data" part."""
+def _is_toy(provenance: Mapping[str, Any]) -> bool:
+    return any(isinstance(c, Mapping) and c.get("toy") for c in provenance.get("clip") or ())
+
+
+def _honesty_notes(provenance: Mapping[str, Any]) -> list[str]:
     parts = [text for key, text in (("untrained", "untrained weights"),
                                     ("synthetic_data", "synthetic data")) if provenance.get(key)]
-    if any(isinstance(c, Mapping) and c.get("toy") for c in provenance.get("clip") or ()):
+    if _is_toy(provenance):
         parts = [p for p in parts if p != "synthetic data"] + [TOY_LABEL]
     notes = [f"{', '.join(parts)}: {NOT_REFCOCOG}"] if parts else []
     if provenance.get("ground_truth_proposals"):
         notes.append(GROUND_TRUTH_PROPOSALS)
+    return notes
+
+
+def honesty_label(provenance: Mapping[str, Any]) -> str:
+    """The suffix every printed number gets when it is not a RefCOCOg result with detected
+    proposals ("" when it is). Toy weights name the synthetic world themselves, so they replace
+    the "synthetic data" part."""
+    notes = _honesty_notes(provenance)
     return f"  [{'; '.join(notes)}]" if notes else ""
+
+
+def honesty_text(provenance: Mapping[str, Any]) -> str:
+    """The honesty label in words, for a chapter's prose: what ``honesty_label`` says without
+    its brackets (e.g. "toy weights trained on the synthetic world: not a RefCOCOg result;
+    ground-truth boxes: ..."), or, when there is nothing to warn about, the dataset and
+    "pretrained weights"."""
+    notes = _honesty_notes(provenance)
+    if notes:
+        return "; ".join(notes)
+    return f"{data_words(False, provenance.get('dataset', 'refcocog'))}, pretrained weights"
+
+
+def reading_note(provenance: Mapping[str, Any]) -> str:
+    """One sentence on what a run's numbers can show, chosen from its provenance (the weights
+    and the data), so that a chapter's prose stays true whatever configuration ran it."""
+    name = data_words(False, provenance.get("dataset", "refcocog"))
+    if provenance.get("untrained"):
+        return ("With untrained weights CLIP's scores carry no knowledge: these numbers check "
+                "that the code runs end to end and is deterministic, and whatever part of them "
+                "depends on CLIP is chance.")
+    if _is_toy(provenance):
+        return (f"With {TOY_LABEL} these numbers show, in miniature, what each method makes of "
+                "a CLIP trained on captions of that world's shapes, colours and positions; they "
+                f"say nothing about {name} or about a pretrained CLIP on photographs.")
+    if provenance.get("synthetic_data"):
+        return ("With pretrained weights on pictures of drawn shapes these numbers say nothing "
+                f"about {name}.")
+    return (f"These numbers come from pretrained weights on {name}: they can be set beside "
+            "the study's where the two configurations agree.")
 
 
 def build_source(results: Mapping[str, Any]) -> str:

@@ -120,3 +120,22 @@ def test_the_honesty_texts_name_the_dataset_of_real_data(tmp_path: Path) -> None
     assert (results.run_label(root, pretrained, dataset="refcoco")
             == "this build: RefCOCO, CLIP RN50x16 (pretrained)")
     assert results.run_label(root, pretrained).startswith("this build: RefCOCOg,")
+
+
+def test_prose_label_and_reading_follow_the_provenance(mini_data: Path) -> None:
+    """What a chapter glues into its prose is chosen from the run's provenance, never from
+    which weights the chapter expects: untrained, toy, pretrained (synthetic or real data)."""
+    untrained = _document(mini_data)["provenance"]
+    toy = dict(untrained, untrained=False,
+               clip=[dict(untrained["clip"][0], name="toy-rn", untrained=False, toy=True)])
+    synthetic = dict(untrained, untrained=False, ground_truth_proposals=False)
+    real = dict(synthetic, synthetic_data=False, dataset="refcoco")
+    gt_note = results.GROUND_TRUTH_PROPOSALS
+    assert results.honesty_text(untrained) == results.honesty_label(untrained).strip(" []")
+    assert results.honesty_text(toy) == (f"{results.TOY_LABEL}: {results.NOT_REFCOCOG}; "
+                                         f"{gt_note}")
+    assert results.honesty_text(real) == "RefCOCO, pretrained weights"
+    readings = [results.reading_note(p) for p in (untrained, toy, synthetic, real)]
+    assert "chance" in readings[0] and results.TOY_LABEL in readings[1]
+    assert "drawn shapes" in readings[2] and "pretrained weights on RefCOCO:" in readings[3]
+    assert len(set(readings)) == 4
