@@ -22,7 +22,7 @@
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip: str = "tiny-rn"  # unused here: this chapter runs no model
+clip: str = "toy-rn"  # unused here: this chapter runs no model
 proposals: str = "gt"  # unused here
 device: str = "cpu"  # unused here
 limit: int = 0  # at most this many refs per split in the per-ref tables and figures (0: all)

@@ -27,19 +27,21 @@
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip: str = "tiny-rn"  # unused here: this chapter runs no model
+clip: str = "toy-rn"  # unused here: this chapter runs no model
 proposals: str = "gt"  # unused here
 device: str = "cpu"  # unused here
 limit: int = 0  # at most this many refs per split (0: all)
 seed: int = 0  # which example parses are shown
 top_words: int = 15  # rows of the word-frequency tables
 n_parsed_examples: int = 8  # example parses shown
+dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
+split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from refcocog_tools.dataset import SPLITS, load_records
+from refcocog_tools.dataset import load_records
 from refcocog_tools.figures import show_table
 from refcocog_tools.language import (
     expression_table,
@@ -47,18 +49,22 @@ from refcocog_tools.language import (
     relation_counts,
     word_frequencies,
 )
+from refcocog_tools.layouts import get_layout
 from refcocog_tools.report import glue, glue_figure, open_chapter
 
 chapter = open_chapter(globals(), models=())
 root = chapter.root
+layout = get_layout(dataset, split_by or None)
+evaluated = layout.default_split  # test, or val where the dataset has no test split
 chapter.note
 
 # %% tags=["remove-input"]
-records = load_records(root)
+records = load_records(root, layout=layout)
 if limit:
-    records = [r for split in SPLITS for r in [x for x in records if x.split == split][:limit]]
+    records = [r for split in layout.splits
+               for r in [x for x in records if x.split == split][:limit]]
 table = expression_table(records)
-test = table[table["split"] == "test"]
+test = table[table["split"] == evaluated]
 glue("n_expressions", len(table))
 glue("spatial_share", float(table["spatial"].mean()))
 glue("test_spatial_share", float(test["spatial"].mean()) if len(test) else 0.0)

@@ -30,21 +30,23 @@
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
-clip: str = "tiny-rn"  # unused here: this chapter runs no model
+clip: str = "toy-rn"  # unused here: this chapter runs no model
 proposals: str = "gt"  # the graph is built on the ground-truth boxes of each image
 device: str = "cpu"  # unused here
 limit: int = 0  # at most this many test expressions in the resolution check (0: all)
 seed: int = 0
 image_index: int = 0  # which test image (in order of first appearance) is drawn
 margin: float = 0.0  # pixels: centroids closer than this along an axis are in neither order
+dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
+split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 
 # %% tags=["remove-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.figures import show_table
 from refcocog_tools.language import tokenize
+from refcocog_tools.layouts import get_layout
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.scene_graph import (
     EXTREME_WORDS,
@@ -57,6 +59,7 @@ from refcocog_tools.scene_graph import (
 
 chapter = open_chapter(globals(), models=())
 root = chapter.root
+evaluated = get_layout(dataset, split_by or None).default_split  # test, else val
 chapter.note
 
 # %% [markdown]
@@ -66,10 +69,10 @@ chapter.note
 # categories, standing in for a detector's labels.
 
 # %% tags=["hide-input"]
-dataset = RefCOCOg(root, split="test", view="ref")
-image_ids = dataset.image_ids
+refs = chapter.open_split(evaluated, view="ref")
+image_ids = refs.image_ids
 image_id = image_ids[image_index % len(image_ids)]
-item = next(dataset[i] for i in range(len(dataset)) if dataset[i].image_id == image_id)
+item = next(refs[i] for i in range(len(refs)) if refs[i].image_id == image_id)
 boxes = [inst.box for inst in item.instances]
 labels = [inst.category for inst in item.instances]
 graph = build_scene_graph(boxes, item.image_size, labels, margin=margin)
@@ -148,7 +151,7 @@ show_table(graph.to_frame(), "Computed here from the ground-truth boxes of the i
 # get no answer: that is where a learned model would have to take over.
 
 # %% tags=["hide-input"]
-test_items = RefCOCOg(root, split="test", view="expression")
+test_items = chapter.open_split(evaluated)
 n = len(test_items) if not limit else min(limit, len(test_items))
 rows = []
 for i in range(n):
