@@ -336,3 +336,11 @@ def test_results_folder_comes_from_the_parameter_then_the_environment(tmp_path, 
     assert Chapter({}, tmp_path, [], None, None).results_dir == tmp_path / "env" / "results"
     given = Chapter({"results_dir": str(tmp_path / "mine")}, tmp_path, [], None, None)
     assert given.results_dir == tmp_path / "mine"
+
+
+def test_every_chapter_runs_the_toy_clip_by_default() -> None:
+    """The book's numbers come from toy-rn (trained on the synthetic world) unless a run says
+    otherwise; the untrained tiny-rn stays reachable as a parameter value (the smoke test of
+    test_reproduce_path_runs_a_real_chapter_with_parameters)."""
+    defaults = {name: report._declared_defaults(ROOT, name).get("clip") for name in CHAPTERS}
+    assert set(defaults.values()) == {"toy-rn"}, defaults
