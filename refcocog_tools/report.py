@@ -10,8 +10,9 @@ Chapter sources are jupytext ``py:percent`` files ``notebooks/NN_<idea>.py``. ``
    itself, so it shows exactly what step 3 computed).
 
 ``regen-baselines`` executes every chapter with its defaults (the embedded synthetic dataset and
-untrained embedded models) and writes the executed notebooks back to ``notebooks/NN_<idea>.ipynb``,
-paired with their ``.py`` sources: those files are the nbval regression baselines of ``make test``.
+embedded models, the toy CLIP trained on the synthetic world) and writes the executed notebooks
+back to ``notebooks/NN_<idea>.ipynb``, paired with their ``.py`` sources: those files are the
+nbval regression baselines of ``make test``.
 
 The module also holds the small helpers chapters call: ``resolve_data_root``,
 ``provenance_note`` (the visible statement of where a page's numbers come from),
@@ -489,9 +490,9 @@ def book_config(root: Path, defaults: bool) -> Path:
     html = config.setdefault("html", {})
     if defaults:
         html["announcement"] = (
-            "Built on the embedded defaults (a synthetic dataset and untrained models): no "
-            "number computed in this book is a RefCOCOg result. The study's numbers are "
-            "quoted as reported.")
+            "Built on the embedded defaults (a synthetic dataset; toy weights trained on the "
+            "synthetic world or untrained models): no number computed in this book is a "
+            "RefCOCOg result. The study's numbers are quoted as reported.")
     commit = git_commit()
     html["extra_footer"] = (
         f"<p>Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with refcocog-tools "

@@ -3,8 +3,8 @@
 Source: Garosi, Minardi, Suardi, "Visual grounding with CLIP on RefCOCOg", University of Trento,
 Machine Learning - Deep Learning module, A.Y. 2022-23 (a Jupyter notebook). Nothing here was
 recomputed by this project: these values are quoted, with the section they come from, so that
-the report never retypes them and never confuses them with numbers computed here (which come from
-untrained tiny models on a synthetic dataset).
+the report never retypes them and never confuses them with numbers computed here (which, on the
+embedded defaults, come from a synthetic dataset with the toy or the untrained tiny models).
 
 The study's training loops print "accuracy" for what is the mean IoU over the samples
 (cumulative IoU divided by the sample count), so those rows are recorded as ``miou``.
