@@ -7,8 +7,11 @@ them into model inputs in the same pass:
 * ``image_tensor``: a decoded image as a ``(3, H, W)`` uint8 tensor on a device (moved once).
 * ``pillow_gaussian_blur``: Pillow's ``GaussianBlur`` is not a true Gaussian but three passes
   of an extended box blur (fractional radius, 24-bit fixed-point weights, replicated edges,
-  rounding to uint8 after every pass). This reproduces that arithmetic in integers, so the
-  blurred background is bit-identical to Pillow's (the tests check it).
+  rounding to uint8 after every pass). ``box_blur_ops`` reproduces that arithmetic in integer
+  tensor operations, so the blurred background is bit-identical to Pillow's on any device (the
+  tests check it). On the CPU, Pillow's own C loop computes the same integers several times
+  faster than a chain of whole-tensor operations, so there ``pillow_gaussian_blur`` hands each
+  plane to Pillow; on a GPU it runs ``box_blur_ops``.
 * ``pillow_grayscale``: Pillow's ``convert("L")`` (ITU-R 601-2 luma, its fixed-point
   rounding), bit-identical too.
 * ``render_prompts``: background per variant, sharp window, marker stroke, for P proposals x V
@@ -33,7 +36,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageColor, ImageDraw
+from PIL import Image, ImageColor, ImageDraw, ImageFilter
 from torchvision.transforms import InterpolationMode
 
 from .visual_prompts import (
@@ -120,7 +123,26 @@ def _box_blur_pass(x: torch.Tensor, box_radius: float) -> torch.Tensor:
 
 
 def pillow_gaussian_blur(images: torch.Tensor, radius: float) -> torch.Tensor:
-    """``ImageFilter.GaussianBlur(radius)`` of uint8 ``(..., H, W)`` images, bit-identical.
+    """``ImageFilter.GaussianBlur(radius)`` of uint8 ``(..., H, W)`` images, bit-identical,
+    on the images' device: Pillow itself on the CPU (its C loop is the fastest form of these
+    integers there), ``box_blur_ops`` elsewhere."""
+    if radius <= 0:
+        return images.clone()
+    if images.device.type != "cpu":
+        return box_blur_ops(images, radius)
+    planes = images.reshape(-1, *images.shape[-2:])
+    blur = ImageFilter.GaussianBlur(radius)
+    out = torch.empty_like(planes)
+    written = out.numpy()  # a view: Pillow's bytes are copied straight into ``out``
+    for k, plane in enumerate(planes.numpy()):
+        # Pillow blurs every band alike, so one "L" image per plane gives the RGB result.
+        written[k] = np.asarray(Image.fromarray(plane, "L").filter(blur))
+    return out.reshape(images.shape)
+
+
+def box_blur_ops(images: torch.Tensor, radius: float) -> torch.Tensor:
+    """Pillow's ``GaussianBlur(radius)`` of uint8 ``(..., H, W)`` images as integer tensor
+    operations (any device), bit-identical.
 
     Three horizontal passes, then three vertical ones, each rounded to integers, as Pillow
     does. A true Gaussian of the same radius differs from it by a few grey levels.
@@ -140,10 +162,12 @@ def pillow_gaussian_blur(images: torch.Tensor, radius: float) -> torch.Tensor:
 
 def pillow_grayscale(images: torch.Tensor) -> torch.Tensor:
     """Pillow's ``convert("L").convert("RGB")`` of uint8 ``(..., 3, H, W)`` images."""
-    x = images.to(torch.int32)
-    luma = (x[..., 0, :, :] * 19595 + x[..., 1, :, :] * 38470 + x[..., 2, :, :] * 7471
-            + 0x8000) >> 16
-    return luma.to(torch.uint8).unsqueeze(-3).expand_as(images).contiguous()
+    # In place on one int32 plane: each full-image temporary costs as much as the arithmetic.
+    luma = images[..., 0, :, :].to(torch.int32).mul_(19595)
+    luma.add_(images[..., 1, :, :].to(torch.int32).mul_(38470))
+    luma.add_(images[..., 2, :, :].to(torch.int32).mul_(7471))
+    luma = luma.add_(0x8000).bitwise_right_shift_(16).to(torch.uint8)
+    return luma.unsqueeze(-3).expand_as(images).contiguous()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,13 +214,14 @@ def ellipse_mask(box: Sequence[int], height: int, width: int, stroke: int | None
     region-sized) grid and moved to ``device``. Pillow's scan conversion of ellipses has no
     simple closed form; drawing only the mask keeps every pixel identical to the reference
     while the image-sized work stays on the device."""
-    mask = Image.new("1", (width, height), 0)
+    # An "L" grid: the same scan conversion as a "1" one, and read out without unpacking bits.
+    mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
     if stroke is None:
         draw.ellipse(tuple(box), fill=1)
     else:
         draw.ellipse(tuple(box), outline=1, width=stroke)
-    return torch.from_numpy(np.asarray(mask).copy()).to(device)
+    return torch.from_numpy(np.asarray(mask) != 0).to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,43 +266,50 @@ def render_prompts(
     boxes = torch.as_tensor(boxes, dtype=torch.float32, device=image.device).reshape(-1, 4)
     if bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()):
         raise ValueError("boxes must be xyxy (x2 >= x1 and y2 >= y1)")
-    _, height, width_px = image.shape
     back = backgrounds(image, variants, blur_radius)  # (V, 3, H, W)
     out = back.unsqueeze(0).repeat(len(boxes), 1, 1, 1, 1)
-    sharp = [k for k, v in enumerate(variants) if v != "marker"]
-    stroke = marker != "none" and colour is not None and width > 0
-    paint = (torch.tensor(_colour(colour), dtype=torch.uint8, device=image.device).view(3, 1, 1)
+    # The variants with a sharp window, as runs of neighbours (the study's blur, blur_gray:
+    # one run): a slice is a view, written in place without advanced indexing.
+    windowed = [slice(k, k + 1) for k, v in enumerate(variants) if v != "marker"]
+    for k in range(len(windowed) - 1, 0, -1):
+        if windowed[k - 1].stop == windowed[k].start:
+            windowed[k - 1:k + 1] = [slice(windowed[k - 1].start, windowed[k].stop)]
+    stroke = width if marker != "none" and colour is not None and width > 0 else 0
+    paint = (torch.tensor(_colour(colour), dtype=torch.uint8, device=image.device).view(1, 3, 1)
              if stroke else None)
-    # Everything a proposal changes lies inside its (truncated, inclusive) box: work on that
-    # region only, one proposal at a time (P is small; the region slices are views).
+    _, height, width_px = image.shape
+    # Everything a proposal changes lies within ``stroke`` pixels of its (truncated, inclusive)
+    # box: work on that region of its prompts only, one proposal at a time (the region slices
+    # are views; P is small).
     corners = boxes.to(torch.float64).trunc().to(torch.int64)
     for p, (x0, y0, x1, y1) in enumerate(corners.tolist()):
-        if sharp:
-            left, top = max(x0, 0), max(y0, 0)
-            right, bottom = min(x1, width_px - 1) + 1, min(y1, height - 1) + 1
-            if right > left and bottom > top:
-                region = out[p, :, :, top:bottom, left:right]  # (V, 3, h, w) view
-                inside = image[:, top:bottom, left:right]
-                if window == "rectangle":  # the clipped box is the whole region
-                    region[sharp] = inside
+        left, top = max(x0 - stroke, 0), max(y0 - stroke, 0)
+        right = min(x1 + stroke, width_px - 1) + 1
+        bottom = min(y1 + stroke, height - 1) + 1
+        if right <= left or bottom <= top:
+            continue  # nothing of it in the image: the prompts are the backgrounds
+        region = out[p, :, :, top:bottom, left:right]  # (V, 3, h, w) view
+        w_left, w_top = max(x0, 0), max(y0, 0)
+        w_right, w_bottom = min(x1, width_px - 1) + 1, min(y1, height - 1) + 1
+        if windowed and w_right > w_left and w_bottom > w_top:
+            inside = image[:, w_top:w_bottom, w_left:w_right]
+            keep = (ellipse_mask((x0 - w_left, y0 - w_top, x1 - w_left, y1 - w_top),
+                                 w_bottom - w_top, w_right - w_left, device=image.device)
+                    if window == "ellipse" else None)
+            for run in windowed:
+                target = region[run, :, w_top - top:w_bottom - top, w_left - left:w_right - left]
+                if keep is None:  # a rectangle window: the clipped box is the whole window
+                    target.copy_(inside.expand_as(target))
                 else:
-                    keep = ellipse_mask((x0 - left, y0 - top, x1 - left, y1 - top),
-                                        bottom - top, right - left, device=image.device)
-                    region[sharp] = torch.where(keep, inside, region[sharp])
+                    target.copy_(torch.where(keep, inside, target))
         if stroke:
-            # A stroke stays within ``width`` pixels of the box, even on degenerate boxes.
-            left, top = max(x0 - width, 0), max(y0 - width, 0)
-            right, bottom = min(x1 + width, width_px - 1) + 1, min(y1 + width, height - 1) + 1
-            if right <= left or bottom <= top:
-                continue
-            region = out[p, :, :, top:bottom, left:right]
             local = (x0 - left, y0 - top, x1 - left, y1 - top)
             if marker == "ellipse":
-                draw = ellipse_mask(local, bottom - top, right - left, width, image.device)
+                draw = ellipse_mask(local, bottom - top, right - left, stroke, image.device)
             else:
                 draw = rectangle_masks(torch.tensor([local], device=image.device),
-                                       bottom - top, right - left, stroke=width)[0]
-            region.copy_(torch.where(draw, paint, region))
+                                       bottom - top, right - left, stroke=stroke)[0]
+            region[:, :, draw] = paint  # (V, 3, n) pixels under the stroke
     return out
 
 

@@ -30,8 +30,12 @@ def _array(image: torch.Tensor) -> np.ndarray:
 def test_blur_is_pillows_three_box_blurs_bit_for_bit(radius: float) -> None:
     image = _noise(int(radius * 10))
     expected = np.asarray(image.filter(ImageFilter.GaussianBlur(radius)))
-    got = _array(render.pillow_gaussian_blur(render.image_tensor(image), radius))
-    assert np.array_equal(got, expected)
+    pixels = render.image_tensor(image)
+    # The tensor operations (what a GPU runs) and the CPU's per-plane Pillow call, both exact.
+    assert np.array_equal(_array(render.box_blur_ops(pixels, radius)), expected)
+    assert np.array_equal(_array(render.pillow_gaussian_blur(pixels, radius)), expected)
+    stacked = render.pillow_gaussian_blur(torch.stack([pixels, pixels.flip(-1)]), radius)
+    assert np.array_equal(_array(stacked[0]), expected)  # batches keep every plane apart
     # ... and it is not a true Gaussian: torchvision's differs by several levels.
     if 2 <= radius <= 7.3:  # (its kernel must fit the image)
         from torchvision.transforms.v2.functional import gaussian_blur
@@ -68,13 +72,14 @@ def test_ellipses_match_pillow_pixel_for_pixel() -> None:
     image = _noise(6, (120, 90))
     boxes = torch.tensor([[10.2, 5.5, 70.8, 60.1], [50.0, 30.0, 119.0, 89.0],
                           [-8.5, 40.0, 30.0, 100.0], [60.0, 60.0, 61.0, 60.5]])
+    # "marker" between two windowed variants: the window is pasted into each run of them.
+    variants = ("blur", "marker", "gray")
     for window in ("rectangle", "ellipse"):
-        reference = render_variants(image, boxes, ("blur", "gray"), window=window,
-                                    blur_radius=3.0)
-        got = render.render_prompts(render.image_tensor(image), boxes, ("blur", "gray"),
+        reference = render_variants(image, boxes, variants, window=window, blur_radius=3.0)
+        got = render.render_prompts(render.image_tensor(image), boxes, variants,
                                     window=window, blur_radius=3.0)
         for p in range(len(boxes)):
-            for v in range(2):
+            for v in range(len(variants)):
                 assert np.array_equal(_array(got[p, v]), np.asarray(reference[p][v])), (p, v)
 
 
