@@ -52,7 +52,7 @@ from refcocog_tools.figures import (
     spatial_table,
     table_source,
 )
-from refcocog_tools.methods import make_method
+from refcocog_tools.registry import make_method
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_value
 from refcocog_tools.results import honesty_text, reading_note

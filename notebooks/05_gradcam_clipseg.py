@@ -29,6 +29,8 @@
 # ```
 
 # %% tags=["parameters", "hide-input"]
+from refcocog_tools.registry import GradCamOptions  # the method's defaults
+
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated (the study used a ViT for Grad-CAM)
 proposals: str = "gt"  # only used by the snap-to-proposal variant and the baseline row
@@ -36,7 +38,7 @@ device: str = "cpu"
 limit: int = 0  # evaluate the first N expressions of the split (0: all)
 seed: int = 0
 split: str = "test"
-threshold: float = 0.5  # box around every pixel with heat of threshold times the maximum or more
+threshold: float = GradCamOptions.threshold  # box around heat of threshold x the maximum or more
 image_index: int = 0  # which image (in order of first appearance) the heat maps are drawn on
 n_maps: int = 3  # expressions of that image shown as heat maps
 thresholds: list[float] = [0.3, 0.5, 0.7]  # the threshold sweep of the evaluation table
@@ -56,7 +58,7 @@ from refcocog_tools.figures import (
     table_source,
 )
 from refcocog_tools.gradcam import GradCam, box_from_map
-from refcocog_tools.methods import make_method
+from refcocog_tools.registry import make_method
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.results import honesty_text, reading_note
 

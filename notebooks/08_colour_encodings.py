@@ -47,19 +47,7 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 # %% tags=["remove-input"]
 import pandas as pd
 
-from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import (
-    comparison_table,
-    lut_figure,
-    metric_bar_chart,
-    results_table,
-    show_table,
-)
-from refcocog_tools.methods import make_method
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.reported import reported_value
-from refcocog_tools.results import honesty_text, reading_note
-from refcocog_tools.visual_prompts import (
+from refcocog_tools.colour_encodings import (
     KEYWORD_COLOURS,
     LUT_GRID,
     LUT_RGB,
@@ -70,9 +58,21 @@ from refcocog_tools.visual_prompts import (
     overlay_prompt,
     overlay_side,
     paint_background,
-    side_by_side,
     tint_crop,
 )
+from refcocog_tools.evaluate import evaluate, group_by_image
+from refcocog_tools.figures import (
+    comparison_table,
+    lut_figure,
+    metric_bar_chart,
+    results_table,
+    show_table,
+    side_by_side,
+)
+from refcocog_tools.registry import make_method
+from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.reported import reported_value
+from refcocog_tools.results import honesty_text, reading_note
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,

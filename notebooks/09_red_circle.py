@@ -36,6 +36,8 @@
 # %% tags=["parameters", "hide-input"]
 from typing import Optional
 
+from refcocog_tools.red_circle import RedCircleOptions  # the method's defaults
+
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated for an ensemble (study: RN50x16)
 proposals: str = "gt"  # "gt" (ground-truth boxes) or a YOLO model (study: yolov8s)
@@ -43,13 +45,13 @@ device: str = "cpu"
 limit: int = 0  # evaluate the first N expressions of the split (0: all)
 seed: int = 0  # seeds the sample of debiasing expressions
 split: str = "test"
-variants: list[str] = ["blur", "blur_gray"]  # the study's final choice
-blur_radius: float = 20.0
-stroke_width: int = 3
-n_debias: int = 5000  # training expressions averaged for debiasing (the study: 5000)
-area_filter: "Optional[float]" = None  # drop proposals covering this share of the image or more
-class_prior: bool = False  # weight proposals by the expression's similarity to their class name
-preprocess: str = "center-crop"  # CLIP's resize + centre crop, or "square" (whole image, no crop)
+variants: list[str] = list(RedCircleOptions.variants)  # the study's final choice
+blur_radius: float = RedCircleOptions.blur_radius
+stroke_width: int = RedCircleOptions.stroke_width
+n_debias: int = RedCircleOptions.n_debias  # debiasing expressions averaged (the study: 5000)
+area_filter: "Optional[float]" = RedCircleOptions.area_filter  # drop proposals covering this share
+class_prior: bool = RedCircleOptions.class_prior  # weight proposals by expression-class similarity
+preprocess: str = RedCircleOptions.preprocess  # "center-crop" (CLIP's) or "square" (whole image)
 ablations: bool = True  # evaluate the one-change-at-a-time ablations
 image_index: int = 0  # which image of the split the debiasing example uses
 results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
@@ -71,17 +73,18 @@ from refcocog_tools.figures import (
     preprocess_views,
     results_table,
     show_table,
+    side_by_side,
     table_source,
     tensor_variants,
     ultralytics_photo,
 )
-from refcocog_tools.methods import make_method
 from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.red_circle import debias_explicit, debias_fast, sample_debias_sentences
+from refcocog_tools.registry import make_method
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_value
 from refcocog_tools.results import honesty_text, reading_note
-from refcocog_tools.visual_prompts import VARIANTS, side_by_side
+from refcocog_tools.visual_prompts import VARIANTS
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,

@@ -54,7 +54,7 @@ from refcocog_tools.figures import (
     study_vs_build_chart,
     table_source,
 )
-from refcocog_tools.methods import make_method
+from refcocog_tools.registry import make_method
 from refcocog_tools.regressors import (
     TrainConfig,
     results_on_split,

@@ -50,6 +50,9 @@
 # red-circle --out relations.json` (`--no-labels` to ignore class labels).
 
 # %% tags=["parameters", "hide-input"]
+from refcocog_tools.red_circle import RedCircleOptions  # the methods' defaults
+from refcocog_tools.registry import RelationsOptions
+
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s) of the entity scorer (ReCLIP: RN50x16 + ViT-B/32)
 proposals: str = "gt"  # "gt": ground-truth boxes labelled with their categories; or a YOLO model
@@ -57,9 +60,9 @@ device: str = "cpu"
 limit: int = 0  # evaluate the first N expressions of the split (0: all)
 seed: int = 0  # seeds the sample of red-circle's debiasing expressions
 split: str = "test"
-entity_scorer: str = "red-circle"  # red-circle, crop, blur or none
-use_labels: bool = True  # use the proposals' class labels
-n_debias: int = 5000  # red-circle's debiasing expressions
+entity_scorer: str = RelationsOptions.entity_scorer  # red-circle, crop, blur or none
+use_labels: bool = RelationsOptions.use_labels  # use the proposals' class labels
+n_debias: int = RedCircleOptions.n_debias  # red-circle's debiasing expressions
 dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
 split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 
@@ -76,9 +79,9 @@ from refcocog_tools.figures import (
     spatial_table,
     table_source,
 )
-from refcocog_tools.methods import make_method
 from refcocog_tools.minidata import expression_audit, expression_type
 from refcocog_tools.prompt_cache import EmbeddingCache
+from refcocog_tools.registry import make_method
 from refcocog_tools.relations import draw_resolution, parse_reference
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.results import honesty_text, reading_note

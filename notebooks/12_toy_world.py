@@ -46,8 +46,8 @@ import matplotlib.pyplot as plt
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
 from refcocog_tools.figures import expression_type_table
-from refcocog_tools.methods import make_method
 from refcocog_tools.prompt_cache import EmbeddingCache
+from refcocog_tools.registry import make_method
 from refcocog_tools.report import open_chapter, show_figure
 from refcocog_tools.toy_world import TOY_METHODS, random_floor, training_curve
 

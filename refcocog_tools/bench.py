@@ -36,20 +36,19 @@ import torch
 
 from .backbones import ClipBackbone, load_clips
 from .dataset import RefCOCOg, RefItem, is_synthetic, load_rgb_image
-from .evaluate import (
+from .evaluate import check_proposer, evaluate_groups, group_by_image
+from .evaluate_cli import (
     add_common_arguments,
-    check_proposer,
     detector_options,
-    evaluate_groups,
-    group_by_image,
     method_options,
     uses_debias_pool,
 )
 from .layouts import layout_from_args
-from .methods import NEEDS_CLIP, BatchedMethod, GroundingMethod, make_method
+from .methods import BatchedMethod, GroundingMethod
 from .prompt_cache import EmbeddingCache
 from .proposals import Proposals, Proposer, make_proposer
 from .red_circle import RedCircle, debias_fast
+from .registry import NEEDS_CLIP, make_method
 from .render import RENDER_BACKENDS, input_difference
 from .visual_prompts import render_variant
 
@@ -336,12 +335,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     text_cache = EmbeddingCache(None, batch_size=args.batch_size)
 
     def make() -> GroundingMethod:
-        return make_method(args.method, backbones, cache=text_cache.texts_only_copy(),
-                           debias_pool=debias_pool,
-                           checkpoint=args.checkpoint, seed=args.seed, **method_options(args))
+        return make_method(args.method, backbones, options=method_options(args),
+                           cache=text_cache.texts_only_copy(), debias_pool=debias_pool,
+                           seed=args.seed)
 
-    text_method = make_method(args.method, backbones, cache=text_cache, debias_pool=debias_pool,
-                              checkpoint=args.checkpoint, seed=args.seed, **method_options(args))
+    text_method = make_method(args.method, backbones, options=method_options(args),
+                              cache=text_cache, debias_pool=debias_pool, seed=args.seed)
     groups = group_by_image(dataset, args.limit)
     n_img, n_expr = len(groups), sum(len(g) for g in groups)
     report: dict[str, Any] = {
@@ -377,9 +376,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                                  if pipeline and ceiling["visual_prompts_per_s"] else None)}
     if isinstance(text_method, RedCircle):
         def with_backend(backend: str) -> GroundingMethod:
-            return make_method(args.method, backbones, cache=text_cache.texts_only_copy(),
-                               debias_pool=debias_pool, seed=args.seed,
-                               **{**method_options(args), "render_backend": backend})
+            return make_method(args.method, backbones, options=method_options(args),
+                               cache=text_cache.texts_only_copy(), debias_pool=debias_pool,
+                               seed=args.seed, render_backend=backend)
 
         report["render_backends"] = bench_backends(groups, proposer, with_backend,
                                                    args.batch_size, args.workers)

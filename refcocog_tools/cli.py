@@ -19,7 +19,7 @@ from .options import OutputPathError, positive_int
 # Modules that contribute subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = (
     "refcocog_tools.cli",
-    "refcocog_tools.evaluate",
+    "refcocog_tools.evaluate_cli",
     "refcocog_tools.regressors",
     "refcocog_tools.bench",
     "refcocog_tools.toy_clip",

@@ -294,6 +294,43 @@ def metric_bar_chart(table: pd.DataFrame, metrics: Sequence[str] = ("miou", "acc
     return fig
 
 
+def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = None,
+                 width: float = 3.2, columns: int | None = None) -> Figure:
+    """A matplotlib figure showing ``images`` in a row (or a grid of ``columns``).
+
+    Each image gets a thin grey frame, so that a white or pale picture keeps its edges on a
+    white page.
+    """
+    import matplotlib.pyplot as plt  # lazy: plotting is only needed for the book
+
+    if not images:
+        raise ValueError("side_by_side needs at least one image")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(titles)} titles for {len(images)} images")
+    columns = min(columns or len(images), len(images))
+    rows = -(-len(images) // columns)
+    aspect = max(im.size[1] / im.size[0] for im in images)
+    # Room for a (possibly two-line) title above every row, so titles never cover images.
+    title_room = 0.45 * rows if titles is not None else 0.2
+    fig, axes = plt.subplots(rows, columns,
+                             figsize=(width * columns, width * aspect * rows + title_room),
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(images):
+            ax.axis("off")
+            continue
+        ax.imshow(images[k])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor("0.55")
+            spine.set_linewidth(1.0)
+        if titles is not None:
+            ax.set_title(titles[k], fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def draw_box(ax: Axes, box: Sequence[float] | torch.Tensor, colour: str,
              linestyle: str = "-", linewidth: float = 2.0) -> None:
     """An unfilled xyxy rectangle on a matplotlib image axis."""

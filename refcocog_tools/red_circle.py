@@ -2,8 +2,9 @@
 
 For every proposal the whole image is rendered with the background Gaussian-blurred (radius 20),
 the proposal's rectangle kept sharp and a red ellipse (3 px) drawn around it, in two variants
-(blur; blur + grayscale). Expressions become "This is <expression>". Cosine similarities are
-averaged over backbones, debiased, reduced over variants by max and over proposals by argmax.
+(blur; blur + grayscale); ``RedCircleOptions`` holds these settings and their defaults.
+Expressions become "This is <expression>". Cosine similarities are averaged over backbones,
+debiased, reduced over variants by max and over proposals by argmax.
 
 Debiasing (after Shtedritski et al., "What does CLIP know about a red circle?"), per referred
 object as in the study: for one ref, the "This is ..." prompts of that ref's own expressions are
@@ -28,6 +29,7 @@ and never defined the case: ``debias_at_zero="none"`` (the default) skips the su
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,6 @@ import torch
 from PIL import Image
 
 from .backbones import ClipBackbone
-from .baseline import box_key, request_embeddings
 from .methods import EncodeRequest
 from .prediction import Prediction
 from .prompt_cache import EmbeddingCache, image_fingerprint, params_key
@@ -47,9 +48,16 @@ from .render import (
     check_preprocess,
     prompt_inputs,
 )
-from .visual_prompts import VARIANTS, render_variants
+from .scoring import box_key, request_embeddings
+from .visual_prompts import (
+    DEFAULT_BLUR_RADIUS,
+    DEFAULT_COLOUR,
+    DEFAULT_WIDTH,
+    STUDY_VARIANTS,
+    VARIANTS,
+    render_variants,
+)
 
-STUDY_VARIANTS = ("blur", "blur_gray")
 DEBIAS_AT_ZERO = ("none", "own-prompts")
 VARIANT_FUSIONS = ("max", "mean")
 
@@ -87,6 +95,55 @@ def debias_explicit(full_sim: torch.Tensor, n_expressions: int) -> torch.Tensor:
     return (full_sim - full_sim.mean(dim=0))[:n_expressions]
 
 
+@dataclass(frozen=True)
+class RedCircleOptions:
+    """Everything a red-circle run can change, with the study's values as defaults.
+
+    The one place these defaults are written: the command line (``evaluate``, ``bench``) and the
+    chapters' parameters read them from here. The drawing defaults are the rendering's own (the
+    study's tuned 6.2 values in ``visual_prompts``), so a bare ``render_variants`` call and a
+    default red-circle draw the same prompt.
+    """
+
+    variants: tuple[str, ...] = STUDY_VARIANTS
+    blur_radius: float = DEFAULT_BLUR_RADIUS
+    stroke_colour: str = DEFAULT_COLOUR
+    stroke_width: int = DEFAULT_WIDTH
+    marker: str = "ellipse"
+    prefix: str = "This is "
+    n_debias: int = 5000
+    debias_at_zero: str = "none"
+    variant_fusion: str = "max"
+    area_filter: float | None = None
+    class_prior: bool = False
+    class_prompt: str = "A photo of a {}"
+    render_size: int | None = None
+    render_backend: str = DEFAULT_RENDER_BACKEND
+    preprocess: str = DEFAULT_PREPROCESS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "variants", tuple(self.variants))
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, "
+                             f"got {self.variants}")
+        if self.variant_fusion not in VARIANT_FUSIONS:
+            raise ValueError(f"variant_fusion must be one of {VARIANT_FUSIONS}")
+        if self.debias_at_zero not in DEBIAS_AT_ZERO:
+            raise ValueError(f"debias_at_zero must be one of {DEBIAS_AT_ZERO}")
+        if self.render_backend not in RENDER_BACKENDS:
+            raise ValueError(f"render_backend must be one of {RENDER_BACKENDS}, "
+                             f"got {self.render_backend!r}")
+        check_preprocess(self.preprocess)
+
+    def render_params(self) -> dict[str, Any]:
+        """The drawing options by the names the renderers (``render_variants``,
+        ``render.prompt_inputs``) and the cache keys use."""
+        return {"colour": self.stroke_colour, "width": self.stroke_width,
+                "blur_radius": self.blur_radius, "marker": self.marker,
+                "target_size": self.render_size}
+
+
 class RedCircle:
     """Visual prompts (marker + blurred background) with "This is ..." text prompts."""
 
@@ -97,56 +154,31 @@ class RedCircle:
         backbones: Sequence[ClipBackbone],
         debias_pool: Sequence[str] = (),
         cache: EmbeddingCache | None = None,
+        options: RedCircleOptions = RedCircleOptions(),
         *,
-        variants: Sequence[str] = STUDY_VARIANTS,
-        blur_radius: float = 20.0,
-        stroke_colour: str = "red",
-        stroke_width: int = 3,
-        marker: str = "ellipse",
-        prefix: str = "This is ",
-        n_debias: int = 5000,
         debias_seed: int = 0,
-        debias_at_zero: str = "none",
-        variant_fusion: str = "max",
-        area_filter: float | None = None,
-        class_prior: bool = False,
-        class_prompt: str = "A photo of a {}",
-        render_size: int | None = None,
-        render_backend: str = DEFAULT_RENDER_BACKEND,
-        preprocess: str = DEFAULT_PREPROCESS,
     ) -> None:
         if not backbones:
             raise ValueError("red-circle needs at least one CLIP backbone")
-        unknown = [v for v in variants if v not in VARIANTS]
-        if unknown or not variants:
-            raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {variants}")
-        if variant_fusion not in VARIANT_FUSIONS:
-            raise ValueError(f"variant_fusion must be one of {VARIANT_FUSIONS}")
-        if debias_at_zero not in DEBIAS_AT_ZERO:
-            raise ValueError(f"debias_at_zero must be one of {DEBIAS_AT_ZERO}")
-        if render_backend not in RENDER_BACKENDS:
-            raise ValueError(f"render_backend must be one of {RENDER_BACKENDS}, "
-                             f"got {render_backend!r}")
-        self.render_backend = render_backend
-        self.preprocess = check_preprocess(preprocess)
+        self.options = options
+        self.render_backend = options.render_backend
+        self.preprocess = options.preprocess
         self.backbones = list(backbones)
         self.cache = cache or EmbeddingCache()
-        self.variants = tuple(variants)
-        self.render_params = {"colour": stroke_colour, "width": stroke_width,
-                              "blur_radius": blur_radius, "marker": marker,
-                              "target_size": render_size}
-        self.prefix = prefix
-        self.variant_fusion = variant_fusion
-        self.area_filter = area_filter
-        self.class_prior = class_prior
-        self.class_prompt = class_prompt
+        self.variants = options.variants
+        self.render_params = options.render_params()
+        self.prefix = options.prefix
+        self.variant_fusion = options.variant_fusion
+        self.area_filter = options.area_filter
+        self.class_prior = options.class_prior
+        self.class_prompt = options.class_prompt
         self.debias_seed = debias_seed
-        self.debias_at_zero = debias_at_zero
+        self.debias_at_zero = options.debias_at_zero
         self.debias_pool_size = len(debias_pool)
-        self.debias_sentences = sample_debias_sentences(debias_prompt_pool(debias_pool, prefix),
-                                                        n_debias, debias_seed)
+        self.debias_sentences = sample_debias_sentences(
+            debias_prompt_pool(debias_pool, options.prefix), options.n_debias, debias_seed)
         # Subtract a column mean at all: always with samples, at N = 0 only when asked.
-        self.debiased = bool(self.debias_sentences) or debias_at_zero == "own-prompts"
+        self.debiased = bool(self.debias_sentences) or options.debias_at_zero == "own-prompts"
         # Per backbone: the mean of the normalised debias text embeddings (D,).
         self.debias_means = [
             self.cache.texts(b, self.debias_sentences).mean(dim=0)

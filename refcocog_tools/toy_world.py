@@ -76,9 +76,9 @@ def evaluate_toy_methods(
     from .backbones import load_clips
     from .dataset import RefCOCOg
     from .evaluate import evaluate
-    from .methods import make_method
     from .prompt_cache import EmbeddingCache
     from .proposals import make_proposer
+    from .registry import make_method
 
     dataset = RefCOCOg(data_root, split, view="expression")
     backbones = load_clips(clip, device=device, cache=model_cache)

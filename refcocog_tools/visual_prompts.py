@@ -1,4 +1,4 @@
-"""Visual prompts: crops, markers, blurred/grayscale backgrounds, colour codes and tints.
+"""Visual prompts: crops, markers and blurred/grayscale backgrounds around a proposal.
 
 These reproduce the image edits of the original study:
 
@@ -7,31 +7,27 @@ These reproduce the image edits of the original study:
   rectangle is blurred (Gaussian, radius 20 px) and/or turned grayscale. ``render_variant``
   does this the straightforward way, one proposal at a time; ``render_variants`` computes the
   blurred / grayscale backgrounds once per image and gives the same pixels.
-* 6.1.1: the background outside a proposal is painted with a colour that codes the position
-  of the proposal's centre on a 3x3 grid, and the expression is augmented with colour words.
-* 6.1.2: the proposal's crop is tinted red (left half) or green (right half) and the
-  expression gets " with a red/green overlay".
+
+The colour encodings of position (6.1.1 and 6.1.2: painted backgrounds, tints and their
+prompts) are one idea with their methods, in ``colour_encodings``.
 
 Boxes are ``(x1, y1, x2, y2)`` pixel coordinates (floats allowed), as everywhere in the package.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, get_args
 
 import torch
 from PIL import Image, ImageDraw, ImageFilter
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 Box = tuple[float, float, float, float]
 BoxLike = Sequence[float] | torch.Tensor
 Colour = str | tuple[int, int, int]
 Variant = Literal["marker", "blur", "gray", "blur_gray"]
 MarkerShape = Literal["ellipse", "rectangle", "none"]
+MARKER_SHAPES: tuple[str, ...] = get_args(MarkerShape)
 WindowShape = Literal["rectangle", "ellipse"]
 
 VARIANTS: tuple[str, ...] = ("marker", "blur", "gray", "blur_gray")
@@ -64,7 +60,8 @@ def _boxes(boxes: torch.Tensor | Iterable[BoxLike]) -> list[Box]:
     return [as_box(b) for b in boxes]
 
 
-def _rgb(image: Image.Image) -> Image.Image:
+def as_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB (the image itself when it already is)."""
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -106,7 +103,7 @@ def _draw_marker_inplace(
         raise ValueError(f"marker shape must be 'ellipse', 'rectangle' or 'none', got {shape!r}")
 
 
-def _window_mask(size: tuple[int, int], box: Box, window: str) -> Image.Image:
+def window_mask(size: tuple[int, int], box: Box, window: str) -> Image.Image:
     """The sharp region of a proposal, drawn exactly as the study drew it (PIL mask)."""
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
@@ -159,7 +156,7 @@ def _composite(
     """
     result = background.copy()
     if variant != "marker":
-        mask = _window_mask(image.size, box, window)
+        mask = window_mask(image.size, box, window)
         if not region_only:
             result.paste(image, mask=mask)  # the study's operation
         elif (bbox := mask.getbbox()) is not None:
@@ -187,7 +184,7 @@ def render_variant(
     call; ``render_variants`` gives the same pixels for many proposals much faster.
     """
     _check_variant(variant)
-    image = _rgb(image)
+    image = as_rgb(image)
     box = as_box(box)
     background = _background(image, variant, blur_radius)
     return _composite(image, background, box, variant, colour, width, marker, window)
@@ -222,7 +219,7 @@ def render_variants(
     """
     for variant in variants:
         _check_variant(variant)
-    image = _rgb(image)
+    image = as_rgb(image)
     box_list = _boxes(boxes)
     if target_size is not None:
         if target_size <= 0:
@@ -267,178 +264,8 @@ def _window_patch(image: Image.Image, box: Box, window: str
     its bounding box). A filled rectangle is 255 everywhere inside its bounding box, so for
     rectangular windows the mask is dropped and the paste is a plain copy of the rows.
     """
-    mask = _window_mask(image.size, box, window)
+    mask = window_mask(image.size, box, window)
     bbox = mask.getbbox()
     if bbox is None:
         return None
     return image.crop(bbox), bbox[:2], (None if window == "rectangle" else mask.crop(bbox))
-
-
-# ----------------------------------------------------------------------------------------------
-# 6.1.1: position coded as a background colour
-# ----------------------------------------------------------------------------------------------
-LUT_RGB: dict[str, tuple[int, int, int]] = {
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "magenta": (255, 0, 255),
-    "black": (0, 0, 0),
-    "brown": (139, 69, 19),
-    "cyan": (0, 255, 255),
-    "white": (255, 255, 255),
-}
-# Rows top/middle/bottom, columns left/centre/right (the study's table).
-LUT_GRID: tuple[tuple[str, str, str], ...] = (
-    ("blue", "yellow", "red"),
-    ("green", "magenta", "black"),
-    ("brown", "cyan", "white"),
-)
-# Normalised centroid cuts; a centroid exactly on a cut belongs to the lower cell (<=).
-LUT_X_CUTS = (0.35, 0.65)
-LUT_Y_CUTS = (0.33, 0.67)
-
-
-def _cell(value: float, cuts: tuple[float, float]) -> int:
-    return 0 if value <= cuts[0] else 1 if value <= cuts[1] else 2
-
-
-def lut_colour(box: BoxLike, size: tuple[int, int]) -> tuple[str, tuple[int, int, int]]:
-    """The study's colour for a proposal: 3x3 grid cell of its normalised centroid."""
-    x1, y1, x2, y2 = as_box(box)
-    width, height = size
-    cx = (x1 + x2) / 2 / width
-    cy = (y1 + y2) / 2 / height
-    name = LUT_GRID[_cell(cy, LUT_Y_CUTS)][_cell(cx, LUT_X_CUTS)]
-    return name, LUT_RGB[name]
-
-
-def paint_background(image: Image.Image, box: BoxLike, rgb: tuple[int, int, int] | None = None
-                     ) -> Image.Image:
-    """Everything outside ``box``'s rectangle set to ``rgb`` (default: the LUT colour)."""
-    image = _rgb(image)
-    box = as_box(box)
-    if rgb is None:
-        rgb = lut_colour(box, image.size)[1]
-    result = Image.new("RGB", image.size, tuple(rgb))
-    result.paste(image, mask=_window_mask(image.size, box, "rectangle"))
-    return result
-
-
-# Colours of a grid column (left/right) or row (above = top, below = bottom).
-KEYWORD_COLOURS: dict[str, tuple[str, str, str]] = {
-    "left": tuple(row[0] for row in LUT_GRID),
-    "right": tuple(row[2] for row in LUT_GRID),
-    "above": LUT_GRID[0],
-    "below": LUT_GRID[2],
-}
-_TOKEN = re.compile(r"[a-z]+")
-
-
-def colour_prompts(sentence: str) -> list[str]:
-    """The study's colour-augmented expressions (6.1.1); the plain sentence comes first.
-
-    For each of the keywords left / right / above / below present as a word, three colours
-    (the grid column or row the keyword points at) each give two prompts,
-    ``"{text}. The image has a {colour} background"`` and ``"{colour}. {text}"``. For above /
-    below, ``text`` is the sentence cut before the keyword (the part naming the object);
-    for left / right it is the whole sentence.
-    """
-    prompts = [sentence]
-    tokens = set(_TOKEN.findall(sentence.lower()))
-    for keyword, colours in KEYWORD_COLOURS.items():
-        if keyword not in tokens:
-            continue
-        text = sentence
-        if keyword in ("above", "below"):
-            match = re.search(rf"\b{keyword}\b", sentence, flags=re.IGNORECASE)
-            text = sentence[: match.start()].strip() if match else sentence
-        for colour in colours:
-            prompts.append(f"{text}. The image has a {colour} background")
-            prompts.append(f"{colour}. {text}")
-    return prompts
-
-
-# ----------------------------------------------------------------------------------------------
-# 6.1.2: red / green tint by horizontal position
-# ----------------------------------------------------------------------------------------------
-OVERLAY_RGBA: dict[str, tuple[int, int, int, int]] = {
-    "left": (255, 0, 0, 128),  # red, alpha 0.5
-    "right": (0, 255, 0, 128),  # green, alpha 0.5
-    "centre": (0, 0, 0, 0),  # no tint
-}
-
-
-def overlay_side(box: BoxLike, size: tuple[int, int]) -> str:
-    """``"left"``/``"right"``/``"centre"``: where the box centroid lies w.r.t. the middle."""
-    x1, _, x2, _ = as_box(box)
-    cx = (x1 + x2) / 2 / size[0]
-    return "left" if cx < 0.5 else "right" if cx > 0.5 else "centre"
-
-
-def tint_crop(image: Image.Image, box: BoxLike, side: str | None = None) -> Image.Image:
-    """The crop of ``box`` alpha-composited with the tint of its side (RGB result).
-
-    ``side`` overrides the side computed from the box centroid (``overlay_side``).
-    """
-    side = overlay_side(box, image.size) if side is None else side
-    if side not in OVERLAY_RGBA:
-        raise ValueError(f"side must be one of {tuple(OVERLAY_RGBA)}, got {side!r}")
-    region = crop(image, box).convert("RGBA")
-    tint = Image.new("RGBA", region.size, OVERLAY_RGBA[side])
-    # The crop is opaque, so the composite is opaque too and RGB loses nothing.
-    return Image.alpha_composite(region, tint).convert("RGB")
-
-
-def overlay_prompt(sentence: str) -> str:
-    """The study's prompt for tinted crops: mention the tint a 'left'/'right' object has.
-
-    Like the study, this tests for the substring (so e.g. "leftmost" counts) and 'left' wins
-    when both occur.
-    """
-    lowered = sentence.lower()
-    if "left" in lowered:
-        return sentence + " with a red overlay"
-    if "right" in lowered:
-        return sentence + " with a green overlay"
-    return sentence
-
-
-# ----------------------------------------------------------------------------------------------
-# Figures for the book
-# ----------------------------------------------------------------------------------------------
-def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = None,
-                 width: float = 3.2, columns: int | None = None) -> Figure:
-    """A matplotlib figure showing ``images`` in a row (or a grid of ``columns``).
-
-    Each image gets a thin grey frame, so that a white or pale picture keeps its edges on a
-    white page.
-    """
-    import matplotlib.pyplot as plt  # lazy: plotting is only needed for the book
-
-    if not images:
-        raise ValueError("side_by_side needs at least one image")
-    if titles is not None and len(titles) != len(images):
-        raise ValueError(f"{len(titles)} titles for {len(images)} images")
-    columns = min(columns or len(images), len(images))
-    rows = -(-len(images) // columns)
-    aspect = max(im.size[1] / im.size[0] for im in images)
-    # Room for a (possibly two-line) title above every row, so titles never cover images.
-    title_room = 0.45 * rows if titles is not None else 0.2
-    fig, axes = plt.subplots(rows, columns,
-                             figsize=(width * columns, width * aspect * rows + title_room),
-                             squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k >= len(images):
-            ax.axis("off")
-            continue
-        ax.imshow(images[k])
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_edgecolor("0.55")
-            spine.set_linewidth(1.0)
-        if titles is not None:
-            ax.set_title(titles[k], fontsize=10)
-    fig.tight_layout()
-    return fig

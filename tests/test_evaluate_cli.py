@@ -51,7 +51,7 @@ def test_evaluate_with_a_missing_named_model_fails_fast(tmp_path, mini_data, iso
 
 
 def test_honesty_label_names_ground_truth_proposals_even_on_real_data() -> None:
-    from refcocog_tools.evaluate import honesty_label
+    from refcocog_tools.results import honesty_label
 
     assert honesty_label({"ground_truth_proposals": True}) == (
         "  [ground-truth boxes: an upper bound, not the study's detector setting]")

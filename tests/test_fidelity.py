@@ -12,6 +12,7 @@ from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals import GroundTruthProposer
 from refcocog_tools.red_circle import (
     RedCircle,
+    RedCircleOptions,
     debias_explicit,
     debias_prompt_pool,
     sample_debias_sentences,
@@ -52,8 +53,8 @@ def test_debias_sample_is_default_rng_choice_over_the_documented_pool(mini_data,
 
 
 def test_method_draws_the_same_sample(tiny_rn, train_expressions) -> None:
-    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(), n_debias=25,
-                       debias_seed=42)
+    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(),
+                       RedCircleOptions(n_debias=25), debias_seed=42)
     pool = ["This is " + s for s in train_expressions]
     assert method.debias_sentences == list(np.random.default_rng(42).choice(pool, 25))
     assert "default_rng(42)" in method.config()["debias"]
@@ -64,8 +65,8 @@ def test_method_draws_the_same_sample(tiny_rn, train_expressions) -> None:
 def test_an_expression_gets_the_same_answer_alone_or_with_its_image(
         shared_image, tiny_rn, train_expressions, batch_size, n_debias, at_zero) -> None:
     """Evaluated with its image's other refs or with its own ref alone: same rows."""
-    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(), n_debias=n_debias,
-                       debias_at_zero=at_zero)
+    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(),
+                       RedCircleOptions(n_debias=n_debias, debias_at_zero=at_zero))
     together = evaluate_groups([shared_image], method, GroundTruthProposer(),
                                batch_size=batch_size)
     for ref_id in {it.ref_id for it in shared_image}:
@@ -78,8 +79,8 @@ def test_an_expression_gets_the_same_answer_alone_or_with_its_image(
 def test_the_per_image_mean_would_differ(shared_image, tiny_rn, train_expressions) -> None:
     """The property above is not vacuous: one column mean over the whole image's expressions
     (the old grouping) changes the scores of a ref."""
-    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(), n_debias=0,
-                       debias_at_zero="own-prompts")
+    method = RedCircle([tiny_rn], train_expressions, EmbeddingCache(),
+                       RedCircleOptions(n_debias=0, debias_at_zero="own-prompts"))
     image, proposals = shared_image[0].image, GroundTruthProposer()(shared_image[0])
     first = shared_image[0].ref_id
     own = [it.sentence for it in shared_image if it.ref_id == first]
@@ -92,8 +93,10 @@ def test_n_debias_zero_skips_or_applies_the_study_formula(test_split, tiny_rn) -
     item = test_split[0]
     own = [it.sentence for it in test_split if it.ref_id == item.ref_id]
     proposals = GroundTruthProposer()(item)
-    none = RedCircle([tiny_rn], (), render_backend="pil", n_debias=0)
-    study = RedCircle([tiny_rn], (), render_backend="pil", n_debias=0, debias_at_zero="own-prompts")
+    none = RedCircle([tiny_rn], (), None, RedCircleOptions(render_backend="pil", n_debias=0))
+    study = RedCircle([tiny_rn], (), None,
+                      RedCircleOptions(render_backend="pil", n_debias=0,
+                                       debias_at_zero="own-prompts"))
     text = tiny_rn.encode_texts(["This is " + e for e in own])
     visual = tiny_rn.encode_images(none.render(item.image, proposals.boxes))
     raw = (text @ visual.T).reshape(len(own), len(proposals), 2)
@@ -109,8 +112,10 @@ def test_n_debias_zero_skips_or_applies_the_study_formula(test_split, tiny_rn) -
 def test_variant_fusion_mean(test_split, tiny_rn) -> None:
     item = test_split[0]
     proposals = GroundTruthProposer()(item)
-    by_max = RedCircle([tiny_rn], (), render_backend="pil", n_debias=0)
-    by_mean = RedCircle([tiny_rn], (), render_backend="pil", n_debias=0, variant_fusion="mean")
+    by_max = RedCircle([tiny_rn], (), None, RedCircleOptions(render_backend="pil", n_debias=0))
+    by_mean = RedCircle([tiny_rn], (), None,
+                        RedCircleOptions(render_backend="pil", n_debias=0,
+                                         variant_fusion="mean"))
     text = tiny_rn.encode_texts(["This is " + item.sentence])
     visual = tiny_rn.encode_images(by_max.render(item.image, proposals.boxes))
     raw = (text @ visual.T).reshape(1, len(proposals), 2)
@@ -118,7 +123,9 @@ def test_variant_fusion_mean(test_split, tiny_rn) -> None:
                                raw.mean(-1), atol=1e-5, rtol=1e-4)
     assert by_mean.config()["variant_fusion"] == "mean"
     with pytest.raises(ValueError, match="variant_fusion"):
-        RedCircle([tiny_rn], (), render_backend="pil", n_debias=0, variant_fusion="median")
+        RedCircle([tiny_rn], (), None,
+                  RedCircleOptions(render_backend="pil", n_debias=0,
+                                   variant_fusion="median"))
 
 
 @pytest.fixture

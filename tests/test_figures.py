@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from refcocog_tools import figures
+from refcocog_tools.colour_encodings import LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS
 from refcocog_tools.reported import reported_value
-from refcocog_tools.visual_prompts import LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS
 
 matplotlib.use("Agg")
 
@@ -169,3 +169,16 @@ def test_study_vs_build_puts_the_study_number_and_scope_beside_this_build() -> N
     assert table.loc[1, "this build configuration"].startswith("synthetic dataset (test)")
     fig = figures.study_vs_build_chart(table)
     assert len(fig.axes[0].patches) == 4
+
+
+def test_side_by_side_figure() -> None:
+    images = [Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue"),
+              Image.new("RGB", (32, 32), "white")]
+    fig = figures.side_by_side(images, ["a", "b", "c"])
+    axes = [ax for ax in fig.axes if ax.images]
+    assert len(axes) == 3 and [ax.get_title() for ax in axes] == ["a", "b", "c"]
+    with pytest.raises(ValueError):
+        figures.side_by_side(images, ["only one"])
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

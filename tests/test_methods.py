@@ -10,15 +10,16 @@ from PIL import Image, ImageFilter
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate, group_by_image
 from refcocog_tools.gradcam import GradCam, box_from_map
-from refcocog_tools.methods import make_method
 from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals import GroundTruthProposer, Proposals
 from refcocog_tools.red_circle import (
     RedCircle,
+    RedCircleOptions,
     debias_explicit,
     debias_fast,
     sample_debias_sentences,
 )
+from refcocog_tools.registry import make_method
 from refcocog_tools.visual_prompts import render_variant
 
 CLIP_METHODS = ("baseline", "color-background", "color-overlay", "red-circle", "gradcam")
@@ -75,7 +76,8 @@ def test_red_circle_debias_matches_the_study_form(test_split, tiny_rn, tiny_vit,
     """The method's scores equal the (E + N) x V matrix computation, per backbone, averaged."""
     item = test_split[0]
     proposals = GroundTruthProposer()(item)
-    method = RedCircle([tiny_rn, tiny_vit], pool, n_debias=30, debias_seed=4, render_backend="pil")
+    method = RedCircle([tiny_rn, tiny_vit], pool, None,
+                       RedCircleOptions(n_debias=30, render_backend="pil"), debias_seed=4)
     expressions = [i.sentence for i in test_split if i.image_id == item.image_id]
     scores, keep = method.scores(item.image, expressions, proposals)
     prompts = ["This is " + e for e in expressions] + method.debias_sentences
@@ -139,7 +141,7 @@ def test_area_filter_never_picks_a_near_whole_image_box(test_split, tiny_rn) -> 
     w, h = item.image_size
     boxes = torch.tensor([[0, 0, w, h], list(item.box)], dtype=torch.float32)
     proposals = Proposals(boxes=boxes, labels=[None, None])
-    method = RedCircle([tiny_rn], (), area_filter=0.8, n_debias=0)
+    method = RedCircle([tiny_rn], (), None, RedCircleOptions(area_filter=0.8, n_debias=0))
     prediction = method.predict(item.image, [item.sentence, "anything"], proposals)
     assert prediction.chosen.tolist() == [1, 1]
     assert torch.isinf(prediction.scores[:, 0]).all()
@@ -148,8 +150,9 @@ def test_area_filter_never_picks_a_near_whole_image_box(test_split, tiny_rn) -> 
 def test_class_prior_reweights_by_label(test_split, tiny_rn) -> None:
     item = test_split[0]
     proposals = GroundTruthProposer()(item)
-    plain = RedCircle([tiny_rn], (), n_debias=0).scores(item.image, [item.sentence], proposals)[0]
-    prior = RedCircle([tiny_rn], (), n_debias=0, class_prior=True)
+    unweighted = RedCircle([tiny_rn], (), None, RedCircleOptions(n_debias=0))
+    plain = unweighted.scores(item.image, [item.sentence], proposals)[0]
+    prior = RedCircle([tiny_rn], (), None, RedCircleOptions(n_debias=0, class_prior=True))
     weighted = prior.scores(item.image, [item.sentence], proposals)[0]
     text = tiny_rn.encode_texts(["This is " + item.sentence])
     labels = tiny_rn.encode_texts([f"A photo of a {lab}" for lab in proposals.labels])
@@ -264,8 +267,8 @@ def test_cache_shards_write_only_their_own_entries(tmp_path, tiny_rn) -> None:
 
 
 def test_both_spellings_of_colour_name_the_same_method() -> None:
-    from refcocog_tools.evaluate import add_common_arguments
-    from refcocog_tools.methods import canonical_method
+    from refcocog_tools.evaluate_cli import add_common_arguments
+    from refcocog_tools.registry import canonical_method
 
     assert canonical_method("colour-overlay") == "color-overlay"
     assert canonical_method("colour-background") == "color-background"

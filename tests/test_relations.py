@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from refcocog_tools.dataset import INSTANCES_FILE, RefCOCOg
-from refcocog_tools.methods import make_method
 from refcocog_tools.minidata import (
     EXPRESSION_TYPES,
     expression_type,
@@ -19,6 +18,7 @@ from refcocog_tools.minidata import (
     scene_objects,
 )
 from refcocog_tools.proposals import GroundTruthProposer, Proposals
+from refcocog_tools.registry import make_method
 from refcocog_tools.relations import (
     RelationsMethod,
     label_factor,
@@ -268,7 +268,7 @@ def test_audit_type_table_and_figure(mini_data: Path) -> None:
 
 def test_evaluate_and_bench_draw_the_debias_pool_for_a_red_circle_scorer(tmp_path: Path) -> None:
     from refcocog_tools.cli import build_parser
-    from refcocog_tools.evaluate import uses_debias_pool
+    from refcocog_tools.evaluate_cli import uses_debias_pool
 
     def parsed(*extra: str):
         return build_parser().parse_args(["evaluate", "--out", str(tmp_path / "r.json"),

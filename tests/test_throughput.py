@@ -15,7 +15,7 @@ from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate_groups, group_by_image
 from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals import GroundTruthProposer
-from refcocog_tools.red_circle import RedCircle
+from refcocog_tools.red_circle import RedCircle, RedCircleOptions
 
 # Ten proposals with fractional, border-touching, degenerate and out-of-image coordinates.
 BOXES = [
@@ -63,7 +63,8 @@ def _only_cache_hits(method) -> None:
 
 
 def _red_circle(backbones, pool) -> RedCircle:
-    return RedCircle(backbones, pool, EmbeddingCache(), n_debias=30, debias_seed=2)
+    return RedCircle(backbones, pool, EmbeddingCache(),
+                     RedCircleOptions(n_debias=30), debias_seed=2)
 
 
 @pytest.mark.parametrize("options", [{"batch_size": 1}, {"batch_size": 64},
@@ -81,7 +82,7 @@ def test_batched_engine_gives_the_unbatched_predictions(options, groups, mini_da
 
 
 def test_plain_engine_with_workers_for_other_methods(groups, tiny_rn) -> None:
-    from refcocog_tools.methods import make_method
+    from refcocog_tools.registry import make_method
 
     reference = evaluate_groups(groups, make_method("baseline", [tiny_rn]), GroundTruthProposer())
     rows = evaluate_groups(groups, make_method("baseline", [tiny_rn]), GroundTruthProposer(),

@@ -31,11 +31,11 @@ from refcocog_tools.backbones import load_clips
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
 from refcocog_tools.figures import expression_type_table
-from refcocog_tools.methods import make_method
 from refcocog_tools.minidata import EXPRESSION_TYPES, write_mini_dataset
 from refcocog_tools.prediction import Prediction
 from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals import Proposals, make_proposer
+from refcocog_tools.registry import make_method
 from refcocog_tools.toy_world import TOY_METHODS, evaluate_toy_methods, random_floor
 
 WORLD_SEED = 7

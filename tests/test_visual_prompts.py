@@ -1,4 +1,4 @@
-"""Visual prompts: pixel-exact fast path, study parameters, colour LUT, prompts and tints."""
+"""Visual prompts: pixel-exact fast path, study parameters, crops and markers."""
 
 from __future__ import annotations
 
@@ -108,80 +108,3 @@ def test_crop_rounds_and_is_never_empty() -> None:
     assert vp.crop(image, (10.4, 5.6, 20.5, 15.0)).size == (10, 9)
     assert vp.crop(image, (7.0, 7.0, 7.0, 7.0)).size == (1, 1)
     assert _same(vp.crop(image, (3, 4, 13, 9)), image.crop((3, 4, 13, 9)))
-
-
-@pytest.mark.parametrize(("centre", "name"), [
-    ((0.1, 0.1), "blue"), ((0.5, 0.1), "yellow"), ((0.9, 0.1), "red"),
-    ((0.1, 0.5), "green"), ((0.5, 0.5), "magenta"), ((0.9, 0.5), "black"),
-    ((0.1, 0.9), "brown"), ((0.5, 0.9), "cyan"), ((0.9, 0.9), "white"),
-    ((0.35, 0.33), "blue"),  # on the cuts: the lower cell
-    ((0.36, 0.34), "magenta"),
-])
-def test_lut_colour_grid(centre: tuple[float, float], name: str) -> None:
-    cx, cy = centre[0] * 200, centre[1] * 100
-    got, rgb = vp.lut_colour((cx - 2, cy - 2, cx + 2, cy + 2), (200, 100))
-    assert got == name and rgb == vp.LUT_RGB[name]
-
-
-def test_lut_rgb_values() -> None:
-    assert vp.LUT_RGB["brown"] == (139, 69, 19) and vp.LUT_RGB["magenta"] == (255, 0, 255)
-    assert len(set(vp.LUT_RGB.values())) == 9
-
-
-def test_paint_background() -> None:
-    image = _image()
-    out = np.asarray(vp.paint_background(image, (10, 10, 20, 20), (0, 255, 0)))
-    assert (out[0, 0] == (0, 255, 0)).all() and (out[30:, 30:] == (0, 255, 0)).all()
-    assert np.array_equal(out[10:21, 10:21], np.asarray(image)[10:21, 10:21])
-    # Default colour: the LUT colour of the box (top-left -> blue).
-    assert vp.paint_background(image, (0, 0, 5, 5)).getpixel((60, 40)) == (0, 0, 255)
-
-
-def test_colour_prompts() -> None:
-    assert vp.colour_prompts("a red car") == ["a red car"]
-    left = vp.colour_prompts("the man on the left")
-    assert left[0] == "the man on the left" and len(left) == 7
-    assert left[1] == "the man on the left. The image has a blue background"
-    assert left[2] == "blue. the man on the left"
-    assert {p.split(".")[0] for p in left[2::2]} == {"blue", "green", "brown"}
-    above = vp.colour_prompts("the lamp above the table")
-    assert above[1:3] == ["the lamp. The image has a blue background", "blue. the lamp"]
-    assert above[-1] == "red. the lamp"
-    below = vp.colour_prompts("cat below the chair")
-    assert [p.split(".")[0] for p in below[2::2]] == ["brown", "cyan", "white"]
-    both = vp.colour_prompts("right cup above the plate")
-    assert len(both) == 13 and both[1].endswith("red background") and both[-1] == "red. right cup"
-    # Substrings are not keywords: "leftover" is not "left".
-    assert vp.colour_prompts("leftover pizza") == ["leftover pizza"]
-
-
-def test_tint_crop_sides() -> None:
-    image = Image.new("RGB", (100, 50), (0, 0, 255))
-    left = vp.tint_crop(image, (0, 0, 20, 20))
-    assert left.mode == "RGB" and left.size == (20, 20)
-    r, g, b = left.getpixel((5, 5))
-    assert r > 100 and g == 0 and b < 200  # blue mixed with half red
-    r, g, b = vp.tint_crop(image, (80, 0, 100, 20)).getpixel((5, 5))
-    assert g > 100 and r == 0
-    assert vp.tint_crop(image, (40, 0, 60, 20)).getpixel((5, 5)) == (0, 0, 255)  # centred
-    assert vp.overlay_side((40, 0, 60, 20), (100, 50)) == "centre"
-    assert vp.tint_crop(image, (40, 0, 60, 20), side="left").getpixel((5, 5))[0] > 100
-
-
-def test_overlay_prompt() -> None:
-    assert vp.overlay_prompt("man on the left") == "man on the left with a red overlay"
-    assert vp.overlay_prompt("dog right side") == "dog right side with a green overlay"
-    assert vp.overlay_prompt("left of the right dog").endswith("red overlay")
-    assert vp.overlay_prompt("a dog") == "a dog"
-
-
-def test_side_by_side_figure() -> None:
-    images = [_image(), _image(seed=1), _image(32, 32)]
-    fig = vp.side_by_side(images, ["a", "b", "c"])
-    axes = [ax for ax in fig.axes if ax.images]
-    assert len(axes) == 3 and [ax.get_title() for ax in axes] == ["a", "b", "c"]
-    with pytest.raises(ValueError):
-        vp.side_by_side(images, ["only one"])
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
