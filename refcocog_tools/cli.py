@@ -118,19 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .backbones import BackboneError
     from .dataset import DatasetError
+    from .embedding_files import EmbeddingCacheError
+    from .io_utils import UnreadableFileError
+    from .regressors import RegressorError
 
     args = build_parser().parse_args(argv)
-    expected: tuple[type[Exception], ...] = (DatasetError, LayoutError, OutputPathError)
-    try:
-        from .backbones import BackboneError
-        from .embedding_files import EmbeddingCacheError
-        from .io_utils import UnreadableFileError
-        from .regressors import RegressorError
-
-        expected += (BackboneError, EmbeddingCacheError, RegressorError, UnreadableFileError)
-    except ImportError:  # the backbones need torch/clip; the dataset commands do not
-        pass
+    # Errors a user can fix (a bad file, a bad path, a missing checkpoint) end in one line.
+    expected = (BackboneError, DatasetError, EmbeddingCacheError, LayoutError, OutputPathError,
+                RegressorError, UnreadableFileError)
     try:
         return int(args.func(args) or 0)
     except expected as err:
