@@ -16,6 +16,13 @@ Two comparisons back the throughput targets:
   scratch and calling the image encoder with its two visual prompts, no cache, against the
   engine's batched path; the predictions of both are compared too.
 
+``--compile MODE`` wraps every CLIP image tower in ``torch.compile(mode=MODE)`` before any
+stage runs ("reduce-overhead" adds CUDA graphs on a GPU), so a run with and one without it
+say whether compiling pays. Compilation happens at the first call of each new batch shape,
+inside the first timed stage that meets it (``encode``, and the end-to-end runs for their
+partial batches); the encoder ceiling measures the compiled steady state. Off by default: on a
+CPU it has not paid (the README gives the figures).
+
 ``--synthetic-workload IMAGES,PROPOSALS`` additionally times encoding IMAGES x PROPOSALS x 2
 random visual prompts with the full RN50x16 architecture (random weights unless ``--clip``
 names RN50x16): the cost of the full test split on a GPU. On a CPU it is very slow.
@@ -218,6 +225,19 @@ def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
     return stages
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_image_encoder(backbone: ClipBackbone, mode: str) -> None:
+    """Wrap ``backbone``'s image tower in ``torch.compile(mode=mode)``, in place. Compilation
+    happens at the first call of each new input shape; the weights, their dtype and layout
+    stay as loaded (float32 on a CPU)."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+    # torch.compile's wrapper forwards attribute reads (conv1, input_resolution) to the tower.
+    backbone.model.visual = torch.compile(backbone.model.visual, mode=mode)
+
+
 def encoder_ceiling(backbone: ClipBackbone, batch_size: int, batches: int = 3
                     ) -> dict[str, Any]:
     """The image encoder alone on one batch of inputs made on its device, encoded
@@ -226,15 +246,18 @@ def encoder_ceiling(backbone: ClipBackbone, batch_size: int, batches: int = 3
     gen = torch.Generator(device=backbone.device).manual_seed(0)  # the global RNG untouched
     inputs = torch.randn(batch_size, 3, resolution, resolution, device=backbone.device,
                          generator=gen)
-    backbone.encode_images(inputs, batch_size)  # warm-up (cuDNN autotuning, allocations)
+    started = time.perf_counter()
+    # Warm-up: cuDNN autotuning, allocations, and compilation under --compile.
+    backbone.encode_images(inputs, batch_size)
     _synchronize(backbone.device)
+    warmup = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(batches):
         backbone.encode_images(inputs, batch_size)
     _synchronize(backbone.device)
     seconds = time.perf_counter() - started
     return {"backbone": backbone.name, "batch_size": batch_size, "prompts": batch_size * batches,
-            "seconds": round(seconds, 4),
+            "seconds": round(seconds, 4), "warmup_seconds": round(warmup, 4),
             "visual_prompts_per_s": _rate(batch_size * batches, seconds)}
 
 
@@ -253,7 +276,8 @@ RN50X16_CONFIG: dict[str, Any] = dict(
 
 def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str,
                        batch_size: int, seed: int, architecture: dict[str, Any] | None = None,
-                       architecture_name: str = "RN50x16") -> dict[str, Any]:
+                       architecture_name: str = "RN50x16", compile_mode: str | None = None
+                       ) -> dict[str, Any]:
     """The whole red-circle pipeline on IMAGES generated on the device, PROPOSALS each.
 
     Every 640 x 480 image is made on the device as uint8 (as a decoded JPEG arrives there),
@@ -261,7 +285,8 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
     resized, centre-cropped and normalised there, and encoded in batches of ``batch_size``
     by the RN50x16 architecture (loaded weights when ``--clip`` names RN50x16, else random
     ones: the same cost). The encoder's ceiling is measured in the same run, so the ratio
-    compares like with like.
+    compares like with like. ``compile_mode``: compile a random-weight tower built here (see
+    ``compile_image_encoder``; a backbone passed in is compiled by ``run_bench``).
     """
     import clip.model
 
@@ -280,6 +305,8 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
                                 preprocess=pil_preprocess(model.visual.input_resolution),
                                 device=torch.device(device), checksum="random",
                                 checkpoint=Path("."), untrained=True)
+        if compile_mode is not None:
+            compile_image_encoder(backbone, compile_mode)
     resolution = backbone.input_resolution
     ceiling = encoder_ceiling(backbone, batch_size)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -309,6 +336,7 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
     return {"images": n_images, "proposals_per_image": n_proposals, "visual_prompts": count,
             "image_size": [640, 480], "architecture": architecture_name,
             "random_weights": backbone.untrained, "resolution": resolution,
+            "compile": compile_mode,
             "seconds": round(seconds, 3), "visual_prompts_per_s": rate,
             "images_per_s": _rate(n_images, seconds), "encoder_ceiling": ceiling,
             "share_of_ceiling": (round(rate / ceiling["visual_prompts_per_s"], 3)
@@ -325,6 +353,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     proposer = make_proposer(args.proposals, device=args.device, **detector_options(args))
     check_proposer(proposer, dataset)
     backbones = load_clips(args.clip, device=args.device) if args.clip else []
+    for backbone in backbones if args.compile else ():
+        compile_image_encoder(backbone, args.compile)
     if args.method in NEEDS_CLIP and not backbones:
         raise SystemExit(f"method {args.method} needs --clip")
     debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
@@ -346,7 +376,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "method": args.method, "clip": [b.name for b in backbones], "device": args.device,
         "proposals": proposer.name, "images": n_img, "expressions": n_expr,
-        "batch_size": args.batch_size, "workers": args.workers,
+        "batch_size": args.batch_size, "workers": args.workers, "compile": args.compile,
         "torch_threads": torch.get_num_threads(),
         "untrained": any(b.untrained for b in backbones), "data_root": str(data_root),
         # Throughput does not depend on trained weights, but say what ran all the same.
@@ -392,7 +422,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             if report["end_to_end"]["seconds"] > 0 else None)
     if args.synthetic_workload:
         report["synthetic_workload"] = synthetic_workload(
-            args.synthetic_workload, backbones, args.device, args.batch_size, args.seed)
+            args.synthetic_workload, backbones, args.device, args.batch_size, args.seed,
+            compile_mode=args.compile)
     report["memory"] = _peak_memory()
     return report
 
@@ -416,5 +447,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--synthetic-workload", metavar="IMAGES,PROPOSALS", default=None,
                         help="also time encoding IMAGES x PROPOSALS x 2 random visual prompts "
                         "with the RN50x16 architecture (e.g. 2600,10 on a GPU; slow on a CPU)")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",
+                        help="wrap the CLIP image towers in torch.compile(mode=MODE) first: "
+                        f"{', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs on a GPU); "
+                        "default off")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.set_defaults(func=_run)

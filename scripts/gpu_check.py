@@ -10,7 +10,10 @@ beside the output first: openai-clip and ultralytics read data files next to the
 which a wheel on ``sys.path`` cannot give them. Every step writes its figures into one JSON
 file, rewritten after each step, so a step that fails or runs out of time loses nothing
 before it. Sizes default to the GPU check (about 4-5 minutes on one H100); ``--small`` runs the
-same steps at sizes a CPU finishes in a few minutes (with a tiny architecture).
+same steps at sizes a CPU finishes in a few minutes (with a tiny architecture). ``--compile
+MODE`` adds a second sizing run with the image tower under ``torch.compile``: the first
+compilation falls in its encoder ceiling's warm-up (``warmup_seconds``), recompilations for
+other batch shapes inside the timed run.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=4000, help="generated dataset size")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--compile", default=None, metavar="MODE",
+                        choices=("default", "reduce-overhead", "max-autotune"),
+                        help="also run the sizing workload with the image tower in "
+                        "torch.compile(mode=MODE) (reduce-overhead: CUDA graphs), after the "
+                        "eager run, so one JSON says whether compiling pays")
     args = parser.parse_args(argv)
     if args.small:
         args.workload, args.images, args.batch_size, args.workers = "4,3", 24, 16, 0
@@ -108,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     step("sizing_workload", lambda: synthetic_workload(
         args.workload, [], device, args.batch_size, 0, architecture=architecture,
         architecture_name=name))
+    if args.compile:
+        step("sizing_workload_compiled", lambda: synthetic_workload(
+            args.workload, [], device, args.batch_size, 0, architecture=architecture,
+            architecture_name=name, compile_mode=args.compile))
     step("generated_dataset", lambda: generated_dataset(
         scratch, args.images, architecture, device, args.batch_size, args.workers))
     step("agreement", lambda: agreement(device))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,29 @@ def test_synthetic_workload_encodes_every_visual_prompt() -> None:
     assert out["encoder_ceiling"]["visual_prompts_per_s"] > 0 and out["share_of_ceiling"] > 0
     assert torch.equal(state, torch.random.get_rng_state())
     assert set(RN50X16_CONFIG) == set(TINY_CLIP_CONFIGS["tiny-rn"])  # a complete CLIP config
+
+
+def test_compile_wraps_the_image_tower_lazily_and_refuses_unknown_modes() -> None:
+    """``--compile``: the tower is wrapped (compiled at its first call, not here) and still
+    answers what the engine reads of it; a misspelt mode is refused before any work."""
+    import clip.model
+
+    from refcocog_tools.backbones import TINY_CLIP_CONFIGS, ClipBackbone
+    from refcocog_tools.bench import compile_image_encoder
+    from refcocog_tools.render import pil_preprocess
+
+    model = clip.model.CLIP(**TINY_CLIP_CONFIGS["tiny-rn"]).eval()
+    tower = model.visual
+    backbone = ClipBackbone(name="tiny", model=model, preprocess=pil_preprocess(64),
+                            device=torch.device("cpu"), checksum="x", checkpoint=Path("."),
+                            untrained=True)
+    with pytest.raises(ValueError, match="compile mode"):
+        compile_image_encoder(backbone, "fastest")
+    assert backbone.model.visual is tower
+    compile_image_encoder(backbone, "default")
+    assert backbone.model.visual is not tower
+    assert backbone.input_resolution == tower.input_resolution
+    assert backbone.model.visual.conv1.weight.dtype == torch.float32  # CPU stays float32
 
 
 class _FakeDetector:
