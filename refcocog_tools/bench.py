@@ -8,10 +8,9 @@ with ``--workers`` DataLoader processes). Every timed run uses a fresh memory-on
 
 Two comparisons back the throughput targets:
 
-* ``render``: per-proposal ``render_variant`` (blur the whole image for every proposal and
-  variant, as the study did) against ``render_variants`` (blur once, composite every proposal)
-  on images with at least 8 proposals (extra boxes are synthesised, seeded, when an image has
-  fewer), with a flag saying whether every pixel is identical.
+* ``render_backends``: the engine end to end with the tensor render backend (``torch``)
+  against the Pillow reference (``pil``), in three side-by-side pairs: median seconds, the
+  median of the pairs' speed-ups, and whether every chosen proposal is the same.
 * ``study_pattern``: the study's loop, one referred object at a time, rendering each proposal from
   scratch and calling the image encoder with its two visual prompts, no cache, against the
   engine's batched path; the predictions of both are compared too.
@@ -33,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -83,22 +83,37 @@ def _peak_memory() -> dict[str, Any]:
 
 
 def bench_backends(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
-                   make_with_backend: Any, batch_size: int, workers: int) -> dict[str, Any]:
-    """The engine end to end with each render backend (torch, the Pillow reference): seconds,
-    rates, whether every chosen proposal is the same, and the torch backend's speed-up."""
+                   make_with_backend: Any, batch_size: int, workers: int,
+                   repeats: int = 3) -> dict[str, Any]:
+    """The engine end to end with each render backend (torch, the Pillow reference): median
+    seconds and rates over ``repeats`` side-by-side pairs, whether every chosen proposal is
+    the same, and the torch backend's speed-up (the median of the pairs' ratios).
+
+    The backends run in turn, the first of each pair alternating (torch, pil, then pil,
+    torch...), every run with a fresh method and cache: on a shared machine whose speed drifts,
+    a pair's ratio is what stays meaningful.
+    """
     n_img, n_expr = len(groups), sum(len(g) for g in groups)
-    result: dict[str, Any] = {}
-    chosen = {}
-    for backend in RENDER_BACKENDS:
-        method = make_with_backend(backend)
-        started = time.perf_counter()
-        rows = evaluate_groups(groups, method, proposer, batch_size=batch_size, workers=workers)
-        result[backend] = _stage(time.perf_counter() - started, n_img, n_expr)
-        chosen[backend] = [row["chosen"] for row in rows]
+    seconds: dict[str, list[float]] = {backend: [] for backend in RENDER_BACKENDS}
+    chosen: dict[str, list[int]] = {}
+    for repeat in range(max(1, repeats)):
+        order = RENDER_BACKENDS if repeat % 2 == 0 else RENDER_BACKENDS[::-1]
+        for backend in order:
+            method = make_with_backend(backend)
+            started = time.perf_counter()
+            rows = evaluate_groups(groups, method, proposer, batch_size=batch_size,
+                                   workers=workers)
+            seconds[backend].append(time.perf_counter() - started)
+            picked = [row["chosen"] for row in rows]
+            if chosen.setdefault(backend, picked) != picked:
+                raise RuntimeError(f"render backend {backend} chose differently on a rerun")
+    result: dict[str, Any] = {backend: _stage(statistics.median(runs), n_img, n_expr,
+                                              runs=[round(t, 4) for t in runs])
+                              for backend, runs in seconds.items()}
     result["same_choices"] = chosen["torch"] == chosen["pil"]
-    torch_seconds = result["torch"]["seconds"]
-    result["torch_speedup"] = (round(result["pil"]["seconds"] / torch_seconds, 3)
-                               if torch_seconds > 0 else None)
+    ratios = [p / t for t, p in zip(seconds["torch"], seconds["pil"], strict=True) if t > 0]
+    result["torch_speedup"] = round(statistics.median(ratios), 3) if ratios else None
+    result["pairs"] = len(ratios)
     return result
 
 
