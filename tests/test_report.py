@@ -11,7 +11,7 @@ import jupytext
 import nbformat
 import pytest
 
-from refcocog_tools import report
+from refcocog_tools import report, results
 from refcocog_tools.minidata import write_mini_dataset
 from refcocog_tools.report import (
     COMMON_PARAMETERS,
@@ -198,6 +198,9 @@ def test_reproduce_path_runs_a_real_chapter_with_parameters(tmp_path: Path, mini
     assert ("this build: synthetic dataset (test), tiny-rn (untrained), proposals gt "
             "(ground-truth boxes: an upper bound, not the study's detector setting)"
             ) in text.replace("\\'", "'")
+    # The prose's label and reading are chosen from the run's provenance, not the default's.
+    assert results.reading_note({"untrained": True}) in text
+    assert "toy weights trained on the synthetic world" not in text
 
 
 def _namespace(**params: object) -> dict[str, object]:
