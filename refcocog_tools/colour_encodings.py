@@ -174,11 +174,6 @@ class ColourBackgroundOptions:
         check_preprocess(self.preprocess)
 
 
-@dataclass(frozen=True)
-class ColourOverlayOptions:
-    """colour-overlay has no settings: its tints and prompts are the study's."""
-
-
 class ColourBackground:
     """Position painted on the background; each expression scores by its best colour prompt."""
 
@@ -233,8 +228,9 @@ class ColourOverlay:
     name = "color-overlay"
 
     def __init__(self, backbones: Sequence[ClipBackbone],
-                 cache: EmbeddingCache | None = None,
-                 options: ColourOverlayOptions = ColourOverlayOptions()) -> None:
+                 cache: EmbeddingCache | None = None) -> None:
+        """colour-overlay has no options (``registry.NoOptions``): its tints and prompts are
+        the study's."""
         if not backbones:
             raise ValueError("colour-overlay needs at least one CLIP backbone")
         self.backbones = list(backbones)
