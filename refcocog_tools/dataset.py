@@ -19,7 +19,6 @@ import functools
 import io
 import json
 import pickle
-import re
 import sys
 import warnings
 from collections import Counter
@@ -31,20 +30,13 @@ from typing import Any, Literal
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .language import is_spatial
 from .layouts import DEFAULT_LAYOUT, Layout, get_layout
 
 REFS_FILE = DEFAULT_LAYOUT.refs_file
 INSTANCES_FILE = "instances.json"
 SPLITS = DEFAULT_LAYOUT.splits
 View = Literal["ref", "expression"]
-
-# Words that make an expression depend on where the object is, not only on what it looks like.
-SPATIAL_WORDS = frozenset(
-    """left right top bottom middle center centre above below under behind front
-    upper lower leftmost rightmost closest nearest farthest furthest far near next beside
-    between corner side bigger biggest smaller smallest larger largest""".split()
-)
-_WORD = re.compile(r"[a-z]+")
 
 Box = tuple[float, float, float, float]
 
@@ -96,11 +88,6 @@ def is_synthetic(root: str | Path) -> bool:
     except OSError:
         return False
     return b'"synthetic":true' in head.replace(b" ", b"")
-
-
-def is_spatial(sentence: str) -> bool:
-    """True when the expression contains a word about position or relative size."""
-    return any(word in SPATIAL_WORDS for word in _WORD.findall(sentence.lower()))
 
 
 def xywh_to_xyxy(box: Sequence[float]) -> Box:

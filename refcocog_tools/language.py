@@ -6,7 +6,9 @@ one. It noted two obstacles: expressions are rarely complete sentences, and obje
 only by position cannot be told apart from crops. This module measures what such a parser would
 face, with a small rule-based analysis that needs no model and no download:
 
-* ``tokenize``: lower-case word tokens;
+* ``tokenize``: lower-case word tokens, the project's one tokenizer;
+* ``SPATIAL_WORDS`` and ``is_spatial``: the words about position or relative size, which split
+  every table of results into spatial and non-spatial expressions;
 * ``parse_expression``: the head noun phrase (words before the first relation or clause
   boundary), its head word, the relation phrases found ("left of", "next to", "holding"...)
   with the phrase that follows each, the spatial words and the colour words;
@@ -23,12 +25,21 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # the dataset imports this module (is_spatial); pandas is slow to import
+    import pandas as pd
 
-from .dataset import SPATIAL_WORDS, RefRecord, is_spatial
+    from .dataset import RefRecord
 
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+# Words that make an expression depend on where the object is, not only on what it looks like.
+SPATIAL_WORDS = frozenset(
+    """left right top bottom middle center centre above below under behind front
+    upper lower leftmost rightmost closest nearest farthest furthest far near next beside
+    between corner side bigger biggest smaller smallest larger largest""".split()
+)
 
 # Multi-word relations first: the longest match wins, so "to the left of" is not read as "of".
 # Each value is the canonical relation name; "spatial" relations are about position.
@@ -106,9 +117,17 @@ _NON_HEAD = SPATIAL_WORDS | COLOUR_WORDS | DETERMINERS | frozenset(
 )
 
 
-def tokenize(sentence: str) -> list[str]:
-    """Lower-case word tokens (letters and apostrophes only; numbers and punctuation dropped)."""
-    return _TOKEN.findall(sentence.lower())
+def tokenize(sentence: str, split_apostrophes: bool = False) -> list[str]:
+    """Lower-case word tokens: runs of letters, with one inner apostrophe kept ("man's");
+    numbers and punctuation dropped. ``split_apostrophes`` gives the letter runs on either side
+    of it instead ("man", "s"), so that a keyword followed by a possessive still counts."""
+    tokens = _TOKEN.findall(sentence.lower())
+    return [part for token in tokens for part in token.split("'")] if split_apostrophes else tokens
+
+
+def is_spatial(sentence: str) -> bool:
+    """True when the expression contains a word about position or relative size."""
+    return any(word in SPATIAL_WORDS for word in tokenize(sentence, split_apostrophes=True))
 
 
 @dataclass(frozen=True)
@@ -213,6 +232,8 @@ def expression_table(records: Iterable[RefRecord]) -> pd.DataFrame:
     ``head_is_category`` says whether the parsed head word names the referred object's category
     (singular or plural), the case where a noun phrase could be matched to a labelled proposal.
     """
+    import pandas as pd  # lazily: the dataset imports this module
+
     rows = []
     for record in records:
         category_words = set(record.category.split())
@@ -247,6 +268,8 @@ def word_frequencies(
 
     Ties are broken alphabetically so the table is the same on every run.
     """
+    import pandas as pd  # lazily: the dataset imports this module
+
     counts: Counter[str] = Counter()
     for sentence in sentences:
         counts.update(t for t in tokenize(sentence) if not (drop_stopwords and t in STOPWORDS))
@@ -259,6 +282,8 @@ def word_frequencies(
 
 def relation_counts(table: pd.DataFrame) -> pd.DataFrame:
     """How often each canonical relation occurs, with whether it is spatial; most common first."""
+    import pandas as pd  # lazily: the dataset imports this module
+
     counts: Counter[str] = Counter()
     for relations in table["relations"]:
         counts.update(r for r in relations.split(", ") if r)

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from refcocog_tools.dataset import is_spatial
+from refcocog_tools.boxes import BoxesLike, as_boxes
+from refcocog_tools.language import is_spatial
 from refcocog_tools.visual_prompts import crop
 
 if TYPE_CHECKING:
@@ -22,22 +23,18 @@ if TYPE_CHECKING:
 ACCURACY_THRESHOLD = 0.5
 
 
-def _as_boxes(boxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
-    tensor = torch.as_tensor(boxes)
-    if not tensor.is_floating_point():
-        tensor = tensor.float()
-    return tensor.reshape(-1, 4)
-
-
-def box_iou_pairs(pred: torch.Tensor | Sequence[Sequence[float]],
-                  gt: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
+def box_iou_pairs(pred: BoxesLike, gt: BoxesLike, eps: float = 0.0) -> torch.Tensor:
     """IoU of each pair ``(pred[i], gt[i])``: the diagonal of ``torchvision.ops.box_iou``.
 
     Computed element-wise (O(N), no N x N matrix) with the same operations in the same order
     as torchvision, so the values are identical to ``box_iou(pred, gt).diagonal()``. A pair
-    whose union is empty (both boxes degenerate) gets IoU 0 instead of torchvision's NaN.
+    whose union is empty (both boxes degenerate) gets IoU 0 instead of torchvision's NaN, and so
+    does a pair with a NaN coordinate.
+
+    ``eps > 0`` (the regressors' plain IoU loss, 1e-7 as in torchvision's IoU losses) is added
+    to the union and nothing is masked: a loss must show a NaN box, not score it 0.
     """
-    pred, gt = _as_boxes(pred), _as_boxes(gt)
+    pred, gt = as_boxes(pred), as_boxes(gt)
     if pred.shape != gt.shape:
         raise ValueError(f"need as many predicted as ground-truth boxes: "
                          f"{tuple(pred.shape)} vs {tuple(gt.shape)}")
@@ -50,6 +47,8 @@ def box_iou_pairs(pred: torch.Tensor | Sequence[Sequence[float]],
     wh = (rb - lt).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
     union = area_pred + area_gt - inter
+    if eps:
+        return inter / (union + eps)
     iou = inter / union
     return torch.where(union > 0, iou, torch.zeros_like(iou))
 
@@ -66,8 +65,8 @@ def accuracy_at(ious: torch.Tensor | Sequence[float], threshold: float = ACCURAC
 @torch.no_grad()
 def crop_cosine(
     images: Sequence[Image.Image],
-    pred_boxes: torch.Tensor | Sequence[Sequence[float]],
-    gt_boxes: torch.Tensor | Sequence[Sequence[float]],
+    pred_boxes: BoxesLike,
+    gt_boxes: BoxesLike,
     backbones: Sequence[ClipBackbone],
 ) -> torch.Tensor:
     """Cosine similarity between CLIP embeddings of the predicted and ground-truth crops.
@@ -77,7 +76,7 @@ def crop_cosine(
     backbones (the study's ensemble). Degenerate boxes are cropped as at least 1x1 pixel.
     Returns an (N,) float32 tensor.
     """
-    pred, gt = _as_boxes(pred_boxes), _as_boxes(gt_boxes)
+    pred, gt = as_boxes(pred_boxes), as_boxes(gt_boxes)
     if not (len(images) == pred.shape[0] == gt.shape[0]):
         raise ValueError(f"{len(images)} images, {pred.shape[0]} predicted and "
                          f"{gt.shape[0]} ground-truth boxes: need one of each per pair")
@@ -137,7 +136,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], threshold: float = ACCURACY_THR
     Returns ``{"n", "miou", "accuracy", "cosine", "by_spatial": {"spatial": {...},
     "non_spatial": {...}}, "by_category": {name: {...}}}``; each inner dict has the same four
     keys. ``miou`` and ``cosine`` ignore missing (None) and NaN values; a group without any
-    value reports None. Spatial means ``dataset.is_spatial(sentence)``; categories are sorted.
+    value reports None. Spatial means ``language.is_spatial(sentence)``; categories are sorted.
     """
     spatial = [r for r in rows if is_spatial(str(r["sentence"]))]
     non_spatial = [r for r in rows if not is_spatial(str(r["sentence"]))]

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from refcocog_tools.boxes import as_boxes
+
 if TYPE_CHECKING:  # proposals.py imports the dataset and models; keep this module light
     from refcocog_tools.proposals import Proposals
 
@@ -41,7 +43,7 @@ class Prediction:
         Ties go to the lowest index (``torch.argmax`` returns the first maximum), so the result
         is deterministic.
         """
-        boxes = torch.as_tensor(proposals.boxes, dtype=torch.float32).reshape(-1, 4)
+        boxes = as_boxes(proposals.boxes, torch.float32)
         scores = torch.as_tensor(scores, dtype=torch.float32).detach().cpu()
         if scores.ndim != 2 or scores.shape[1] != boxes.shape[0]:
             raise ValueError(

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .backbones import EMBEDDED_YOLO, load_yolo, yolo_checksum, yolo_untrained
+from .boxes import as_boxes
 from .dataset import RefItem
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class Proposals:
     scores: torch.Tensor | None = None  # (P,) detector confidence
 
     def __post_init__(self) -> None:
-        self.boxes = torch.as_tensor(self.boxes, dtype=torch.float32).reshape(-1, 4)
+        self.boxes = as_boxes(self.boxes, torch.float32)
         if len(self.boxes) == 0:
             raise ValueError("Proposals must hold at least one box (use Proposals.whole_image)")
         if len(self.labels) != len(self.boxes):

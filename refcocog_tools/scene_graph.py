@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
+from .boxes import as_boxes
 from .language import tokenize
 
 if TYPE_CHECKING:  # plotting types only; matplotlib is imported when a figure is drawn
@@ -39,16 +40,9 @@ RELATIONS = ("left_of", "right_of", "above", "below")
 RELATION_BITS = {name: 1 << k for k, name in enumerate(RELATIONS)}
 
 
-def _as_boxes(boxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
-    tensor = torch.as_tensor(boxes, dtype=torch.float32)
-    if tensor.ndim != 2 or tensor.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (m, 4) in xyxy, got {tuple(tensor.shape)}")
-    return tensor
-
-
 def centroids(boxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
     """(m, 2) box centres (cx, cy) of xyxy boxes."""
-    b = _as_boxes(boxes)
+    b = as_boxes(boxes, torch.float32)
     return torch.stack(((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2), dim=1)
 
 
@@ -144,7 +138,7 @@ def build_scene_graph(
     margin: float = 0.0,
 ) -> SceneGraph:
     """The scene graph of ``boxes`` in an image of ``image_size`` (width, height)."""
-    tensor = _as_boxes(boxes)
+    tensor = as_boxes(boxes, torch.float32)
     m = tensor.shape[0]
     names = [str(i) if labels is None or labels[i] is None else str(labels[i]) for i in range(m)]
     return SceneGraph(
@@ -203,7 +197,7 @@ INSIDE_SHARE = 0.5
 
 def box_areas(boxes: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
     """(m,) areas of xyxy boxes (zero for degenerate boxes)."""
-    b = _as_boxes(boxes)
+    b = as_boxes(boxes, torch.float32)
     return (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
 
 
@@ -216,7 +210,7 @@ def pairwise_relation(boxes: torch.Tensor | Sequence[Sequence[float]], relation:
     box i's area lies in box j; ``near`` is the graded closeness ``weighted_adjacency``
     (1 - centroid distance / image diagonal). All but ``near`` are 0 or 1.
     """
-    tensor = _as_boxes(boxes)
+    tensor = as_boxes(boxes, torch.float32)
     if relation in RELATIONS:
         return relation_tensor(tensor)[RELATIONS.index(relation)].float()
     if relation == "near":

@@ -18,7 +18,6 @@ from refcocog_tools.dataset import (
     DatasetError,
     RefCOCOg,
     collate_items,
-    is_spatial,
     load_refs_pickle,
     load_rgb_image,
     parse_refcocog,
@@ -121,13 +120,6 @@ def test_collate_keeps_pil_images_of_different_sizes(mini_root: Path) -> None:
     assert [len(s) for s in batch["sentences"]] == [len(dataset[i].sentences) for i in range(4)]
     loader = torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate_items)
     assert sum(len(b["images"]) for b in loader) == len(dataset)
-
-
-def test_spatial_words() -> None:
-    assert is_spatial("the dog on the left")
-    assert is_spatial("The BIGGER cat")
-    assert not is_spatial("a red umbrella")
-    assert not is_spatial("the leftover pizza")  # whole words only
 
 
 # -- generator ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from refcocog_tools.dataset import parse_refcocog
 from refcocog_tools.language import (
     SPATIAL_RELATIONS,
     expression_table,
+    is_spatial,
     parse_expression,
     relation_counts,
     tokenize,
@@ -86,3 +87,18 @@ def test_expression_table_on_the_mini_dataset(mini_data: Path) -> None:
     assert counts.loc["left of", "spatial"] and counts.loc["on the left", "spatial"]
     assert counts["count"].sum() == table["n_relations"].sum()
     assert set(counts.index[counts["spatial"]]) <= set(SPATIAL_RELATIONS.values())
+
+
+def test_spatial_words() -> None:
+    assert is_spatial("the dog on the left")
+    assert is_spatial("The BIGGER cat")
+    assert not is_spatial("a red umbrella")
+    assert not is_spatial("the leftover pizza")  # whole words only
+    assert is_spatial("the car's left side") and is_spatial("left's")  # a possessive counts
+
+
+def test_tokenize_keeps_or_splits_apostrophes() -> None:
+    sentence = "The man's LEFT arm, 2 o'clock-ish: rock'n'roll!"
+    assert tokenize(sentence) == ["the", "man's", "left", "arm", "o'clock", "ish", "rock'n", "roll"]
+    assert tokenize(sentence, split_apostrophes=True) == [
+        "the", "man", "s", "left", "arm", "o", "clock", "ish", "rock", "n", "roll"]
