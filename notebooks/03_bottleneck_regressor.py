@@ -61,23 +61,23 @@ from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
 from refcocog_tools.figures import reported_caption, show_table, table_source
 from refcocog_tools.proposals import make_proposer
-from refcocog_tools.regressors import (
-    RegressorMethod,
-    TrainConfig,
-    clip_provenance,
-    evaluate_head,
+from refcocog_tools.regressor_data import split_data
+from refcocog_tools.regressor_heads import (
     head_widths,
     make_head,
     plain_iou_loss,
-    plot_history,
-    results_on_split,
-    split_data,
     study_iou_loss_with_corner_bug,
+)
+from refcocog_tools.regressor_training import (
+    TrainConfig,
+    evaluate_head,
+    plot_history,
     train_regressor,
 )
+from refcocog_tools.regressors import RegressorMethod, results_on_split
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_results
-from refcocog_tools.results import honesty_text, reading_note
+from refcocog_tools.results import clip_provenance, honesty_text, reading_note
 
 chapter = open_chapter(globals(), models=("clip",))
 root, backbones = chapter.root, chapter.backbones

@@ -56,23 +56,19 @@ import torch
 import torch.nn.functional as F
 
 from refcocog_tools.figures import reported_caption, show_table, table_source
-from refcocog_tools.regressors import (
-    BoxLoss,
+from refcocog_tools.regressor_data import split_data
+from refcocog_tools.regressor_heads import BoxLoss, head_widths, iou_loss, make_head
+from refcocog_tools.regressor_training import (
     TrainConfig,
-    clip_provenance,
     evaluate_head,
-    head_widths,
-    iou_loss,
-    make_head,
     plot_history,
     predict_boxes,
-    results_on_split,
-    split_data,
     train_regressor,
 )
+from refcocog_tools.regressors import results_on_split
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_results
-from refcocog_tools.results import honesty_text, reading_note
+from refcocog_tools.results import clip_provenance, honesty_text, reading_note
 
 chapter = open_chapter(globals(), models=("clip",))
 root, backbones = chapter.root, chapter.backbones

@@ -55,12 +55,9 @@ from refcocog_tools.figures import (
     table_source,
 )
 from refcocog_tools.registry import make_method
-from refcocog_tools.regressors import (
-    TrainConfig,
-    results_on_split,
-    split_data,
-    train_regressor,
-)
+from refcocog_tools.regressor_data import split_data
+from refcocog_tools.regressor_training import TrainConfig, train_regressor
+from refcocog_tools.regressors import results_on_split
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import STUDY, reported_results, reported_value
 from refcocog_tools.results import honesty_text, reading_note

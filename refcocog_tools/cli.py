@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .dataset import DatasetError
     from .embedding_files import EmbeddingCacheError
     from .io_utils import UnreadableFileError
-    from .regressors import RegressorError
+    from .regressor_training import RegressorError
 
     args = build_parser().parse_args(argv)
     # Errors a user can fix (a bad file, a bad path, a missing checkpoint) end in one line.

@@ -187,7 +187,8 @@ def test_raw_embeddings_and_last_checkpoint_are_the_studys_regressor_setting(
     import json
 
     from refcocog_tools.cli import main as cli_main
-    from refcocog_tools.regressors import RegressorMethod, split_data
+    from refcocog_tools.regressor_data import split_data
+    from refcocog_tools.regressors import RegressorMethod
 
     emb = tmp_path / "emb"
     out = tmp_path / "run"

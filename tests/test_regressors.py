@@ -15,23 +15,24 @@ from refcocog_tools.dataset import RefCOCOg, load_rgb_image
 from refcocog_tools.embedding_files import EmbeddingCacheError
 from refcocog_tools.metrics import summarize
 from refcocog_tools.minidata import write_mini_dataset
-from refcocog_tools.regressors import (
+from refcocog_tools.regressor_data import RegressionData, split_data
+from refcocog_tools.regressor_heads import (
     BoxLoss,
-    RegressionData,
-    RegressorMethod,
-    TrainConfig,
     decode_boxes,
-    evaluate_head,
     iou_loss,
-    load_checkpoint,
     make_head,
     plain_iou_loss,
+    study_iou_loss_with_corner_bug,
+)
+from refcocog_tools.regressor_training import (
+    TrainConfig,
+    evaluate_head,
+    load_checkpoint,
     plot_history,
     predict_boxes,
-    split_data,
-    study_iou_loss_with_corner_bug,
     train_regressor,
 )
+from refcocog_tools.regressors import RegressorMethod
 from refcocog_tools.split_embeddings import cache_path, load_cache, split_embeddings
 
 SIZE = (320.0, 240.0)

@@ -171,7 +171,8 @@ def test_yolo_file_is_vetted_when_ultralytics_was_imported_unsafely(
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory) -> Path:
-    from refcocog_tools.regressors import RegressionData, TrainConfig, train_regressor
+    from refcocog_tools.regressor_data import RegressionData
+    from refcocog_tools.regressor_training import TrainConfig, train_regressor
 
     def data(n: int, seed: int) -> RegressionData:
         g = torch.Generator().manual_seed(seed)
@@ -191,7 +192,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
                                      "damaged"])
 def test_bad_regressor_checkpoints_are_clear_errors(problem, tmp_path, trained_checkpoint,
                                                     marker) -> None:
-    from refcocog_tools.regressors import RegressorError, load_checkpoint
+    from refcocog_tools.regressor_training import RegressorError, load_checkpoint
 
     path = tmp_path / "best.pt"
     if problem == "foreign":
