@@ -44,7 +44,7 @@ NBVAL := $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-sanitize
 # A second run on PyTorch's generic CPU kernels: they change the last digits of floats the way
 # another CPU does, so the baselines are proven to hold beyond the machine that wrote them. It
 # starts from an empty cache of its own: the embedded checkpoints are generated again there
-# (bit-identical on any CPU, see backbones._PortableRandom) and every embedding and regressor is
+# (bit-identical on any CPU, see untrained_models._PortableRandom) and every embedding and regressor is
 # computed afresh, as on a fresh clone elsewhere.
 GENERIC_CPU_CACHE := $(CURDIR)/.cache/refcocog-tools-generic-cpu
 # Each run's chapters write their results files to a fresh folder of the run's own (chapter 10

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from .backbones import EMBEDDED_YOLO, load_yolo, yolo_checksum, yolo_untrained
+from .backbones import load_yolo, yolo_checksum, yolo_untrained
 from .boxes import as_boxes
 from .dataset import RefItem
+from .untrained_models import EMBEDDED_YOLO
 
 if TYPE_CHECKING:
     from ultralytics.engine.results import Results

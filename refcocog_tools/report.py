@@ -433,7 +433,7 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
 def on_embedded_defaults(parameters: dict[str, Any]) -> bool:
     """Whether a chapter's parameters select the embedded synthetic data or an untrained
     embedded model (the default ``tiny-*`` backbones and detector)."""
-    from .backbones import TINY_CLIP_CONFIGS
+    from .untrained_models import TINY_CLIP_CONFIGS
 
     data_root = parameters.get("data_root", "")
     if not data_root or dataset_is_synthetic(resolve_data_root(data_root)):

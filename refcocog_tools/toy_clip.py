@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbones import TINY_CLIP_CONFIGS
 from .io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
 from .minidata import BACKGROUNDS, CATEGORIES, COLOURS, generate
 from .results import TOY_LABEL
+from .untrained_models import TINY_CLIP_CONFIGS
 from .visual_prompts import crop, render_variant
 
 with warnings.catch_warnings():

@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
         print(f"{name}: {report[name + '_seconds']} s", file=sys.stderr)
 
-    from refcocog_tools.backbones import TINY_CLIP_CONFIGS
     from refcocog_tools.bench import RN50X16_CONFIG, synthetic_workload
+    from refcocog_tools.untrained_models import TINY_CLIP_CONFIGS
 
     architecture = TINY_CLIP_CONFIGS["tiny-rn"] if args.small else RN50X16_CONFIG
     name = "tiny-rn architecture" if args.small else "RN50x16"

@@ -116,8 +116,8 @@ def test_synthetic_workload_encodes_every_visual_prompt() -> None:
     """The GPU-sizing workload, on a small architecture so it runs here in a second."""
     import torch
 
-    from refcocog_tools.backbones import TINY_CLIP_CONFIGS
     from refcocog_tools.bench import RN50X16_CONFIG, synthetic_workload
+    from refcocog_tools.untrained_models import TINY_CLIP_CONFIGS
 
     state = torch.random.get_rng_state()
     out = synthetic_workload("3,4", [], "cpu", batch_size=5, seed=0,
