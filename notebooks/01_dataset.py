@@ -40,7 +40,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from refcocog_tools.dataset import load_records, load_rgb_image, split_stats
+from refcocog_tools.annotations import load_records
+from refcocog_tools.dataset import load_rgb_image, split_stats
 from refcocog_tools.figures import show_table
 from refcocog_tools.layouts import get_layout
 from refcocog_tools.report import glue, glue_figure, open_chapter

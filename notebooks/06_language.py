@@ -41,7 +41,7 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from refcocog_tools.dataset import load_records
+from refcocog_tools.annotations import load_records
 from refcocog_tools.figures import show_table
 from refcocog_tools.language import (
     expression_table,

@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .annotations import DatasetError
     from .backbones import BackboneError
-    from .dataset import DatasetError
     from .embedding_files import EmbeddingCacheError
     from .io_utils import UnreadableFileError
     from .regressor_training import RegressorError

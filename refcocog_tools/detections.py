@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .dataset import DatasetError, RefItem, RefRecord
+from .annotations import DatasetError, RefRecord
+from .dataset import RefItem
 from .io_utils import sha256_file
 from .proposals import Proposals
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .backbones import ClipBackbone, load_clips
-from .dataset import DatasetError, RefCOCOg, image_problems
+from .annotations import DatasetError
+from .dataset import RefCOCOg, image_problems
 from .evaluate import check_proposer, distributed_context, evaluate, group_by_image
 from .io_utils import atomic_write_json, cache_dir
 from .layouts import add_layout_arguments, layout_from_args

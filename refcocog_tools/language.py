@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the dataset imports this module (is_spatial); pandas is slow to import
     import pandas as pd
 
-    from .dataset import RefRecord
+    from .annotations import RefRecord
 
 _TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?")
 

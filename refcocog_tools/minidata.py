@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from PIL import Image, ImageDraw
 
-from .dataset import INSTANCES_FILE
+from .annotations import INSTANCES_FILE
 from .io_utils import atomic_write_bytes
 from .layouts import DEFAULT_LAYOUT, Layout
 
@@ -445,7 +445,7 @@ def expression_audit(root: str | Path, rows: list[dict[str, Any]]) -> Any:
     """
     import pandas as pd
 
-    from .dataset import INSTANCES_FILE
+    from .annotations import INSTANCES_FILE
 
     instances = json.loads((Path(root) / "annotations" / INSTANCES_FILE).read_text())
     objects = scene_objects(instances)

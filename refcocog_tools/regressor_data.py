@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from .dataset import DatasetError, RefCOCOg
+from .annotations import DatasetError
+from .dataset import RefCOCOg
 from .split_embeddings import SplitEmbeddings, split_embeddings
 
 

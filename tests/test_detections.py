@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from refcocog_tools.annotations import DatasetError
 from refcocog_tools.cli import main as cli_main
-from refcocog_tools.dataset import DatasetError, RefCOCOg
+from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.detections import (
     COCO_CATEGORIES,
     DetectionsError,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from refcocog_tools.dataset import parse_refcocog
+from refcocog_tools.annotations import parse_refcocog
 from refcocog_tools.language import (
     SPATIAL_RELATIONS,
     expression_table,

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from refcocog_tools.annotations import DatasetError, load_records
 from refcocog_tools.cli import main as cli_main
-from refcocog_tools.dataset import DatasetError, RefCOCOg, load_records, split_stats, validate
+from refcocog_tools.dataset import RefCOCOg, split_stats, validate
 from refcocog_tools.layouts import DATASETS, LayoutError, get_layout
 from refcocog_tools.minidata import generate, write_mini_dataset
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from refcocog_tools.dataset import INSTANCES_FILE, RefCOCOg
+from refcocog_tools.annotations import INSTANCES_FILE
+from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.minidata import (
     EXPRESSION_TYPES,
     expression_type,

@@ -19,8 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
+from refcocog_tools.annotations import INSTANCES_FILE, DatasetError
 from refcocog_tools.cli import main as cli_main
-from refcocog_tools.dataset import INSTANCES_FILE, REFS_FILE, DatasetError, RefCOCOg, validate
+from refcocog_tools.dataset import REFS_FILE, RefCOCOg, validate
 
 
 @pytest.fixture
