@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .backbones import ClipBackbone, load_clips
 from .annotations import DatasetError
+from .backbones import ClipBackbone, load_clips
 from .dataset import RefCOCOg, image_problems
 from .evaluate import check_proposer, distributed_context, evaluate, group_by_image
 from .io_utils import atomic_write_json, cache_dir

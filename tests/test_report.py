@@ -11,19 +11,18 @@ import jupytext
 import nbformat
 import pytest
 
-from refcocog_tools import report, results
-from refcocog_tools.minidata import write_mini_dataset
-from refcocog_tools.report import (
-    COMMON_PARAMETERS,
-    PAIRING,
+from refcocog_tools import book_build, chapter_files, report, results
+from refcocog_tools.book_build import PAIRING, clean_executed
+from refcocog_tools.chapter_files import (
     ReportError,
-    clean_executed,
     parameters_cell_index,
     parse_value,
-    provenance_note,
     source_to_notebook,
     toc_chapters,
 )
+from refcocog_tools.dataset import is_synthetic
+from refcocog_tools.minidata import write_mini_dataset
+from refcocog_tools.report import COMMON_PARAMETERS, provenance_note
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = toc_chapters(ROOT)
@@ -118,7 +117,7 @@ def test_provenance_on_the_embedded_defaults() -> None:
 
 def test_provenance_names_a_generated_dataset_synthetic(tmp_path: Path) -> None:
     root = write_mini_dataset(tmp_path / "mini", n_images=3)
-    assert report.dataset_is_synthetic(root)
+    assert is_synthetic(root)
     note = provenance_note(str(root), backbones_untrained=False)
     assert note.kind == "warning" and "synthetic" in repr(note)
 
@@ -134,7 +133,7 @@ def _real_looking_root(tmp_path: Path) -> Path:
 
 def test_provenance_on_real_data(tmp_path: Path) -> None:
     root = _real_looking_root(tmp_path)
-    assert not report.dataset_is_synthetic(root)
+    assert not is_synthetic(root)
     pretrained = provenance_note(str(root), backbones_untrained=False, models="RN50x16")
     assert pretrained.kind == "note"
     assert "pretrained" in repr(pretrained) and "synthetic" not in repr(pretrained)
@@ -155,7 +154,7 @@ def _toy_book(tmp_path: Path, chapter_source: str) -> Path:
 def test_a_chapter_without_parameters_cell_is_refused(tmp_path: Path) -> None:
     root = _toy_book(tmp_path, "# %%\nx = 1\n")
     with pytest.raises(ReportError, match="99_toy: no cell tagged 'parameters'"):
-        report.execute_chapter(root, "99_toy", {}, root / "book" / "chapters")
+        book_build.execute_chapter(root, "99_toy", {}, root / "book" / "chapters")
 
 
 def test_a_missing_source_is_named(tmp_path: Path) -> None:
@@ -258,7 +257,7 @@ def test_every_chapter_parameter_is_typed_for_papermill() -> None:
     """`papermill --help-notebook` lists every parameter with its type (none "Unknown")."""
     for name in CHAPTERS:
         source = (ROOT / "notebooks" / f"{name}.py").read_text()
-        declared = report.declared_parameters(ROOT, name)
+        declared = chapter_files.declared_parameters(ROOT, name)
         nb = source_to_notebook(ROOT / "notebooks" / f"{name}.py")
         assigned = _parameter_names(nb.cells[parameters_cell_index(nb)].source)
         assert set(declared) == assigned, (name, set(declared) ^ assigned)
@@ -282,8 +281,8 @@ def test_a_second_build_executes_nothing_until_an_input_changes(
     out = root / "book" / "chapters"
     assert report.main(["build", "--root", str(root), "--no-book"]) == 0
     assert "99_toy: executed" in capsys.readouterr().out
-    stamp = report.hash_path(out, "99_toy")
-    assert stamp.read_text().strip() == report.chapter_hash(root, "99_toy", {})
+    stamp = book_build.hash_path(out, "99_toy")
+    assert stamp.read_text().strip() == book_build.chapter_hash(root, "99_toy", {})
     assert report.main(["build", "--root", str(root), "--no-book"]) == 0
     assert "99_toy: up to date" in capsys.readouterr().out
     assert report.main(["build", "--root", str(root), "--no-book", "-p", "limit", "3"]) == 0
@@ -293,23 +292,23 @@ def test_a_second_build_executes_nothing_until_an_input_changes(
     assert "input_path" not in executed.metadata["papermill"]  # no machine paths
     assert executed.cells[-1].metadata["tags"] == ["provenance-footer"]
     assert "`limit=3`" in executed.cells[-1].source
-    page = report.write_provenance_page(root, ["99_toy"], out)
+    page = book_build.write_provenance_page(root, ["99_toy"], out)
     assert "| {doc}`chapters/99_toy` | completed |" in page.read_text()
 
 
 def test_hash_covers_source_parameters_and_results_read(tmp_path: Path) -> None:
     root = _toy_book(tmp_path, '# %% tags=["parameters"]\nlimit: int = 0\n')
-    first = report.chapter_hash(root, "99_toy", {}, package="p")
-    assert report.chapter_hash(root, "99_toy", {"limit": 1}, package="p") != first
-    assert report.chapter_hash(root, "99_toy", {}, package="q") != first
+    first = book_build.chapter_hash(root, "99_toy", {}, package="p")
+    assert book_build.chapter_hash(root, "99_toy", {"limit": 1}, package="p") != first
+    assert book_build.chapter_hash(root, "99_toy", {}, package="q") != first
     (root / "results").mkdir()
     (root / "results" / "baseline.json").write_text("{}")
-    assert report.chapter_hash(root, "99_toy", {}, package="p") == first  # does not read them
+    assert book_build.chapter_hash(root, "99_toy", {}, package="p") == first  # does not read them
     (root / "notebooks" / "99_toy.py").write_text(
         '# %% tags=["parameters"]\nlimit: int = 0\n\n# %%\nchapter.stored_results("x")\n')
-    reader = report.chapter_hash(root, "99_toy", {}, package="p")
+    reader = book_build.chapter_hash(root, "99_toy", {}, package="p")
     (root / "results" / "baseline.json").write_text('{"changed": 1}')
-    assert report.chapter_hash(root, "99_toy", {}, package="p") != reader
+    assert book_build.chapter_hash(root, "99_toy", {}, package="p") != reader
 
 
 def test_the_book_config_carries_banner_footer_and_keeps_the_rest(tmp_path: Path) -> None:
@@ -318,20 +317,22 @@ def test_the_book_config_carries_banner_footer_and_keeps_the_rest(tmp_path: Path
     import yaml
 
     shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
-    path = report.book_config(tmp_path, defaults=True)
+    path = book_build.book_config(tmp_path, defaults=True)
     assert path.parent == tmp_path / "book" / "chapters"
     config = yaml.safe_load(path.read_text())
     assert "embedded defaults" in config["html"]["announcement"]
     assert "refcocog-tools" in config["html"]["extra_footer"]
     assert config["bibtex_bibfiles"] == ["book/references.bib"]
     assert "announcement" not in yaml.safe_load(
-        report.book_config(tmp_path, defaults=False).read_text())["html"]
+        book_build.book_config(tmp_path, defaults=False).read_text())["html"]
 
 
 def test_results_folder_comes_from_the_parameter_then_the_environment(tmp_path, monkeypatch):
     """The nbval runs and the baselines give the chapters a fresh results folder through
     $REFCOCOG_TOOLS_RESULTS, so two runs at once (or an earlier build's files) never mix."""
-    from refcocog_tools.report import RESULTS_ENV, Chapter, find_root
+    from refcocog_tools.book_build import RESULTS_ENV
+    from refcocog_tools.chapter_files import find_root
+    from refcocog_tools.report import Chapter
 
     monkeypatch.delenv(RESULTS_ENV, raising=False)
     assert Chapter({}, tmp_path, [], None, None).results_dir == find_root() / "results"
@@ -345,5 +346,5 @@ def test_every_chapter_runs_the_toy_clip_by_default() -> None:
     """The book's numbers come from toy-rn (trained on the synthetic world) unless a run says
     otherwise; the untrained tiny-rn stays reachable as a parameter value (the smoke test of
     test_reproduce_path_runs_a_real_chapter_with_parameters)."""
-    defaults = {name: report._declared_defaults(ROOT, name).get("clip") for name in CHAPTERS}
+    defaults = {name: chapter_files.declared_defaults(ROOT, name).get("clip") for name in CHAPTERS}
     assert set(defaults.values()) == {"toy-rn"}, defaults
