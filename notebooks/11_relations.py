@@ -81,8 +81,9 @@ from refcocog_tools.figures import (
 )
 from refcocog_tools.minidata import expression_audit, expression_type
 from refcocog_tools.prompt_cache import EmbeddingCache
+from refcocog_tools.reference_parser import parse_reference
 from refcocog_tools.registry import make_method
-from refcocog_tools.relations import draw_resolution, parse_reference
+from refcocog_tools.relations import draw_resolution
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.results import honesty_text, reading_note
 

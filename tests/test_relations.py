@@ -19,14 +19,9 @@ from refcocog_tools.minidata import (
     scene_objects,
 )
 from refcocog_tools.proposals import GroundTruthProposer, Proposals
+from refcocog_tools.reference_parser import parse_reference
 from refcocog_tools.registry import make_method
-from refcocog_tools.relations import (
-    RelationsMethod,
-    label_factor,
-    label_matches,
-    parse_reference,
-    superlative,
-)
+from refcocog_tools.relations import RelationsMethod, label_factor, label_matches, superlative
 from refcocog_tools.scene_graph import between_tensor, pairwise_relation
 
 # Two cats (the left one smaller and higher), a dog on the right, a bus below the middle.
