@@ -69,7 +69,8 @@ nbval-generic-cpu: $(STAMP)
 
 # The embedded untrained checkpoints, generated once into the cache.
 embedded-models: $(STAMP)
-	$(BIN)/python -c "from refcocog_tools.backbones import load_clip, load_yolo; \
+	$(BIN)/python -c "from refcocog_tools.backbones import load_clip; \
+	from refcocog_tools.yolo_models import load_yolo; \
 	[load_clip(name) for name in ('tiny-rn', 'tiny-vit')]; load_yolo('tiny-yolov8s')"
 
 # `make book` re-executes only the chapters whose source, parameters or package changed;

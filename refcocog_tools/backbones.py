@@ -1,4 +1,4 @@
-"""CLIP and YOLO backbones, loaded offline from a local cache.
+"""CLIP backbones, loaded offline from a local cache.
 
 CLIP specs (``load_clip``):
 
@@ -17,9 +17,7 @@ CLIP specs (``load_clip``):
   ``<cache>/clip`` and loaded through the same route. Its numbers are about the synthetic world:
   toy weights, never a RefCOCOg result.
 
-YOLO specs (``load_yolo``): an Ultralytics weights name (``"yolov8s"`` ->
-``<cache>/yolo/yolov8s.pt``), a local ``.pt`` path, or ``"tiny-yolov8s"``, an untrained
-``yolov8s.yaml`` model generated once (``untrained_models``).
+YOLO detectors are loaded by ``yolo_models``, with the same cache and download rules.
 
 ``<cache>`` is ``$REFCOCOG_TOOLS_CACHE`` (see ``io_utils.cache_dir``).
 """
@@ -30,12 +28,11 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +50,8 @@ from .io_utils import (
 )
 from .untrained_models import (
     EMBEDDED_CLIPS,
-    EMBEDDED_YOLO,
     TINY_CLIP_CONFIGS,
-    UNTRAINED_KEY,
     tiny_clip_checkpoint,
-    tiny_yolo_checkpoint,
 )
 
 with warnings.catch_warnings():
@@ -67,18 +61,12 @@ with warnings.catch_warnings():
     import clip
     import clip.model
 
-if TYPE_CHECKING:
-    from ultralytics import YOLO
-
 __all__ = [
     "TOY_CLIPS",
     "BackboneError",
     "ClipBackbone",
     "load_clip",
     "load_clips",
-    "load_yolo",
-    "yolo_checksum",
-    "yolo_untrained",
 ]
 
 
@@ -93,7 +81,7 @@ class BackboneError(RuntimeError):
 TOY_CLIPS: dict[str, str] = {"toy-rn": "toy-rn.pt.gz"}
 
 
-def _resolve_cache(cache: str | Path | None) -> Path:
+def resolve_cache(cache: str | Path | None) -> Path:
     return Path(cache) if cache is not None else cache_dir()
 
 
@@ -111,7 +99,7 @@ def _sidecar(checkpoint: Path) -> dict[str, Any]:
     return meta
 
 
-def _untrained_marker(checkpoint: Path) -> bool:
+def untrained_marker(checkpoint: Path) -> bool:
     """A sidecar ``<checkpoint>.json`` with ``{"untrained": true}`` marks random weights."""
     return bool(_sidecar(checkpoint).get("untrained", False))
 
@@ -279,7 +267,7 @@ def _missing_message(what: str, filename: str, directory: Path, source: str) -> 
     )
 
 
-def _fetch_or_fail(what: str, url: str, path: Path) -> None:
+def fetch_or_fail(what: str, url: str, path: Path) -> None:
     """Download ``url`` to ``path`` only when the user opted in; otherwise fail at once.
 
     Opt-in keeps offline machines (CI, clusters without network) from hanging on a timeout.
@@ -362,7 +350,7 @@ def _backbone_from_file(
         device=device,
         checksum=sha256_file(path),
         checkpoint=path,
-        untrained=_untrained_marker(path) if untrained is None else untrained,
+        untrained=untrained_marker(path) if untrained is None else untrained,
         toy=_toy_marker(path) if toy is None else toy,
     )
 
@@ -373,7 +361,7 @@ def load_clip(
     """One CLIP backbone: an official name, a local checkpoint path or an embedded tiny model."""
     device = torch.device(device)
     spec = str(spec).strip()
-    cache = _resolve_cache(cache)
+    cache = resolve_cache(cache)
     if spec in TINY_CLIP_CONFIGS:
         return _backbone_from_file(tiny_clip_checkpoint(spec, cache), spec, device, untrained=True)
     if spec in TOY_CLIPS:
@@ -385,7 +373,7 @@ def load_clip(
         directory = cache / "clip"
         path = directory / filename
         if not path.is_file():
-            _fetch_or_fail(f"CLIP model {spec!r}", url, path)
+            fetch_or_fail(f"CLIP model {spec!r}", url, path)
         checksum = sha256_file(path)
         expected = url.split("/")[-2]
         if checksum != expected:
@@ -396,7 +384,7 @@ def load_clip(
             )
         # Loaded through clip.load on the verified path: the same code as clip.load(name),
         # without a second hash of the file and without any chance of a download.
-        return _backbone_from_file(path, spec, device, untrained=_untrained_marker(path))
+        return _backbone_from_file(path, spec, device, untrained=untrained_marker(path))
     path = Path(spec).expanduser()
     if path.is_file():
         return _backbone_from_file(path, path.name, device)
@@ -416,100 +404,3 @@ def load_clips(
     if not names:
         raise BackboneError("no CLIP backbone given")
     return [load_clip(name, device=device, cache=cache) for name in names]
-
-
-# ----------------------------------------------------------------------------------------------
-# YOLO (Ultralytics)
-# ----------------------------------------------------------------------------------------------
-SAFE_LOAD_ENV = "ULTRALYTICS_SAFE_LOAD"
-
-
-def _ultralytics_loads_safely() -> bool:
-    """Whether the imported Ultralytics restricts checkpoint loading to plain data."""
-    from ultralytics.nn import tasks
-
-    return bool(getattr(tasks, "SAFE_LOAD", False)) and tasks._SafeLoad.SUPPORTED
-
-
-def _ultralytics_env(cache: Path) -> None:
-    """Offline, quiet Ultralytics: must run before the first ``import ultralytics``."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache / "ultralytics"))
-    # Ultralytics' own progress/log lines would print machine paths; keep it to errors.
-    os.environ.setdefault("YOLO_VERBOSE", "False")
-    # Checkpoints are loaded with torch.load(weights_only=True) and an allow-list of model
-    # classes: a .pt file can never run code. Ultralytics reads this once, at import.
-    os.environ[SAFE_LOAD_ENV] = "1"
-
-
-def _yolo_path(spec: str, cache: Path) -> Path:
-    if spec == EMBEDDED_YOLO:
-        _ultralytics_env(cache)  # before the maker's first import of Ultralytics
-        return tiny_yolo_checkpoint(cache)
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    if path.parent != Path("."):
-        # A path, not a name: never reinterpret it as something to look up.
-        raise BackboneError(f"{path}: YOLO checkpoint not found")
-    filename = path.name if path.suffix == ".pt" else f"{path.name}.pt"
-    directory = cache / "yolo"
-    local = directory / filename
-    if not local.is_file():
-        _fetch_or_fail(f"YOLO model {spec!r}",
-                       f"https://github.com/ultralytics/assets/releases/download/v8.3.0/{filename}",
-                       local)
-    return local
-
-
-def load_yolo(
-    spec: str = EMBEDDED_YOLO, device: str | torch.device = "cpu", cache: str | Path | None = None
-) -> YOLO:
-    """An Ultralytics YOLO from a name in ``<cache>/yolo``, a local ``.pt`` or the tiny default.
-
-    Ultralytics itself never downloads: it is put offline (``YOLO_OFFLINE=1``) and only ever
-    gets an existing file path; a missing named file is fetched only with
-    ``REFCOCOG_TOOLS_DOWNLOAD=1``.
-    """
-    cache = _resolve_cache(cache)
-    _ultralytics_env(cache)
-    path = _yolo_path(str(spec).strip(), cache)
-    from ultralytics import YOLO
-    from ultralytics.nn.tasks import torch_safe_load
-
-    try:
-        if not _ultralytics_loads_safely():
-            # Ultralytics was imported before this package could set ULTRALYTICS_SAFE_LOAD:
-            # check the file with its restricted loader first, so nothing in it can run.
-            torch_safe_load(str(path), safe_only=True)
-        model = YOLO(str(path), task="detect")
-    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError,
-            pickle.UnpicklingError) as err:
-        reason = str(err).replace("ERROR ❌️ ", "").strip().splitlines()[0]
-        raise BackboneError(f"{path}: refused, not a loadable Ultralytics checkpoint "
-                            f"({reason})") from None
-    model.to(torch.device(device))
-    return model
-
-
-def _yolo_ckpt_path(model_or_spec: Any, cache: str | Path | None = None) -> Path:
-    if isinstance(model_or_spec, (str, Path)):
-        return _yolo_path(str(model_or_spec), _resolve_cache(cache))
-    path = getattr(model_or_spec, "ckpt_path", None)
-    if not path:
-        raise BackboneError("this YOLO model was not loaded from a checkpoint file")
-    return Path(path)
-
-
-def yolo_untrained(model: YOLO) -> bool:
-    """True for the embedded tiny model, or a checkpoint marked by a ``<ckpt>.json`` sidecar."""
-    meta = (getattr(model, "ckpt", None) or {}).get(UNTRAINED_KEY) or {}
-    if meta.get("untrained"):
-        return True
-    path = getattr(model, "ckpt_path", None)
-    return _untrained_marker(Path(path)) if path else False
-
-
-def yolo_checksum(model_or_spec: YOLO | str | Path, cache: str | Path | None = None) -> str:
-    """SHA-256 of the YOLO checkpoint file (of a loaded model, or of what a spec resolves to)."""
-    return sha256_file(_yolo_ckpt_path(model_or_spec, cache))

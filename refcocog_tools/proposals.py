@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from PIL import Image
 
-from .backbones import load_yolo, yolo_checksum, yolo_untrained
 from .boxes import as_boxes
 from .dataset import RefItem
 from .untrained_models import EMBEDDED_YOLO
+from .yolo_models import load_yolo, yolo_checksum, yolo_untrained
 
 if TYPE_CHECKING:
     from ultralytics.engine.results import Results
@@ -120,7 +120,7 @@ def study_detector_settings(name: str) -> dict[str, float | int]:
 
 
 class YoloProposer:
-    """Detections of an Ultralytics YOLO model (see ``backbones.load_yolo`` for specs).
+    """Detections of an Ultralytics YOLO model (see ``yolo_models.load_yolo`` for specs).
 
     ``conf``, ``iou`` (NMS) and ``max_det`` default to the study's settings for the detector
     (``study_detector_settings``).

@@ -20,7 +20,6 @@ from refcocog_tools.backbones import (
     clip,
     load_clip,
     load_clips,
-    yolo_checksum,
 )
 from refcocog_tools.io_utils import sha256_file
 from refcocog_tools.untrained_models import (
@@ -29,6 +28,7 @@ from refcocog_tools.untrained_models import (
     TINY_CLIP_CONFIGS,
     _PortableRandom,
 )
+from refcocog_tools.yolo_models import yolo_checksum
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +94,8 @@ def test_generated_checkpoints_are_byte_identical(tiny, tmp_path):
 
 _GENERATE_AND_HASH = """
 import json, sys
-from refcocog_tools.backbones import load_clip, yolo_checksum
+from refcocog_tools.backbones import load_clip
+from refcocog_tools.yolo_models import yolo_checksum
 from refcocog_tools.untrained_models import EMBEDDED_CLIPS, EMBEDDED_YOLO
 sums = {name: load_clip(name, cache=sys.argv[1]).checksum for name in EMBEDDED_CLIPS}
 sums[EMBEDDED_YOLO] = yolo_checksum(EMBEDDED_YOLO, cache=sys.argv[1])

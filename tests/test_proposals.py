@@ -8,7 +8,7 @@ import socket
 import pytest
 import torch
 
-from refcocog_tools.backbones import BackboneError, load_yolo, yolo_untrained
+from refcocog_tools.backbones import BackboneError
 from refcocog_tools.dataset import RefCOCOg, RefItem
 from refcocog_tools.io_utils import sha256_file
 from refcocog_tools.minidata import write_mini_dataset
@@ -20,6 +20,7 @@ from refcocog_tools.proposals import (
     make_proposer,
 )
 from refcocog_tools.untrained_models import EMBEDDED_YOLO
+from refcocog_tools.yolo_models import load_yolo, yolo_untrained
 
 
 @pytest.fixture(scope="session")

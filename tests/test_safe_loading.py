@@ -96,7 +96,7 @@ def test_ultralytics_is_imported_with_safe_loading(tmp_path: Path) -> None:
     """In a fresh process the project sets ULTRALYTICS_SAFE_LOAD before Ultralytics reads it,
     and the embedded detector still loads under the restriction."""
     env = {**os.environ, "REFCOCOG_TOOLS_CACHE": str(tmp_path), "ULTRALYTICS_SAFE_LOAD": "0"}
-    code = ("from refcocog_tools.backbones import load_yolo\n"
+    code = ("from refcocog_tools.yolo_models import load_yolo\n"
             "model = load_yolo('tiny-yolov8s')\n"
             "from ultralytics.nn import tasks\n"
             "assert tasks.SAFE_LOAD is True, tasks.SAFE_LOAD\n"
@@ -157,7 +157,8 @@ def test_yolo_file_is_vetted_when_ultralytics_was_imported_unsafely(
     restricted loader first."""
     from ultralytics.nn import tasks
 
-    from refcocog_tools.backbones import BackboneError, load_yolo
+    from refcocog_tools.backbones import BackboneError
+    from refcocog_tools.yolo_models import load_yolo
 
     monkeypatch.setattr(tasks, "SAFE_LOAD", False)
     evil = plant_hostile(tmp_path / "det.pt", marker)
