@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from .backbones import ClipBackbone
+from .language import tokenize
 from .methods import EncodeRequest
 from .prediction import Prediction
 from .prompt_cache import EmbeddingCache, image_fingerprint, params_key
@@ -87,7 +88,6 @@ KEYWORD_COLOURS: dict[str, tuple[str, str, str]] = {
     "above": LUT_GRID[0],
     "below": LUT_GRID[2],
 }
-_TOKEN = re.compile(r"[a-z]+")
 
 
 def colour_prompts(sentence: str) -> list[str]:
@@ -100,7 +100,7 @@ def colour_prompts(sentence: str) -> list[str]:
     for left / right it is the whole sentence.
     """
     prompts = [sentence]
-    tokens = set(_TOKEN.findall(sentence.lower()))
+    tokens = set(tokenize(sentence, split_apostrophes=True))
     for keyword, colours in KEYWORD_COLOURS.items():
         if keyword not in tokens:
             continue
