@@ -134,9 +134,10 @@ def test_compile_wraps_the_image_tower_lazily_and_refuses_unknown_modes() -> Non
     answers what the engine reads of it; a misspelt mode is refused before any work."""
     import clip.model
 
-    from refcocog_tools.backbones import TINY_CLIP_CONFIGS, ClipBackbone
+    from refcocog_tools.backbones import ClipBackbone
     from refcocog_tools.bench import compile_image_encoder
     from refcocog_tools.render import pil_preprocess
+    from refcocog_tools.untrained_models import TINY_CLIP_CONFIGS
 
     model = clip.model.CLIP(**TINY_CLIP_CONFIGS["tiny-rn"]).eval()
     tower = model.visual
