@@ -1,11 +1,16 @@
 """The study's idea 3: a Grad-CAM heat map of the expression on the image, thresholded to a box.
 
-The map is the ReLU of the activations of CLIP's last visual stage (ResNet: ``layer4``; ViT: the
-patch tokens of the last residual block), weighted by the spatially averaged gradient of the
-image-text cosine similarity. The image is resized to the model's square input *without*
-cropping, so the map covers the whole image and scales straight back to it. The predicted box
-encloses every pixel at or above ``threshold`` times the map's maximum. The study found these
-boxes imprecise and dropped the idea; the method is here so that finding can be re-checked.
+The map is the ReLU of the activations of a visual stage of CLIP (by default the last one:
+ResNet ``layer4``; ViT: the patch tokens of the last residual block), weighted by the spatially
+averaged gradient of the image-text cosine similarity. ``target_layer`` names another stage, a
+submodule path of ``model.visual`` such as ``"layer3"``: the study used RN50's ``layer4`` at
+224 px, a 7 x 7 grid, while a small model at a small input has a coarser last stage (the toy
+CLIP's ``layer4`` at 64 px is 2 x 2; its ``layer3`` is 4 x 4). The image is resized to the
+model's square input *without* cropping, so the map covers the whole image and scales straight
+back to it. The predicted box encloses every pixel at or above ``threshold`` times the map's
+maximum; ``snap_to_proposal`` instead picks the proposal with the most mean heat. The study
+found these boxes imprecise and dropped the idea; the method is here so that finding can be
+re-checked.
 """
 
 from __future__ import annotations
@@ -31,8 +36,15 @@ def _input_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     return TF.normalize(TF.to_tensor(resized), CLIP_MEAN, CLIP_STD).unsqueeze(0)
 
 
-def _target_layer(backbone: ClipBackbone) -> torch.nn.Module:
+def _target_layer(backbone: ClipBackbone, name: str | None = None) -> torch.nn.Module:
     visual = backbone.model.visual
+    if name is not None:
+        try:
+            return visual.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"target_layer {name!r} is not a submodule of the CLIP visual "
+                             "encoder (ResNet: layer1..layer4; ViT: transformer.resblocks.N)"
+                             ) from None
     if hasattr(visual, "layer4"):
         return visual.layer4
     return visual.transformer.resblocks[-1]
@@ -47,9 +59,10 @@ def _as_grid(activation: torch.Tensor, backbone: ClipBackbone) -> torch.Tensor:
     return tokens.reshape(1, side, side, -1).permute(0, 3, 1, 2)
 
 
-def gradcam_map(backbone: ClipBackbone, image: Image.Image, text_embedding: torch.Tensor
-                ) -> torch.Tensor:
-    """(H, W) Grad-CAM map in [0, 1] at the image's size, for one normalised text embedding."""
+def gradcam_map(backbone: ClipBackbone, image: Image.Image, text_embedding: torch.Tensor,
+                target_layer: str | None = None) -> torch.Tensor:
+    """(H, W) Grad-CAM map in [0, 1] at the image's size, for one normalised text embedding;
+    ``target_layer``: the stage whose activations make the map (default: the last)."""
     model = backbone.model
     captured: dict[str, torch.Tensor] = {}
 
@@ -57,7 +70,7 @@ def gradcam_map(backbone: ClipBackbone, image: Image.Image, text_embedding: torc
         output.retain_grad()
         captured["activation"] = output
 
-    handle = _target_layer(backbone).register_forward_hook(hook)
+    handle = _target_layer(backbone, target_layer).register_forward_hook(hook)
     try:
         dtype = model.visual.conv1.weight.dtype
         pixels = _input_tensor(image, backbone.input_resolution).to(backbone.device, dtype)
@@ -99,16 +112,19 @@ class GradCam:
     name = "gradcam"
 
     def __init__(self, backbones: Sequence[ClipBackbone], threshold: float = 0.5,
-                 snap_to_proposal: bool = False) -> None:
+                 snap_to_proposal: bool = False, target_layer: str | None = None) -> None:
         if not backbones:
             raise ValueError("gradcam needs at least one CLIP backbone")
         self.backbones = list(backbones)
+        for backbone in self.backbones:  # a wrong name fails here, before any image is read
+            _target_layer(backbone, target_layer)
         self.threshold = threshold
         self.snap_to_proposal = snap_to_proposal
+        self.target_layer = target_layer
 
     def config(self) -> dict[str, Any]:
         return {"method": self.name, "threshold": self.threshold,
-                "snap_to_proposal": self.snap_to_proposal}
+                "snap_to_proposal": self.snap_to_proposal, "target_layer": self.target_layer}
 
     def heatmaps(self, image: Image.Image, expressions: Sequence[str]) -> torch.Tensor:
         """(E, H, W) maps averaged over the backbones."""
@@ -116,7 +132,7 @@ class GradCam:
         for backbone in self.backbones:
             texts = backbone.encode_texts(list(expressions))
             for i, text in enumerate(texts):
-                total[i] += gradcam_map(backbone, image, text)
+                total[i] += gradcam_map(backbone, image, text, self.target_layer)
         return total / len(self.backbones)
 
     def predict(self, image: Image.Image, expressions: Sequence[str],

@@ -79,6 +79,9 @@ class ToyClipConfig:
     lr: float = 2e-3
     warmup: int = 30
     weight_decay: float = 0.0
+    # Batches of whole images' pairs (the scene, its crops, its marked copies) instead of pairs
+    # drawn at random: see ``_epoch_order``.
+    batch_by_image: bool = False
     # clip.model.CLIP arguments (build_model re-derives all of them from the tensor shapes): the
     # embedded tiny-rn architecture, with a context as long as the longest toy caption.
     model: dict[str, Any] = field(default_factory=lambda: {
@@ -225,6 +228,28 @@ def _contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tens
 
 
 
+def _epoch_order(pairs: TrainingPairs, generator: torch.Generator, by_image: bool
+                 ) -> torch.Tensor:
+    """The pairs of one epoch in training order.
+
+    At random, a batch of 64 rarely holds two pairs that differ only in where something is,
+    so the contrastive loss is solved by colour and category alone and position words get
+    almost no gradient (CLIP's bag-of-words behaviour: Yuksekgonul et al., ICLR 2023).
+    ``by_image``: the images come in random order and each brings all its pairs along, so
+    the marked copies of same-category twins ("This is the car on the left" / "... on the
+    right") meet in one batch as each other's negatives. Same pairs, same captions; only the
+    batches are composed differently.
+    """
+    if not by_image:
+        return torch.randperm(len(pairs.kinds), generator=generator)
+    groups: dict[int, list[int]] = {}
+    for index, image_id in enumerate(pairs.image_ids):
+        groups.setdefault(image_id, []).append(index)
+    images = sorted(groups)
+    shuffled = torch.randperm(len(images), generator=generator).tolist()
+    return torch.tensor([i for k in shuffled for i in groups[images[k]]])
+
+
 class _Deterministic:
     """One thread and deterministic kernels for the duration of training, restored after."""
 
@@ -272,12 +297,12 @@ def train_toy_clip(config: ToyClipConfig, pairs: TrainingPairs | None = None,
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
         history: list[float] = []
-        order = torch.randperm(len(pairs.kinds), generator=generator)
+        order = _epoch_order(pairs, generator, config.batch_by_image)
         cursor = 0
         model.train()
         for step in range(config.steps):
             if cursor + config.batch_size > len(order):
-                order = torch.randperm(len(pairs.kinds), generator=generator)
+                order = _epoch_order(pairs, generator, config.batch_by_image)
                 cursor = 0
             batch = order[cursor:cursor + config.batch_size]
             cursor += config.batch_size
@@ -369,7 +394,7 @@ def _run(args: argparse.Namespace) -> int:
     config = dataclasses.replace(
         defaults, data_images=args.images, data_seed=args.data_seed,
         marked_share=args.marked_share, seed=args.seed, steps=args.steps,
-        batch_size=args.batch_size)
+        batch_size=args.batch_size, batch_by_image=args.batch_by_image)
     if config.data_seed == 0:
         print("note: data seed 0 is the book's dataset seed; its first images are the book's "
               "images, and those of its val/test splits may be training images here")
@@ -403,6 +428,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=defaults.seed)
     parser.add_argument("--steps", type=positive_int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int_at_least(2), default=defaults.batch_size)
+    parser.add_argument("--batch-by-image", action=argparse.BooleanOptionalAction,
+                        default=defaults.batch_by_image,
+                        help="compose batches of whole images' pairs (twins meet as negatives)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=_run)

@@ -1,22 +1,39 @@
 """Tests with teeth: with the toy CLIP, on a world it never saw, methods must beat chance.
 
 The world is generated with seed 7 (the book uses 0; toy-rn was trained on the train split of
-seed 1000's world), 60 images, evaluated on its test split (91 expressions) with ground-truth
-proposals. The floor is the random method's *expected* accuracy, mean(1 / proposals), which a
-seeded draw only approximates.
+seed 1000's world), 200 images, evaluated on its test split (306 expressions, 3 to 5
+ground-truth proposals each). The floor is the random method's *expected* accuracy,
+mean(1 / proposals) = 0.260, which a seeded draw only approximates.
 
-MARGIN comes from the sample size, not from the results: the floor here is 0.24, and a method
-at chance has a standard error of sqrt(0.24 * 0.76 / 91) = 0.045, so 0.10 (just over two
-standard errors) is what a method must clear to be told apart from chance. Measured with the
-shipped toy-rn: crop baseline 0.76, red-circle 0.57, red-circle without debiasing 0.58 (and
-0.75 / 0.59 / 0.66 with the checkpoint trained under ATEN_CPU_CAPABILITY=default, whose bytes
-differ). Three methods do not clear it, for reasons of the toy model, so they are not asserted
-here: Grad-CAM 0.00 (toy-rn's last ResNet stage is a 2 x 2 grid at 64 px, so its box is a
-quadrant or the whole image, never IoU >= 0.5 with an object 1/7 to 1/3 of the image wide),
-colour background 0.33 and colour overlay 0.42 (the toy CLIP never saw painted backgrounds or
-tints, nor their prompts). Red-circle does not beat the crop baseline on position expressions
-with toy-rn (0.41 vs 0.71), also for targets wholly inside CLIP's centre crop (0.38 vs 0.71),
-so the centre crop is not the reason.
+The margin is Z = 3 standard deviations of a random choice's accuracy over those expressions
+(``random_floor_sd``: 0.025 here, so a method must reach 0.335): a method at chance clears it
+in about one run in 700, whatever the results. It was set from the sample size before the
+methods were compared; the old 60-image world (n = 91) needed 0.10, too coarse to tell a weak
+method from chance. The module fixture evaluates every zero-shot method once (about 50 CPU
+seconds on the 2-core machine).
+
+Measured with the shipped toy-rn (accuracy, all 306): crop baseline 0.71, colour overlay 0.41,
+Grad-CAM's proposal with the most heat (layer3) 0.55, red-circle 0.61 (0.61 without
+debiasing), relations resolver 0.97 / 0.96. Two zero-shot methods do not clear it, and the
+test says so (strict xfail: it fails the day they do):
+
+* colour background 0.29: it paints the background in colours the world names objects by,
+  and the toy CLIP reads the paint as the object's colour. Of 74 plain expressions, 28 had
+  a proposal whose background colour is the expression's colour word; the method chose that
+  proposal in 27 (a random choice: about 8).
+* Grad-CAM's own box 0.11 (layer3, 4 x 4; 0.01 with layer4, 2 x 2 at 64 px; 0.07 with
+  layer2; thresholds 0.3 / 0.7 are worse): the map finds the object (0.55 as a proposal
+  choice) but a box around its upper half is not tight enough for IoU >= 0.5.
+
+Red-circle vs the crop baseline on position expressions (126 of them): 0.42 vs 0.54, not
+asserted. Split by what each gets right: the crop baseline picks the right category in 125 /
+126 and, among same-category twins, the right one at chance (49 / 107; chance about 0.45);
+red-circle picks the right category in 100 / 126 (the object is small in the whole 64 px
+picture, large in its crop) and among twins is no better than chance (38 / 107). The toy CLIP
+has not learnt to read position from where the marked object is; the red-circle
+parameters do not change that (blur radius 5 / 10 / 20, stroke width 3 / 8, one variant at a
+time, no marker, rendering at 64 px: position 0.38 to 0.45), nor do images of its own
+training split (0.48 vs 0.57).
 """
 
 from __future__ import annotations
@@ -36,12 +53,24 @@ from refcocog_tools.prediction import Prediction
 from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals import Proposals, make_proposer
 from refcocog_tools.registry import make_method
-from refcocog_tools.toy_world import TOY_METHODS, evaluate_toy_methods, random_floor
+from refcocog_tools.toy_world import (
+    FLOORS,
+    TOY_METHODS,
+    evaluate_toy_methods,
+    random_floor,
+    random_floor_sd,
+)
 
 WORLD_SEED = 7
-WORLD_IMAGES = 60
-MARGIN = 0.10
-ASSERTED = ("crop baseline", "red-circle, no debiasing", "red-circle")
+WORLD_IMAGES = 200
+Z = 3.0  # the margin, in standard deviations of a random choice's accuracy
+# Zero-shot methods that do not clear the floor with toy-rn, and why (measured; module doc).
+# strict: the day one of them clears it, the test says so and this list must change.
+KNOWN_FAILURES = {
+    "colour background": "paints the background in the palette the world names objects by",
+    "Grad-CAM box (layer3)": "a box drawn from a 4 x 4 map rarely reaches IoU 0.5",
+}
+ZERO_SHOT = tuple(label for label, _, _ in TOY_METHODS if label not in FLOORS)
 
 
 class ShuffledChoices:
@@ -71,7 +100,7 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def toy_results(toy_root: Path, session_cache: Path) -> dict:
     root = toy_root
-    methods = [m for m in TOY_METHODS if m[0] in ASSERTED]
+    methods = [m for m in TOY_METHODS if m[0] in ZERO_SHOT]
     results = evaluate_toy_methods(root, "test", "toy-rn", methods, model_cache=session_cache)
     backbones = load_clips("toy-rn", cache=session_cache)
     broken = ShuffledChoices(make_method("red-circle", backbones, cache=EmbeddingCache(),
@@ -82,10 +111,13 @@ def toy_results(toy_root: Path, session_cache: Path) -> dict:
 
 
 def _clears_floor(doc: dict) -> bool:
-    return doc["metrics"]["accuracy"] >= random_floor(doc["predictions"]) + MARGIN
+    rows = doc["predictions"]
+    return doc["metrics"]["accuracy"] >= random_floor(rows) + Z * random_floor_sd(rows)
 
 
-@pytest.mark.parametrize("label", ASSERTED)
+@pytest.mark.parametrize("label", [
+    pytest.param(label, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[label]))
+    if label in KNOWN_FAILURES else label for label in ZERO_SHOT])
 def test_zero_shot_methods_beat_the_random_floor(toy_results: dict, toy_root: Path,
                                                  label: str) -> None:
     assert _clears_floor(toy_results[label]), \
