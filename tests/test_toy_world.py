@@ -7,9 +7,9 @@ mean(1 / proposals) = 0.260, which a seeded draw only approximates.
 
 The margin is Z = 3 standard deviations of a random choice's accuracy over those expressions
 (``random_floor_sd``: 0.025 here, so a method must reach 0.335): a method at chance clears it
-in about one run in 700, whatever the results. It was set from the sample size before the
-methods were compared; the old 60-image world (n = 91) needed 0.10, too coarse to tell a weak
-method from chance. The module fixture evaluates every zero-shot method once (about 50 CPU
+in about one run in 700. It follows from the sample size and the statistics of chance, not
+from the methods' results; the old 60-image world (n = 91) needed 0.10, too coarse to tell a
+weak method from chance. The module fixture evaluates every zero-shot method once (about 50 CPU
 seconds on the 2-core machine).
 
 Measured with the shipped toy-rn (accuracy, all 306): crop baseline 0.71, colour overlay 0.41,
