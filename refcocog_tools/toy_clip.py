@@ -238,7 +238,9 @@ def _epoch_order(pairs: TrainingPairs, generator: torch.Generator, by_image: boo
     ``by_image``: the images come in random order and each brings all its pairs along, so
     the marked copies of same-category twins ("This is the car on the left" / "... on the
     right") meet in one batch as each other's negatives. Same pairs, same captions; only the
-    batches are composed differently.
+    batches are composed differently. Off by default: with every referred object marked
+    (``marked_share=1``) it did not make red-circle read position better (test-split numbers
+    in ``tests/test_toy_world.py``).
     """
     if not by_image:
         return torch.randperm(len(pairs.kinds), generator=generator)
