@@ -51,11 +51,13 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class GradCamOptions:
-    """Grad-CAM's settings: the heat-map ``threshold`` (share of the peak) and whether the box
-    snaps to the best-overlapping proposal."""
+    """Grad-CAM's settings: the heat-map ``threshold`` (share of the peak), whether the box
+    snaps to the best-overlapping proposal, and the visual stage the map is taken from
+    (``target_layer``; None: the last)."""
 
     threshold: float = _default_of(GradCam, "threshold")
     snap_to_proposal: bool = _default_of(GradCam, "snap_to_proposal")
+    target_layer: str | None = _default_of(GradCam, "target_layer")
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ METHODS: dict[str, MethodEntry] = {
     "gradcam": MethodEntry(
         GradCam, GradCamOptions, True,
         lambda inputs, options: GradCam(inputs.backbones, threshold=options.threshold,
-                                        snap_to_proposal=options.snap_to_proposal)),
+                                        snap_to_proposal=options.snap_to_proposal,
+                                        target_layer=options.target_layer)),
     "regressor": MethodEntry(RegressorMethod, RegressorOptions, True, _regressor),
     "relations": MethodEntry(RelationsMethod, RelationsOptions, True, _relations),
     **{name: MethodEntry(cls, NoOptions, False, _floor(cls)) for name, cls in FLOORS.items()},
