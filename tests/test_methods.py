@@ -174,6 +174,17 @@ def test_gradcam_maps_cover_the_image(test_split, tiny_rn, tiny_vit) -> None:
     assert float(heat.min()) >= 0.0 and float(heat.max()) <= 1.0 + 1e-6
 
 
+def test_gradcam_target_layer_is_checked_up_front_and_changes_the_map(test_split,
+                                                                      tiny_rn) -> None:
+    with pytest.raises(ValueError, match="layer9"):
+        make_method("gradcam", [tiny_rn], target_layer="layer9")
+    item = test_split[0]
+    earlier = make_method("gradcam", [tiny_rn], target_layer="layer3")
+    assert earlier.config()["target_layer"] == "layer3"
+    last = GradCam([tiny_rn]).heatmaps(item.image, [item.sentence])
+    assert not torch.allclose(earlier.heatmaps(item.image, [item.sentence]), last)
+
+
 def test_cached_second_run_is_identical_and_encodes_nothing(tmp_path, test_split, tiny_rn,
                                                             pool) -> None:
     def run() -> tuple[dict, EmbeddingCache]:
