@@ -91,6 +91,10 @@ class ToyClipConfig:
         out = dataclasses.asdict(self)
         out["marked_variants"] = list(self.marked_variants)
         out["model"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model.items()}
+        if not self.batch_by_image:
+            # Written only when on: the checkpoint embeds this dictionary, so a default run
+            # keeps the bytes (and sha256) of the shipped toy-rn, trained before the option.
+            del out["batch_by_image"]
         return out
 
 
