@@ -132,7 +132,9 @@ def evaluate_toy_regressors(
     study's: MSE on pixel boxes, its learning rate per head, 30 epochs) unless
     ``train_options`` says otherwise; the best validation epoch is evaluated."""
     from .backbones import load_clips
-    from .regressors import TrainConfig, results_on_split, split_data, train_regressor
+    from .regressor_data import split_data
+    from .regressor_training import TrainConfig, train_regressor
+    from .regressors import results_on_split
     from .results import clip_provenance
 
     backbones = load_clips(clip, device=device, cache=model_cache)
