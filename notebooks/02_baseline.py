@@ -144,7 +144,7 @@ glue("baseline_vs_floors", "above" if metrics["accuracy"] > floors[best_floor]["
 # The study's central observation about the baseline is that a crop has lost its place in the
 # image: two identical objects give nearly identical crops, so "the one on the left" cannot
 # be told from "the one on the right". If that is the weakness, the baseline should do worse
-# on expressions that mention a position (`refcocog_tools.dataset.is_spatial`) than on the
+# on expressions that mention a position (`refcocog_tools.language.is_spatial`) than on the
 # others. The table and chart split this run's result that way (numbers from this build only).
 # {numref}`fig-baseline-spatial` shows the split.
 

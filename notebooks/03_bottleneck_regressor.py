@@ -19,7 +19,7 @@
 # on pixel coordinates, and it overfitted: the training IoU kept rising while the validation
 # IoU fell.
 #
-# This chapter trains the same head with `refcocog_tools.regressors`, draws its training
+# This chapter trains the same head with `refcocog_tools.regressor_training`, draws its training
 # curves, evaluates the best checkpoint on the test split with the metrics every other method
 # uses, and documents two defects of the original code that this implementation corrects: an
 # IoU loss whose intersection was computed with the wrong corner, and a random seed that was
@@ -306,7 +306,7 @@ show_table(pd.DataFrame([
 # only, for the IoU loss and the mixed loss of the next chapter.
 #
 # The table computes, for a few pairs of boxes, the IoU implied by the study's loss
-# (`refcocog_tools.regressors.study_iou_loss_with_corner_bug`, kept only as this
+# (`refcocog_tools.regressor_heads.study_iou_loss_with_corner_bug`, kept only as this
 # illustration), the IoU implied by the loss used here (`plain_iou_loss`) and
 # `torchvision.ops.box_iou` as the reference.
 

@@ -76,7 +76,7 @@ glue("no_relation_share", float((table["n_relations"] == 0).mean()))
 # ## Spatial and non-spatial expressions
 #
 # An expression is *spatial* when it contains a word about position or relative size
-# (`refcocog_tools.dataset.SPATIAL_WORDS`: left, right, top, behind, bigger, ...). In this run
+# (`refcocog_tools.language.SPATIAL_WORDS`: left, right, top, behind, bigger, ...). In this run
 # {glue:text}`spatial_share:.1%` of the {glue:text}`n_expressions` expressions are spatial
 # ({glue:text}`test_spatial_share:.1%` on the test split). These are the expressions a
 # crop-and-match method is structurally unable to resolve when the image holds look-alikes.

@@ -25,7 +25,8 @@
 #   half of the image and green if in the right half; an expression with *left* (or *right*)
 #   gets " with a red overlay" (or green).
 #
-# Both are implemented in `refcocog_tools.overlay` on top of `refcocog_tools.visual_prompts`.
+# Both are implemented in `refcocog_tools.colour_encodings` (the pictures, the prompts and both
+# methods), on the crops of `refcocog_tools.visual_prompts`.
 #
 # ```{include} ../_real_data.md
 # ```

@@ -128,8 +128,8 @@ for sentence in examples:
         "noun phrases scored": " | ".join(p.text for p in parse.phrases()),
     })
 show_table(pd.DataFrame(rows),
-           "Parses by refcocog_tools.relations.parse_reference: the first expression of each "
-           "type in this page's split (types of the embedded dataset's generator), then five "
+           "Parses by refcocog_tools.reference_parser.parse_reference: the first expression of "
+           "each type in this page's split (types of the embedded dataset's generator), then five "
            "written by hand.")
 
 # %% [markdown]
