@@ -74,7 +74,7 @@ from refcocog_tools.regressor_training import (
     plot_history,
     train_regressor,
 )
-from refcocog_tools.regressors import RegressorMethod, results_on_split
+from refcocog_tools.regressors import RegressorMethod, RegressorOptions, results_on_split
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.reported import reported_results
 from refcocog_tools.results import clip_provenance, honesty_text, reading_note
@@ -273,7 +273,7 @@ glue("bottleneck_test_non_spatial_miou", metrics["by_spatial"]["non_spatial"]["m
 
 # %% tags=["hide-input"]
 engine = evaluate(RefCOCOg(root, split="test"),
-                  RegressorMethod(backbones, out_dir / "best.pt", device=device),
+                  RegressorMethod(backbones, RegressorOptions(out_dir / "best.pt", device)),
                   make_proposer("gt"), backbones, limit=limit)
 same_rows = ([(r["sent_id"], r["ref_id"]) for r in engine["predictions"]]
              == [(r["sent_id"], r["ref_id"]) for r in test_results["predictions"]])

@@ -29,7 +29,7 @@
 # ```
 
 # %% tags=["parameters", "hide-input"]
-from refcocog_tools.registry import GradCamOptions  # the method's defaults
+from refcocog_tools.gradcam import GradCamOptions  # the method's defaults
 
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated (the study used a ViT for Grad-CAM)
@@ -82,7 +82,7 @@ chapter.note
 groups = group_by_image(dataset, limit)
 items = groups[min(image_index, len(groups) - 1)][:n_maps]
 image = items[0].image
-gradcam = GradCam(backbones, threshold=threshold)
+gradcam = GradCam(backbones, GradCamOptions(threshold=threshold))
 heat = gradcam.heatmaps(image, [it.sentence for it in items])
 boxes = torch.stack([box_from_map(h, threshold) for h in heat])
 fig = heatmap_grid(image, heat, boxes, [it.box for it in items], [it.sentence for it in items])

@@ -40,11 +40,11 @@ from .registry import (
     ENTITY_SCORERS,
     METHODS,
     NEEDS_CLIP,
-    RegressorOptions,
     RelationsOptions,
     canonical_method,
     make_method,
 )
+from .regressors import RegressorOptions
 from .render import PREPROCESS_MODES, RENDER_BACKENDS
 from .results import honesty_label
 from .visual_prompts import MARKER_SHAPES

@@ -16,6 +16,7 @@ re-checked.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -106,21 +107,33 @@ def box_from_map(heat: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     return torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class GradCamOptions:
+    """Grad-CAM's settings: the heat-map ``threshold`` (share of the peak), whether the box
+    snaps to the best-overlapping proposal, and the visual stage the map is taken from
+    (``target_layer``; None: the last)."""
+
+    threshold: float = 0.5
+    snap_to_proposal: bool = False
+    target_layer: str | None = None
+
+
 class GradCam:
     """Grad-CAM boxes, averaged over backbones; proposals are scored only for inspection."""
 
     name = "gradcam"
 
-    def __init__(self, backbones: Sequence[ClipBackbone], threshold: float = 0.5,
-                 snap_to_proposal: bool = False, target_layer: str | None = None) -> None:
+    def __init__(self, backbones: Sequence[ClipBackbone],
+                 options: GradCamOptions = GradCamOptions()) -> None:
         if not backbones:
             raise ValueError("gradcam needs at least one CLIP backbone")
         self.backbones = list(backbones)
         for backbone in self.backbones:  # a wrong name fails here, before any image is read
-            _target_layer(backbone, target_layer)
-        self.threshold = threshold
-        self.snap_to_proposal = snap_to_proposal
-        self.target_layer = target_layer
+            _target_layer(backbone, options.target_layer)
+        self.options = options
+        self.threshold = options.threshold
+        self.snap_to_proposal = options.snap_to_proposal
+        self.target_layer = options.target_layer
 
     def config(self) -> dict[str, Any]:
         return {"method": self.name, "threshold": self.threshold,

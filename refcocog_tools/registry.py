@@ -9,21 +9,19 @@ backbones (and, for red-circle, the training expressions it draws debias prompts
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 from .backbones import ClipBackbone
 from .baseline import CropMatching, CropMatchingOptions
 from .colour_encodings import ColourBackground, ColourBackgroundOptions, ColourOverlay
 from .floors import FLOORS, RandomProposal
-from .gradcam import GradCam
+from .gradcam import GradCam, GradCamOptions
 from .methods import GroundingMethod
 from .prompt_cache import EmbeddingCache
 from .red_circle import RedCircle, RedCircleOptions
-from .regressors import RegressorMethod
+from .regressors import RegressorMethod, RegressorOptions
 from .relations import RelationsMethod
 
 # The book writes "colour", the method names say "color": both spellings name the same method.
@@ -37,41 +35,15 @@ ENTITY_SCORERS = ("red-circle", "crop", "blur", "none")
 BLUR_ISOLATION = RedCircleOptions(variants=("blur",), marker="none", n_debias=0, prefix="")
 
 
-def _default_of(cls: type, parameter: str) -> Any:
-    """The default ``cls``'s constructor declares for ``parameter``: the methods whose
-    constructors keep their own defaults (Grad-CAM, relations, regressor) are read, not
-    restated."""
-    return inspect.signature(cls).parameters[parameter].default
-
-
 @dataclass(frozen=True)
 class NoOptions:
     """The options of a method that has none (colour-overlay, the floors)."""
 
 
 @dataclass(frozen=True)
-class GradCamOptions:
-    """Grad-CAM's settings: the heat-map ``threshold`` (share of the peak), whether the box
-    snaps to the best-overlapping proposal, and the visual stage the map is taken from
-    (``target_layer``; None: the last)."""
-
-    threshold: float = _default_of(GradCam, "threshold")
-    snap_to_proposal: bool = _default_of(GradCam, "snap_to_proposal")
-    target_layer: str | None = _default_of(GradCam, "target_layer")
-
-
-@dataclass(frozen=True)
-class RegressorOptions:
-    """The trained regressor's settings: its checkpoint (``train-regressor``'s best.pt) and
-    the device its head runs on."""
-
-    checkpoint: str | Path | None = None
-    device: str = _default_of(RegressorMethod, "device")
-
-
-@dataclass(frozen=True)
 class RelationsOptions:
-    """The relations resolver's settings (see ``relations``) and its noun-phrase scorer.
+    """The relations resolver's settings (see ``relations``; ``RelationsMethod`` takes this
+    object) and its noun-phrase scorer.
 
     ``scorer_options``: the scorer's own options (``RedCircleOptions`` for red-circle and blur,
     ``CropMatchingOptions`` for crop), None for its defaults; a mapping of option values is
@@ -79,11 +51,11 @@ class RelationsOptions:
     """
 
     entity_scorer: str = "red-circle"
-    use_labels: bool = _default_of(RelationsMethod, "use_labels")
-    label_floor: float = _default_of(RelationsMethod, "label_floor")
-    temperature: float = _default_of(RelationsMethod, "temperature")
-    full_expression: bool = _default_of(RelationsMethod, "full_expression")
-    superlative_rule: str = _default_of(RelationsMethod, "superlative_rule")
+    use_labels: bool = True
+    label_floor: float = 0.0
+    temperature: float = 0.01
+    full_expression: bool = True
+    superlative_rule: str = "exclusive"
     scorer_options: RedCircleOptions | CropMatchingOptions | None = None
 
     def __post_init__(self) -> None:
@@ -140,18 +112,10 @@ def _red_circle(inputs: MethodInputs, options: RedCircleOptions) -> RedCircle:
                      debias_seed=inputs.seed)
 
 
-def _regressor(inputs: MethodInputs, options: RegressorOptions) -> RegressorMethod:
-    if options.checkpoint is None:
-        raise ValueError("method 'regressor' needs --checkpoint (a train-regressor best.pt)")
-    return RegressorMethod(inputs.backbones, options.checkpoint, device=options.device)
-
-
 def _relations(inputs: MethodInputs, options: RelationsOptions) -> RelationsMethod:
     return RelationsMethod(
-        make_entity_scorer(options.entity_scorer, inputs, options.scorer_options),
-        use_labels=options.use_labels, label_floor=options.label_floor,
-        temperature=options.temperature, full_expression=options.full_expression,
-        superlative_rule=options.superlative_rule, scorer_name=options.entity_scorer)
+        make_entity_scorer(options.entity_scorer, inputs, options.scorer_options), options,
+        scorer_name=options.entity_scorer)
 
 
 def _floor(cls: type) -> Callable[[MethodInputs, NoOptions], GroundingMethod]:
@@ -173,10 +137,10 @@ METHODS: dict[str, MethodEntry] = {
     "red-circle": MethodEntry(RedCircle, RedCircleOptions, True, _red_circle),
     "gradcam": MethodEntry(
         GradCam, GradCamOptions, True,
-        lambda inputs, options: GradCam(inputs.backbones, threshold=options.threshold,
-                                        snap_to_proposal=options.snap_to_proposal,
-                                        target_layer=options.target_layer)),
-    "regressor": MethodEntry(RegressorMethod, RegressorOptions, True, _regressor),
+        lambda inputs, options: GradCam(inputs.backbones, options)),
+    "regressor": MethodEntry(
+        RegressorMethod, RegressorOptions, True,
+        lambda inputs, options: RegressorMethod(inputs.backbones, options)),
     "relations": MethodEntry(RelationsMethod, RelationsOptions, True, _relations),
     **{name: MethodEntry(cls, NoOptions, False, _floor(cls)) for name, cls in FLOORS.items()},
 }

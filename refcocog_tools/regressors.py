@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ from .results import clip_provenance, honesty_label, provenance, results_documen
 # ----------------------------------------------------------------------------------------------
 # The grounding method for the evaluation engine
 # ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegressorOptions:
+    """The trained regressor's settings: its checkpoint (``train-regressor``'s best.pt) and
+    the device its head runs on."""
+
+    checkpoint: str | Path | None = None
+    device: str = "cpu"
+
+
 class RegressorMethod:
     """A trained head as a grounding method: one box per expression, proposals ignored.
 
@@ -57,11 +67,13 @@ class RegressorMethod:
 
     name = "regressor"
 
-    def __init__(self, backbones: Sequence[Any], checkpoint_path: str | Path,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(self, backbones: Sequence[Any], options: RegressorOptions) -> None:
+        if options.checkpoint is None:
+            raise ValueError("method 'regressor' needs --checkpoint (a train-regressor best.pt)")
         self.backbones = list(backbones)
-        self.checkpoint_path = Path(checkpoint_path)
-        self.device = torch.device(device)
+        self.options = options
+        self.checkpoint_path = Path(options.checkpoint)
+        self.device = torch.device(options.device)
         self.head, payload = load_checkpoint(self.checkpoint_path, self.device)
         self.train_config = TrainConfig.from_dict(payload["config"])
         self.best_epoch = payload.get("epoch")

@@ -61,8 +61,10 @@ from .proposals import Proposals
 from .reference_parser import NounPhrase, parse_reference
 from .scene_graph import between_tensor, box_areas, centroids, pairwise_relation
 
-if TYPE_CHECKING:  # plotting types only
+if TYPE_CHECKING:  # plotting types, and the options the registry builds this method from
     from matplotlib.axes import Axes
+
+    from .registry import RelationsOptions
 
 # ----------------------------------------------------------------------------------------------
 # 2. Entity scores and label match
@@ -178,27 +180,27 @@ class RelationsMethod:
     def __init__(
         self,
         entity_scorer: GroundingMethod | None,
+        options: RelationsOptions,
         *,
-        use_labels: bool = True,
-        label_floor: float = 0.0,
-        temperature: float = 0.01,
-        full_expression: bool = True,
-        superlative_rule: str = "exclusive",
         scorer_name: str | None = None,
     ) -> None:
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if not 0.0 <= label_floor <= 1.0:
-            raise ValueError(f"label_floor must be in [0, 1], got {label_floor}")
-        if superlative_rule not in ("exclusive", "reclip"):
+        """``options``: the resolver's settings (its ``entity_scorer`` and ``scorer_options``
+        were used by the registry to build ``entity_scorer``); ``scorer_name`` names the
+        scorer in ``config`` (default: the scorer's own name)."""
+        if options.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {options.temperature}")
+        if not 0.0 <= options.label_floor <= 1.0:
+            raise ValueError(f"label_floor must be in [0, 1], got {options.label_floor}")
+        if options.superlative_rule not in ("exclusive", "reclip"):
             raise ValueError("superlative_rule must be 'exclusive' or 'reclip'")
+        self.options = options
         self.entity_scorer = entity_scorer
         self.scorer_name = scorer_name or (entity_scorer.name if entity_scorer else "none")
-        self.use_labels = use_labels
-        self.label_floor = float(label_floor)
-        self.temperature = float(temperature)
-        self.full_expression = full_expression
-        self.superlative_rule = superlative_rule
+        self.use_labels = options.use_labels
+        self.label_floor = float(options.label_floor)
+        self.temperature = float(options.temperature)
+        self.full_expression = options.full_expression
+        self.superlative_rule = options.superlative_rule
         # A scorer that declares its CLIP inputs (red-circle, crop, blur) lends the engine its
         # backbones and cache, which makes this method a ``BatchedMethod``: the engine then
         # encodes the scorer's prompts of many images in shared batches. Without such a scorer

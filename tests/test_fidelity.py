@@ -188,7 +188,7 @@ def test_raw_embeddings_and_last_checkpoint_are_the_studys_regressor_setting(
 
     from refcocog_tools.cli import main as cli_main
     from refcocog_tools.regressor_data import split_data
-    from refcocog_tools.regressors import RegressorMethod
+    from refcocog_tools.regressors import RegressorMethod, RegressorOptions
 
     emb = tmp_path / "emb"
     out = tmp_path / "run"
@@ -210,7 +210,7 @@ def test_raw_embeddings_and_last_checkpoint_are_the_studys_regressor_setting(
                                normalised.text_embeddings, atol=1e-5, rtol=1e-4)
 
     # The method reads the flag from the checkpoint and feeds raw embeddings too.
-    method = RegressorMethod([tiny_rn], out / "final.pt")
+    method = RegressorMethod([tiny_rn], RegressorOptions(out / "final.pt"))
     assert method.config()["raw_embeddings"] is True and method.best_epoch == 3
     item = RefCOCOg(mini_data, "test")[0]
     rows = [p for p in results["predictions"] if p["sent_id"] == item.sent_id]

@@ -32,7 +32,7 @@ from refcocog_tools.regressor_training import (
     predict_boxes,
     train_regressor,
 )
-from refcocog_tools.regressors import RegressorMethod
+from refcocog_tools.regressors import RegressorMethod, RegressorOptions
 from refcocog_tools.split_embeddings import cache_path, load_cache, split_embeddings
 
 SIZE = (320.0, 240.0)
@@ -328,7 +328,7 @@ def test_method_refuses_other_backbones(tmp_path: Path) -> None:
     clip = [{"name": "fake", "checksum": "a" * 64, "untrained": True}]
     train_regressor(train, val, TrainConfig(epochs=1), out_dir=tmp_path, clip=clip)
     with pytest.raises(ValueError, match="checksums differ"):
-        RegressorMethod([FakeEncoder("other", "b" * 64)], tmp_path / "best.pt")
+        RegressorMethod([FakeEncoder("other", "b" * 64)], RegressorOptions(tmp_path / "best.pt"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,7 +387,7 @@ def test_train_regressor_cli_end_to_end(mini_root: Path, tmp_path: Path,
     assert "configuration changed" in capsys.readouterr().err
 
     # The grounding method on the same checkpoint gives the same boxes for a test image.
-    method = RegressorMethod(load_clips("tiny-rn"), out / "best.pt")
+    method = RegressorMethod(load_clips("tiny-rn"), RegressorOptions(out / "best.pt"))
     assert method.name == "regressor" and method.config()["head"] == "large"
     item = test[0]
     rows = [p for p in results["predictions"] if p["image_id"] == item.image_id]

@@ -20,7 +20,7 @@ from refcocog_tools.minidata import (
 )
 from refcocog_tools.proposals import GroundTruthProposer, Proposals
 from refcocog_tools.reference_parser import parse_reference
-from refcocog_tools.registry import make_method
+from refcocog_tools.registry import RelationsOptions, make_method
 from refcocog_tools.relations import RelationsMethod, label_factor, label_matches, superlative
 from refcocog_tools.scene_graph import between_tensor, pairwise_relation
 
@@ -130,7 +130,7 @@ def _proposals() -> Proposals:
     ("the cat between the cat and the dog", 1),
 ])
 def test_labels_and_geometry_resolve_without_a_scorer(sentence: str, expected: int) -> None:
-    method = RelationsMethod(None)
+    method = RelationsMethod(None, RelationsOptions())
     prediction = method.predict(IMAGE, [sentence], _proposals())
     assert int(prediction.chosen[0]) == expected
     assert prediction.scores.sum().item() == pytest.approx(1.0)
@@ -138,17 +138,17 @@ def test_labels_and_geometry_resolve_without_a_scorer(sentence: str, expected: i
 
 def test_without_labels_the_scorer_decides_among_all_proposals() -> None:
     unlabelled = Proposals(BOXES, [None] * 4)
-    method = RelationsMethod(None, use_labels=True)
+    method = RelationsMethod(None, RelationsOptions(use_labels=True))
     # Uniform entity scores: "leftmost" is the leftmost proposal of all.
     assert int(method.predict(IMAGE, ["the leftmost thing"], unlabelled).chosen[0]) == 0
     assert int(method.predict(IMAGE, ["the rightmost cat"], unlabelled).chosen[0]) == 2
-    labelled = RelationsMethod(None, use_labels=False)
+    labelled = RelationsMethod(None, RelationsOptions(use_labels=False))
     assert int(labelled.predict(IMAGE, ["the rightmost cat"], _proposals()).chosen[0]) == 2
 
 
 def test_explain_keeps_every_step() -> None:
-    resolution = RelationsMethod(None).explain(IMAGE, "red cat to the left of the blue dog",
-                                               _proposals())
+    resolution = RelationsMethod(None, RelationsOptions()).explain(
+        IMAGE, "red cat to the left of the blue dog", _proposals())
     assert resolution.texts == ["red cat to the left of the blue dog", "red cat", "blue dog"]
     assert resolution.entity["blue dog"].tolist() == [0, 0, 1, 0]
     assert [what for what, _ in resolution.steps] == ["red cat left_of blue dog"]
@@ -157,7 +157,7 @@ def test_explain_keeps_every_step() -> None:
 
 def test_invalid_options_are_refused() -> None:
     with pytest.raises(ValueError, match="temperature"):
-        RelationsMethod(None, temperature=0)
+        RelationsMethod(None, RelationsOptions(temperature=0))
     with pytest.raises(ValueError, match="entity scorer"):
         make_method("relations", entity_scorer="gradcam")
 
