@@ -35,17 +35,19 @@
 # %% tags=["parameters", "hide-input"]
 from typing import Optional
 
+from refcocog_tools.regressor_training import TrainConfig  # the training defaults
+
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated (study: ViT-B/32)
 proposals: str = "gt"  # unused here: a regressor outputs its box directly and needs no proposals
 device: str = "cpu"
 limit: int = 0  # train and evaluate on the first N expressions of each split (0: all)
 seed: int = 0  # initial weights, batch order (the study's seed never took effect)
-epochs: int = 30  # the study's 30
-lr: "Optional[float]" = None  # Adam learning rate; None: the study's 0.01 for this head
-loss: str = "mse"  # "mse" (the study's reported run), "iou" or "mix"
-normalize_targets: bool = False  # False: pixel targets, as in the study
-batch_size: int = 64  # the study's
+epochs: int = TrainConfig.epochs  # the study's 30
+lr: "Optional[float]" = TrainConfig.lr  # Adam learning rate; None: the study's 0.01 for this head
+loss: str = TrainConfig.loss  # "mse" (the study's reported run), "iou" or "mix"
+normalize_targets: bool = TrainConfig.normalize_targets  # False: pixel targets, as in the study
+batch_size: int = TrainConfig.batch_size  # the study's
 run_dir: str = ""  # where checkpoints and curves go; empty: a temporary folder, deleted at the end
 results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 

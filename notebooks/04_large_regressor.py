@@ -33,17 +33,19 @@
 # %% tags=["parameters", "hide-input"]
 from typing import Optional
 
+from refcocog_tools.regressor_training import TrainConfig  # the training defaults
+
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated (the study did not state it)
 proposals: str = "gt"  # unused here: a regressor outputs its box directly and needs no proposals
 device: str = "cpu"
 limit: int = 0  # train and evaluate on the first N expressions of each split (0: all)
 seed: int = 0  # initial weights, batch order, dropout masks
-epochs: int = 30  # the study planned 30 and stopped after 1
-lr: "Optional[float]" = None  # Adam learning rate; None: the study's 0.001 for this head
-iou_variant: str = "giou"  # IoU term of the "mix" loss: "iou" (corrected plain IoU), "giou", ...
-normalize_targets: bool = False  # the target unit of the curves shown (False: pixels, the study's)
-batch_size: int = 64  # the study's
+epochs: int = TrainConfig.epochs  # the study planned 30 and stopped after 1
+lr: "Optional[float]" = TrainConfig.lr  # Adam learning rate; None: the study's 0.001 for this head
+iou_variant: str = TrainConfig.iou_variant  # IoU term of "mix": "iou" (corrected), "giou", ...
+normalize_targets: bool = TrainConfig.normalize_targets  # curves' unit (False: pixels, the study's)
+batch_size: int = TrainConfig.batch_size  # the study's
 run_dir: str = ""  # folder for the four runs' checkpoints and curves (empty: memory)
 results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 
