@@ -48,18 +48,12 @@ from .io_utils import (
     load_torch_file,
     sha256_file,
 )
+from .openai_clip import clip
 from .untrained_models import (
     EMBEDDED_CLIPS,
     TINY_CLIP_CONFIGS,
     tiny_clip_checkpoint,
 )
-
-with warnings.catch_warnings():
-    # openai-clip imports pkg_resources, which warns on every import; the pin is in pyproject.
-    warnings.simplefilter("ignore", UserWarning)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import clip
-    import clip.model
 
 __all__ = [
     "TOY_CLIPS",

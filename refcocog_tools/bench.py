@@ -303,9 +303,8 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
     compares like with like. ``compile_mode``: compile a random-weight tower built here (see
     ``compile_image_encoder``; a backbone passed in is compiled by ``run_bench``).
     """
-    import clip.model
-
     from .backbones import prepare_for_device
+    from .openai_clip import clip
     from .render import pil_preprocess, prompt_inputs
     from .visual_prompts import STUDY_VARIANTS
 

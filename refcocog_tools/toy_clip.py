@@ -24,7 +24,6 @@ import io
 import math
 import random
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +35,10 @@ from PIL import Image
 
 from .io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
 from .minidata import BACKGROUNDS, CATEGORIES, COLOURS, generate
+from .openai_clip import clip
 from .results import TOY_LABEL
 from .untrained_models import TINY_CLIP_CONFIGS
 from .visual_prompts import crop, render_variant
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import clip
-    import clip.model
 
 __all__ = [
     "TOY_LABEL",

@@ -14,7 +14,6 @@ Generation is bit-identical on any machine: every random draw comes from numpy's
 from __future__ import annotations
 
 import json
-import warnings
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .io_utils import atomic_torch_save, atomic_write_json
-
-with warnings.catch_warnings():
-    # openai-clip imports pkg_resources, which warns on every import; the pin is in pyproject.
-    warnings.simplefilter("ignore", UserWarning)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import clip.model
+from .openai_clip import clip
 
 # Arguments of clip.model.CLIP. build_model() re-derives all of them from tensor shapes, so they
 # must be chosen such that the derivation is exact:
