@@ -54,7 +54,7 @@ from .layouts import layout_from_args
 from .methods import BatchedMethod, GroundingMethod
 from .prompt_cache import EmbeddingCache
 from .proposals import Proposals, Proposer, make_proposer
-from .red_circle import RedCircle, debias_fast
+from .red_circle import RedCircle
 from .registry import NEEDS_CLIP, make_method
 from .render import RENDER_BACKENDS, input_difference
 from .visual_prompts import render_variant
@@ -147,16 +147,10 @@ def study_pattern(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
                     for box in boxes])  # the study's Pillow rendering and CLIP preprocessing
                 text = backbone.encode_texts([method.prefix + items[i].sentence
                                               for i in positions])
-                sim = text @ visual.T
-                if method.debiased:
-                    debias_sim = (visual @ debias_mean if debias_mean is not None
-                                  else sim.new_zeros(sim.shape[1]))
-                    sim = debias_fast(sim, debias_sim, len(method.debias_sentences))
+                sim = method.debias(text @ visual.T, visual, debias_mean)
                 total = sim if total is None else total + sim
             assert total is not None
-            per_variant = (total / len(method.backbones)).reshape(len(positions), len(boxes), -1)
-            fused = (per_variant.max(dim=-1).values if method.variant_fusion == "max"
-                     else per_variant.mean(dim=-1))
+            fused = method.fuse_variants(total, len(positions), len(boxes))
             for row, position in enumerate(positions):
                 picked[position] = int(keep[int(fused[row].argmax())])
         chosen.extend(picked[position] for position in range(len(items)))

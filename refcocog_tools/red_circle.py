@@ -280,17 +280,28 @@ class RedCircle:
             sim = text @ visual.T  # (E, P*K)
             if self.class_prior:
                 sim = sim * self._class_weights(backbone, text, proposals, keep)
-            if self.debiased:
-                debias_sim = (visual @ debias_mean if debias_mean is not None
-                              else sim.new_zeros(sim.shape[1]))
-                sim = debias_fast(sim, debias_sim, len(self.debias_sentences))
+            sim = self.debias(sim, visual, debias_mean)
             total = sim if total is None else total + sim
         assert total is not None
-        per_variant = (total / len(self.backbones)).reshape(len(texts), len(boxes),
-                                                           len(self.variants))
-        fused = (per_variant.max(dim=-1).values if self.variant_fusion == "max"
-                 else per_variant.mean(dim=-1))
-        return fused, keep
+        return self.fuse_variants(total, len(texts), len(boxes)), keep
+
+    def debias(self, sim: torch.Tensor, visual: torch.Tensor,
+               debias_mean: torch.Tensor | None) -> torch.Tensor:
+        """(E, P*K) similarities ``sim`` of the text prompts with the ``visual`` prompts
+        (P*K, D), debiased (``debias_fast``) when the method debiases; ``debias_mean``: one
+        backbone's mean debias text embedding (None: no samples, only the prompts' own mean)."""
+        if not self.debiased:
+            return sim
+        debias_sim = (visual @ debias_mean if debias_mean is not None
+                      else sim.new_zeros(sim.shape[1]))
+        return debias_fast(sim, debias_sim, len(self.debias_sentences))
+
+    def fuse_variants(self, total: torch.Tensor, n_texts: int, n_boxes: int) -> torch.Tensor:
+        """(E, P) scores from the (E, P*K) similarities summed over the backbones: their mean
+        over backbones, the K variants of each proposal fused by ``variant_fusion``."""
+        per_variant = (total / len(self.backbones)).reshape(n_texts, n_boxes, len(self.variants))
+        return (per_variant.max(dim=-1).values if self.variant_fusion == "max"
+                else per_variant.mean(dim=-1))
 
     def _class_weights(self, backbone: ClipBackbone, text: torch.Tensor, proposals: Proposals,
                        keep: torch.Tensor) -> torch.Tensor:
