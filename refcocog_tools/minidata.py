@@ -57,8 +57,22 @@ IMAGE_SIZES = [(320, 240), (288, 224), (256, 256), (240, 320)]
 SPLIT_SHARES = (("train", 0.6), ("val", 0.15), ("test", 0.25))
 
 
+class _BoxGeometry:
+    """The centre and area of an object's xyxy ``box`` (the drawn and the recorded object)."""
+
+    box: tuple[float, float, float, float]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
+
+    @property
+    def area(self) -> float:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+
 @dataclass
-class _Object:
+class _Object(_BoxGeometry):
     category_id: int
     colour: str
     box: tuple[int, int, int, int]  # xyxy, integer pixels
@@ -66,14 +80,6 @@ class _Object:
     @property
     def name(self) -> str:
         return CATEGORIES[self.category_id][0]
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
-
-    @property
-    def area(self) -> int:
-        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object) -> None:
@@ -219,21 +225,13 @@ def expression_type(sentence: str) -> ExpressionType | None:
 
 
 @dataclass(frozen=True)
-class SceneObject:
+class SceneObject(_BoxGeometry):
     """An object of a generated image as the generator knows it."""
 
     ann_id: int
     name: str
     colour: str | None
     box: tuple[float, float, float, float]  # xyxy
-
-    @property
-    def centre(self) -> tuple[float, float]:
-        return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
-
-    @property
-    def area(self) -> float:
-        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
 
 def scene_objects(instances: dict[str, Any]) -> dict[int, list[SceneObject]]:
