@@ -19,10 +19,6 @@ if TYPE_CHECKING:
     from refcocog_tools.proposals import Proposals
 
 
-def _boxes(proposals: Proposals) -> torch.Tensor:
-    return torch.as_tensor(proposals.boxes, dtype=torch.float32).reshape(-1, 4)
-
-
 def _same_for_every_expression(scores: torch.Tensor, expressions: Sequence[str]) -> torch.Tensor:
     return scores.reshape(1, -1).expand(len(expressions), -1).clone()
 
@@ -54,7 +50,7 @@ class RandomProposal:
 
     def predict(self, image: Image.Image, expressions: Sequence[str], proposals: Proposals
                 ) -> Prediction:
-        boxes = _boxes(proposals)
+        boxes = proposals.boxes
         rows = [torch.rand(boxes.shape[0], generator=self._generator(e, boxes))
                 for e in expressions]
         scores = torch.stack(rows) if rows else torch.zeros(0, boxes.shape[0])
@@ -72,7 +68,7 @@ class LargestProposal:
 
     def predict(self, image: Image.Image, expressions: Sequence[str], proposals: Proposals
                 ) -> Prediction:
-        boxes = _boxes(proposals)
+        boxes = proposals.boxes
         area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
         return Prediction.from_scores(_same_for_every_expression(area, expressions), proposals)
 
@@ -90,7 +86,7 @@ class CenterProposal:
 
     def predict(self, image: Image.Image, expressions: Sequence[str], proposals: Proposals
                 ) -> Prediction:
-        boxes = _boxes(proposals)
+        boxes = proposals.boxes
         width, height = image.size
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         target = torch.tensor([width / 2, height / 2], dtype=torch.float32)
