@@ -39,6 +39,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageColor, ImageDraw, ImageFilter
 from torchvision.transforms import InterpolationMode
 
+from .boxes import as_boxes
 from .visual_prompts import (
     DEFAULT_BLUR_RADIUS,
     DEFAULT_COLOUR,
@@ -263,7 +264,7 @@ def render_prompts(
         raise ValueError(f"marker shape must be 'ellipse', 'rectangle' or 'none', got {marker!r}")
     if window not in ("rectangle", "ellipse"):
         raise ValueError(f"window shape must be 'rectangle' or 'ellipse', got {window!r}")
-    boxes = torch.as_tensor(boxes, dtype=torch.float32, device=image.device).reshape(-1, 4)
+    boxes = as_boxes(boxes, torch.float32).to(image.device)
     if bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()):
         raise ValueError("boxes must be xyxy (x2 >= x1 and y2 >= y1)")
     back = backgrounds(image, variants, blur_radius)  # (V, 3, H, W)
@@ -367,7 +368,7 @@ def _render_smaller(image: torch.Tensor, boxes: torch.Tensor, target_size: int,
     image = TF.resize(image, [new_h, new_w], interpolation=InterpolationMode.BICUBIC,
                       antialias=True)
     factors = torch.tensor([new_w / w, new_h / h, new_w / w, new_h / h])
-    boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).cpu() * factors
+    boxes = as_boxes(boxes, torch.float32).cpu() * factors
     params = dict(params)
     params["blur_radius"] = float(params.get("blur_radius", DEFAULT_BLUR_RADIUS)) * scale
     stroke = int(params.get("width", DEFAULT_WIDTH))  # type: ignore[call-overload]
