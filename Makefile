@@ -23,7 +23,7 @@ PROPOSALS ?= yolov8s
 DEVICE ?= cuda
 LIMIT ?= 0
 
-.PHONY: all install test nbval nbval-generic-cpu embedded-models lint book reproduce regen-baselines gpu-check clean
+.PHONY: all install test unit nbval nbval-generic-cpu embedded-models lint book reproduce regen-baselines gpu-check clean
 
 all: test
 
@@ -52,9 +52,13 @@ GENERIC_CPU_CACHE := $(CURDIR)/.cache/refcocog-tools-generic-cpu
 NBVAL_RESULTS := $(CURDIR)/.cache/nbval/results
 GENERIC_CPU_RESULTS := $(CURDIR)/.cache/nbval-generic-cpu/results
 
-test: $(STAMP) lint
+# The unit tests and the two nbval runs share the two cores: three jobs at once keep both busy
+# (the unit tests' long cases are single-threaded), about a minute sooner than one after another.
+test: $(STAMP) lint embedded-models
+	$(MAKE) --no-print-directory -j3 --output-sync=target unit nbval nbval-generic-cpu
+
+unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
-	$(MAKE) --no-print-directory -j2 --output-sync=target nbval nbval-generic-cpu
 
 nbval: $(STAMP) embedded-models
 	rm -rf $(NBVAL_RESULTS)
@@ -67,11 +71,12 @@ nbval-generic-cpu: $(STAMP)
 	ATEN_CPU_CAPABILITY=default REFCOCOG_TOOLS_CACHE=$(GENERIC_CPU_CACHE) \
 	    REFCOCOG_TOOLS_RESULTS=$(GENERIC_CPU_RESULTS) $(NBVAL)
 
-# The embedded untrained checkpoints, generated once into the cache.
+# The embedded checkpoints (untrained tiny models generated, the shipped toy CLIP unpacked),
+# written once into the cache before anything runs in parallel.
 embedded-models: $(STAMP)
 	$(BIN)/python -c "from refcocog_tools.backbones import load_clip; \
 	from refcocog_tools.yolo_models import load_yolo; \
-	[load_clip(name) for name in ('tiny-rn', 'tiny-vit')]; load_yolo('tiny-yolov8s')"
+	[load_clip(name) for name in ('tiny-rn', 'tiny-vit', 'toy-rn')]; load_yolo('tiny-yolov8s')"
 
 # `make book` re-executes only the chapters whose source, parameters or package changed;
 # `make book CHAPTERS=09_red_circle` re-executes that chapter (and any other out of date), then
