@@ -33,6 +33,9 @@ ENTITY_SCORERS = ("red-circle", "crop", "blur", "none")
 # ReCLIP's blur isolation is red-circle with one blurred variant, no marker, no prompt prefix
 # and no debiasing.
 BLUR_ISOLATION = RedCircleOptions(variants=("blur",), marker="none", n_debias=0, prefix="")
+# The default options of each scorer that takes options; their types are the types it accepts.
+SCORER_DEFAULTS: dict[str, RedCircleOptions | CropMatchingOptions] = {
+    "red-circle": RedCircleOptions(), "blur": BLUR_ISOLATION, "crop": CropMatchingOptions()}
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,8 @@ class RelationsOptions:
         if isinstance(given, Mapping):
             given = _scorer_options(self.entity_scorer, given)
             object.__setattr__(self, "scorer_options", given)
-        expected = {"red-circle": RedCircleOptions, "blur": RedCircleOptions,
-                    "crop": CropMatchingOptions}.get(self.entity_scorer)
+        defaults = SCORER_DEFAULTS.get(self.entity_scorer)
+        expected = type(defaults) if defaults is not None else None
         if given is not None and (expected is None or not isinstance(given, expected)):
             raise ValueError(f"entity scorer {self.entity_scorer!r} takes "
                              f"{expected.__name__ if expected else 'no options'}, "
@@ -77,8 +80,7 @@ class RelationsOptions:
 def _scorer_options(scorer: str, values: Mapping[str, Any]
                     ) -> RedCircleOptions | CropMatchingOptions | None:
     """A scorer's options from option values, over the scorer's defaults."""
-    defaults = {"red-circle": RedCircleOptions(), "blur": BLUR_ISOLATION,
-                "crop": CropMatchingOptions()}.get(scorer)
+    defaults = SCORER_DEFAULTS.get(scorer)
     if defaults is None:
         if values:
             raise ValueError(f"entity scorer {scorer!r} takes no options, got {dict(values)}")
