@@ -76,6 +76,7 @@ if limit:
 glue("n_images", int(stats["images"].sum()))
 glue("n_refs", int(stats["refs"].sum()))
 glue("n_expressions", int(stats["expressions"].sum()))
+glue("evaluated_split", evaluated)
 glue("test_expressions", int(stats.loc[evaluated, "expressions"]))
 glue("test_spatial_share", float(stats.loc[evaluated, "spatial_share"]))
 glue("mean_objects", float(stats["objects_per_image"].mean()))
@@ -83,17 +84,18 @@ glue("mean_objects", float(stats["objects_per_image"].mean()))
 # %% [markdown]
 # In this run the data holds {glue:text}`n_images` images, {glue:text}`n_refs` referred
 # objects and {glue:text}`n_expressions` expressions; {glue:text}`test_expressions` of them
-# are in the test split, the one every method of this report is evaluated on. A share of
-# {glue:text}`test_spatial_share:.1%` of the test expressions mention a position or a relative
+# are in the {glue:text}`evaluated_split` split, the one every method of this report is
+# evaluated on (test, or val where a dataset has no test split). A share of
+# {glue:text}`test_spatial_share:.1%` of those expressions mention a position or a relative
 # size: cropping a proposal out of the image, as the baseline does, throws exactly that
 # information away.
 
 # %% [markdown]
 # ## Examples
 #
-# A few test images with the referred object's ground-truth box (red, with its expressions
-# above the image) and every other annotated object (dashed white): the other objects are what
-# a method must rule out. {numref}`fig-examples` shows a few of them.
+# A few images of the evaluated split with the referred object's ground-truth box (red, with
+# its expressions above the image) and every other annotated object (dashed white): the other
+# objects are what a method must rule out. {numref}`fig-examples` shows a few of them.
 
 # %% tags=["remove-input"]
 test_refs = by_split[evaluated] or records
@@ -124,10 +126,10 @@ glue_figure("fig-examples", fig)
 # ---
 # name: fig-examples
 # alt: >-
-#   A grid of test images, each with the referred object outlined in red, other annotated
-#   objects dashed in white, and its category and expressions as the title.
+#   A grid of images of the evaluated split, each with the referred object outlined in red,
+#   other annotated objects dashed in white, and its category and expressions as the title.
 # ---
-# Example referred objects of the test split: the referred object in red, every other annotated
+# Example referred objects of the evaluated split: the referred object in red, every other annotated
 # object (a possible distractor) dashed in white; the title gives the category and up to three
 # expressions.
 # ```

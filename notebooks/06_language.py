@@ -68,6 +68,7 @@ test = table[table["split"] == evaluated]
 glue("n_expressions", len(table))
 glue("spatial_share", float(table["spatial"].mean()))
 glue("test_spatial_share", float(test["spatial"].mean()) if len(test) else 0.0)
+glue("evaluated_split", evaluated)
 glue("median_words", float(table["n_words"].median()))
 glue("head_is_category", float(table["head_is_category"].mean()))
 glue("no_relation_share", float((table["n_relations"] == 0).mean()))
@@ -78,7 +79,8 @@ glue("no_relation_share", float((table["n_relations"] == 0).mean()))
 # An expression is *spatial* when it contains a word about position or relative size
 # (`refcocog_tools.language.SPATIAL_WORDS`: left, right, top, behind, bigger, ...). In this run
 # {glue:text}`spatial_share:.1%` of the {glue:text}`n_expressions` expressions are spatial
-# ({glue:text}`test_spatial_share:.1%` on the test split). These are the expressions a
+# ({glue:text}`test_spatial_share:.1%` on the {glue:text}`evaluated_split` split, the one the
+# methods are evaluated on). These are the expressions a
 # crop-and-match method is structurally unable to resolve when the image holds look-alikes.
 
 # %% tags=["hide-input"]

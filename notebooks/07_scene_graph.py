@@ -33,9 +33,9 @@ data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.min
 clip: str = "toy-rn"  # unused here: this chapter runs no model
 proposals: str = "gt"  # the graph is built on the ground-truth boxes of each image
 device: str = "cpu"  # unused here
-limit: int = 0  # at most this many test expressions in the resolution check (0: all)
+limit: int = 0  # at most this many expressions (evaluated split) in the resolution check (0: all)
 seed: int = 0
-image_index: int = 0  # which test image (in order of first appearance) is drawn
+image_index: int = 0  # which image of the evaluated split (in order of first appearance) is drawn
 margin: float = 0.0  # pixels: centroids closer than this along an axis are in neither order
 dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
 split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
@@ -65,7 +65,8 @@ chapter.note
 # %% [markdown]
 # ## The graph of one image
 #
-# The nodes are the annotated objects of a test image; their labels are the ground-truth
+# The nodes are the annotated objects of an image of the evaluated split (test, or val where
+# a dataset has none); their labels are the ground-truth
 # categories, standing in for a detector's labels.
 
 # %% tags=["hide-input"]
@@ -105,9 +106,9 @@ glue_figure("fig-scene-graph", fig)
 #   Four panels of the same image with numbered, labelled boxes and arrows for the edges of one
 #   relation each: left of, right of, above, below.
 # ---
-# The scene graph of one test image, one relation per panel: an arrow from i to j means i is in
-# that relation to j; the referred object is outlined in red (computed here from the ground-truth
-# boxes).
+# The scene graph of one image of the evaluated split, one relation per panel: an arrow from
+# i to j means i is in that relation to j; the referred object is outlined in red (computed
+# here from the ground-truth boxes).
 # ```
 
 # %% [markdown]
@@ -176,11 +177,12 @@ glue("position_word_share", float(resolution["position_word"].mean()))
 show_table(summary, "Computed here from this run's data root (see the box at the top).")
 
 # %% [markdown]
-# On this run's test expressions, {glue:text}`position_word_share:.1%` contain a position word
-# the graph understands, and for {glue:text}`resolved_share:.1%` of those the graph alone, on
-# ground-truth boxes and labels, returns the referred object. On the embedded synthetic dataset
-# this is high by construction (its expressions are generated from exactly these relations),
-# so it demonstrates the mechanism, not its value on RefCOCOg, where expressions combine
-# position with appearance and relations to other objects, and proposals come from a detector.
+# On this run's expressions of the evaluated split, {glue:text}`position_word_share:.1%`
+# contain a position word the graph understands, and for {glue:text}`resolved_share:.1%` of
+# those the graph alone, on ground-truth boxes and labels, returns the referred object. On the
+# embedded synthetic dataset this is high by construction (its expressions are generated from
+# exactly these relations), so it demonstrates the mechanism, not its value on RefCOCOg, where
+# expressions combine position with appearance and relations to other objects, and proposals
+# come from a detector.
 # The study's planned graph network, which would weigh such relations against CLIP's reading of
 # the expression, is not built here either.

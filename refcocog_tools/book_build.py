@@ -223,15 +223,17 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
 
 
 def on_embedded_defaults(parameters: dict[str, Any]) -> bool:
-    """Whether a chapter's parameters select the embedded synthetic data or an untrained
-    embedded model (the default ``tiny-*`` backbones and detector)."""
+    """Whether a chapter's parameters select the embedded synthetic data or an embedded model:
+    an untrained ``tiny-*`` backbone or detector, or a toy CLIP trained on the synthetic world
+    (``toy-rn``). Either way its numbers are not RefCOCOg results, whatever the data."""
+    from .backbones import TOY_CLIPS
     from .untrained_models import TINY_CLIP_CONFIGS
 
     data_root = parameters.get("data_root", "")
     if not data_root or dataset_is_synthetic(resolve_data_root(data_root)):
         return True
     clips = str(parameters.get("clip", "tiny-rn")).split(",")
-    return (any(c.strip() in TINY_CLIP_CONFIGS for c in clips)
+    return (any(c.strip() in TINY_CLIP_CONFIGS or c.strip() in TOY_CLIPS for c in clips)
             or str(parameters.get("proposals", "")).startswith("tiny-"))
 
 

@@ -348,3 +348,14 @@ def test_every_chapter_runs_the_toy_clip_by_default() -> None:
     test_reproduce_path_runs_a_real_chapter_with_parameters)."""
     defaults = {name: chapter_files.declared_defaults(ROOT, name).get("clip") for name in CHAPTERS}
     assert set(defaults.values()) == {"toy-rn"}, defaults
+
+
+@pytest.mark.parametrize(("clip", "banner"), [
+    ("tiny-rn", True), ("toy-rn", True), ("RN50,toy-rn", True), ("RN50", False),
+    ("ViT-B/32,RN50", False)])
+def test_the_book_banner_on_real_data_follows_the_models(tmp_path: Path, clip: str,
+                                                         banner: bool) -> None:
+    """Real-looking data with an embedded model (untrained or toy) still gets the banner."""
+    root = _real_looking_root(tmp_path)
+    assert book_build.on_embedded_defaults({"data_root": str(root), "clip": clip,
+                                            "proposals": "gt"}) is banner
