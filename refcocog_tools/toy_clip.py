@@ -9,7 +9,10 @@ With untrained weights every method scores like chance. This module trains the r
 * object crops, captioned with their referring expressions;
 * a share of images with a red ellipse drawn around one object (the project's visual-prompt
   code, ``visual_prompts.render_variant``), captioned "This is <its expression>", as web data
-  does for real CLIP (the red-circle paper's explanation of why CLIP reads a red ellipse).
+  does for real CLIP (the red-circle paper's explanation of why CLIP reads a red ellipse);
+* object crops' scenes with everything outside the object painted one plain colour, drawn at
+  random, captioned with the expression alone and "<expression> on a <colour> background"
+  (product shots, as web data has them: what the colour-background encoding relies on).
 
 Training is seeded and deterministic (``torch.use_deterministic_algorithms``, one thread): the
 same configuration gives the same bytes on the same CPU. Numbers computed with these weights
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .colour_encodings import LUT_RGB, paint_background
 from .io_utils import atomic_torch_save, atomic_write_bytes, atomic_write_json, sha256_file
 from .minidata import BACKGROUNDS, CATEGORIES, COLOURS, generate
 from .openai_clip import clip
@@ -65,10 +69,18 @@ class ToyClipConfig:
     # The red-circle method's own prompts (marker on a blurred / blurred grey background) and
     # the bare marker.
     marked_variants: tuple[str, ...] = ("marker", "blur", "blur_gray")
+    # Share of referred objects also shown with everything outside their box painted one plain
+    # colour, captioned with their expression alone and with "<expression> on a <colour>
+    # background": web data's product shots, which the pretrained CLIP has seen and the colour
+    # encodings rely on. The colour is drawn at random, never from the object's position, so
+    # the model learns to tell a background's colour from an object's, not the study's code of
+    # position. Without them toy-rn read the paint as the object's colour (colour background
+    # at chance; tests/test_toy_world.py).
+    painted_share: float = 1.0
     captions_per_image: int = 6  # distinct whole-image captions drawn per training image
     # Training.
     seed: int = 0
-    steps: int = 500
+    steps: int = 700  # about 17 passes over the 2,660 default pairs
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 30
@@ -86,8 +98,8 @@ class ToyClipConfig:
         out["marked_variants"] = list(self.marked_variants)
         out["model"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model.items()}
         if not self.batch_by_image:
-            # Written only when on: the checkpoint embeds this dictionary, so a default run
-            # keeps the bytes (and sha256) of the shipped toy-rn, trained before the option.
+            # Written only when on: the checkpoints trained before the option, whose bytes
+            # embed this dictionary, have no such key.
             del out["batch_by_image"]
         return out
 
@@ -101,11 +113,11 @@ class TrainingPairs:
 
     pixels: torch.Tensor
     captions: list[list[str]]
-    kinds: list[str]  # "image", "crop" or "marked"
+    kinds: list[str]  # "image", "crop", "marked" or "painted"
     image_ids: list[int]
 
     def counts(self) -> dict[str, int]:
-        return {kind: self.kinds.count(kind) for kind in ("image", "crop", "marked")}
+        return {kind: self.kinds.count(kind) for kind in ("image", "crop", "marked", "painted")}
 
 
 def _object_colour(image: Image.Image, box: Sequence[float]) -> str:
@@ -179,6 +191,9 @@ def build_pairs(config: ToyClipConfig) -> TrainingPairs:
             sentences.setdefault(ref["ann_id"], []).extend(s["sent"] for s in ref["sentences"])
     preprocess = clip.clip._transform(config.model["image_resolution"])
     rng = random.Random(config.seed)
+    # Its own stream, so the other pairs are the same whatever painted_share is.
+    paint_rng = random.Random(config.seed + 1_000_003)
+    paint_colours = sorted(LUT_RGB)
     pixels: list[torch.Tensor] = []
     captions: list[list[str]] = []
     kinds: list[str] = []
@@ -209,6 +224,11 @@ def build_pairs(config: ToyClipConfig) -> TrainingPairs:
                 variant = rng.choice(config.marked_variants)
                 add(render_variant(image, box, variant), [f"This is {t}" for t in texts],
                     "marked", image_id)
+            if paint_rng.random() < config.painted_share:
+                colour = paint_rng.choice(paint_colours)
+                add(paint_background(image, box, LUT_RGB[colour]),
+                    [c for t in texts for c in (t, f"{t} on a {colour} background")],
+                    "painted", image_id)
     return TrainingPairs(torch.stack(pixels), captions, kinds, image_ids)
 
 
@@ -333,7 +353,8 @@ def train_toy_clip(config: ToyClipConfig, pairs: TrainingPairs | None = None,
         "data": {"generator": "refcocog_tools.minidata.generate", "images": config.data_images,
                  "seed": config.data_seed, "split": "train",
                  "train_images": len(set(pairs.image_ids)), "pairs": pairs.counts(),
-                 "marked_share": config.marked_share, "captions": len(unique)},
+                 "marked_share": config.marked_share, "painted_share": config.painted_share,
+                 "captions": len(unique)},
         "history": {"loss_per_step": history},
     }
     return model, metadata
@@ -393,8 +414,8 @@ def _run(args: argparse.Namespace) -> int:
     defaults = ToyClipConfig()
     config = dataclasses.replace(
         defaults, data_images=args.images, data_seed=args.data_seed,
-        marked_share=args.marked_share, seed=args.seed, steps=args.steps,
-        batch_size=args.batch_size, batch_by_image=args.batch_by_image)
+        marked_share=args.marked_share, painted_share=args.painted_share, seed=args.seed,
+        steps=args.steps, batch_size=args.batch_size, batch_by_image=args.batch_by_image)
     if config.data_seed == 0:
         print("note: data seed 0 is the book's dataset seed; its first images are the book's "
               "images, and those of its val/test splits may be training images here")
@@ -417,7 +438,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train-toy-clip", help="train a small CLIP on the embedded world's train split",
         description="Train the real clip.model.CLIP class at a small size, contrastively, on "
         "image-caption pairs from the train split of a generated embedded dataset (whole "
-        "images, object crops, red-ellipse-marked images). Deterministic; a few minutes on a "
+        "images, object crops, red-ellipse-marked images, objects on painted backgrounds). "
+        "Deterministic; a few minutes on a "
         "CPU. The result is toy weights for the synthetic world, never a RefCOCOg model.")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
     parser.add_argument("--images", type=int_at_least(3), default=defaults.data_images,
@@ -425,6 +447,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-seed", type=non_negative_int, default=defaults.data_seed)
     parser.add_argument("--marked-share", type=float_in(0.0, 1.0), default=defaults.marked_share,
                         help="share of referred objects also shown red-ellipse-marked")
+    parser.add_argument("--painted-share", type=float_in(0.0, 1.0),
+                        default=defaults.painted_share,
+                        help="share of referred objects also shown on a plain painted "
+                        "background")
     parser.add_argument("--seed", type=non_negative_int, default=defaults.seed)
     parser.add_argument("--steps", type=positive_int, default=defaults.steps)
     parser.add_argument("--batch-size", type=int_at_least(2), default=defaults.batch_size)
