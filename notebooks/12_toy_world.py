@@ -47,7 +47,7 @@ import matplotlib.pyplot as plt
 
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
-from refcocog_tools.figures import expression_type_table
+from refcocog_tools.figures import expression_type_table, show_table, table_source
 from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.registry import make_method
 from refcocog_tools.report import glue, open_chapter, show_figure
@@ -103,7 +103,9 @@ for label, name, options in TOY_METHODS:
     results[label] = evaluate(dataset, method, proposer, backbones, limit=limit)
 results.update(evaluate_toy_regressors(root, clip, seed=seed, device=device))
 table = expression_type_table(results, root)
-table
+show_table(table.drop(columns="source"),
+           f"Accuracy (IoU >= 0.5) by expression type; {table_source(results.values())}; "
+           f"n={len(results['random']['predictions'])} expressions.")
 
 # %%
 rows = results["red-circle"]["predictions"]
