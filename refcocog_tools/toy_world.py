@@ -155,49 +155,38 @@ def evaluate_toy_regressors(
     return out
 
 
-def expression_blind_floor(
-    data_root: str | Path,
-    method: Any,
-    split: str = "test",
-    limit: int = 0,
-) -> dict[str, float]:
+def expression_blind_floor(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     """The floor for a method that draws its own box (Grad-CAM's box, not a proposal choice),
-    where the random choice among ground-truth boxes is no floor: that choice gets a tight box
-    for free. Every expression of an image is asked at once; an expression's chance is the
-    share of the *other* referred objects' expressions of its image whose box reaches IoU 0.5
-    with its object, i.e. the method's accuracy had it not read the expression. Returns the
-    method's ``accuracy``, that ``floor``, its ``sd`` (each expression a Bernoulli draw with
-    its chance) and ``n``; expressions whose image has no other referred object are left out.
-    ``limit``: the split's first N expressions only (0: all).
+    from its results rows (``predictions`` of a results document): a random choice among the
+    ground-truth boxes is no floor for such a method, since that choice is handed a tight box.
+
+    An expression's chance is the share of the *other* referred objects' expressions of its
+    image whose predicted box reaches IoU 0.5 with its object: the method's accuracy had it not
+    read the expression. Returns the method's ``accuracy``, that ``floor``, its ``sd`` (each
+    expression a Bernoulli draw with its chance) and ``n``; expressions whose image has no
+    other referred object among the rows are left out.
     """
     import torch
     from torchvision.ops import box_iou
 
-    from .dataset import RefCOCOg
-    from .proposals import make_proposer
-
-    proposer = make_proposer("gt")
-    by_image: dict[int, list[Any]] = {}
-    items = list(RefCOCOg(data_root, split, view="expression"))
-    for item in items[:limit] if limit else items:
-        by_image.setdefault(item.image_id, []).append(item)
+    by_image: dict[int, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_image.setdefault(int(row["image_id"]), []).append(row)
     hits: list[float] = []
     chances: list[float] = []
-    for items in by_image.values():
-        if len({item.ann_id for item in items}) < 2:
+    for group in by_image.values():
+        if len({row["ann_id"] for row in group}) < 2:
             continue
-        image = items[0].image
-        prediction = method.predict(image, [item.sentence for item in items],
-                                    proposer(items[0], image))
-        truth = torch.tensor([item.box for item in items], dtype=torch.float32)
-        reached = box_iou(prediction.boxes.float(), truth) >= 0.5  # [asked, truth]
-        for i, item in enumerate(items):
-            others = [j for j, o in enumerate(items) if o.ann_id != item.ann_id]
+        predicted = torch.tensor([row["box"] for row in group], dtype=torch.float32)
+        truth = torch.tensor([row["gt_box"] for row in group], dtype=torch.float32)
+        reached = box_iou(predicted, truth) >= 0.5  # [asked, truth]
+        for i, row in enumerate(group):
+            others = [j for j, o in enumerate(group) if o["ann_id"] != row["ann_id"]]
             hits.append(float(reached[i, i]))
             chances.append(float(reached[others, i].float().mean()))
     n = len(hits)
     if not n:
-        raise ValueError(f"{data_root} ({split}): no image with two referred objects, so no "
+        raise ValueError("no image with two referred objects among the rows, so no "
                          "expression-blind floor")
     return {"accuracy": sum(hits) / n, "floor": sum(chances) / n,
             "sd": sum(p * (1 - p) for p in chances) ** 0.5 / n, "n": n}

@@ -142,11 +142,14 @@ def _clears_blind_floor(check: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def gradcam_checks(toy_root: Path, session_cache: Path) -> dict:
+def gradcam_checks(toy_root: Path, toy_results: dict, session_cache: Path) -> dict:
     backbones = load_clips("toy-rn", cache=session_cache)
-    options = GradCamOptions(target_layer="layer3")
-    return {"gradcam": expression_blind_floor(toy_root, GradCam(backbones, options)),
-            "mirrored": expression_blind_floor(toy_root, MirroredGradCam(backbones, options))}
+    mirrored = MirroredGradCam(backbones, GradCamOptions(target_layer="layer3"))
+    doc = evaluate(RefCOCOg(toy_root, "test", view="expression"), mirrored, make_proposer("gt"),
+                   backbones)
+    return {"gradcam": expression_blind_floor(toy_results["Grad-CAM box (layer3)"]
+                                              ["predictions"]),
+            "mirrored": expression_blind_floor(doc["predictions"])}
 
 
 def test_gradcam_box_beats_its_expression_blind_floor(gradcam_checks: dict) -> None:
@@ -178,3 +181,22 @@ def test_the_table_by_expression_type(toy_results: dict, toy_root: Path) -> None
 def test_results_name_the_toy_weights(toy_results: dict) -> None:
     clip = toy_results["red-circle"]["provenance"]["clip"][0]
     assert clip["toy"] and clip["weights"] == "toy weights trained on the synthetic world"
+
+
+def test_the_expression_blind_floor_counts_other_referents_boxes() -> None:
+    """Two images: in the first the boxes are swapped between the two referred objects (each
+    box fits the *other* object: accuracy 0, floor 1); in the second each box fits its own
+    object and not the other (accuracy 1, floor 0). An image with one referent is left out."""
+    a, b, c = [0, 0, 10, 10], [20, 20, 30, 30], [40, 0, 50, 10]
+    rows = [
+        {"image_id": 1, "ann_id": 1, "box": b, "gt_box": a},
+        {"image_id": 1, "ann_id": 2, "box": a, "gt_box": b},
+        {"image_id": 2, "ann_id": 3, "box": a, "gt_box": a},
+        {"image_id": 2, "ann_id": 4, "box": c, "gt_box": c},
+        {"image_id": 3, "ann_id": 5, "box": a, "gt_box": a},
+    ]
+    check = expression_blind_floor(rows)
+    assert check == {"accuracy": 0.5, "floor": 0.5, "sd": 0.0, "n": 4}
+    assert expression_blind_floor(rows[2:4]) == {"accuracy": 1.0, "floor": 0.0, "sd": 0.0, "n": 2}
+    with pytest.raises(ValueError, match="two referred objects"):
+        expression_blind_floor(rows[4:])
