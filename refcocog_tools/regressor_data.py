@@ -25,6 +25,7 @@ import torch
 
 from .annotations import DatasetError
 from .dataset import RefCOCOg
+from .layouts import DEFAULT_LAYOUT, Layout
 from .split_embeddings import SplitEmbeddings, split_embeddings
 
 
@@ -135,13 +136,19 @@ def clip_to_image(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
 
 def split_data(data_root: str | Path, split: str, backbones: Sequence[Any],
                cache_root: str | Path | None = None, progress: bool = False,
-               raw: bool = False) -> RegressionData:
-    """The expression view of a split with each backbone's cached embeddings (L2-normalised,
-    or as CLIP outputs them with ``raw``)."""
-    dataset = RefCOCOg(data_root, split=split, view="expression")
+               raw: bool = False, layout: Layout = DEFAULT_LAYOUT) -> RegressionData:
+    """The expression view of ``split`` of the ``layout``'s dataset (default RefCOCOg umd) with
+    each backbone's cached embeddings (L2-normalised, or as CLIP outputs them with ``raw``).
+
+    Raises ``LayoutError`` naming the layout's splits, before any file is read, when it has no
+    ``split``.
+    """
+    dataset = RefCOCOg(data_root, split=split, view="expression", dataset=layout.dataset,
+                       split_by=layout.split_by)
     if len(dataset) == 0:
-        raise DatasetError(f"{data_root}: the {split} split has no expressions; a regressor "
-                           "needs train, val and test refs")
+        raise DatasetError(f"{data_root}: the {split} split of {layout.dataset} split by "
+                           f"{layout.split_by} has no expressions; a regressor needs "
+                           "expressions in its train, val and evaluated splits")
     embeddings = [split_embeddings(dataset, b, cache_root=cache_root, progress=progress,
                                    raw=raw)
                   for b in backbones]

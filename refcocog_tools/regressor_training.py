@@ -28,6 +28,7 @@ from .io_utils import (
     atomic_write_json,
     load_torch_file,
 )
+from .layouts import DEFAULT_LAYOUT, Layout
 from .metrics import box_iou_pairs
 from .regressor_data import RegressionData, to_pixels
 from .regressor_heads import HEADS, BoxLoss, decode_boxes, make_head
@@ -199,8 +200,15 @@ def _read_checkpoint(path: str | Path, device: str | torch.device, what: str) ->
 _RESUMABLE_CHANGES = {"epochs", "evaluated_checkpoint"}  # the latter changes no training
 
 
+def trained_on(layout: Layout) -> dict[str, str]:
+    """The data a head was trained on, as checkpoints record it: the dataset of the family and
+    its split-by (the keys of a results document's provenance), trained on ``train``, its epoch
+    chosen on ``val``."""
+    return {"dataset": layout.dataset, "split_by": layout.split_by}
+
+
 def _check_resumable(state: dict[str, Any], config: TrainConfig, embed_dim: int,
-                     clip: Sequence[dict[str, Any]], path: Path) -> None:
+                     clip: Sequence[dict[str, Any]], data: dict[str, str], path: Path) -> None:
     saved = TrainConfig.from_dict(state["config"]).to_dict()
     wanted = config.to_dict()
     changed = sorted(k for k in wanted if k not in _RESUMABLE_CHANGES and saved[k] != wanted[k])
@@ -214,6 +222,12 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, embed_dim: int,
     wanted_sums = [c.get("checksum") for c in clip]
     if saved_sums != wanted_sums:
         raise RegressorError(f"{path}: cannot resume, it was trained on other CLIP backbones")
+    # A state written before checkpoints recorded their data was trained on RefCOCOg umd.
+    saved_data = {key: state.get(key, value) for key, value in trained_on(DEFAULT_LAYOUT).items()}
+    if saved_data != data:
+        raise RegressorError(f"{path}: cannot resume, it was trained on {saved_data['dataset']} "
+                             f"split by {saved_data['split_by']}, not {data['dataset']} split "
+                             f"by {data['split_by']}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,25 +253,30 @@ def train_regressor(
     device: str | torch.device = "cpu",
     clip: Sequence[dict[str, Any]] = (),
     log: Callable[[str], None] | None = None,
+    layout: Layout = DEFAULT_LAYOUT,
 ) -> TrainResult:
     """Train a head with Adam; keep the best epoch by validation mean IoU.
 
     With ``out_dir``: after every epoch ``history.json``, ``curves.png`` and ``last.pt`` (weights,
     optimizer state, epoch, history) are rewritten, and ``best.pt`` (+ ``config.json``) whenever
     validation mean IoU improves; all atomically. ``resume=True`` continues from ``last.pt``
-    (same configuration except ``epochs``), and gives exactly the run that never stopped.
+    (same configuration except ``epochs``, same data), and gives exactly the run that never
+    stopped. ``layout``: the dataset of the family ``train`` and ``val`` come from, recorded in
+    every checkpoint (default RefCOCOg umd).
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError("training and validation data must not be empty")
     device = torch.device(device)
     out = Path(out_dir) if out_dir is not None else None
     embed_dim = train.embed_dim
+    data = trained_on(layout)
     head = build_head(config, embed_dim).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     progress = _Progress(0, [], 0, -math.inf, copy.deepcopy(head.state_dict()))
     if resume and out is not None and (out / "last.pt").is_file():
-        progress = _resume(out / "last.pt", head, optimizer, config, embed_dim, clip, device)
+        progress = _resume(out / "last.pt", head, optimizer, config, embed_dim, clip, data,
+                           device)
         if log:
             log(f"resuming from {out / 'last.pt'} after epoch {progress.epoch}")
     elif resume and log:
@@ -281,9 +300,9 @@ def train_regressor(
             progress.best_epoch, progress.best_miou = epoch + 1, entry["val_miou"]
             progress.best_state = copy.deepcopy(head.state_dict())
             if out is not None:
-                _save_best(out, head, config, embed_dim, clip, progress)
+                _save_best(out, head, config, embed_dim, clip, data, progress)
         if out is not None:
-            _save_last(out, head, optimizer, config, embed_dim, clip, progress)
+            _save_last(out, head, optimizer, config, embed_dim, clip, data, progress)
 
     if out is not None and progress.history:
         write_history(out, progress.history)
@@ -294,11 +313,12 @@ def train_regressor(
 
 
 def _resume(last: Path, head: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-            embed_dim: int, clip: Sequence[dict[str, Any]], device: torch.device) -> _Progress:
+            embed_dim: int, clip: Sequence[dict[str, Any]], data: dict[str, str],
+            device: torch.device) -> _Progress:
     """Load ``last.pt`` into ``head`` and ``optimizer``; what the run had done."""
     state = _read_checkpoint(last, device, "training state")
     try:
-        _check_resumable(state, config, embed_dim, clip, last)
+        _check_resumable(state, config, embed_dim, clip, data, last)
         head.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         return _Progress(epoch=int(state["epoch"]), history=list(state["history"]),
@@ -337,24 +357,26 @@ def _train_epoch(head: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Box
 
 
 def _save_best(out: Path, head: nn.Module, config: TrainConfig, embed_dim: int,
-               clip: Sequence[dict[str, Any]], progress: _Progress) -> None:
+               clip: Sequence[dict[str, Any]], data: dict[str, str],
+               progress: _Progress) -> None:
     """``best.pt`` and ``config.json`` for the epoch that just improved validation mean IoU."""
-    save_checkpoint(out / "best.pt", head, config, embed_dim, clip,
+    save_checkpoint(out / "best.pt", head, config, embed_dim, clip, **data,
                     epoch=progress.best_epoch, val_miou=progress.best_miou)
     atomic_write_json(out / "config.json", {
-        "config": config.to_dict(), "embed_dim": embed_dim, "clip": list(clip),
+        "config": config.to_dict(), "embed_dim": embed_dim, "clip": list(clip), **data,
         "best_epoch": progress.best_epoch, "val_miou": progress.best_miou})
 
 
 def _save_last(out: Path, head: nn.Module, optimizer: torch.optim.Optimizer,
                config: TrainConfig, embed_dim: int, clip: Sequence[dict[str, Any]],
-               progress: _Progress) -> None:
+               data: dict[str, str], progress: _Progress) -> None:
     """``last.pt`` (everything a resume needs), ``history.json`` and ``curves.png``."""
     atomic_torch_save(out / "last.pt", {
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "embed_dim": embed_dim,
         "clip": [dict(c) for c in clip],
+        **data,
         "epoch": progress.epoch,
         "state_dict": head.state_dict(),
         "optimizer": optimizer.state_dict(),

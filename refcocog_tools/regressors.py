@@ -24,6 +24,7 @@ import torch
 
 from .embedding_files import EmbeddingCacheError
 from .io_utils import atomic_write_json, sha256_file
+from .layouts import DEFAULT_LAYOUT, Layout, add_layout_arguments, layout_from_args
 from .options import (
     device_type,
     non_negative_float,
@@ -43,6 +44,7 @@ from .regressor_training import (
     load_checkpoint,
     save_checkpoint,
     train_regressor,
+    trained_on,
 )
 from .results import clip_provenance, honesty_label, provenance, results_document
 
@@ -77,6 +79,9 @@ class RegressorMethod:
         self.head, payload = load_checkpoint(self.checkpoint_path, self.device)
         self.train_config = TrainConfig.from_dict(payload["config"])
         self.best_epoch = payload.get("epoch")
+        # Checkpoints written before they recorded their data were trained on RefCOCOg umd.
+        self.trained_on = {key: payload.get(key, value)
+                           for key, value in trained_on(DEFAULT_LAYOUT).items()}
         trained = [c.get("checksum") for c in payload.get("clip", [])]
         given = [b.checksum for b in self.backbones]
         if trained != given:
@@ -91,6 +96,7 @@ class RegressorMethod:
             "checkpoint": str(self.checkpoint_path),
             "checkpoint_sha256": self._checkpoint_sha256,
             "best_epoch": self.best_epoch,
+            "trained_on": self.trained_on,
             **self.train_config.to_dict(),
         }
 
@@ -118,8 +124,11 @@ class RegressorMethod:
 # ----------------------------------------------------------------------------------------------
 def results_on_split(result: TrainResult, test: RegressionData, data_root: str | Path,
                      backbones: Sequence[Any], checkpoint: Path | None = None,
-                     limit: int = 0) -> dict[str, Any]:
-    """The best head on ``test`` in the project's results format.
+                     limit: int = 0, split: str = "test",
+                     layout: Layout = DEFAULT_LAYOUT) -> dict[str, Any]:
+    """The best head on ``test``, the ``split`` of the ``layout``'s dataset (default RefCOCOg
+    umd's test split), in the project's results format; the provenance records the dataset,
+    split-by and split as ``evaluate``'s does.
 
     ``metrics`` is :func:`refcocog_tools.metrics.summarize` of the per-expression rows, so it has
     the keys of every other method's results (``n``, ``miou``, ``accuracy``, ``cosine``,
@@ -133,13 +142,13 @@ def results_on_split(result: TrainResult, test: RegressionData, data_root: str |
         rows.append({**row, "box": [round(v, 3) for v in box],
                      "gt_box": [round(v, 3) for v in gt], "iou": round(iou, 6), "cosine": None,
                      "chosen": -1, "n_proposals": 0})
-    config = {"method": "regressor", **result.config.to_dict(), "split": "test", "limit": limit}
+    config = {"method": "regressor", **result.config.to_dict(), "split": split, "limit": limit}
     if checkpoint is not None:
         config["checkpoint"] = str(checkpoint)
         config["checkpoint_sha256"] = sha256_file(checkpoint)
     return results_document(
         rows, config=config,
-        provenance=provenance(data_root, "test", backbones, proposer=None),
+        provenance=provenance(data_root, split, backbones, proposer=None, layout=layout),
         training={"test_loss": loss, "best_epoch": result.best_epoch,
                   "best_val_miou": result.best_val_miou, "epochs_run": len(result.history)},
     )
@@ -152,11 +161,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a box-regression head on frozen CLIP embeddings (study sections 1-2)",
         description="Train a bottleneck or large head on the concatenated CLIP image and "
         "expression embeddings to regress the box directly. Embeddings are cached per backbone "
-        "and split. Writes history.json, curves.png, best.pt, last.pt, config.json and "
-        "results.json (best checkpoint on the test split).",
+        "and split. Trains on the train split, keeps the epoch with the best validation mean "
+        "IoU, and evaluates on --split. Writes history.json, curves.png, best.pt, last.pt, "
+        "config.json and results.json (the evaluated checkpoint on --split).",
     )
     parser.add_argument("--data-root", type=Path, default=None,
                         help="RefCOCOg root (default: the embedded synthetic dataset)")
+    add_layout_arguments(parser, split=True)
     parser.add_argument("--clip", default="tiny-rn",
                         help="CLIP backbone(s), comma-separated (default tiny-rn)")
     parser.add_argument("--head", choices=HEADS, default="bottleneck")
@@ -202,6 +213,8 @@ def _train_regressor(args: argparse.Namespace) -> int:
     from .options import check_output_folder
     from .split_embeddings import default_cache_root
 
+    # A dataset / split-by / split the family lacks fails before anything is read or loaded.
+    layout = layout_from_args(args)
     out = args.out
     earlier = [out / name for name in RUN_FILES if (out / name).exists()]
     if earlier and not (args.resume or args.force):
@@ -227,27 +240,35 @@ def _train_regressor(args: argparse.Namespace) -> int:
                          evaluated_checkpoint=args.regressor_checkpoint)
     backbones = load_clips(args.clip, device=args.device)
     data = {split: split_data(data_root, split, backbones, args.embedding_cache,
-                              raw=config.raw_embeddings)
-            for split in ("train", "val", "test")}
-    print(f"{len(data['train'])} train / {len(data['val'])} val / {len(data['test'])} test "
-          f"expressions; embedding size {data['train'].embed_dim}")
+                              raw=config.raw_embeddings, layout=layout)
+            for split in dict.fromkeys(("train", "val", args.split))}
+    evaluated_split = data[args.split]
+    print(f"{layout.dataset} split by {layout.split_by}: {len(data['train'])} train / "
+          f"{len(data['val'])} val expressions, evaluated on {args.split} "
+          f"({len(evaluated_split)}); embedding size {data['train'].embed_dim}")
+    if args.split in ("train", "val"):
+        print(f"warning: evaluating on {args.split}, the split the training "
+              f"{'fits' if args.split == 'train' else 'chooses its epoch on'}: its numbers are "
+              "optimistic", file=sys.stderr)
     result = train_regressor(data["train"], data["val"], config, out_dir=args.out,
                              resume=args.resume, device=args.device,
-                             clip=clip_provenance(backbones), log=print)
+                             clip=clip_provenance(backbones), log=print, layout=layout)
     checkpoint = args.out / "best.pt"
     if config.evaluated_checkpoint == "last" and result.history:
         checkpoint = save_checkpoint(args.out / "final.pt", result.head, config,
                                      data["train"].embed_dim, clip_provenance(backbones),
-                                     epoch=len(result.history),
+                                     **trained_on(layout), epoch=len(result.history),
                                      val_miou=result.history[-1]["val_miou"])
-    results = results_on_split(result, data["test"].to(args.device), data_root, backbones,
-                           checkpoint if checkpoint.is_file() else None)
+    results = results_on_split(result, evaluated_split.to(args.device), data_root, backbones,
+                               checkpoint if checkpoint.is_file() else None,
+                               split=args.split, layout=layout)
     atomic_write_json(args.out / "results.json", results)
 
     metrics = results["metrics"]
     evaluated = (f"epoch {len(result.history)} (last)" if config.evaluated_checkpoint == "last"
                  else f"epoch {result.best_epoch} (best)")
-    print(f"best epoch {result.best_epoch} (val mIoU {result.best_val_miou:.3f}); test mIoU of "
+    print(f"best epoch {result.best_epoch} (val mIoU {result.best_val_miou:.3f}); "
+          f"{layout.dataset} {layout.split_by} {args.split} mIoU of "
           f"{evaluated} {metrics['miou']:.3f}, accuracy {metrics['accuracy']:.3f} on "
           f"{metrics['n']} expressions{honesty_label(results['provenance'])} -> "
           f"{args.out / 'results.json'}")

@@ -3,7 +3,9 @@
 Training a regressor head only needs, per (image, expression) pair, the CLIP embedding of the
 whole image and the CLIP embedding of the expression. Both are fixed for a given backbone, so they
 are computed once and stored as tensors (``torch.save`` of a plain dict; the study used a 1.2 GB
-CSV) under ``<cache>/regressor-embeddings/<checksum[:16]>/<split>-<fingerprint[:16]>.pt``.
+CSV) under ``<cache>/regressor-embeddings/<checksum[:16]>/<layout>-<split>-<fingerprint[:16]>.pt``,
+where ``<layout>`` is the dataset of the family and its split-by (``refcocog_umd``,
+``refcoco_unc``): a split name alone (``val``) does not say which refs it holds.
 
 Each file records the backbone's checksum and a fingerprint of the data it was computed from:
 
@@ -79,7 +81,9 @@ class SplitEmbeddings:
 
 
 def data_fingerprint(dataset: RefCOCOg) -> str:
-    """SHA-256 over what the embeddings depend on: each image file's name and size, each sentence.
+    """SHA-256 over what the embeddings depend on: each image file's name and size, each
+    sentence, and which split of which dataset of the family they are (RefCOCO unc's ``val`` and
+    RefCOCOg umd's ``val`` never share a cache file, even where their contents coincide).
 
     File sizes rather than file hashes: hashing the ~13 GB of COCO images on every run would cost
     more than the cache saves, and a re-encoded image almost always changes size.
@@ -91,7 +95,9 @@ def data_fingerprint(dataset: RefCOCOg) -> str:
         except OSError:
             size = -1
         images.append([record.image_id, record.image_path.name, size])
-    payload = {"split": dataset.split, "images": sorted(images), "sentences": dataset.sentences()}
+    layout = dataset.layout
+    payload = {"dataset": layout.dataset, "split_by": layout.split_by, "split": dataset.split,
+               "images": sorted(images), "sentences": dataset.sentences()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
@@ -101,12 +107,13 @@ def default_cache_root() -> Path:
 
 def cache_path(backbone: Encoder, dataset: RefCOCOg, cache_root: str | Path | None = None,
                fingerprint: str | None = None, raw: bool = False) -> Path:
-    """Where the embeddings of ``dataset`` by ``backbone`` are kept (``raw``: the
-    unnormalised ones, in a file of their own)."""
+    """Where the embeddings of ``dataset`` by ``backbone`` are kept: one file per layout and
+    split (``raw``: the unnormalised ones, in a file of their own)."""
     root = Path(cache_root) if cache_root is not None else default_cache_root()
     fingerprint = fingerprint or data_fingerprint(dataset)
     suffix = "-raw" if raw else ""
-    return root / backbone.checksum[:16] / f"{dataset.split}-{fingerprint[:16]}{suffix}.pt"
+    name = f"{dataset.layout.name}-{dataset.split}-{fingerprint[:16]}{suffix}.pt"
+    return root / backbone.checksum[:16] / name
 
 
 def _from_dict(data: dict[str, Any]) -> SplitEmbeddings:

@@ -372,7 +372,8 @@ def test_train_regressor_cli_end_to_end(mini_root: Path, tmp_path: Path,
     assert data.first(0) is data
     provenance = results["provenance"]
     assert provenance["synthetic_data"] is True and provenance["untrained"] is True
-    assert provenance["split"] == "test"
+    assert (provenance["dataset"], provenance["split_by"], provenance["split"]) == (
+        "refcocog", "umd", "test")  # the defaults: RefCOCOg umd, its test split
     assert provenance["clip"][0]["name"] == "tiny-rn"
     assert results["config"]["head"] == "large" and results["config"]["epochs"] == 2
     first = results["predictions"][0]
