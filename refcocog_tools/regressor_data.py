@@ -146,9 +146,9 @@ def split_data(data_root: str | Path, split: str, backbones: Sequence[Any],
     dataset = RefCOCOg(data_root, split=split, view="expression", dataset=layout.dataset,
                        split_by=layout.split_by)
     if len(dataset) == 0:
-        raise DatasetError(f"{data_root}: the {split} split of {layout.dataset} split by "
-                           f"{layout.split_by} has no expressions; a regressor needs "
-                           "expressions in its train, val and evaluated splits")
+        raise DatasetError(f"{data_root}: the {split} split has no expressions ({layout.dataset} "
+                           f"split by {layout.split_by}); a regressor needs expressions in its "
+                           "train, val and evaluated splits")
     embeddings = [split_embeddings(dataset, b, cache_root=cache_root, progress=progress,
                                    raw=raw)
                   for b in backbones]
