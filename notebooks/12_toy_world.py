@@ -156,10 +156,9 @@ glue("red_circle_vs_crop_on_position",
 #   red-circle loses some categories (the object is small in the whole 64 px picture, large in
 #   its crop) and also picks among twins at chance. The toy CLIP did not learn to read
 #   position from where the marked object sits; with the toy CLIP before this one, neither
-#   other blur radii or stroke widths, nor
-#   retraining with every object marked or with twins as each other's negatives, changed
-#   that. A pretrained CLIP's web-scale training is what the red-circle paper credits; this
-#   toy cannot stand in for it.
+#   other blur radii or stroke widths, nor retraining with every object marked or with twins
+#   as each other's negatives, changed that. A pretrained CLIP's web-scale training is what
+#   the red-circle paper credits; this toy cannot stand in for it.
 # * **relations resolver**: ReCLIP's road (chapter 11), with the toy CLIP scoring the noun
 #   phrases: the rules over box geometry resolve position and relation words that the toy CLIP
 #   reads poorly from pixels.

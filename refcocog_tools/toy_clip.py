@@ -10,8 +10,8 @@ With untrained weights every method scores like chance. This module trains the r
 * a share of images with a red ellipse drawn around one object (the project's visual-prompt
   code, ``visual_prompts.render_variant``), captioned "This is <its expression>", as web data
   does for real CLIP (the red-circle paper's explanation of why CLIP reads a red ellipse);
-* object crops' scenes with everything outside the object painted one plain colour, drawn at
-  random, captioned with the expression alone and "<expression> on a <colour> background"
+* objects in their scene with everything outside their box painted one plain colour, drawn
+  at random, captioned with the expression alone and "<expression> on a <colour> background"
   (product shots, as web data has them: what the colour-background encoding relies on).
 
 Training is seeded and deterministic (``torch.use_deterministic_algorithms``, one thread): the
@@ -439,8 +439,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train the real clip.model.CLIP class at a small size, contrastively, on "
         "image-caption pairs from the train split of a generated embedded dataset (whole "
         "images, object crops, red-ellipse-marked images, objects on painted backgrounds). "
-        "Deterministic; a few minutes on a "
-        "CPU. The result is toy weights for the synthetic world, never a RefCOCOg model.")
+        "Deterministic; a few minutes on a CPU. The result is toy weights for the synthetic "
+        "world, never a RefCOCOg model.")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt)")
     parser.add_argument("--images", type=int_at_least(3), default=defaults.data_images,
                         help="images generated; the train split (60%%) is used")
