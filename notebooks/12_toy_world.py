@@ -43,14 +43,22 @@ seed: int = 0
 split: str = "test"
 
 # %% tags=["remove-input"]
+import textwrap
+
 import matplotlib.pyplot as plt
+from PIL import Image
 
 from refcocog_tools.dataset import RefCOCOg
 from refcocog_tools.evaluate import evaluate
-from refcocog_tools.figures import expression_type_table, show_table, table_source
+from refcocog_tools.figures import (
+    expression_type_table,
+    show_table,
+    side_by_side,
+    table_source,
+)
 from refcocog_tools.prompt_cache import EmbeddingCache
 from refcocog_tools.registry import make_method
-from refcocog_tools.report import glue, open_chapter, show_figure
+from refcocog_tools.report import glue, glue_figure, open_chapter, show_figure
 from refcocog_tools.toy_world import (
     TOY_METHODS,
     evaluate_toy_regressors,
@@ -58,6 +66,7 @@ from refcocog_tools.toy_world import (
     random_floor,
     random_floor_sd,
     training_curve,
+    training_examples,
 )
 
 chapter = open_chapter(globals())
@@ -65,6 +74,37 @@ root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.bac
                                       chapter.proposer)
 debias_pool = RefCOCOg(root, split="train").sentences()
 chapter.note
+
+# %% [markdown]
+# ## What it learnt from
+#
+# {numref}`fig-toy-pairs` shows every training pair made from the first image of the training
+# world, rebuilt from the shipped checkpoint's recorded configuration, at the 64 px the model
+# sees: the whole scene with a caption naming positions, each referred object's crop, the
+# red-ellipse copy a share of them get, and each one alone on a painted background.
+
+# %% tags=["remove-input"]
+examples = training_examples("toy-rn", images=1)
+glue_figure("fig-toy-pairs", side_by_side(
+    [image.resize((128, 128), Image.Resampling.NEAREST) for image, _, _ in examples],
+    [f"{kind}\n{textwrap.fill(textwrap.shorten(caption, 56), 28)}"
+     for _, kind, caption in examples],
+    width=2.2, columns=4))
+
+# %% [markdown]
+# ```{glue:figure} fig-toy-pairs
+# ---
+# name: fig-toy-pairs
+# alt: >-
+#   Small square pictures of drawn shapes: one whole scene, crops of single objects, a copy
+#   with a red ellipse around one object, and objects alone on plain coloured backgrounds,
+#   each titled with its kind and caption.
+# ---
+# The training pairs of one image of the training world (train split of seed 1000's world,
+# never an image of this book's dataset), as the toy CLIP sees them (64 px, shown enlarged),
+# with the pair's kind and one of its captions. A crop that is not square loses its ends to
+# CLIP's centre crop, as it does in the pretrained CLIP's preprocessing.
+# ```
 
 # %% [markdown]
 # ## Training

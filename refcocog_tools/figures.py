@@ -310,8 +310,10 @@ def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = N
     columns = min(columns or len(images), len(images))
     rows = -(-len(images) // columns)
     aspect = max(im.size[1] / im.size[0] for im in images)
-    # Room for a (possibly two-line) title above every row, so titles never cover images.
-    title_room = 0.45 * rows if titles is not None else 0.2
+    # Room for the longest title (two lines at least) above every row, so titles never cover
+    # the images of the row above.
+    lines = max(2, *(title.count("\n") + 1 for title in titles)) if titles is not None else 0
+    title_room = 0.225 * lines * rows if titles is not None else 0.2
     fig, axes = plt.subplots(rows, columns,
                              figsize=(width * columns, width * aspect * rows + title_room),
                              squeeze=False)

@@ -175,8 +175,9 @@ def _scene_captions(objects: list[tuple[str, str, list[float]]], size: tuple[int
     return captions
 
 
-def build_pairs(config: ToyClipConfig) -> TrainingPairs:
-    """Render and preprocess every training pair of ``config``'s world (train split only)."""
+def build_pairs(config: ToyClipConfig, images: int = 0) -> TrainingPairs:
+    """Render and preprocess every training pair of ``config``'s world (train split only);
+    ``images``: those of the first N train images only (0: all), the same as a full build's."""
     refs, instances, files = generate(config.data_images, config.data_seed)
     train_images = {r["image_id"] for r in refs if r["split"] == "train"}
     other = {r["image_id"] for r in refs if r["split"] != "train"}
@@ -205,7 +206,7 @@ def build_pairs(config: ToyClipConfig) -> TrainingPairs:
         kinds.append(kind)
         image_ids.append(image_id)
 
-    for image_id in sorted(train_images):
+    for image_id in sorted(train_images)[:images or None]:
         image = Image.open(io.BytesIO(files[names[image_id]])).convert("RGB")
         anns = sorted(by_image[image_id], key=lambda a: a["id"])
         objects = []

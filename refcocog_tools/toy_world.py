@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from PIL import Image
 
 __all__ = [
     "FLOORS",
@@ -27,6 +28,7 @@ __all__ = [
     "random_floor",
     "random_floor_sd",
     "training_curve",
+    "training_examples",
 ]
 
 # (row label, make_method name, options): the zero-shot methods and the floors.
@@ -87,6 +89,23 @@ def training_curve(name: str = "toy-rn", window: int = 25) -> pd.DataFrame:
     loss.index.name = "step"
     return pd.DataFrame({"loss": loss,
                          "running mean": loss.rolling(window, min_periods=1).mean()})
+
+
+def training_examples(name: str = "toy-rn", images: int = 1
+                      ) -> list[tuple[Image.Image, str, str]]:
+    """The training pairs of the shipped toy model's first ``images`` train images, rebuilt
+    from its recorded configuration: (what the model saw at its input resolution, the pair's
+    kind, a caption: the first, or for a painted pair the one naming its background)."""
+    from .backbones import toy_metadata
+    from .render import model_view
+    from .toy_clip import ToyClipConfig, build_pairs
+
+    recorded = toy_metadata(name)["config"]
+    config = ToyClipConfig(**{**recorded, "marked_variants": tuple(recorded["marked_variants"])})
+    pairs = build_pairs(config, images=images)
+    return [(model_view(pixels), kind, captions[1] if kind == "painted" else captions[0])
+            for pixels, kind, captions in zip(pairs.pixels, pairs.kinds, pairs.captions,
+                                              strict=True)]
 
 
 def evaluate_toy_methods(

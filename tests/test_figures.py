@@ -182,3 +182,17 @@ def test_side_by_side_figure() -> None:
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_side_by_side_leaves_room_for_long_titles() -> None:
+    """Titles of three or four lines get more room than two-line ones (which keep the old
+    layout), so they never run into the row above."""
+    import matplotlib.pyplot as plt
+
+    images = [Image.new("RGB", (32, 32), "red")] * 4
+    heights = {}
+    for lines in (1, 2, 4):
+        fig = figures.side_by_side(images, ["\n".join(["t"] * lines)] * 4, columns=2)
+        heights[lines] = fig.get_figheight()
+        plt.close(fig)
+    assert heights[1] == heights[2] < heights[4]

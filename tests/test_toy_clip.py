@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,10 +28,14 @@ def test_pairs_come_from_the_train_split_only() -> None:
     assert set(split.values()) == {"train", "val", "test"}  # there were others to leave out
     counts = pairs.counts()
     assert counts["image"] and counts["crop"] and counts["marked"]
+    assert counts["painted"] == counts["crop"]  # painted_share 1: every referred object
     assert pairs.pixels.shape == (len(pairs.kinds), 3, 64, 64)
     for kind, captions in zip(pairs.kinds, pairs.captions, strict=True):
         assert captions
         assert all(c.startswith("This is ") for c in captions) == (kind == "marked")
+        if kind == "painted":  # the bare expression, then "<it> on a <colour> background"
+            assert captions[1] == f"{captions[0]} on a {captions[1].split(' on a ')[-1]}"
+            assert captions[1].endswith(" background")
     scene = [c for k, cs in zip(pairs.kinds, pairs.captions, strict=True) if k == "image"
              for c in cs]
     assert any(w in c for c in scene for w in ("on the left", "on the right", "to the left of",
@@ -82,3 +87,21 @@ def test_shipped_toy_rn_is_the_recorded_checkpoint(session_cache: Path) -> None:
     # A damaged unpacked copy is replaced from the package on the next load.
     backbone.checkpoint.write_bytes(b"damaged")
     assert load_clip("toy-rn", cache=session_cache).checksum == meta["sha256"]
+
+
+def test_pairs_of_the_first_images_are_those_of_a_full_build() -> None:
+    full = build_pairs(SMALL)
+    first = build_pairs(SMALL, images=1)
+    k = len(first.kinds)
+    assert 0 < k < len(full.kinds) and set(first.image_ids) == {full.image_ids[0]}
+    assert torch.equal(first.pixels, full.pixels[:k])
+    assert first.captions == full.captions[:k] and first.kinds == full.kinds[:k]
+
+
+def test_painted_share_zero_leaves_the_other_pairs_unchanged() -> None:
+    with_paint = build_pairs(SMALL)
+    without = build_pairs(dataclasses.replace(SMALL, painted_share=0.0))
+    assert "painted" not in without.kinds
+    kept = [i for i, kind in enumerate(with_paint.kinds) if kind != "painted"]
+    assert without.captions == [with_paint.captions[i] for i in kept]
+    assert torch.equal(without.pixels, with_paint.pixels[kept])
