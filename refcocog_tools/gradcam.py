@@ -27,9 +27,7 @@ from torchvision.transforms import functional as TF
 from .backbones import ClipBackbone
 from .prediction import Prediction
 from .proposals import Proposals
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .render import CLIP_MEAN, CLIP_STD
 
 
 def _input_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
