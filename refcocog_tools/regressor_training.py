@@ -207,6 +207,12 @@ def trained_on(layout: Layout) -> dict[str, str]:
     return {"dataset": layout.dataset, "split_by": layout.split_by}
 
 
+def recorded_training_data(checkpoint: dict[str, Any]) -> dict[str, str]:
+    """What a saved head says it was trained on (``trained_on``'s keys); a checkpoint written
+    before checkpoints recorded their data was trained on RefCOCOg umd."""
+    return {key: checkpoint.get(key, value) for key, value in trained_on(DEFAULT_LAYOUT).items()}
+
+
 def _check_resumable(state: dict[str, Any], config: TrainConfig, embed_dim: int,
                      clip: Sequence[dict[str, Any]], data: dict[str, str], path: Path) -> None:
     saved = TrainConfig.from_dict(state["config"]).to_dict()
@@ -222,8 +228,7 @@ def _check_resumable(state: dict[str, Any], config: TrainConfig, embed_dim: int,
     wanted_sums = [c.get("checksum") for c in clip]
     if saved_sums != wanted_sums:
         raise RegressorError(f"{path}: cannot resume, it was trained on other CLIP backbones")
-    # A state written before checkpoints recorded their data was trained on RefCOCOg umd.
-    saved_data = {key: state.get(key, value) for key, value in trained_on(DEFAULT_LAYOUT).items()}
+    saved_data = recorded_training_data(state)
     if saved_data != data:
         raise RegressorError(f"{path}: cannot resume, it was trained on {saved_data['dataset']} "
                              f"split by {saved_data['split_by']}, not {data['dataset']} split "

@@ -42,6 +42,7 @@ from .regressor_training import (
     TrainResult,
     evaluate_head,
     load_checkpoint,
+    recorded_training_data,
     save_checkpoint,
     train_regressor,
     trained_on,
@@ -79,9 +80,7 @@ class RegressorMethod:
         self.head, payload = load_checkpoint(self.checkpoint_path, self.device)
         self.train_config = TrainConfig.from_dict(payload["config"])
         self.best_epoch = payload.get("epoch")
-        # Checkpoints written before they recorded their data were trained on RefCOCOg umd.
-        self.trained_on = {key: payload.get(key, value)
-                           for key, value in trained_on(DEFAULT_LAYOUT).items()}
+        self.trained_on = recorded_training_data(payload)
         trained = [c.get("checksum") for c in payload.get("clip", [])]
         given = [b.checksum for b in self.backbones]
         if trained != given:

@@ -103,6 +103,11 @@ class ToyClipConfig:
             del out["batch_by_image"]
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ToyClipConfig:
+        """The configuration ``as_dict`` wrote (a checkpoint's recorded one)."""
+        return cls(**{**data, "marked_variants": tuple(data["marked_variants"])})
+
 
 # ----------------------------------------------------------------------------------------------
 # The training pairs

@@ -100,9 +100,7 @@ def training_examples(name: str = "toy-rn", images: int = 1
     from .render import model_view
     from .toy_clip import ToyClipConfig, build_pairs
 
-    recorded = toy_metadata(name)["config"]
-    config = ToyClipConfig(**{**recorded, "marked_variants": tuple(recorded["marked_variants"])})
-    pairs = build_pairs(config, images=images)
+    pairs = build_pairs(ToyClipConfig.from_dict(toy_metadata(name)["config"]), images=images)
     return [(model_view(pixels), kind, captions[1] if kind == "painted" else captions[0])
             for pixels, kind, captions in zip(pairs.pixels, pairs.kinds, pairs.captions,
                                               strict=True)]

@@ -80,6 +80,7 @@ def test_shipped_toy_rn_is_the_recorded_checkpoint(session_cache: Path) -> None:
     assert backbone.toy and not backbone.untrained
     assert backbone.checksum == meta["sha256"]
     assert meta["config"] == ToyClipConfig().as_dict()  # shipped with the defaults
+    assert ToyClipConfig.from_dict(meta["config"]).as_dict() == meta["config"]
     assert len(meta["history"]["loss_per_step"]) == meta["config"]["steps"]
     provenance = {"synthetic_data": True, "untrained": False,
                   "clip": [{"name": "toy-rn", "toy": True, "untrained": False}]}
