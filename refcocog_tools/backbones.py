@@ -49,6 +49,7 @@ from .io_utils import (
     sha256_file,
 )
 from .openai_clip import clip
+from .render import host_to_device
 from .untrained_models import (
     EMBEDDED_CLIPS,
     TINY_CLIP_CONFIGS,
@@ -120,9 +121,8 @@ def _to_device(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) ->
     if device.type != "cuda":
         return batch.to(device, dtype)
     if batch.device.type == "cpu":
-        batch = batch.pin_memory()
-    return batch.to(device, dtype, non_blocking=True).contiguous(
-        memory_format=torch.channels_last)
+        batch = host_to_device(batch, device)
+    return batch.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
 def toy_metadata(name: str) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from .render import (
     DEFAULT_RENDER_BACKEND,
     RENDER_BACKENDS,
     check_preprocess,
+    host_to_device,
     prompt_inputs,
 )
 from .scoring import box_key, request_embeddings
@@ -239,8 +240,10 @@ class RedCircle:
                                preprocess=self.preprocess, backend=self.render_backend,
                                device=device, **self.render_params)
         position = {p: j for j, p in enumerate(wanted)}
-        rows = torch.tensor([position[i // k] * k + i % k for i in indices], dtype=torch.long)
-        return inputs[rows.to(inputs.device)]
+        rows = [position[i // k] * k + i % k for i in indices]
+        if rows == list(range(len(inputs))):
+            return inputs  # all of them, in order (the usual case): no gather on the device
+        return inputs[host_to_device(torch.tensor(rows, dtype=torch.long), inputs.device)]
 
     def kept_proposals(self, image_size: tuple[int, int], boxes: torch.Tensor) -> torch.Tensor:
         """Indices of the proposals that pass the optional area filter (never none)."""

@@ -79,7 +79,23 @@ def image_tensor(image: Image.Image | torch.Tensor, device: str | torch.device =
         return image.to(device)
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     array = np.asarray(rgb)  # (H, W, 3), read-only view of Pillow's bytes
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(device)
+    return host_to_device(torch.from_numpy(array.copy()).permute(2, 0, 1), device)
+
+
+def host_to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """``tensor`` (in host memory) on ``device``, without making the host wait for the device.
+
+    A plain copy to a GPU from ordinary (pageable) memory waits until all work queued on the
+    device is done, so a copy per image or per proposal would stop the CPU from drawing the next
+    images while the GPU encodes. Through pinned memory with ``non_blocking`` the copy is queued
+    like a kernel instead. On the CPU the tensor is returned as it is.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return tensor
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -208,13 +224,13 @@ def rectangle_masks(boxes: torch.Tensor, height: int, width: int,
     return (rows & (xs >= x0) & (xs <= x1)) | (columns & (ys >= top) & (ys <= bottom))
 
 
-def ellipse_mask(box: Sequence[int], height: int, width: int, stroke: int | None = None,
-                 device: str | torch.device = "cpu") -> torch.Tensor:
-    """``(H, W)`` bool: the ellipse inscribed in the integer ``box``, filled or as an outline
-    ``stroke`` pixels wide, drawn by Pillow's own rasteriser into a mask of this (small,
-    region-sized) grid and moved to ``device``. Pillow's scan conversion of ellipses has no
-    simple closed form; drawing only the mask keeps every pixel identical to the reference
-    while the image-sized work stays on the device."""
+def ellipse_mask(box: Sequence[int], height: int, width: int, stroke: int | None = None
+                 ) -> torch.Tensor:
+    """``(H, W)`` bool in host memory: the ellipse inscribed in the integer ``box``, filled or
+    as an outline ``stroke`` pixels wide, drawn by Pillow's own rasteriser into a mask of this
+    (small, region-sized) grid. Pillow's scan conversion of ellipses has no simple closed
+    form; drawing only the mask keeps every pixel identical to the reference while the
+    image-sized work stays on the device."""
     # An "L" grid: the same scan conversion as a "1" one, and read out without unpacking bits.
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
@@ -222,7 +238,16 @@ def ellipse_mask(box: Sequence[int], height: int, width: int, stroke: int | None
         draw.ellipse(tuple(box), fill=1)
     else:
         draw.ellipse(tuple(box), outline=1, width=stroke)
-    return torch.from_numpy(np.asarray(mask) != 0).to(device)
+    return torch.from_numpy(np.asarray(mask) != 0)
+
+
+def _masks_to_device(masks: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Host masks on ``device`` in one copy (one transfer per image, not one per proposal)."""
+    if device.type == "cpu" or not masks:
+        return masks
+    flat = host_to_device(torch.cat([m.reshape(-1) for m in masks]), device)
+    return [part.view(m.shape) for part, m in zip(flat.split([m.numel() for m in masks]), masks,
+                                                  strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,11 +289,13 @@ def render_prompts(
         raise ValueError(f"marker shape must be 'ellipse', 'rectangle' or 'none', got {marker!r}")
     if window not in ("rectangle", "ellipse"):
         raise ValueError(f"window shape must be 'rectangle' or 'ellipse', got {window!r}")
-    boxes = as_boxes(boxes, torch.float32).to(image.device)
-    if bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()):
+    # The geometry stays in host memory: reading a value back from a GPU would make the host
+    # wait for every queued kernel (the encoder's included), so nothing here does.
+    geometry = as_boxes(boxes, torch.float32).cpu()
+    if bool(((geometry[:, 2] < geometry[:, 0]) | (geometry[:, 3] < geometry[:, 1])).any()):
         raise ValueError("boxes must be xyxy (x2 >= x1 and y2 >= y1)")
     back = backgrounds(image, variants, blur_radius)  # (V, 3, H, W)
-    out = back.unsqueeze(0).repeat(len(boxes), 1, 1, 1, 1)
+    out = back.unsqueeze(0).repeat(len(geometry), 1, 1, 1, 1)
     # The variants with a sharp window, as runs of neighbours (the study's blur, blur_gray:
     # one run): a slice is a view, written in place without advanced indexing.
     windowed = [slice(k, k + 1) for k, v in enumerate(variants) if v != "marker"]
@@ -276,41 +303,52 @@ def render_prompts(
         if windowed[k - 1].stop == windowed[k].start:
             windowed[k - 1:k + 1] = [slice(windowed[k - 1].start, windowed[k].stop)]
     stroke = width if marker != "none" and colour is not None and width > 0 else 0
-    paint = (torch.tensor(_colour(colour), dtype=torch.uint8, device=image.device).view(1, 3, 1)
-             if stroke else None)
+    paint = _colour(colour) if stroke else None
     _, height, width_px = image.shape
     # Everything a proposal changes lies within ``stroke`` pixels of its (truncated, inclusive)
-    # box: work on that region of its prompts only, one proposal at a time (the region slices
-    # are views; P is small).
-    corners = boxes.to(torch.float64).trunc().to(torch.int64)
+    # box: each proposal works on that region of its prompts only (the region slices are
+    # views; P is small). First every region and its masks, drawn in host memory...
+    plans, masks = [], []
+    corners = geometry.to(torch.float64).trunc().to(torch.int64)
     for p, (x0, y0, x1, y1) in enumerate(corners.tolist()):
         left, top = max(x0 - stroke, 0), max(y0 - stroke, 0)
         right = min(x1 + stroke, width_px - 1) + 1
         bottom = min(y1 + stroke, height - 1) + 1
         if right <= left or bottom <= top:
             continue  # nothing of it in the image: the prompts are the backgrounds
-        region = out[p, :, :, top:bottom, left:right]  # (V, 3, h, w) view
         w_left, w_top = max(x0, 0), max(y0, 0)
         w_right, w_bottom = min(x1, width_px - 1) + 1, min(y1, height - 1) + 1
-        if windowed and w_right > w_left and w_bottom > w_top:
+        window_box = ((w_top, w_bottom, w_left, w_right)
+                      if windowed and w_right > w_left and w_bottom > w_top else None)
+        keep = draw = None
+        if window_box is not None and window == "ellipse":
+            keep = len(masks)
+            masks.append(ellipse_mask((x0 - w_left, y0 - w_top, x1 - w_left, y1 - w_top),
+                                      w_bottom - w_top, w_right - w_left))
+        if stroke:
+            local = (x0 - left, y0 - top, x1 - left, y1 - top)
+            draw = len(masks)
+            masks.append(ellipse_mask(local, bottom - top, right - left, stroke)
+                         if marker == "ellipse" else
+                         rectangle_masks(torch.tensor([local]), bottom - top, right - left,
+                                         stroke=stroke)[0])
+        plans.append((p, (top, bottom, left, right), window_box, keep, draw))
+    # ... then the masks go to the device in one copy, and the drawing is queued there.
+    masks = _masks_to_device(masks, image.device)
+    for p, (top, bottom, left, right), window_box, keep, draw in plans:
+        region = out[p, :, :, top:bottom, left:right]  # (V, 3, h, w) view
+        if window_box is not None:
+            w_top, w_bottom, w_left, w_right = window_box
             inside = image[:, w_top:w_bottom, w_left:w_right]
-            keep = (ellipse_mask((x0 - w_left, y0 - w_top, x1 - w_left, y1 - w_top),
-                                 w_bottom - w_top, w_right - w_left, device=image.device)
-                    if window == "ellipse" else None)
             for run in windowed:
                 target = region[run, :, w_top - top:w_bottom - top, w_left - left:w_right - left]
                 if keep is None:  # a rectangle window: the clipped box is the whole window
                     target.copy_(inside.expand_as(target))
                 else:
-                    target.copy_(torch.where(keep, inside, target))
-        if stroke:
-            local = (x0 - left, y0 - top, x1 - left, y1 - top)
-            if marker == "ellipse":
-                draw = ellipse_mask(local, bottom - top, right - left, stroke, image.device)
-            else:
-                draw = rectangle_masks(torch.tensor([local], device=image.device),
-                                       bottom - top, right - left, stroke=stroke)[0]
-            region[:, :, draw] = paint  # (V, 3, n) pixels under the stroke
+                    target.copy_(torch.where(masks[keep], inside, target))
+        if draw is not None:
+            for channel, value in enumerate(paint):  # type: ignore[arg-type]
+                region[:, channel].masked_fill_(masks[draw], value)
     return out
 
 
@@ -331,7 +369,11 @@ def model_inputs(images: torch.Tensor, resolution: int, preprocess: str = DEFAUL
     if preprocess == "center-crop":
         x = TF.center_crop(x, [resolution, resolution])
     x = x.to(dtype) / 255.0
-    return TF.normalize(x, list(CLIP_MEAN), list(CLIP_STD))
+    # torchvision's normalize builds its mean and std on the device with a copy that waits
+    # for the device; the same arithmetic with them queued as a copy instead.
+    mean = host_to_device(torch.tensor(CLIP_MEAN, dtype=dtype).view(3, 1, 1), x.device)
+    std = host_to_device(torch.tensor(CLIP_STD, dtype=dtype).view(3, 1, 1), x.device)
+    return x.sub_(mean).div_(std)
 
 
 def pil_preprocess(resolution: int, preprocess: str = DEFAULT_PREPROCESS

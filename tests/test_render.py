@@ -83,6 +83,22 @@ def test_ellipses_match_pillow_pixel_for_pixel() -> None:
                 assert np.array_equal(_array(got[p, v]), np.asarray(reference[p][v])), (p, v)
 
 
+@pytest.mark.parametrize("marker", ["ellipse", "rectangle"])
+@pytest.mark.parametrize("window", ["rectangle", "ellipse"])
+def test_device_rendering_never_waits_for_the_device(marker: str, window: str) -> None:
+    """Tensors on the "meta" device have shapes but no values, so any step that reads a value
+    back from the device (``.item()``, ``bool()``, ``.tolist()``, boolean indexing) fails on
+    them. On a GPU each such read makes the host wait for every queued kernel, the encoder's
+    included; none may happen between an image's arrival and its model inputs."""
+    image = render.image_tensor(_noise(7, (90, 70))).to("meta")
+    boxes = torch.tensor([[10.2, 5.5, 70.8, 60.1], [-8.5, 40.0, 30.0, 100.0]])
+    inputs = render.prompt_inputs(image, boxes, ("marker", "blur", "blur_gray"), 32,
+                                  device="meta", marker=marker, window=window)
+    assert inputs.device.type == "meta" and inputs.shape == (6, 3, 32, 32)
+    with pytest.raises(RuntimeError, match="meta"):  # the check itself can fail
+        bool(image.sum() > 0)
+
+
 def test_bad_boxes_and_modes_are_refused() -> None:
     image = render.image_tensor(_noise(1))
     with pytest.raises(ValueError, match="xyxy"):
