@@ -125,6 +125,31 @@ def _to_device(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) ->
     return batch.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
+class QueuedEmbeddings:
+    """Embeddings queued on a device, on their way back to host memory.
+
+    On CUDA the copy goes into pinned memory without blocking, and an event marks its end, so
+    ``result`` waits for these embeddings only, not for work queued after them (a plain
+    ``.cpu()`` would wait for everything queued so far). Elsewhere they are copied at once.
+    """
+
+    def __init__(self, vectors: torch.Tensor) -> None:
+        self._done: torch.cuda.Event | None = None
+        if vectors.device.type == "cuda":
+            self._host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+            self._host.copy_(vectors, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+        else:
+            self._host = vectors.cpu()
+
+    def result(self) -> torch.Tensor:
+        """(N, D) float32 embeddings in host memory, once the device has written them."""
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host
+
+
 def toy_metadata(name: str) -> dict[str, Any]:
     """The shipped toy model's metadata: sha256, training configuration, loss history."""
     from importlib import resources
@@ -203,7 +228,6 @@ class ClipBackbone:
             # Preprocess per batch so a long list never holds every tensor at once.
             yield torch.stack([self.preprocess(im) for im in images[start:start + batch_size]])
 
-    @torch.no_grad()
     def encode_images(
         self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
         normalize: bool = True,
@@ -212,15 +236,26 @@ class ClipBackbone:
 
         ``images`` are PIL images (preprocessed here) or an already-preprocessed batch.
         """
+        return self.queue_images(images, batch_size, normalize).result()
+
+    @torch.no_grad()
+    def queue_images(
+        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
+        normalize: bool = True,
+    ) -> QueuedEmbeddings:
+        """``encode_images`` without waiting for the device: the batches are queued, and so is
+        the copy of their embeddings back to host memory; ``.result()`` waits for them. The
+        host meanwhile prepares the next inputs while a GPU encodes these (on a CPU the work
+        is done before this returns)."""
         dtype = self.model.visual.conv1.weight.dtype
         out = []
         with self._autocast():
             for batch in self._image_batches(images, batch_size):
                 feats = self.model.encode_image(_to_device(batch, self.device, dtype)).float()
-                out.append((F.normalize(feats, dim=-1) if normalize else feats).cpu())
+                out.append(F.normalize(feats, dim=-1) if normalize else feats)
         if not out:
-            return torch.empty(0, self.embed_dim)
-        return torch.cat(out)
+            return QueuedEmbeddings(torch.empty(0, self.embed_dim))
+        return QueuedEmbeddings(torch.cat(out))
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256,

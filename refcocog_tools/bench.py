@@ -290,10 +290,12 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
     """The whole red-circle pipeline on IMAGES generated on the device, PROPOSALS each.
 
     Every 640 x 480 image is made on the device as uint8 (as a decoded JPEG arrives there),
-    its PROPOSALS random boxes are drawn in the study's two variants by the tensor renderer,
-    resized, centre-cropped and normalised there, and encoded in batches of ``batch_size``
-    by the RN50x16 architecture (loaded weights when ``--clip`` names RN50x16, else random
-    ones: the same cost). The encoder's ceiling is measured in the same run, so the ratio
+    its PROPOSALS random boxes (in host memory, as proposals are) are drawn in the study's two
+    variants by the tensor renderer, resized, centre-cropped and normalised there, and
+    encoded in batches of ``batch_size`` by the RN50x16 architecture (loaded weights when
+    ``--clip`` names RN50x16, else random ones: the same cost), one batch in flight while
+    the next images are drawn, as in the engine. The encoder's ceiling is measured in the
+    same run, so the ratio
     compares like with like. ``compile_mode``: compile a random-weight tower built here (see
     ``compile_image_encoder``; a backbone passed in is compiled by ``run_bench``).
     """
@@ -317,27 +319,32 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
             compile_image_encoder(backbone, compile_mode)
     resolution = backbone.input_resolution
     ceiling = encoder_ceiling(backbone, batch_size)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    pixels = torch.Generator(device=device).manual_seed(seed)
+    geometry = torch.Generator().manual_seed(seed)  # boxes live in host memory, as proposals do
     count = n_images * n_proposals * len(STUDY_VARIANTS)
     _synchronize(device)
     started = time.perf_counter()
     pending: list[torch.Tensor] = []
     n_pending = 0
+    in_flight = None  # one batch encoding while the next images are drawn (as in the engine)
     for _ in range(n_images):
-        image = torch.randint(0, 256, (3, 480, 640), generator=gen, device=device,
+        image = torch.randint(0, 256, (3, 480, 640), generator=pixels, device=device,
                               dtype=torch.uint8)
-        corner = torch.rand(n_proposals, 2, generator=gen, device=device) * torch.tensor(
-            [448.0, 336.0], device=device)
-        extent = (0.1 + 0.3 * torch.rand(n_proposals, 2, generator=gen, device=device)
-                  ) * torch.tensor([640.0, 480.0], device=device)
+        corner = torch.rand(n_proposals, 2, generator=geometry) * torch.tensor([448.0, 336.0])
+        extent = (0.1 + 0.3 * torch.rand(n_proposals, 2, generator=geometry)
+                  ) * torch.tensor([640.0, 480.0])
         boxes = torch.cat([corner, corner + extent], dim=1)
         pending.append(prompt_inputs(image, boxes, STUDY_VARIANTS, resolution, device=device))
         n_pending += len(pending[-1])
         if n_pending >= batch_size:
-            backbone.encode_images(torch.cat(pending), batch_size)
-            pending, n_pending = [], 0
+            queued = backbone.queue_images(torch.cat(pending), batch_size)
+            if in_flight is not None:
+                in_flight.result()
+            in_flight, pending, n_pending = queued, [], 0
     if pending:
-        backbone.encode_images(torch.cat(pending), batch_size)
+        backbone.queue_images(torch.cat(pending), batch_size).result()
+    if in_flight is not None:
+        in_flight.result()
     _synchronize(device)
     seconds = time.perf_counter() - started
     rate = _rate(count, seconds)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .backbones import ClipBackbone
+from .backbones import ClipBackbone, QueuedEmbeddings
 from .dataset import RefCOCOg, RefItem
 from .layouts import DEFAULT_LAYOUT
 from .methods import BatchedMethod, EncodeRequest, GroundingMethod
@@ -130,18 +130,35 @@ class _Encoding:
                 "pixels": [request.draw(r, indices, device) if indices else None
                            for r in self.resolutions]}
 
-    def encode(self, prepared: Sequence[dict[str, Any]], batch_size: int) -> None:
-        """Encode the prepared inputs of many images in shared batches, into the cache."""
-        keys = [k for p in prepared for k in p["keys"]]
+    @property
+    def on_host(self) -> bool:
+        """Whether the inputs are drawn in host memory (in DataLoader workers when there are
+        any): on a CPU. On a GPU they are drawn there, in the main process, from the decoded
+        images the workers send, since drawing and resizing on the CPU would bound the GPU."""
+        return all(b.device.type == "cpu" for b in self.backbones)
+
+    def queue(self, prepared: Sequence[dict[str, Any]], batch_size: int
+              ) -> list[tuple[ClipBackbone, list[str], QueuedEmbeddings]]:
+        """Encode the prepared inputs of many images in shared batches, without waiting for
+        the images' embeddings (``store`` puts them into the cache). The texts are encoded
+        first, at once: waiting for them then waits only for work queued before."""
         texts = list(dict.fromkeys(t for p in prepared for t in p["texts"]))
+        for backbone in self.backbones if texts else ():
+            self.cache.texts(backbone, texts)  # every distinct prompt in one text batch
+        keys = [k for p in prepared for k in p["keys"]]
+        queued = []
         for backbone in self.backbones:
             which = self.resolutions.index(backbone.input_resolution)
             pixels = [p["pixels"][which] for p in prepared if p["pixels"][which] is not None]
             if pixels:
-                vectors = backbone.encode_images(torch.cat(pixels), batch_size)
-                self.cache.put_images(backbone, keys, vectors)
-            if texts:
-                self.cache.texts(backbone, texts)  # every distinct prompt in one text batch
+                queued.append((backbone, keys, backbone.queue_images(torch.cat(pixels),
+                                                                     batch_size)))
+        return queued
+
+    def store(self, queued: Sequence[tuple[ClipBackbone, list[str], QueuedEmbeddings]]
+              ) -> None:
+        for backbone, keys, embeddings in queued:
+            self.cache.put_images(backbone, keys, embeddings.result())
 
 
 def _encodings(method: GroundingMethod, metric_backbones: Sequence[ClipBackbone],
@@ -189,7 +206,7 @@ class _ImageGroups(torch.utils.data.Dataset):
         sample: dict[str, Any] = {"index": index, "image": image,
                                   "proposals": self.proposer(items[0], image) if self.proposer
                                   else None}
-        if sample["proposals"] is not None:
+        if sample["proposals"] is not None and _draws_on_host(self.encodings):
             sample["prepared"] = _prepare(self.method, self.encodings, self.metric_on, items,
                                           image, sample["proposals"])
         return sample
@@ -230,13 +247,15 @@ def evaluate_groups(
 
     ``batch_size=None`` and ``workers=0``: the plain loop, one image at a time. Otherwise
     images are decoded (and ground-truth proposals computed) in ``workers`` DataLoader
-    processes, which also draw the model inputs each method declares through
-    ``encode_request`` (and the ground-truth crops of the crop-cosine metric); the main
+    processes, and the model inputs each method declares through ``encode_request`` (and the
+    ground-truth crops of the crop-cosine metric) are drawn: in those workers when the models
+    run on the CPU, on the device in the main process when they run on a GPU. The main
     process encodes them in batches of ``batch_size`` across images, filling the caches,
-    before ``predict`` runs on cache hits. The rows are the same either way. ``predict`` is
-    called once per referred object (``predict_per_ref``). ``metric_cache``: where the
-    metric's crop embeddings go (the method's cache is a good choice: the baseline's crops
-    are the metric's).
+    before ``predict`` runs on cache hits; while a GPU encodes one batch, the main process
+    already draws the next and predicts the last. The rows are the same either way.
+    ``predict`` is called once per referred object (``predict_per_ref``). ``metric_cache``:
+    where the metric's crop embeddings go (the method's cache is a good choice: the
+    baseline's crops are the metric's).
     """
     metric_cache = metric_cache if metric_cache is not None else EmbeddingCache(None)
     if batch_size is None and workers <= 0:
@@ -244,6 +263,7 @@ def evaluate_groups(
                                progress)
     in_worker = proposer if getattr(proposer, "name", None) == "gt" else None
     encodings = _encodings(method, metric_backbones, metric_cache)
+    on_host = _draws_on_host(encodings)
     metric_on = bool(metric_backbones)
     dataset = _ImageGroups(groups, in_worker, method, encodings, metric_on)
     rows: list[dict[str, Any]] = []
@@ -253,11 +273,15 @@ def evaluate_groups(
     bar = tqdm(total=len(groups), desc=method.name, unit="image", disable=not progress,
                file=sys.stderr)
 
+    def prepare(sample: dict[str, Any]) -> list[dict[str, Any]]:
+        return _prepare(method, encodings, metric_on, groups[sample["index"]], sample["image"],
+                        sample["proposals"])
+
     # A detector runs in the main process (one model, on the GPU when there is one), so its
-    # images' inputs are drawn here, in threads (Pillow and torch release the GIL). Ground-
-    # truth proposals are drawn in the DataLoader workers instead.
+    # images' inputs are drawn here: in threads when they are drawn in host memory (Pillow and
+    # torch release the GIL), else on the device in this thread.
     painters = (ThreadPoolExecutor(max_workers=max(1, workers))
-                if encodings and in_worker is None else None)
+                if encodings and in_worker is None and on_host else None)
 
     def detect_and_draw() -> None:
         todo = [s for s in pending if s["proposals"] is None]
@@ -267,19 +291,13 @@ def evaluate_groups(
                                       [s["image"] for s in todo])
         for sample, proposals in zip(todo, found, strict=True):
             sample["proposals"] = proposals
-        if painters is not None:
-            drawn = painters.map(lambda s: _prepare(method, encodings, metric_on,
-                                                    groups[s["index"]], s["image"],
-                                                    s["proposals"]), todo)
+        if encodings:
+            drawn = painters.map(prepare, todo) if painters is not None else map(prepare, todo)
             for sample, prepared in zip(todo, drawn, strict=True):
                 sample["prepared"] = prepared
 
-    def flush() -> None:
-        nonlocal n_pending
-        detect_and_draw()
-        for k, encoding in enumerate(encodings):
-            encoding.encode([s["prepared"][k] for s in pending if "prepared" in s], batch)
-        for sample in pending:
+    def predict(samples: Sequence[dict[str, Any]]) -> None:
+        for sample in samples:
             items = groups[sample["index"]]
             proposals = (sample["proposals"] if sample["proposals"] is not None
                          else proposer(items[0], sample["image"]))
@@ -287,6 +305,27 @@ def evaluate_groups(
             rows.extend(_rows(items, sample["image"], proposals, prediction, metric_backbones,
                               metric_cache))
             bar.update(1)
+
+    # One batch in flight: its embeddings are stored and its images predicted only after the
+    # next batch is queued, so the device is never idle while the host works.
+    in_flight: tuple[list[dict[str, Any]], list[list[Any]]] | None = None
+
+    def land() -> None:
+        nonlocal in_flight
+        if in_flight is not None:
+            samples, queued = in_flight
+            for encoding, handles in zip(encodings, queued, strict=True):
+                encoding.store(handles)
+            predict(samples)
+            in_flight = None
+
+    def flush() -> None:
+        nonlocal n_pending, in_flight
+        detect_and_draw()
+        queued = [encoding.queue([s["prepared"][k] for s in pending if "prepared" in s], batch)
+                  for k, encoding in enumerate(encodings)]
+        land()
+        in_flight = (list(pending), queued)
         pending.clear()
         n_pending = 0
 
@@ -295,6 +334,9 @@ def evaluate_groups(
     detector_chunk = max(1, batch // 8)
     try:
         for sample in _loader(dataset, workers):
+            if (in_worker is not None and encodings and not on_host
+                    and "prepared" not in sample):
+                sample["prepared"] = prepare(sample)  # queued on the device at once
             pending.append(sample)
             n_pending += (sum(len(p["keys"]) for p in sample.get("prepared", ()))
                           if in_worker is not None else 1)
@@ -302,11 +344,17 @@ def evaluate_groups(
                                               else detector_chunk):
                 flush()
         flush()
+        land()
     finally:
         if painters is not None:
             painters.shutdown()
     bar.close()
     return rows
+
+
+def _draws_on_host(encodings: Sequence[_Encoding]) -> bool:
+    """Whether model inputs are drawn in host memory (see ``_Encoding.on_host``)."""
+    return all(e.on_host for e in encodings)
 
 
 def _evaluate_plain(groups: Sequence[Sequence[RefItem]], method: GroundingMethod,

@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     step("generated_dataset", lambda: generated_dataset(
         scratch, args.images, architecture, device, args.batch_size, args.workers))
     step("agreement", lambda: agreement(device))
+    if device.startswith("cuda"):
+        step("host_waits", lambda: host_waits(device))
     report["total_seconds"] = round(sum(v for k, v in report.items()
                                         if k.endswith("_seconds")), 2)
     save()
@@ -162,6 +164,34 @@ def generated_dataset(scratch: Path, n_images: int, architecture: dict[str, Any]
             "expressions_per_s": round(timing["expressions"] / timing["seconds"], 2),
             "accuracy": results["metrics"]["accuracy"],
             "note": "random weights on generated data: the accuracy means nothing"}
+
+
+def host_waits(device: str) -> dict[str, Any]:
+    """The operations that make the host wait for the GPU while one image's visual prompts
+    are drawn and encoded (CUDA's sync debug mode warns at each): none should come before
+    the embeddings are read back."""
+    import warnings
+
+    import torch
+
+    from refcocog_tools.bench import RN50X16_CONFIG
+    from refcocog_tools.render import prompt_inputs
+    from refcocog_tools.visual_prompts import STUDY_VARIANTS
+
+    image = torch.randint(0, 256, (3, 480, 640), dtype=torch.uint8, device=device)
+    boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [200.5, 100.2, 630.0, 470.9]])
+    prompt_inputs(image, boxes, STUDY_VARIANTS, 384, device=device)  # warm-up
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            prompt_inputs(image, boxes, STUDY_VARIANTS, RN50X16_CONFIG["image_resolution"],
+                          device=device)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    messages = [str(w.message).splitlines()[0] for w in caught]
+    return {"rendering_host_waits": len(messages), "messages": messages[:10]}
 
 
 def agreement(device: str) -> dict[str, Any]:

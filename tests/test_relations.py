@@ -290,13 +290,13 @@ def test_engine_batches_the_scorer_inputs_with_the_same_choices(
     plain = evaluate_groups(groups, make_method("relations", [tiny_rn], entity_scorer=scorer,
                                                 **options), GroundTruthProposer())
     calls = []
-    original = tiny_rn.encode_images
+    original = tiny_rn.queue_images  # every image encoding goes through it
 
     def counting(images, *args, **kwargs):
         calls.append(len(images))
         return original(images, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_rn, "encode_images", counting)
+    monkeypatch.setattr(tiny_rn, "queue_images", counting)
     method = make_method("relations", [tiny_rn], entity_scorer=scorer, **options)
     assert isinstance(method, BatchedMethod)
     batched = evaluate_groups(groups, method, GroundTruthProposer(), batch_size=100_000)

@@ -68,10 +68,22 @@ def _red_circle(backbones, pool) -> RedCircle:
                      RedCircleOptions(n_debias=30), debias_seed=2)
 
 
+def _draw_as_on_a_gpu(monkeypatch) -> None:
+    """Make the engine draw model inputs as it does for models on a GPU (in the main process,
+    from the images the workers decode), here on the CPU."""
+    from refcocog_tools import evaluate
+
+    monkeypatch.setattr(evaluate._Encoding, "on_host", property(lambda self: False))
+
+
 @pytest.mark.parametrize("options", [{"batch_size": 1}, {"batch_size": 64},
-                                     {"batch_size": 3, "workers": 2}])
+                                     {"batch_size": 3, "workers": 2},
+                                     {"batch_size": 5, "workers": 1, "gpu_layout": True}])
 def test_batched_engine_gives_the_unbatched_predictions(options, groups, mini_data, tiny_rn,
-                                                        tiny_vit) -> None:
+                                                        tiny_vit, monkeypatch) -> None:
+    options = dict(options)
+    if options.pop("gpu_layout", False):
+        _draw_as_on_a_gpu(monkeypatch)
     pool = RefCOCOg(mini_data, "train").sentences()
     backbones = [tiny_rn, tiny_vit]
     reference = evaluate_groups(groups, _red_circle(backbones, pool), GroundTruthProposer())
@@ -185,9 +197,13 @@ class _FakeDetector:
         return {"proposer": self.name}
 
 
-@pytest.mark.parametrize("options", [{"batch_size": 64}, {"batch_size": 16, "workers": 2}])
+@pytest.mark.parametrize("options", [{"batch_size": 64}, {"batch_size": 16, "workers": 2},
+                                     {"batch_size": 16, "gpu_layout": True}])
 def test_batched_engine_with_a_detector_in_the_main_process(options, groups, mini_data,
-                                                            tiny_rn) -> None:
+                                                            tiny_rn, monkeypatch) -> None:
+    options = dict(options)
+    if options.pop("gpu_layout", False):
+        _draw_as_on_a_gpu(monkeypatch)
     pool = RefCOCOg(mini_data, "train").sentences()
     reference = evaluate_groups(groups, _red_circle([tiny_rn], pool), _FakeDetector())
     method = _red_circle([tiny_rn], pool)
