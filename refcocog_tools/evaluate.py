@@ -131,11 +131,15 @@ class _Encoding:
                            for r in self.resolutions]}
 
     @property
-    def on_host(self) -> bool:
-        """Whether the inputs are drawn in host memory (in DataLoader workers when there are
-        any): on a CPU. On a GPU they are drawn there, in the main process, from the decoded
-        images the workers send, since drawing and resizing on the CPU would bound the GPU."""
-        return all(b.device.type == "cpu" for b in self.backbones)
+    def on_gpu(self) -> bool:
+        """Whether the models run on an accelerator rather than the CPU."""
+        return any(b.device.type != "cpu" for b in self.backbones)
+
+    def drawn_on_device(self, request: EncodeRequest) -> bool:
+        """Whether ``request``'s inputs are drawn by the main process on the models' device
+        (tensor drawing, models on a GPU: drawing and resizing there keeps the CPU from
+        bounding the GPU) rather than in host memory (in the DataLoader workers, if any)."""
+        return request.on_device and self.on_gpu
 
     def queue(self, prepared: Sequence[dict[str, Any]], batch_size: int
               ) -> list[tuple[ClipBackbone, list[str], QueuedEmbeddings]]:
@@ -206,18 +210,30 @@ class _ImageGroups(torch.utils.data.Dataset):
         sample: dict[str, Any] = {"index": index, "image": image,
                                   "proposals": self.proposer(items[0], image) if self.proposer
                                   else None}
-        if sample["proposals"] is not None and _draws_on_host(self.encodings):
+        if sample["proposals"] is not None:
             sample["prepared"] = _prepare(self.method, self.encodings, self.metric_on, items,
                                           image, sample["proposals"])
         return sample
 
 
 def _prepare(method: GroundingMethod, encodings: Sequence[_Encoding], metric_on: bool,
-             items: Sequence[RefItem], image: Image.Image, proposals: Proposals
-             ) -> list[dict[str, Any]]:
+             items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
+             earlier: Sequence[dict[str, Any] | None] | None = None
+             ) -> list[dict[str, Any] | None]:
+    """Each encoding's prepared inputs for one image. In a DataLoader worker the inputs to be
+    drawn on the device are left out (None); the main process passes that list back as
+    ``earlier`` and only those are drawn."""
+    in_worker = torch.utils.data.get_worker_info() is not None
     requests = _requests(method, metric_on, items, image, proposals)
-    return [encoding.prepare(request)
-            for encoding, request in zip(encodings, requests, strict=True)]
+    prepared: list[dict[str, Any] | None] = []
+    for k, (encoding, request) in enumerate(zip(encodings, requests, strict=True)):
+        if earlier is not None and earlier[k] is not None:
+            prepared.append(earlier[k])
+        elif in_worker and encoding.drawn_on_device(request):
+            prepared.append(None)
+        else:
+            prepared.append(encoding.prepare(request))
+    return prepared
 
 
 def _loader(dataset: _ImageGroups, workers: int) -> Iterable[dict[str, Any]]:
@@ -248,8 +264,9 @@ def evaluate_groups(
     ``batch_size=None`` and ``workers=0``: the plain loop, one image at a time. Otherwise
     images are decoded (and ground-truth proposals computed) in ``workers`` DataLoader
     processes, and the model inputs each method declares through ``encode_request`` (and the
-    ground-truth crops of the crop-cosine metric) are drawn: in those workers when the models
-    run on the CPU, on the device in the main process when they run on a GPU. The main
+    ground-truth crops of the crop-cosine metric) are drawn: in those workers, except inputs
+    drawn by tensor operations (``EncodeRequest.on_device``) for models on a GPU, which the
+    main process draws there from the decoded image. The main
     process encodes them in batches of ``batch_size`` across images, filling the caches,
     before ``predict`` runs on cache hits; while a GPU encodes one batch, the main process
     already draws the next and predicts the last. The rows are the same either way.
@@ -263,7 +280,7 @@ def evaluate_groups(
                                progress)
     in_worker = proposer if getattr(proposer, "name", None) == "gt" else None
     encodings = _encodings(method, metric_backbones, metric_cache)
-    on_host = _draws_on_host(encodings)
+    on_gpu = any(e.on_gpu for e in encodings)
     metric_on = bool(metric_backbones)
     dataset = _ImageGroups(groups, in_worker, method, encodings, metric_on)
     rows: list[dict[str, Any]] = []
@@ -273,15 +290,15 @@ def evaluate_groups(
     bar = tqdm(total=len(groups), desc=method.name, unit="image", disable=not progress,
                file=sys.stderr)
 
-    def prepare(sample: dict[str, Any]) -> list[dict[str, Any]]:
+    def prepare(sample: dict[str, Any]) -> list[dict[str, Any] | None]:
         return _prepare(method, encodings, metric_on, groups[sample["index"]], sample["image"],
-                        sample["proposals"])
+                        sample["proposals"], sample.get("prepared"))
 
     # A detector runs in the main process (one model, on the GPU when there is one), so its
-    # images' inputs are drawn here: in threads when they are drawn in host memory (Pillow and
-    # torch release the GIL), else on the device in this thread.
+    # images' inputs are drawn here: in threads on a CPU (Pillow and torch release the GIL),
+    # in this thread when models run on a GPU (what is drawn on the device is only queued).
     painters = (ThreadPoolExecutor(max_workers=max(1, workers))
-                if encodings and in_worker is None and on_host else None)
+                if encodings and in_worker is None and not on_gpu else None)
 
     def detect_and_draw() -> None:
         todo = [s for s in pending if s["proposals"] is None]
@@ -334,9 +351,8 @@ def evaluate_groups(
     detector_chunk = max(1, batch // 8)
     try:
         for sample in _loader(dataset, workers):
-            if (in_worker is not None and encodings and not on_host
-                    and "prepared" not in sample):
-                sample["prepared"] = prepare(sample)  # queued on the device at once
+            if any(p is None for p in sample.get("prepared", ())):
+                sample["prepared"] = prepare(sample)  # the device's part, queued there at once
             pending.append(sample)
             n_pending += (sum(len(p["keys"]) for p in sample.get("prepared", ()))
                           if in_worker is not None else 1)
@@ -350,11 +366,6 @@ def evaluate_groups(
             painters.shutdown()
     bar.close()
     return rows
-
-
-def _draws_on_host(encodings: Sequence[_Encoding]) -> bool:
-    """Whether model inputs are drawn in host memory (see ``_Encoding.on_host``)."""
-    return all(e.on_host for e in encodings)
 
 
 def _evaluate_plain(groups: Sequence[Sequence[RefItem]], method: GroundingMethod,

@@ -42,12 +42,16 @@ class EncodeRequest:
 
     ``keys[i]`` names image input ``i``; ``draw(resolution, indices, device)`` returns the
     model inputs ``(len(indices), 3, R, R)`` of those inputs (it may run in a DataLoader
-    worker); ``texts`` are the prompts the method will encode.
+    worker); ``texts`` are the prompts the method will encode. ``on_device``: ``draw`` does
+    its work with tensor operations on the device it is given, so for models on a GPU the
+    engine draws these inputs there, in the main process; otherwise (Pillow drawing) it
+    draws them in host memory, in its DataLoader workers when it has any.
     """
 
     keys: list[str]
     draw: Callable[[int, Sequence[int], str | torch.device], torch.Tensor]
     texts: list[str] = field(default_factory=list)
+    on_device: bool = False
 
 
 @runtime_checkable

@@ -263,7 +263,8 @@ class RedCircle:
             self.visual_prompt_keys(image, boxes),
             lambda resolution, idx, device="cpu": self.prompt_inputs(image, boxes, resolution,
                                                                      idx, device),
-            [self.prefix + e for e in expressions])
+            [self.prefix + e for e in expressions],
+            on_device=self.render_backend == "torch")
 
     def scores(self, image: Image.Image, expressions: Sequence[str],
                proposals: Proposals) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,11 +69,12 @@ def _red_circle(backbones, pool) -> RedCircle:
 
 
 def _draw_as_on_a_gpu(monkeypatch) -> None:
-    """Make the engine draw model inputs as it does for models on a GPU (in the main process,
-    from the images the workers decode), here on the CPU."""
+    """Make the engine lay out its work as it does for models on a GPU (tensor-drawn inputs
+    in the main process from the images the workers decode, Pillow-drawn ones in the
+    workers), here on the CPU."""
     from refcocog_tools import evaluate
 
-    monkeypatch.setattr(evaluate._Encoding, "on_host", property(lambda self: False))
+    monkeypatch.setattr(evaluate._Encoding, "on_gpu", property(lambda self: True))
 
 
 @pytest.mark.parametrize("options", [{"batch_size": 1}, {"batch_size": 64},
@@ -92,6 +93,26 @@ def test_batched_engine_gives_the_unbatched_predictions(options, groups, mini_da
     _only_cache_hits(method)  # the engine's batches must leave predict only cache hits
     rows = evaluate_groups(groups, method, GroundTruthProposer(), **options)
     assert len(rows) == sum(len(g) for g in groups) and rows == reference
+
+
+def test_gpu_layout_with_the_crop_cosine_metric(groups, mini_data, tiny_rn,
+                                               monkeypatch) -> None:
+    """Red-circle's prompts drawn in the main process, the metric's crops (Pillow) in the
+    worker: the rows, cosines included, are the plain loop's."""
+    pool = RefCOCOg(mini_data, "train").sentences()
+    reference = evaluate_groups(groups, _red_circle([tiny_rn], pool), GroundTruthProposer(),
+                                [tiny_rn])
+    _draw_as_on_a_gpu(monkeypatch)
+    method = _red_circle([tiny_rn], pool)
+    _only_cache_hits(method)
+    rows = evaluate_groups(groups, method, GroundTruthProposer(), [tiny_rn], batch_size=7,
+                           workers=1)
+    # Cosines agree to float rounding: a crop encoded in another batch sums in another order.
+    assert len(rows) == len(reference)
+    cosines = [(row.pop("cosine"), ref.pop("cosine"))
+               for row, ref in zip(rows, reference, strict=True)]
+    assert rows == reference
+    assert all(c is not None and abs(c - r) < 1e-5 for c, r in cosines)
 
 
 def test_plain_engine_with_workers_for_other_methods(groups, tiny_rn) -> None:
