@@ -205,10 +205,13 @@ class ClipBackbone:
         """Dimension of the joint image/text embedding space."""
         return int(self.model.text_projection.shape[1])
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        # On GPU the weights are fp16 (``prepare_for_device``) and autocast keeps any float32
-        # input or layer in fp16 too; LayerNorm and the final normalisation stay float32.
-        # On CPU everything is float32.
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context every forward pass of this model runs in.
+
+        On GPU the weights are fp16 (``prepare_for_device``) and autocast keeps any float32
+        input or layer in fp16 too, while LayerNorm runs in float32 (CLIP's LayerNorm hands
+        it float32 inputs, which fp16 weights would refuse outside autocast). On CPU
+        everything is float32 and this does nothing."""
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
@@ -249,7 +252,7 @@ class ClipBackbone:
         is done before this returns)."""
         dtype = self.model.visual.conv1.weight.dtype
         out = []
-        with self._autocast():
+        with self.autocast():
             for batch in self._image_batches(images, batch_size):
                 feats = self.model.encode_image(_to_device(batch, self.device, dtype)).float()
                 out.append(F.normalize(feats, dim=-1) if normalize else feats)
@@ -266,7 +269,7 @@ class ClipBackbone:
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         out = []
-        with self._autocast():
+        with self.autocast():
             for start in range(0, len(texts), batch_size):
                 tokens = clip.tokenize(
                     texts[start:start + batch_size],

@@ -74,7 +74,7 @@ def gradcam_map(backbone: ClipBackbone, image: Image.Image, text_embedding: torc
         dtype = model.visual.conv1.weight.dtype
         pixels = _input_tensor(image, backbone.input_resolution).to(backbone.device, dtype)
         pixels.requires_grad_(True)  # builds the graph even if the weights are frozen
-        with torch.enable_grad():
+        with torch.enable_grad(), backbone.autocast():
             embedding = F.normalize(model.encode_image(pixels).float(), dim=-1)
             score = (embedding[0] * text_embedding.to(embedding.device)).sum()
             model.zero_grad(set_to_none=True)

@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     step("agreement", lambda: agreement(device))
     if device.startswith("cuda"):
         step("host_waits", lambda: host_waits(device))
+        step("device_precision", lambda: device_precision(device))
     report["total_seconds"] = round(sum(v for k, v in report.items()
                                         if k.endswith("_seconds")), 2)
     save()
@@ -192,6 +193,35 @@ def host_waits(device: str) -> dict[str, Any]:
             torch.cuda.set_sync_debug_mode("default")
     messages = [str(w.message).splitlines()[0] for w in caught]
     return {"rendering_host_waits": len(messages), "messages": messages[:10]}
+
+
+def device_precision(device: str) -> dict[str, Any]:
+    """The fp16 GPU path against the float32 CPU one for the embedded tiny models: cosine of
+    the image and text embeddings, and a Grad-CAM map (a backward pass in fp16) for each."""
+
+    from refcocog_tools.backbones import load_clip
+    from refcocog_tools.dataset import RefCOCOg
+    from refcocog_tools.gradcam import gradcam_map
+    from refcocog_tools.minidata import default_data_root
+
+    items = list(RefCOCOg(default_data_root(), "test", view="expression"))[:8]
+    images = [item.image for item in items]
+    texts = [item.sentence for item in items]
+    result: dict[str, Any] = {}
+    for name in ("tiny-rn", "tiny-vit"):
+        on = {where: load_clip(name, device=where) for where in ("cpu", device)}
+        image_vectors = {w: b.encode_images(images) for w, b in on.items()}
+        text_vectors = {w: b.encode_texts(texts) for w, b in on.items()}
+        maps = {w: gradcam_map(b, images[0], text_vectors[w][0]) for w, b in on.items()}
+        result[name] = {
+            "image_cosine_min": round(float((image_vectors["cpu"] * image_vectors[device])
+                                            .sum(-1).min()), 5),
+            "text_cosine_min": round(float((text_vectors["cpu"] * text_vectors[device])
+                                           .sum(-1).min()), 5),
+            "gradcam_max_difference": round(float((maps["cpu"] - maps[device]).abs().max()), 4),
+            "weights_dtype": str(on[device].model.visual.conv1.weight.dtype),
+        }
+    return result
 
 
 def agreement(device: str) -> dict[str, Any]:
