@@ -30,6 +30,7 @@ from .metrics import box_iou_pairs
 from .prediction import Prediction
 from .prompt_cache import EmbeddingCache
 from .proposals import Proposals, Proposer
+from .render import concatenate_for
 from .results import provenance, results_document
 from .scoring import crop_request, request_embeddings
 
@@ -155,8 +156,8 @@ class _Encoding:
             which = self.resolutions.index(backbone.input_resolution)
             pixels = [p["pixels"][which] for p in prepared if p["pixels"][which] is not None]
             if pixels:
-                queued.append((backbone, keys, backbone.queue_images(torch.cat(pixels),
-                                                                     batch_size)))
+                inputs = concatenate_for(pixels, backbone.device)
+                queued.append((backbone, keys, backbone.queue_images(inputs, batch_size)))
         return queued
 
     def store(self, queued: Sequence[tuple[ClipBackbone, list[str], QueuedEmbeddings]]

@@ -98,6 +98,17 @@ def host_to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Te
     return tensor.to(device, non_blocking=True)
 
 
+def concatenate_for(parts: Sequence[torch.Tensor], device: str | torch.device) -> torch.Tensor:
+    """``torch.cat(parts)`` bound for ``device``: parts in host memory bound for a GPU are
+    written straight into pinned memory (one copy instead of a copy and a pinning copy)."""
+    if torch.device(device).type == "cuda" and all(p.device.type == "cpu" for p in parts):
+        first = parts[0]
+        shape = (sum(len(p) for p in parts), *first.shape[1:])
+        return torch.cat(list(parts), out=torch.empty(shape, dtype=first.dtype,
+                                                      pin_memory=True))
+    return torch.cat(list(parts))
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """A ``(3, H, W)`` uint8 tensor as a Pillow image (for figures and comparisons)."""
     return Image.fromarray(image.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
