@@ -158,6 +158,8 @@ class _Encoding:
             if pixels:
                 inputs = concatenate_for(pixels, backbone.device)
                 queued.append((backbone, keys, backbone.queue_images(inputs, batch_size)))
+        for p in prepared:
+            p["pixels"] = None  # the queued batch holds its own copy: free these meanwhile
         return queued
 
     def store(self, queued: Sequence[tuple[ClipBackbone, list[str], QueuedEmbeddings]]

@@ -4,7 +4,9 @@ The Pillow functions of ``visual_prompts`` are the reference; this module draws 
 prompts for every proposal and variant of an image at once, on the CPU or a GPU, and turns
 them into model inputs in the same pass:
 
-* ``image_tensor``: a decoded image as a ``(3, H, W)`` uint8 tensor on a device (moved once).
+* ``image_tensor``: a decoded image as a ``(3, H, W)`` uint8 tensor on a device (moved once,
+  by ``host_to_device``: through pinned memory, without making the host wait for a GPU; no
+  step from here to the model inputs reads a value back from the device either).
 * ``pillow_gaussian_blur``: Pillow's ``GaussianBlur`` is not a true Gaussian but three passes
   of an extended box blur (fractional radius, 24-bit fixed-point weights, replicated edges,
   rounding to uint8 after every pass). ``box_blur_ops`` reproduces that arithmetic in integer
@@ -76,7 +78,7 @@ def image_tensor(image: Image.Image | torch.Tensor, device: str | torch.device =
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) uint8 image, got {image.dtype} "
                              f"{tuple(image.shape)}")
-        return image.to(device)
+        return host_to_device(image, device) if image.device.type == "cpu" else image.to(device)
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     array = np.asarray(rgb)  # (H, W, 3), read-only view of Pillow's bytes
     return host_to_device(torch.from_numpy(array.copy()).permute(2, 0, 1), device)
