@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -110,26 +110,32 @@ def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
 
 
 class _Encoding:
-    """One set of backbones sharing a cache, and what it already holds (workers skip that)."""
+    """One set of backbones sharing a cache: what the engine encodes for them, in batches."""
 
     def __init__(self, backbones: Sequence[ClipBackbone], cache: EmbeddingCache) -> None:
         self.backbones = list(backbones)
         self.cache = cache
         self.resolutions = list(dict.fromkeys(b.input_resolution for b in self.backbones))
-        self.cached = frozenset.intersection(*(cache.image_keys(b) for b in self.backbones))
 
-    def prepare(self, request: EncodeRequest) -> dict[str, Any]:
-        """The request's inputs not cached yet: keys, and model inputs per resolution, drawn
-        on the backbones' device in the main process and on the CPU in a DataLoader worker
-        (the main process copies them over from pinned memory)."""
+    def prepare(self, request: EncodeRequest, skip: Collection[str] = ()) -> dict[str, Any]:
+        """The request's inputs not cached yet (nor in ``skip``: keys another encoding of the
+        same cache draws already): keys, and model inputs per resolution, drawn on the
+        backbones' device in the main process and on the CPU in a DataLoader worker (whose
+        copy of the cache is the one the run started with)."""
         in_worker = torch.utils.data.get_worker_info() is not None
         device = "cpu" if in_worker else self.backbones[0].device
         first = {k: i for i, k in reversed(list(enumerate(request.keys)))}
-        missing = [k for k in first if k not in self.cached]
+        missing = [k for k in first if k not in skip
+                   and not all(self.cache.has_image(b, k) for b in self.backbones)]
         indices = [first[k] for k in missing]
         return {"keys": missing, "texts": request.texts,
                 "pixels": [request.draw(r, indices, device) if indices else None
                            for r in self.resolutions]}
+
+    def shares(self, other: _Encoding) -> bool:
+        """Whether ``other`` fills the same cache tables (the same cache and backbones)."""
+        return (self.cache is other.cache
+                and [b.checksum for b in self.backbones] == [b.checksum for b in other.backbones])
 
     @property
     def on_gpu(self) -> bool:
@@ -235,7 +241,10 @@ def _prepare(method: GroundingMethod, encodings: Sequence[_Encoding], metric_on:
         elif in_worker and encoding.drawn_on_device(request):
             prepared.append(None)
         else:
-            prepared.append(encoding.prepare(request))
+            drawn = {key for j, other in enumerate(prepared)
+                     if other is not None and encodings[j].shares(encoding)
+                     for key in other["keys"]}
+            prepared.append(encoding.prepare(request, drawn))
     return prepared
 
 
@@ -274,10 +283,12 @@ def evaluate_groups(
     before ``predict`` runs on cache hits; while a GPU encodes one batch, the main process
     already draws the next and predicts the last. The rows are the same either way.
     ``predict`` is called once per referred object (``predict_per_ref``). ``metric_cache``:
-    where the metric's crop embeddings go (the method's cache is a good choice: the
-    baseline's crops are the metric's).
+    where the metric's crop embeddings go; by default the method's cache when it declares
+    one (a ``BatchedMethod``), so a crop the method encodes (the baseline encodes every
+    proposal's) is not encoded again for the metric.
     """
-    metric_cache = metric_cache if metric_cache is not None else EmbeddingCache(None)
+    if metric_cache is None:
+        metric_cache = method.cache if isinstance(method, BatchedMethod) else EmbeddingCache()
     if batch_size is None and workers <= 0:
         return _evaluate_plain(groups, method, proposer, metric_backbones, metric_cache,
                                progress)
@@ -316,36 +327,60 @@ def evaluate_groups(
             for sample, prepared in zip(todo, drawn, strict=True):
                 sample["prepared"] = prepared
 
+    # The crop-cosine metric also needs the crops of the predicted boxes. Those no batch has
+    # encoded (a proposal no expression refers to) go into the next batch with everything
+    # else, and the rows of their images wait for it; no crop is encoded on its own.
+    metric = encodings[-1] if metric_on else None
+    waiting: list[tuple[dict[str, Any], Proposals, Prediction]] = []
+    predicted_crops: list[dict[str, Any]] = []
+
     def predict(samples: Sequence[dict[str, Any]]) -> None:
         for sample in samples:
             items = groups[sample["index"]]
             proposals = (sample["proposals"] if sample["proposals"] is not None
                          else proposer(items[0], sample["image"]))
             prediction = predict_per_ref(method, sample["image"], items, proposals)
+            waiting.append((sample, proposals, prediction))
+            if metric is not None:
+                request = crop_request(sample["image"], prediction.boxes.float())
+                predicted_crops.append(metric.prepare(request))
+
+    def write_rows(predicted: Sequence[tuple[dict[str, Any], Proposals, Prediction]]) -> None:
+        for sample, proposals, prediction in predicted:
+            items = groups[sample["index"]]
             rows.extend(_rows(items, sample["image"], proposals, prediction, metric_backbones,
                               metric_cache))
             bar.update(1)
 
     # One batch in flight: its embeddings are stored and its images predicted only after the
-    # next batch is queued, so the device is never idle while the host works.
-    in_flight: tuple[list[dict[str, Any]], list[list[Any]]] | None = None
+    # next batch is queued, so the device is never idle while the host works. A batch also
+    # carries the predicted crops of earlier images, whose rows are written when it lands.
+    in_flight: tuple[list[dict[str, Any]], list[list[Any]], list[Any]] | None = None
 
     def land() -> None:
         nonlocal in_flight
         if in_flight is not None:
-            samples, queued = in_flight
+            samples, queued, ready = in_flight
             for encoding, handles in zip(encodings, queued, strict=True):
                 encoding.store(handles)
+            write_rows(ready)
             predict(samples)
             in_flight = None
 
     def flush() -> None:
         nonlocal n_pending, in_flight
         detect_and_draw()
-        queued = [encoding.queue([s["prepared"][k] for s in pending if "prepared" in s], batch)
-                  for k, encoding in enumerate(encodings)]
+        queued = []
+        for k, encoding in enumerate(encodings):
+            prepared = [s["prepared"][k] for s in pending if "prepared" in s]
+            if encoding is metric:
+                prepared += predicted_crops
+            queued.append(encoding.queue(prepared, batch))
+        ready = list(waiting)  # their predicted crops are in this batch
+        waiting.clear()
+        predicted_crops.clear()
         land()
-        in_flight = (list(pending), queued)
+        in_flight = (list(pending), queued, ready)
         pending.clear()
         n_pending = 0
 
@@ -363,6 +398,8 @@ def evaluate_groups(
                                               else detector_chunk):
                 flush()
         flush()
+        land()
+        flush()  # the last images' predicted crops
         land()
     finally:
         if painters is not None:

@@ -199,6 +199,10 @@ class EmbeddingCache:
         table.update(zip(keys, vectors.float(), strict=True))
         self._added(backbone.checksum, "image", keys)
 
+    def has_image(self, backbone: Encoder, key: Hashable) -> bool:
+        """Whether the image embedding ``key`` of ``backbone`` is cached (from disk or this run)."""
+        return key in self._table(backbone.checksum, "image")
+
     def image_keys(self, backbone: Encoder) -> frozenset[Hashable]:
         """Keys of the image embeddings cached for ``backbone`` (from disk or this run)."""
         return frozenset(self._table(backbone.checksum, "image"))

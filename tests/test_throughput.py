@@ -55,12 +55,17 @@ def groups(mini_data):
 
 def _only_cache_hits(method) -> None:
     """Make ``method`` fail if ``predict`` draws an input the engine should have encoded."""
-    looked_up = method.cache.images
+    _no_drawing(method.cache)
+
+
+def _no_drawing(cache: EmbeddingCache) -> None:
+    """Make a look-up in ``cache`` fail if it has to draw (and encode) an input itself."""
+    looked_up = cache.images
 
     def no_drawing(*args, **kwargs):
-        raise AssertionError("predict re-rendered a visual prompt the engine had encoded")
+        raise AssertionError("an input the engine should have encoded in a batch was drawn")
 
-    method.cache.images = lambda backbone, keys, draw: looked_up(backbone, keys, no_drawing)
+    cache.images = lambda backbone, keys, draw: looked_up(backbone, keys, no_drawing)
 
 
 def _red_circle(backbones, pool) -> RedCircle:
@@ -95,24 +100,65 @@ def test_batched_engine_gives_the_unbatched_predictions(options, groups, mini_da
     assert len(rows) == sum(len(g) for g in groups) and rows == reference
 
 
-def test_gpu_layout_with_the_crop_cosine_metric(groups, mini_data, tiny_rn,
-                                               monkeypatch) -> None:
-    """Red-circle's prompts drawn in the main process, the metric's crops (Pillow) in the
-    worker: the rows, cosines included, are the plain loop's."""
+@pytest.mark.parametrize("gpu_layout", [False, True])
+def test_crop_cosine_metric_encodes_every_crop_in_the_batches(gpu_layout, groups, mini_data,
+                                                              tiny_rn, monkeypatch) -> None:
+    """The metric's crops (ground truth, and predicted boxes no expression refers to) are
+    encoded in the engine's batches, never one image at a time while the rows are written,
+    and the rows, cosines included, are the plain loop's. In the GPU layout red-circle's
+    prompts are drawn in the main process and the ground-truth crops in the worker."""
     pool = RefCOCOg(mini_data, "train").sentences()
     reference = evaluate_groups(groups, _red_circle([tiny_rn], pool), GroundTruthProposer(),
                                 [tiny_rn])
-    _draw_as_on_a_gpu(monkeypatch)
+    from refcocog_tools import red_circle
+
+    drawn_here = []  # red-circle prompts drawn in this process; the worker's calls stay there
+
+    def counting(*args, **kwargs):
+        if torch.utils.data.get_worker_info() is None:
+            drawn_here.append(1)
+        return prompt_inputs(*args, **kwargs)
+
+    prompt_inputs = red_circle.prompt_inputs
+    monkeypatch.setattr(red_circle, "prompt_inputs", counting)
+    if gpu_layout:
+        _draw_as_on_a_gpu(monkeypatch)
     method = _red_circle([tiny_rn], pool)
     _only_cache_hits(method)
+    metric_cache = EmbeddingCache()
+    _no_drawing(metric_cache)
     rows = evaluate_groups(groups, method, GroundTruthProposer(), [tiny_rn], batch_size=7,
-                           workers=1)
+                           workers=1, metric_cache=metric_cache)
+    assert len(drawn_here) == (len(groups) if gpu_layout else 0)
     # Cosines agree to float rounding: a crop encoded in another batch sums in another order.
     assert len(rows) == len(reference)
     cosines = [(row.pop("cosine"), ref.pop("cosine"))
                for row, ref in zip(rows, reference, strict=True)]
     assert rows == reference
     assert all(c is not None and abs(c - r) < 1e-5 for c, r in cosines)
+    assert any(row["box"] not in [r["gt_box"] for r in rows] for row in rows)  # some top-ups
+
+
+def test_the_baselines_crops_serve_the_metric_without_a_second_encoding(groups, tiny_rn,
+                                                                         monkeypatch) -> None:
+    """The metric reads the method's cache: every crop is encoded once, in the batches."""
+    from refcocog_tools.registry import make_method
+    from refcocog_tools.scoring import box_key
+
+    encoded = []
+    queue_images = tiny_rn.queue_images
+
+    def counting(images, *args, **kwargs):
+        encoded.append(len(images))
+        return queue_images(images, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_rn, "queue_images", counting)
+    method = make_method("baseline", [tiny_rn])
+    _only_cache_hits(method)
+    rows = evaluate_groups(groups, method, GroundTruthProposer(), [tiny_rn], batch_size=16)
+    assert all(row["cosine"] is not None for row in rows)
+    crops = [{box_key(b) for b in GroundTruthProposer()(g[0], g[0].image).boxes} for g in groups]
+    assert sum(encoded) == sum(len(c) for c in crops)
 
 
 def test_plain_engine_with_workers_for_other_methods(groups, tiny_rn) -> None:
