@@ -295,9 +295,9 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
     encoded in batches of ``batch_size`` by the RN50x16 architecture (loaded weights when
     ``--clip`` names RN50x16, else random ones: the same cost), one batch in flight while
     the next images are drawn, as in the engine. The encoder's ceiling is measured in the
-    same run, so the ratio
-    compares like with like. ``compile_mode``: compile a random-weight tower built here (see
-    ``compile_image_encoder``; a backbone passed in is compiled by ``run_bench``).
+    same run, so the ratio compares like with like. ``compile_mode``: compile a random-weight
+    tower built here (see ``compile_image_encoder``; a backbone passed in is compiled by
+    ``run_bench``).
     """
     from .backbones import prepare_for_device
     from .openai_clip import clip
