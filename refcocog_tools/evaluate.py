@@ -28,7 +28,7 @@ from .layouts import DEFAULT_LAYOUT
 from .methods import BatchedMethod, EncodeRequest, GroundingMethod
 from .metrics import box_iou_pairs
 from .prediction import Prediction
-from .prompt_cache import EmbeddingCache
+from .prompt_cache import EmbeddingCache, fingerprints_remembered
 from .proposals import Proposals, Proposer
 from .render import concatenate_for
 from .results import provenance, results_document
@@ -260,6 +260,7 @@ def _identity(sample: dict[str, Any]) -> dict[str, Any]:
     return sample
 
 
+@fingerprints_remembered()  # the engine never changes an image: hash each one once
 def evaluate_groups(
     groups: Sequence[Sequence[RefItem]],
     method: GroundingMethod,

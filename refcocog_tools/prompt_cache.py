@@ -17,6 +17,7 @@ import json
 import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,45 @@ from .io_utils import atomic_torch_save, remove_stale_temporaries
 
 
 def image_fingerprint(image: Image.Image) -> str:
-    """A short hash of the decoded pixels: the same image file always gives the same key."""
+    """A short hash of the decoded pixels: the same image file always gives the same key.
+
+    Inside ``fingerprints_remembered`` each image object is hashed once; elsewhere every call
+    hashes the pixels again, so an image changed in place gets a new key."""
+    memo = _remembered
+    if memo is None:
+        return _pixel_digest(image)
+    entry = memo.get(id(image))
+    if entry is not None and entry[0]() is image:
+        return entry[1]
+    fingerprint = _pixel_digest(image)
+    memo[id(image)] = (weakref.ref(image), fingerprint)
+    return fingerprint
+
+
+def _pixel_digest(image: Image.Image) -> str:
     digest = hashlib.blake2b(image.tobytes(), digest_size=12)
     digest.update(f"{image.mode}{image.size}".encode())
     return digest.hexdigest()
+
+
+# id(image) -> (a weak reference to it, its fingerprint), while fingerprints are remembered.
+_remembered: dict[int, tuple[weakref.ref, str]] | None = None
+
+
+@contextlib.contextmanager
+def fingerprints_remembered() -> Iterator[None]:
+    """Hash each image once in this block, however many keys name it: the engine does this
+    while it evaluates, since it never changes an image (a method's requests, its
+    predictions and the metric's crops each name the image again, and hashing a photograph
+    costs about a millisecond and a half)."""
+    global _remembered
+    outer = _remembered
+    if outer is None:
+        _remembered = {}
+    try:
+        yield
+    finally:
+        _remembered = outer
 
 
 def params_key(**params: Any) -> str:

@@ -161,6 +161,31 @@ def test_the_baselines_crops_serve_the_metric_without_a_second_encoding(groups, 
     assert sum(encoded) == sum(len(c) for c in crops)
 
 
+@pytest.mark.parametrize("options", [{}, {"batch_size": 8}])
+def test_the_engine_hashes_each_image_once(options, groups, mini_data, tiny_rn,
+                                           monkeypatch) -> None:
+    """Requests, predictions and the metric's crops all name the image: one hash per image
+    inside an evaluation, a fresh hash outside it (an image changed in place gets a new key)."""
+    from refcocog_tools import prompt_cache
+
+    hashed = []
+    pixel_digest = prompt_cache._pixel_digest
+
+    def counting(image):
+        hashed.append(image.size)
+        return pixel_digest(image)
+
+    monkeypatch.setattr(prompt_cache, "_pixel_digest", counting)
+    pool = RefCOCOg(mini_data, "train").sentences()
+    evaluate_groups(groups, _red_circle([tiny_rn], pool), GroundTruthProposer(), [tiny_rn],
+                    **options)
+    assert len(hashed) == len(groups)
+    image = groups[0][0].image
+    before = prompt_cache.image_fingerprint(image)
+    image.paste((255, 0, 0), (0, 0, 4, 4))
+    assert prompt_cache.image_fingerprint(image) != before
+
+
 def test_plain_engine_with_workers_for_other_methods(groups, tiny_rn) -> None:
     from refcocog_tools.registry import make_method
 
