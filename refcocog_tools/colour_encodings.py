@@ -26,7 +26,7 @@ from .methods import EncodeRequest
 from .prediction import Prediction
 from .prompt_cache import EmbeddingCache, image_fingerprint, params_key
 from .proposals import Proposals
-from .render import DEFAULT_PREPROCESS, check_preprocess, pil_preprocess
+from .render import DEFAULT_PREPROCESS, check_preprocess, pil_inputs, pil_preprocess
 from .scoring import box_key, ensemble_similarity
 from .visual_prompts import BoxLike, as_box, as_rgb, crop, window_mask
 
@@ -202,10 +202,10 @@ class ColourBackground:
 
         def draw(resolution: int, indices: Sequence[int], device: str | torch.device = "cpu"
                  ) -> torch.Tensor:
-            transform = pil_preprocess(resolution, self.preprocess)
-            return torch.stack([
-                transform(paint_background(image, boxes[i], lut_colour(boxes[i], image.size)[1]))
-                for i in indices]).to(device)
+            return pil_inputs((paint_background(image, boxes[i],
+                                                lut_colour(boxes[i], image.size)[1])
+                               for i in indices), pil_preprocess(resolution, self.preprocess),
+                              device)
 
         return EncodeRequest(keys, draw, [p for e in expressions for p in colour_prompts(e)])
 
@@ -247,9 +247,8 @@ class ColourOverlay:
 
         def draw(resolution: int, indices: Sequence[int], device: str | torch.device = "cpu"
                  ) -> torch.Tensor:
-            transform = pil_preprocess(resolution)
-            return torch.stack([transform(tint_crop(image, boxes[i])) for i in indices]
-                               ).to(device)
+            return pil_inputs((tint_crop(image, boxes[i]) for i in indices),
+                              pil_preprocess(resolution), device)
 
         return EncodeRequest([f"tint:{fingerprint}:{box_key(b)}" for b in boxes], draw,
                              [overlay_prompt(e) for e in expressions])

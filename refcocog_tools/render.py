@@ -32,7 +32,7 @@ Boxes are ``(x1, y1, x2, y2)`` pixel coordinates, as everywhere in the package.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -98,6 +98,13 @@ def host_to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Te
     if device.type == "cuda" and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+def pil_inputs(images: Iterable[Image.Image], transform: Callable[[Image.Image], torch.Tensor],
+               device: str | torch.device) -> torch.Tensor:
+    """Prompts drawn by Pillow as a batch of model inputs on ``device``: preprocessed by
+    ``transform`` in host memory, then moved by ``host_to_device``."""
+    return host_to_device(torch.stack([transform(image) for image in images]), device)
 
 
 def concatenate_for(parts: Sequence[torch.Tensor], device: str | torch.device) -> torch.Tensor:

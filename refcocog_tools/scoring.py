@@ -15,7 +15,7 @@ from PIL import Image
 from .backbones import ClipBackbone
 from .methods import EncodeRequest
 from .prompt_cache import EmbeddingCache, image_fingerprint
-from .render import host_to_device, pil_preprocess
+from .render import pil_inputs, pil_preprocess
 from .visual_prompts import crop
 
 
@@ -32,9 +32,8 @@ def crop_request(image: Image.Image, boxes: torch.Tensor, texts: Sequence[str] =
 
     def draw(resolution: int, indices: Sequence[int], device: str | torch.device = "cpu"
              ) -> torch.Tensor:
-        transform = pil_preprocess(resolution)
-        return host_to_device(torch.stack([transform(crop(image, boxes[i])) for i in indices]),
-                              device)
+        return pil_inputs((crop(image, boxes[i]) for i in indices), pil_preprocess(resolution),
+                          device)
 
     return EncodeRequest([f"crop:{fingerprint}:{box_key(b)}" for b in boxes], draw, list(texts))
 
