@@ -36,8 +36,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# ruff, and the layers contract of the sub-packages (pyproject.toml, [tool.importlinter]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 # The regression checks: each chapter executed afresh and compared with notebooks/*.ipynb.
 NBVAL := $(BIN)/python -m pytest -q -p no:cacheprovider --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks
@@ -74,8 +76,8 @@ nbval-generic-cpu: $(STAMP)
 # The embedded checkpoints (untrained tiny models generated, the shipped toy CLIP unpacked),
 # written once into the cache before anything runs in parallel.
 embedded-models: $(STAMP)
-	$(BIN)/python -c "from refcocog_tools.backbones import load_clip; \
-	from refcocog_tools.yolo_models import load_yolo; \
+	$(BIN)/python -c "from refcocog_tools.models.backbones import load_clip; \
+	from refcocog_tools.models.yolo_models import load_yolo; \
 	[load_clip(name) for name in ('tiny-rn', 'tiny-vit', 'toy-rn')]; load_yolo('tiny-yolov8s')"
 
 # `make book` re-executes only the chapters whose source, parameters or package changed;
@@ -84,11 +86,11 @@ embedded-models: $(STAMP)
 CHAPTERS ?=
 FORCE ?=
 book: $(STAMP)
-	$(BIN)/python -m refcocog_tools.report build $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(FORCE),--force)
+	$(BIN)/python -m refcocog_tools.report.chapter build $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(FORCE),--force)
 
 reproduce: $(STAMP)
 	@test -n "$(DATA_ROOT)" || { echo "usage: make reproduce DATA_ROOT=/data/refcocog [CLIP=RN50x16] [PROPOSALS=yolov8s] [DEVICE=cuda] [LIMIT=0]"; exit 2; }
-	$(BIN)/python -m refcocog_tools.report build -p data_root "$(DATA_ROOT)" -p clip "$(CLIP)" -p proposals "$(PROPOSALS)" -p device "$(DEVICE)" -p limit "$(LIMIT)"
+	$(BIN)/python -m refcocog_tools.report.chapter build -p data_root "$(DATA_ROOT)" -p clip "$(CLIP)" -p proposals "$(PROPOSALS)" -p device "$(DEVICE)" -p limit "$(LIMIT)"
 
 # The prepared GPU check (README, "Throughput"): needs only PyTorch and torchvision; wheels of
 # openai-clip, ultralytics, ultralytics-thop, ftfy, wcwidth and setuptools<82 in ./wheels or on
@@ -98,7 +100,7 @@ gpu-check:
 	$(PYTHON) scripts/gpu_check.py --out "$(GPU_CHECK_OUT)" $(GPU_CHECK_ARGS)
 
 regen-baselines: $(STAMP)
-	$(BIN)/python -m refcocog_tools.report regen-baselines
+	$(BIN)/python -m refcocog_tools.report.chapter regen-baselines
 
 clean:
 	rm -rf book/_build book/chapters .cache

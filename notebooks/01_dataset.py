@@ -21,7 +21,7 @@
 # ```
 
 # %% tags=["parameters", "hide-input"]
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # unused here: this chapter runs no model
 proposals: str = "gt"  # unused here
 device: str = "cpu"  # unused here
@@ -40,11 +40,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.patches import Rectangle
 
-from refcocog_tools.annotations import load_records
-from refcocog_tools.dataset import load_rgb_image, split_stats
-from refcocog_tools.figures import show_table
-from refcocog_tools.layouts import get_layout
+from refcocog_tools.data.annotations import load_records
+from refcocog_tools.data.dataset import load_rgb_image, split_stats
+from refcocog_tools.data.layouts import get_layout
 from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import show_table
 
 chapter = open_chapter(globals(), models=())
 root = chapter.root

@@ -27,7 +27,7 @@
 # ```
 
 # %% tags=["parameters", "hide-input"]
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated for an ensemble (study: RN50x16)
 proposals: str = "gt"  # "gt" (ground-truth boxes) or a YOLO model (study: yolov5s, then yolov8s)
 device: str = "cpu"
@@ -42,8 +42,11 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 # %% tags=["remove-input"]
 import random
 
-from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import (
+from refcocog_tools.engine.evaluate import evaluate, group_by_image
+from refcocog_tools.engine.results import honesty_text, reading_note
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import (
     comparison_table,
     metric_bar_chart,
     prediction_grid,
@@ -52,10 +55,7 @@ from refcocog_tools.figures import (
     spatial_table,
     table_source,
 )
-from refcocog_tools.registry import make_method
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.reported import reported_value
-from refcocog_tools.results import honesty_text, reading_note
+from refcocog_tools.report.reported import reported_value
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
@@ -144,7 +144,7 @@ glue("baseline_vs_floors", "above" if metrics["accuracy"] > floors[best_floor]["
 # The study's central observation about the baseline is that a crop has lost its place in the
 # image: two identical objects give nearly identical crops, so "the one on the left" cannot
 # be told from "the one on the right". If that is the weakness, the baseline should do worse
-# on expressions that mention a position (`refcocog_tools.language.is_spatial`) than on the
+# on expressions that mention a position (`refcocog_tools.data.language.is_spatial`) than on the
 # others. The table and chart split this run's result that way (numbers from this build only).
 # {numref}`fig-baseline-spatial` shows the split.
 

@@ -19,7 +19,8 @@
 # on pixel coordinates, and it overfitted: the training IoU kept rising while the validation
 # IoU fell.
 #
-# This chapter trains the same head with `refcocog_tools.regressor_training`, draws its training
+# This chapter trains the same head with `refcocog_tools.methods.regressor.training`, draws its
+# training
 # curves, evaluates the best checkpoint on the test split with the metrics every other method
 # uses, and documents two defects of the original code that this implementation corrects: an
 # IoU loss whose intersection was computed with the wrong corner, and a random seed that was
@@ -35,9 +36,9 @@
 # %% tags=["parameters", "hide-input"]
 from typing import Optional
 
-from refcocog_tools.regressor_training import TrainConfig  # the training defaults
+from refcocog_tools.methods.regressor.training import TrainConfig  # the training defaults
 
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated (study: ViT-B/32)
 proposals: str = "gt"  # unused here: a regressor outputs its box directly and needs no proposals
 device: str = "cpu"
@@ -59,27 +60,31 @@ import pandas as pd
 import torch
 from torchvision.ops import box_iou
 
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.evaluate import evaluate
-from refcocog_tools.figures import reported_caption, show_table, table_source
-from refcocog_tools.proposals import make_proposer
-from refcocog_tools.regressor_data import split_data
-from refcocog_tools.regressor_heads import (
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.engine.evaluate import evaluate
+from refcocog_tools.engine.results import clip_provenance, honesty_text, reading_note
+from refcocog_tools.methods.regressor.data import split_data
+from refcocog_tools.methods.regressor.heads import (
     head_widths,
     make_head,
     plain_iou_loss,
     study_iou_loss_with_corner_bug,
 )
-from refcocog_tools.regressor_training import (
+from refcocog_tools.methods.regressor.method import (
+    RegressorMethod,
+    RegressorOptions,
+    results_on_split,
+)
+from refcocog_tools.methods.regressor.training import (
     TrainConfig,
     evaluate_head,
     plot_history,
     train_regressor,
 )
-from refcocog_tools.regressors import RegressorMethod, RegressorOptions, results_on_split
+from refcocog_tools.proposals.proposers import make_proposer
 from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.reported import reported_results
-from refcocog_tools.results import clip_provenance, honesty_text, reading_note
+from refcocog_tools.report.figures import reported_caption, show_table, table_source
+from refcocog_tools.report.reported import reported_results
 
 chapter = open_chapter(globals(), models=("clip",))
 root, backbones = chapter.root, chapter.backbones
@@ -200,7 +205,8 @@ glue("bottleneck_last_val_loss", last["val_loss"], significant=4)
 # The study's numbers come from its results table (ViT-B/32, MSE loss, 30 epochs on the full
 # RefCOCOg training split). This build's numbers are those of the best checkpoint, in
 # evaluation mode, on the three splits of the configuration in the box at the top of the page;
-# the test row is scored by `refcocog_tools.metrics.summarize`, like every other method of the
+# the test row is scored by `refcocog_tools.engine.metrics.summarize`, like every other method of
+# the
 # report. The `numbers` column says which row is which: the two kinds of rows are comparable
 # only when the box at the top says this build ran on RefCOCOg with pretrained weights.
 
@@ -267,7 +273,8 @@ glue("bottleneck_test_non_spatial_miou", metrics["by_spatial"]["non_spatial"]["m
 #
 # The table above scores the head on the cached embeddings. As a check, the best checkpoint is
 # also wrapped as a grounding method (`RegressorMethod`) and run through
-# `refcocog_tools.evaluate.evaluate`, which embeds every test image and expression again, as it
+# `refcocog_tools.engine.evaluate.evaluate`, which embeds every test image and expression again, as
+# it
 # does for every other method. The engine also reports the CLIP cosine similarity between the
 # predicted and the ground-truth crops, which the cached path cannot. The regressor ignores the
 # proposals the engine hands it; ground-truth boxes are passed only because the engine expects
@@ -308,7 +315,7 @@ show_table(pd.DataFrame([
 # only, for the IoU loss and the mixed loss of the next chapter.
 #
 # The table computes, for a few pairs of boxes, the IoU implied by the study's loss
-# (`refcocog_tools.regressor_heads.study_iou_loss_with_corner_bug`, kept only as this
+# (`refcocog_tools.methods.regressor.heads.study_iou_loss_with_corner_bug`, kept only as this
 # illustration), the IoU implied by the loss used here (`plain_iou_loss`) and
 # `torchvision.ops.box_iou` as the reference.
 

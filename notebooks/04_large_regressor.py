@@ -33,9 +33,9 @@
 # %% tags=["parameters", "hide-input"]
 from typing import Optional
 
-from refcocog_tools.regressor_training import TrainConfig  # the training defaults
+from refcocog_tools.methods.regressor.training import TrainConfig  # the training defaults
 
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated (the study did not state it)
 proposals: str = "gt"  # unused here: a regressor outputs its box directly and needs no proposals
 device: str = "cpu"
@@ -57,20 +57,20 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from refcocog_tools.figures import reported_caption, show_table, table_source
-from refcocog_tools.regressor_data import split_data
-from refcocog_tools.regressor_heads import BoxLoss, head_widths, iou_loss, make_head
-from refcocog_tools.regressor_training import (
+from refcocog_tools.engine.results import clip_provenance, honesty_text, reading_note
+from refcocog_tools.methods.regressor.data import split_data
+from refcocog_tools.methods.regressor.heads import BoxLoss, head_widths, iou_loss, make_head
+from refcocog_tools.methods.regressor.method import results_on_split
+from refcocog_tools.methods.regressor.training import (
     TrainConfig,
     evaluate_head,
     plot_history,
     predict_boxes,
     train_regressor,
 )
-from refcocog_tools.regressors import results_on_split
 from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.reported import reported_results
-from refcocog_tools.results import clip_provenance, honesty_text, reading_note
+from refcocog_tools.report.figures import reported_caption, show_table, table_source
+from refcocog_tools.report.reported import reported_results
 
 chapter = open_chapter(globals(), models=("clip",))
 root, backbones = chapter.root, chapter.backbones
@@ -224,7 +224,7 @@ glue_figure("fig-large-val-curves", fig)
 # too; the prose says MSE alone did best, but the logged run used 0.7 MSE + 1.0 IoU; the mean
 # IoU is over the first expression of each ref). The other rows are this build's four runs, each
 # scored in evaluation mode with its best checkpoint; the test columns come from
-# `refcocog_tools.metrics.summarize`, like every other method of the report.
+# `refcocog_tools.engine.metrics.summarize`, like every other method of the report.
 
 # %% tags=["hide-input"]
 reported = reported_results()

@@ -20,7 +20,8 @@
 # prediction that needs no proposals at all.
 #
 # The study tried this on a ViT backbone, inspected hundreds of maps and found the boxes too
-# imprecise to pursue. This chapter draws a few maps with `refcocog_tools.gradcam`, shows the
+# imprecise to pursue. This chapter draws a few maps with `refcocog_tools.methods.gradcam`, shows
+# the
 # boxes the threshold cuts out of them, and evaluates the method on the split so the finding
 # can be rechecked with pretrained weights. CLIPSeg, the study's second idea of this kind, is
 # described at the end but not run.
@@ -29,9 +30,9 @@
 # ```
 
 # %% tags=["parameters", "hide-input"]
-from refcocog_tools.gradcam import GradCamOptions  # the method's defaults
+from refcocog_tools.methods.gradcam import GradCamOptions  # the method's defaults
 
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated (the study used a ViT for Grad-CAM)
 proposals: str = "gt"  # only used by the snap-to-proposal variant and the baseline row
 device: str = "cpu"
@@ -49,18 +50,18 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 # %% tags=["remove-input"]
 import torch
 
-from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import (
+from refcocog_tools.engine.evaluate import evaluate, group_by_image
+from refcocog_tools.engine.results import honesty_text, reading_note
+from refcocog_tools.methods.gradcam import GradCam, box_from_map
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import (
     heatmap_grid,
     metric_bar_chart,
     results_table,
     show_table,
     table_source,
 )
-from refcocog_tools.gradcam import GradCam, box_from_map
-from refcocog_tools.registry import make_method
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.results import honesty_text, reading_note
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,

@@ -19,14 +19,14 @@
 #
 # This chapter measures what such a parser would face on the data of this run: how many
 # expressions depend on position, how long they are, what their head nouns and relation
-# phrases are, and which words they use. It uses `refcocog_tools.language`, a small rule-based
+# phrases are, and which words they use. It uses `refcocog_tools.data.language`, a small rule-based
 # reader that needs no model: good enough for statistics, not a parser to ground with.
 #
 # ```{include} ../_real_data.md
 # ```
 
 # %% tags=["parameters", "hide-input"]
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # unused here: this chapter runs no model
 proposals: str = "gt"  # unused here
 device: str = "cpu"  # unused here
@@ -41,16 +41,16 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from refcocog_tools.annotations import load_records
-from refcocog_tools.figures import show_table
-from refcocog_tools.language import (
+from refcocog_tools.data.annotations import load_records
+from refcocog_tools.data.language import (
     expression_table,
     parse_expression,
     relation_counts,
     word_frequencies,
 )
-from refcocog_tools.layouts import get_layout
+from refcocog_tools.data.layouts import get_layout
 from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import show_table
 
 chapter = open_chapter(globals(), models=())
 root = chapter.root
@@ -77,7 +77,7 @@ glue("no_relation_share", float((table["n_relations"] == 0).mean()))
 # ## Spatial and non-spatial expressions
 #
 # An expression is *spatial* when it contains a word about position or relative size
-# (`refcocog_tools.language.SPATIAL_WORDS`: left, right, top, behind, bigger, ...). In this run
+# (`refcocog_tools.data.language.SPATIAL_WORDS`: left, right, top, behind, bigger, ...). In this run
 # {glue:text}`spatial_share:.1%` of the {glue:text}`n_expressions` expressions are spatial
 # ({glue:text}`test_spatial_share:.1%` on the {glue:text}`evaluated_split` split, the one the
 # methods are evaluated on). These are the expressions a

@@ -19,7 +19,8 @@
 # graph and stopped there, for lack of compute and because it expected the graph to help only
 # with spatial expressions.
 #
-# This chapter builds the graph with `refcocog_tools.scene_graph` on the ground-truth boxes of
+# This chapter builds the graph with `refcocog_tools.methods.relations.scene_graph` on the
+# ground-truth boxes of
 # an image (so the proposals are perfect and the graph is the only thing under test), draws it
 # over the image and as a heatmap, and checks what the graph can decide on its own, without
 # any learning: for expressions of the form "the *category* on the left / right / at the top /
@@ -29,7 +30,7 @@
 # ```
 
 # %% tags=["parameters", "hide-input"]
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # unused here: this chapter runs no model
 proposals: str = "gt"  # the graph is built on the ground-truth boxes of each image
 device: str = "cpu"  # unused here
@@ -44,11 +45,9 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from refcocog_tools.figures import show_table
-from refcocog_tools.language import tokenize
-from refcocog_tools.layouts import get_layout
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.scene_graph import (
+from refcocog_tools.data.language import tokenize
+from refcocog_tools.data.layouts import get_layout
+from refcocog_tools.methods.relations.scene_graph import (
     EXTREME_WORDS,
     RELATIONS,
     build_scene_graph,
@@ -56,6 +55,8 @@ from refcocog_tools.scene_graph import (
     plot_relation_heatmap,
     resolve_by_position,
 )
+from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import show_table
 
 chapter = open_chapter(globals(), models=())
 root = chapter.root

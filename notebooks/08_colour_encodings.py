@@ -25,14 +25,15 @@
 #   half of the image and green if in the right half; an expression with *left* (or *right*)
 #   gets " with a red overlay" (or green).
 #
-# Both are implemented in `refcocog_tools.colour_encodings` (the pictures, the prompts and both
-# methods), on the crops of `refcocog_tools.visual_prompts`.
+# Both are implemented in `refcocog_tools.methods.colour_encodings` (the pictures, the prompts and
+# both
+# methods), on the crops of `refcocog_tools.prompts.visual_prompts`.
 #
 # ```{include} ../_real_data.md
 # ```
 
 # %% tags=["parameters", "hide-input"]
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated for an ensemble
 proposals: str = "gt"  # "gt" (ground-truth boxes) or a YOLO model
 device: str = "cpu"
@@ -48,7 +49,9 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 # %% tags=["remove-input"]
 import pandas as pd
 
-from refcocog_tools.colour_encodings import (
+from refcocog_tools.engine.evaluate import evaluate, group_by_image
+from refcocog_tools.engine.results import honesty_text, reading_note
+from refcocog_tools.methods.colour_encodings import (
     KEYWORD_COLOURS,
     LUT_GRID,
     LUT_RGB,
@@ -61,8 +64,9 @@ from refcocog_tools.colour_encodings import (
     paint_background,
     tint_crop,
 )
-from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import (
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import (
     comparison_table,
     lut_figure,
     metric_bar_chart,
@@ -70,10 +74,7 @@ from refcocog_tools.figures import (
     show_table,
     side_by_side,
 )
-from refcocog_tools.registry import make_method
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.reported import reported_value
-from refcocog_tools.results import honesty_text, reading_note
+from refcocog_tools.report.reported import reported_value
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,

@@ -18,7 +18,7 @@
 # eye, and CLIP's pooling, are drawn to one region. The idea follows the observation of
 # Shtedritski et al. that CLIP has learned what a red circle drawn on a photograph means.
 #
-# The pipeline, as implemented in `refcocog_tools.red_circle`:
+# The pipeline, as implemented in `refcocog_tools.methods.red_circle`:
 #
 # 1. each proposal is rendered in two variants, blurred background and blurred grey
 #    background (red ellipse, 3 px stroke, Gaussian blur of radius 20 px);
@@ -36,9 +36,9 @@
 # %% tags=["parameters", "hide-input"]
 from typing import Optional
 
-from refcocog_tools.red_circle import RedCircleOptions  # the method's defaults
+from refcocog_tools.methods.red_circle import RedCircleOptions  # the method's defaults
 
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s), comma-separated for an ensemble (study: RN50x16)
 proposals: str = "gt"  # "gt" (ground-truth boxes) or a YOLO model (study: yolov8s)
 device: str = "cpu"
@@ -65,9 +65,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from refcocog_tools.dataset import load_rgb_image
-from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import (
+from refcocog_tools.data.dataset import load_rgb_image
+from refcocog_tools.engine.evaluate import evaluate, group_by_image
+from refcocog_tools.engine.results import honesty_text, reading_note
+from refcocog_tools.methods.red_circle import debias_explicit, debias_fast, sample_debias_sentences
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.prompts.visual_prompts import VARIANTS
+from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import (
     comparison_table,
     metric_bar_chart,
     preprocess_views,
@@ -78,13 +84,7 @@ from refcocog_tools.figures import (
     tensor_variants,
     ultralytics_photo,
 )
-from refcocog_tools.prompt_cache import EmbeddingCache
-from refcocog_tools.red_circle import debias_explicit, debias_fast, sample_debias_sentences
-from refcocog_tools.registry import make_method
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.reported import reported_value
-from refcocog_tools.results import honesty_text, reading_note
-from refcocog_tools.visual_prompts import VARIANTS
+from refcocog_tools.report.reported import reported_value
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
@@ -102,7 +102,8 @@ chapter.note
 # the marker alone, the marker on a blurred background, on a grey background, and on a
 # blurred grey background. The study kept the two blurred ones. {numref}`fig-prompts-bus` and
 # {numref}`fig-prompts-zidane` show them, drawn by the same tensor renderer the evaluation uses
-# (`refcocog_tools.render`; its pixels equal those of the Pillow reference, `--render-backend
+# (`refcocog_tools.prompts.render`; its pixels equal those of the Pillow reference,
+# `--render-backend
 # pil`, which the tests check).
 
 # %% tags=["remove-input"]

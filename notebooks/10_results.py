@@ -30,7 +30,7 @@
 # ```
 
 # %% tags=["parameters", "hide-input"]
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s); tiny-rn: the untrained smoke-test model
 proposals: str = "gt"
 device: str = "cpu"
@@ -45,8 +45,14 @@ regressor_epochs: int = 30  # the study trained both regressors for 30 epochs
 # %% tags=["remove-input"]
 from IPython.display import Markdown, display
 
-from refcocog_tools.evaluate import evaluate
-from refcocog_tools.figures import (
+from refcocog_tools.engine.evaluate import evaluate
+from refcocog_tools.engine.results import honesty_text, reading_note
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.methods.regressor.data import split_data
+from refcocog_tools.methods.regressor.method import results_on_split
+from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
+from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import (
     metric_bar_chart,
     results_table,
     show_table,
@@ -54,13 +60,7 @@ from refcocog_tools.figures import (
     study_vs_build_chart,
     table_source,
 )
-from refcocog_tools.registry import make_method
-from refcocog_tools.regressor_data import split_data
-from refcocog_tools.regressor_training import TrainConfig, train_regressor
-from refcocog_tools.regressors import results_on_split
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.reported import STUDY, reported_results, reported_value
-from refcocog_tools.results import honesty_text, reading_note
+from refcocog_tools.report.reported import STUDY, reported_results, reported_value
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,

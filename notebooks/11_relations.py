@@ -23,11 +23,12 @@
 # (63.3 % on val). Those numbers are quoted from the two papers; nothing on this page
 # reproduces them.
 #
-# This chapter is beyond the study. `refcocog_tools.relations` implements the ReCLIP road with
+# This chapter is beyond the study. `refcocog_tools.methods.relations.resolver` implements the
+# ReCLIP road with
 # the pieces this project already has:
 #
 # 1. **a rule-based parser**, built on the relation tables of chapter 6's
-#    `refcocog_tools.language`, gives the head noun, its attributes, its superlatives and its
+#    `refcocog_tools.data.language`, gives the head noun, its attributes, its superlatives and its
 #    relations, each with the noun phrase it points at. spaCy was not used: its English models
 #    are released on GitHub, not as packages of the Python package index (only unofficial
 #    re-uploads are there), so they cannot be installed offline from a registry we trust, and
@@ -50,10 +51,10 @@
 # red-circle --out relations.json` (`--no-labels` to ignore class labels).
 
 # %% tags=["parameters", "hide-input"]
-from refcocog_tools.red_circle import RedCircleOptions  # the methods' defaults
-from refcocog_tools.registry import RelationsOptions
+from refcocog_tools.methods.red_circle import RedCircleOptions  # the methods' defaults
+from refcocog_tools.methods.registry import RelationsOptions
 
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # CLIP backbone(s) of the entity scorer (ReCLIP: RN50x16 + ViT-B/32)
 proposals: str = "gt"  # "gt": ground-truth boxes labelled with their categories; or a YOLO model
 device: str = "cpu"
@@ -70,22 +71,22 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from refcocog_tools.dataset import is_synthetic
-from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.figures import (
+from refcocog_tools.data.dataset import is_synthetic
+from refcocog_tools.data.minidata import expression_audit, expression_type
+from refcocog_tools.engine.evaluate import evaluate, group_by_image
+from refcocog_tools.engine.results import honesty_text, reading_note
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.methods.relations.reference_parser import parse_reference
+from refcocog_tools.methods.relations.resolver import draw_resolution
+from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report.figures import (
     expression_type_table,
     results_table,
     show_table,
     spatial_table,
     table_source,
 )
-from refcocog_tools.minidata import expression_audit, expression_type
-from refcocog_tools.prompt_cache import EmbeddingCache
-from refcocog_tools.reference_parser import parse_reference
-from refcocog_tools.registry import make_method
-from refcocog_tools.relations import draw_resolution
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.results import honesty_text, reading_note
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
@@ -128,7 +129,8 @@ for sentence in examples:
         "noun phrases scored": " | ".join(p.text for p in parse.phrases()),
     })
 show_table(pd.DataFrame(rows),
-           "Parses by refcocog_tools.reference_parser.parse_reference: the first expression of "
+           "Parses by refcocog_tools.methods.relations.reference_parser.parse_reference: "
+           "the first expression of "
            "each type in this page's split (types of the embedded dataset's generator), then five "
            "written by hand.")
 

@@ -34,7 +34,7 @@
 # ```
 
 # %% tags=["parameters", "hide-input"]
-data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)
+data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
 clip: str = "toy-rn"  # the toy CLIP trained on the synthetic world
 proposals: str = "gt"  # ground-truth boxes, so the methods differ only in how they choose
 device: str = "cpu"
@@ -48,18 +48,18 @@ import textwrap
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.evaluate import evaluate
-from refcocog_tools.figures import (
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.engine.evaluate import evaluate
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.report import glue, glue_figure, open_chapter, show_figure
+from refcocog_tools.report.figures import (
     expression_type_table,
     show_table,
     side_by_side,
     table_source,
 )
-from refcocog_tools.prompt_cache import EmbeddingCache
-from refcocog_tools.registry import make_method
-from refcocog_tools.report import glue, glue_figure, open_chapter, show_figure
-from refcocog_tools.toy_world import (
+from refcocog_tools.toy.toy_world import (
     TOY_METHODS,
     evaluate_toy_regressors,
     expression_blind_floor,

@@ -6,7 +6,7 @@ import os
 # then loads .pt files with torch.load(weights_only=True) and an allow-list of model classes.
 os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
 
-from .dataset import RefCOCOg, RefItem, collate_items, validate
+from refcocog_tools.data.dataset import RefCOCOg, RefItem, collate_items, validate
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """``python -m refcocog_tools`` is the same as the ``refcocog-tools`` command."""
 
-from .cli import main
+from refcocog_tools.cli.main import main
 
 raise SystemExit(main())

@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
         print(f"{name}: {report[name + '_seconds']} s", file=sys.stderr)
 
-    from refcocog_tools.bench import RN50X16_CONFIG, synthetic_workload
-    from refcocog_tools.untrained_models import TINY_CLIP_CONFIGS
+    from refcocog_tools.engine.bench import RN50X16_CONFIG, synthetic_workload
+    from refcocog_tools.models.untrained_models import TINY_CLIP_CONFIGS
 
     architecture = TINY_CLIP_CONFIGS["tiny-rn"] if args.small else RN50X16_CONFIG
     name = "tiny-rn architecture" if args.small else "RN50x16"
@@ -141,8 +141,8 @@ def generated_dataset(scratch: Path, n_images: int, architecture: dict[str, Any]
     import clip.model
     import torch
 
-    from refcocog_tools.cli import main as cli_main
-    from refcocog_tools.minidata import write_mini_dataset
+    from refcocog_tools.cli.main import main as cli_main
+    from refcocog_tools.data.minidata import write_mini_dataset
 
     started = time.perf_counter()
     root = write_mini_dataset(scratch / "data", n_images=n_images, seed=0)
@@ -175,9 +175,9 @@ def host_waits(device: str) -> dict[str, Any]:
 
     import torch
 
-    from refcocog_tools.bench import RN50X16_CONFIG
-    from refcocog_tools.render import prompt_inputs
-    from refcocog_tools.visual_prompts import STUDY_VARIANTS
+    from refcocog_tools.engine.bench import RN50X16_CONFIG
+    from refcocog_tools.prompts.render import prompt_inputs
+    from refcocog_tools.prompts.visual_prompts import STUDY_VARIANTS
 
     image = torch.randint(0, 256, (3, 480, 640), dtype=torch.uint8, device=device)
     boxes = torch.tensor([[10.0, 20.0, 300.0, 400.0], [200.5, 100.2, 630.0, 470.9]])
@@ -203,10 +203,10 @@ def device_precision(device: str) -> dict[str, Any]:
     """The fp16 GPU path against the float32 CPU one for the embedded tiny models: cosine of
     the image and text embeddings, and a Grad-CAM map (a backward pass in fp16) for each."""
 
-    from refcocog_tools.backbones import load_clip
-    from refcocog_tools.dataset import RefCOCOg
-    from refcocog_tools.gradcam import gradcam_map
-    from refcocog_tools.minidata import default_data_root
+    from refcocog_tools.data.dataset import RefCOCOg
+    from refcocog_tools.data.minidata import default_data_root
+    from refcocog_tools.methods.gradcam import gradcam_map
+    from refcocog_tools.models.backbones import load_clip
 
     items = list(RefCOCOg(default_data_root(), "test", view="expression"))[:8]
     images = [item.image for item in items]
@@ -234,14 +234,14 @@ def agreement(device: str) -> dict[str, Any]:
     import torch
     from PIL import Image
 
-    from refcocog_tools.backbones import load_clip
-    from refcocog_tools.bench import choice_agreement
-    from refcocog_tools.dataset import RefCOCOg
-    from refcocog_tools.evaluate import group_by_image
-    from refcocog_tools.figures import ultralytics_photo
-    from refcocog_tools.minidata import default_data_root
-    from refcocog_tools.proposals import GroundTruthProposer
-    from refcocog_tools.render import PREPROCESS_MODES, input_difference
+    from refcocog_tools.data.dataset import RefCOCOg
+    from refcocog_tools.data.minidata import default_data_root
+    from refcocog_tools.engine.bench import choice_agreement
+    from refcocog_tools.engine.evaluate import group_by_image
+    from refcocog_tools.models.backbones import load_clip
+    from refcocog_tools.prompts.render import PREPROCESS_MODES, input_difference
+    from refcocog_tools.proposals.proposers import GroundTruthProposer
+    from refcocog_tools.report.figures import ultralytics_photo
 
     root = default_data_root()
     groups = group_by_image(RefCOCOg(root, "test", view="expression"))

@@ -25,21 +25,21 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def mini_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from refcocog_tools.minidata import write_mini_dataset
+    from refcocog_tools.data.minidata import write_mini_dataset
 
     return write_mini_dataset(tmp_path_factory.mktemp("mini-data"), n_images=12, seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_rn(session_cache: Path):
-    from refcocog_tools.backbones import load_clip
+    from refcocog_tools.models.backbones import load_clip
 
     return load_clip("tiny-rn", cache=session_cache)
 
 
 @pytest.fixture(scope="session")
 def tiny_vit(session_cache: Path):
-    from refcocog_tools.backbones import load_clip
+    from refcocog_tools.models.backbones import load_clip
 
     return load_clip("tiny-vit", cache=session_cache)
 

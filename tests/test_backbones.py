@@ -14,21 +14,21 @@ import pytest
 import torch
 from PIL import Image
 
-from refcocog_tools.backbones import (
+from refcocog_tools.core.files import sha256_file
+from refcocog_tools.models.backbones import (
     BackboneError,
     ClipBackbone,
     clip,
     load_clip,
     load_clips,
 )
-from refcocog_tools.io_utils import sha256_file
-from refcocog_tools.untrained_models import (
+from refcocog_tools.models.untrained_models import (
     EMBEDDED_CLIPS,
     EMBEDDED_YOLO,
     TINY_CLIP_CONFIGS,
     _PortableRandom,
 )
-from refcocog_tools.yolo_models import yolo_checksum
+from refcocog_tools.models.yolo_models import yolo_checksum
 
 
 @pytest.fixture(scope="session")
@@ -94,9 +94,9 @@ def test_generated_checkpoints_are_byte_identical(tiny, tmp_path):
 
 _GENERATE_AND_HASH = """
 import json, sys
-from refcocog_tools.backbones import load_clip
-from refcocog_tools.yolo_models import yolo_checksum
-from refcocog_tools.untrained_models import EMBEDDED_CLIPS, EMBEDDED_YOLO
+from refcocog_tools.models.backbones import load_clip
+from refcocog_tools.models.yolo_models import yolo_checksum
+from refcocog_tools.models.untrained_models import EMBEDDED_CLIPS, EMBEDDED_YOLO
 sums = {name: load_clip(name, cache=sys.argv[1]).checksum for name in EMBEDDED_CLIPS}
 sums[EMBEDDED_YOLO] = yolo_checksum(EMBEDDED_YOLO, cache=sys.argv[1])
 print(json.dumps(sums))

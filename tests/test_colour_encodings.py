@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refcocog_tools import colour_encodings as ce
+from refcocog_tools.methods import colour_encodings as ce
 
 
 def _image(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:

@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from refcocog_tools.annotations import (
+from refcocog_tools.cli.main import main as cli_main
+from refcocog_tools.data.annotations import (
     INSTANCES_FILE,
     DatasetError,
     load_refs_pickle,
     parse_refcocog,
     xywh_to_xyxy,
 )
-from refcocog_tools.cli import main as cli_main
-from refcocog_tools.dataset import (
+from refcocog_tools.data.dataset import (
     REFS_FILE,
     RefCOCOg,
     collate_items,
@@ -27,7 +27,7 @@ from refcocog_tools.dataset import (
     split_stats,
     validate,
 )
-from refcocog_tools.minidata import generate, write_mini_dataset
+from refcocog_tools.data.minidata import generate, write_mini_dataset
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_xywh_to_xyxy() -> None:
 def test_item_access_does_not_rebuild_lists(mini_root: Path, monkeypatch) -> None:
     """The original rebuilt `list(annotations)` per access; items here are indexed once."""
     dataset = RefCOCOg(mini_root, "train")
-    monkeypatch.setattr("refcocog_tools.dataset.load_records", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("refcocog_tools.data.dataset.load_records", lambda *a, **k: 1 / 0)
     assert dataset[len(dataset) - 1].ref_id == dataset.records[-1].ref_id
 
 

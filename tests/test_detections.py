@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from refcocog_tools.annotations import DatasetError
-from refcocog_tools.cli import main as cli_main
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.detections import (
+from refcocog_tools.cli.main import main as cli_main
+from refcocog_tools.data.annotations import DatasetError
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.proposals.detections import (
     COCO_CATEGORIES,
     DetectionsError,
     DetectionsProposer,
     load_detections,
 )
-from refcocog_tools.proposals import GroundTruthProposer, make_proposer
+from refcocog_tools.proposals.proposers import GroundTruthProposer, make_proposer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from refcocog_tools.cli import main as cli_main
+from refcocog_tools.cli.main import main as cli_main
 
 
 def _free_port() -> int:
@@ -46,7 +46,7 @@ def test_two_processes_match_one(tmp_path, mini_data, isolated_cache) -> None:
     shard = cache_file.with_name("image.rank1.pt")
     assert shard.exists()  # ... and rank 1 its own
     # A later single-process run reads both shards: every image embedding is a cache hit.
-    from refcocog_tools.prompt_cache import EmbeddingCache
+    from refcocog_tools.models.prompt_cache import EmbeddingCache
 
     merged = EmbeddingCache(isolated_cache / "embeddings")
     checksum = json.loads(single.read_text())["provenance"]["clip"][0]["checksum"]

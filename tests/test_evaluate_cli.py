@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from refcocog_tools.cli import main as cli_main
+from refcocog_tools.cli.main import main as cli_main
 
 
 def test_evaluate_command_writes_a_complete_results_file(tmp_path, mini_data, isolated_cache,
@@ -51,7 +51,7 @@ def test_evaluate_with_a_missing_named_model_fails_fast(tmp_path, mini_data, iso
 
 
 def test_honesty_label_names_ground_truth_proposals_even_on_real_data() -> None:
-    from refcocog_tools.results import honesty_label
+    from refcocog_tools.engine.results import honesty_label
 
     assert honesty_label({"ground_truth_proposals": True}) == (
         "  [ground-truth boxes: an upper bound, not the study's detector setting]")

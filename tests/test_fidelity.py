@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.evaluate import evaluate_groups, group_by_image
-from refcocog_tools.prompt_cache import EmbeddingCache
-from refcocog_tools.proposals import GroundTruthProposer
-from refcocog_tools.red_circle import (
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.engine.evaluate import evaluate_groups, group_by_image
+from refcocog_tools.methods.red_circle import (
     RedCircle,
     RedCircleOptions,
     debias_explicit,
     debias_prompt_pool,
     sample_debias_sentences,
 )
+from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.proposals.proposers import GroundTruthProposer
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def predict_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
 
 def test_detector_defaults_are_the_studys(session_cache, test_split, predict_calls) -> None:
-    from refcocog_tools.proposals import make_proposer, study_detector_settings
+    from refcocog_tools.proposals.proposers import make_proposer, study_detector_settings
 
     assert study_detector_settings("yolov8s") == {"conf": 0.25, "iou": 0.7, "max_det": 300}
     assert study_detector_settings("yolov5su.pt") == {"conf": 0.25, "iou": 0.45,
@@ -162,7 +162,7 @@ def test_detector_flags_reach_ultralytics_and_the_results_file(
         tmp_path, mini_data, isolated_cache, predict_calls, capsys) -> None:
     import json
 
-    from refcocog_tools.cli import main as cli_main
+    from refcocog_tools.cli.main import main as cli_main
 
     out = tmp_path / "r.json"
     code = cli_main(["evaluate", "--data-root", str(mini_data), "--method", "largest",
@@ -186,9 +186,9 @@ def test_raw_embeddings_and_last_checkpoint_are_the_studys_regressor_setting(
     --regressor-checkpoint last evaluates the last epoch's weights, written as final.pt."""
     import json
 
-    from refcocog_tools.cli import main as cli_main
-    from refcocog_tools.regressor_data import split_data
-    from refcocog_tools.regressors import RegressorMethod, RegressorOptions
+    from refcocog_tools.cli.main import main as cli_main
+    from refcocog_tools.methods.regressor.data import split_data
+    from refcocog_tools.methods.regressor.method import RegressorMethod, RegressorOptions
 
     emb = tmp_path / "emb"
     out = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""Tests of the report's table and figure helpers (refcocog_tools.figures)."""
+"""Tests of the report's table and figure helpers (refcocog_tools.report.figures)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from refcocog_tools import figures
-from refcocog_tools.colour_encodings import LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS
-from refcocog_tools.reported import reported_value
+from refcocog_tools.methods.colour_encodings import LUT_GRID, LUT_RGB, LUT_X_CUTS, LUT_Y_CUTS
+from refcocog_tools.report import figures
+from refcocog_tools.report.reported import reported_value
 
 matplotlib.use("Agg")
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from refcocog_tools.floors import FLOORS, CenterProposal, LargestProposal, RandomProposal
-from refcocog_tools.prediction import Prediction
-from refcocog_tools.proposals import Proposals
+from refcocog_tools.methods.floors import FLOORS, CenterProposal, LargestProposal, RandomProposal
+from refcocog_tools.methods.prediction import Prediction
+from refcocog_tools.proposals.proposers import Proposals
 
 IMAGE = Image.new("RGB", (100, 80))  # centre (50, 40)
 

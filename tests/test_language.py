@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from refcocog_tools.annotations import parse_refcocog
-from refcocog_tools.language import (
+from refcocog_tools.data.annotations import parse_refcocog
+from refcocog_tools.data.language import (
     SPATIAL_RELATIONS,
     expression_table,
     is_spatial,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from refcocog_tools.annotations import DatasetError, load_records
-from refcocog_tools.cli import main as cli_main
-from refcocog_tools.dataset import RefCOCOg, split_stats, validate
-from refcocog_tools.layouts import DATASETS, LayoutError, get_layout
-from refcocog_tools.minidata import generate, write_mini_dataset
+from refcocog_tools.cli.main import main as cli_main
+from refcocog_tools.data.annotations import DatasetError, load_records
+from refcocog_tools.data.dataset import RefCOCOg, split_stats, validate
+from refcocog_tools.data.layouts import DATASETS, LayoutError, get_layout
+from refcocog_tools.data.minidata import generate, write_mini_dataset
 
 LAYOUTS = [(dataset, split_by) for dataset, split_bys in DATASETS.items() for split_by in split_bys]
 
@@ -164,7 +164,7 @@ def _chapter_namespace(**params: object) -> dict[str, object]:
 
 
 def test_a_chapter_opens_another_dataset_of_the_family(roots) -> None:
-    from refcocog_tools.report import open_chapter
+    from refcocog_tools.report.chapter import open_chapter
 
     root = str(roots[("refcoco", "unc")])
     chapter = open_chapter(_chapter_namespace(data_root=root, split="testA",

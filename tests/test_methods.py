@@ -7,20 +7,20 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.evaluate import evaluate, group_by_image
-from refcocog_tools.gradcam import GradCam, box_from_map
-from refcocog_tools.prompt_cache import EmbeddingCache
-from refcocog_tools.proposals import GroundTruthProposer, Proposals
-from refcocog_tools.red_circle import (
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.engine.evaluate import evaluate, group_by_image
+from refcocog_tools.methods.gradcam import GradCam, box_from_map
+from refcocog_tools.methods.red_circle import (
     RedCircle,
     RedCircleOptions,
     debias_explicit,
     debias_fast,
     sample_debias_sentences,
 )
-from refcocog_tools.registry import make_method
-from refcocog_tools.visual_prompts import render_variant
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.prompts.visual_prompts import render_variant
+from refcocog_tools.proposals.proposers import GroundTruthProposer, Proposals
 
 CLIP_METHODS = ("baseline", "color-background", "color-overlay", "red-circle", "gradcam")
 
@@ -240,7 +240,7 @@ def test_group_by_image_limits_expressions(test_split) -> None:
 @pytest.mark.parametrize("batch_size", [None, 16])
 def test_each_image_is_decoded_once_and_not_kept(test_split, tiny_rn, monkeypatch,
                                                  batch_size) -> None:
-    import refcocog_tools.dataset as dataset_module
+    import refcocog_tools.data.dataset as dataset_module
 
     decoded = []
     original = dataset_module.load_rgb_image
@@ -252,7 +252,7 @@ def test_each_image_is_decoded_once_and_not_kept(test_split, tiny_rn, monkeypatc
     monkeypatch.setattr(dataset_module, "load_rgb_image", counting)
     groups = group_by_image(test_split, limit=10)
     method = make_method("red-circle", [tiny_rn], n_debias=0)
-    from refcocog_tools.evaluate import evaluate_groups
+    from refcocog_tools.engine.evaluate import evaluate_groups
 
     rows = evaluate_groups(groups, method, GroundTruthProposer(), [tiny_rn],
                            batch_size=batch_size)
@@ -278,8 +278,8 @@ def test_cache_shards_write_only_their_own_entries(tmp_path, tiny_rn) -> None:
 
 
 def test_both_spellings_of_colour_name_the_same_method() -> None:
-    from refcocog_tools.evaluate_cli import add_common_arguments
-    from refcocog_tools.registry import canonical_method
+    from refcocog_tools.cli.evaluate import add_common_arguments
+    from refcocog_tools.methods.registry import canonical_method
 
     assert canonical_method("colour-overlay") == "color-overlay"
     assert canonical_method("colour-background") == "color-background"

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from torchvision.ops import box_iou
 
-from refcocog_tools.metrics import accuracy_at, box_iou_pairs, crop_cosine, summarize
+from refcocog_tools.core.boxes import box_iou_pairs
+from refcocog_tools.engine.metrics import accuracy_at, crop_cosine, summarize
 
 
 def test_iou_hand_computed() -> None:

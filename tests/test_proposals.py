@@ -8,19 +8,19 @@ import socket
 import pytest
 import torch
 
-from refcocog_tools.backbones import BackboneError
-from refcocog_tools.dataset import RefCOCOg, RefItem
-from refcocog_tools.io_utils import sha256_file
-from refcocog_tools.minidata import write_mini_dataset
-from refcocog_tools.proposals import (
+from refcocog_tools.core.files import sha256_file
+from refcocog_tools.data.dataset import RefCOCOg, RefItem
+from refcocog_tools.data.minidata import write_mini_dataset
+from refcocog_tools.models.backbones import BackboneError
+from refcocog_tools.models.untrained_models import EMBEDDED_YOLO
+from refcocog_tools.models.yolo_models import load_yolo, yolo_untrained
+from refcocog_tools.proposals.proposers import (
     GroundTruthProposer,
     Proposals,
     Proposer,
     YoloProposer,
     make_proposer,
 )
-from refcocog_tools.untrained_models import EMBEDDED_YOLO
-from refcocog_tools.yolo_models import load_yolo, yolo_untrained
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +110,7 @@ def test_tiny_yolo_offline_quiet_and_contract(dataset, cache, capfd, monkeypatch
         raise AssertionError(f"{path} decoded a second time")
 
     # Images already decoded by the caller are used as they are.
-    monkeypatch.setattr("refcocog_tools.dataset.load_rgb_image", decoded_again)
+    monkeypatch.setattr("refcocog_tools.data.dataset.load_rgb_image", decoded_again)
     results = proposer.propose_many(items, images)  # one forward pass of two images
     assert len(results) == 2
     for item, props in zip(items, results, strict=True):

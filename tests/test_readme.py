@@ -19,7 +19,8 @@ def module_map(readme: str) -> list[str]:
 
 def test_the_module_map_matches_the_files() -> None:
     listed = module_map((ROOT / "README.md").read_text(encoding="utf-8"))
-    files = sorted(p.name for p in (ROOT / "refcocog_tools").glob("*.py"))
+    package = ROOT / "refcocog_tools"
+    files = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py"))
     assert len(listed) == len(set(listed)), "a module is listed twice"
     assert sorted(set(files) - set(listed)) == [], "modules missing from the README's map"
     assert sorted(set(listed) - set(files)) == [], "the README's map names files that do not exist"

@@ -6,11 +6,11 @@ import argparse
 
 import pytest
 
-from refcocog_tools.baseline import CropMatchingOptions
-from refcocog_tools.evaluate_cli import add_common_arguments, method_options
-from refcocog_tools.floors import FLOORS
-from refcocog_tools.red_circle import RedCircleOptions
-from refcocog_tools.registry import (
+from refcocog_tools.cli.evaluate import add_common_arguments, method_options
+from refcocog_tools.methods.baseline import CropMatchingOptions
+from refcocog_tools.methods.floors import FLOORS
+from refcocog_tools.methods.red_circle import RedCircleOptions
+from refcocog_tools.methods.registry import (
     METHODS,
     NEEDS_CLIP,
     RelationsOptions,

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from refcocog_tools.cli import main
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.layouts import LayoutError, get_layout
-from refcocog_tools.minidata import write_mini_dataset
-from refcocog_tools.regressor_data import split_data
-from refcocog_tools.regressors import RegressorMethod, RegressorOptions
-from refcocog_tools.split_embeddings import cache_path, data_fingerprint, split_embeddings
+from refcocog_tools.cli.main import main
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.data.layouts import LayoutError, get_layout
+from refcocog_tools.data.minidata import write_mini_dataset
+from refcocog_tools.methods.regressor.data import split_data
+from refcocog_tools.methods.regressor.method import RegressorMethod, RegressorOptions
+from refcocog_tools.models.split_embeddings import cache_path, data_fingerprint, split_embeddings
 
 UNC = get_layout("refcoco", "unc")
 
@@ -54,7 +54,7 @@ class CountingEncoder:
 
 def test_train_regressor_on_refcoco_unc_testa(unc_root: Path, tmp_path: Path, isolated_cache,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from refcocog_tools.backbones import load_clips
+    from refcocog_tools.models.backbones import load_clips
 
     out, cache = tmp_path / "run", tmp_path / "emb"
     assert main(["train-regressor", "--data-root", str(unc_root), "--dataset", "refcoco",
@@ -99,12 +99,12 @@ def test_train_regressor_on_refcoco_unc_testa(unc_root: Path, tmp_path: Path, is
 def test_a_split_the_layout_lacks_fails_before_anything_loads(
         unc_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], options: list[str], message: str) -> None:
-    import refcocog_tools.backbones
+    import refcocog_tools.models.backbones
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(refcocog_tools.backbones, "load_clips", no_model)
+    monkeypatch.setattr(refcocog_tools.models.backbones, "load_clips", no_model)
     out, cache = tmp_path / "run", tmp_path / "emb"
     assert main(["train-regressor", "--data-root", str(unc_root), *options, "--embedding-cache",
                  str(cache), "--out", str(out)]) == 2

@@ -11,12 +11,11 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from refcocog_tools.dataset import RefCOCOg, load_rgb_image
-from refcocog_tools.embedding_files import EmbeddingCacheError
-from refcocog_tools.metrics import summarize
-from refcocog_tools.minidata import write_mini_dataset
-from refcocog_tools.regressor_data import RegressionData, split_data
-from refcocog_tools.regressor_heads import (
+from refcocog_tools.data.dataset import RefCOCOg, load_rgb_image
+from refcocog_tools.data.minidata import write_mini_dataset
+from refcocog_tools.engine.metrics import summarize
+from refcocog_tools.methods.regressor.data import RegressionData, split_data
+from refcocog_tools.methods.regressor.heads import (
     BoxLoss,
     decode_boxes,
     iou_loss,
@@ -24,7 +23,8 @@ from refcocog_tools.regressor_heads import (
     plain_iou_loss,
     study_iou_loss_with_corner_bug,
 )
-from refcocog_tools.regressor_training import (
+from refcocog_tools.methods.regressor.method import RegressorMethod, RegressorOptions
+from refcocog_tools.methods.regressor.training import (
     TrainConfig,
     evaluate_head,
     load_checkpoint,
@@ -32,8 +32,8 @@ from refcocog_tools.regressor_training import (
     predict_boxes,
     train_regressor,
 )
-from refcocog_tools.regressors import RegressorMethod, RegressorOptions
-from refcocog_tools.split_embeddings import cache_path, load_cache, split_embeddings
+from refcocog_tools.models.embedding_files import EmbeddingCacheError
+from refcocog_tools.models.split_embeddings import cache_path, load_cache, split_embeddings
 
 SIZE = (320.0, 240.0)
 
@@ -336,8 +336,8 @@ def test_method_refuses_other_backbones(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------------
 def test_train_regressor_cli_end_to_end(mini_root: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from refcocog_tools.backbones import load_clips
-    from refcocog_tools.cli import main
+    from refcocog_tools.cli.main import main
+    from refcocog_tools.models.backbones import load_clips
 
     out = tmp_path / "run"
     argv = ["train-regressor", "--data-root", str(mini_root), "--clip", "tiny-rn",

@@ -9,20 +9,25 @@ import pytest
 import torch
 from PIL import Image
 
-from refcocog_tools.annotations import INSTANCES_FILE
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.minidata import (
+from refcocog_tools.data.annotations import INSTANCES_FILE
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.data.minidata import (
     EXPRESSION_TYPES,
     expression_type,
     fitting_objects,
     generate,
     scene_objects,
 )
-from refcocog_tools.proposals import GroundTruthProposer, Proposals
-from refcocog_tools.reference_parser import parse_reference
-from refcocog_tools.registry import RelationsOptions, make_method
-from refcocog_tools.relations import RelationsMethod, label_factor, label_matches, superlative
-from refcocog_tools.scene_graph import between_tensor, pairwise_relation
+from refcocog_tools.methods.registry import RelationsOptions, make_method
+from refcocog_tools.methods.relations.reference_parser import parse_reference
+from refcocog_tools.methods.relations.resolver import (
+    RelationsMethod,
+    label_factor,
+    label_matches,
+    superlative,
+)
+from refcocog_tools.methods.relations.scene_graph import between_tensor, pairwise_relation
+from refcocog_tools.proposals.proposers import GroundTruthProposer, Proposals
 
 # Two cats (the left one smaller and higher), a dog on the right, a bus below the middle.
 BOXES = torch.tensor([[10.0, 10, 50, 50], [120, 40, 180, 110], [250, 30, 300, 80],
@@ -197,7 +202,7 @@ def test_every_generated_expression_has_a_type_and_fits_its_object() -> None:
 
 def test_position_and_size_expressions_resolve_through_the_engine(mini_data: Path) -> None:
     """Labels + geometry alone single out every unambiguous position / size expression."""
-    from refcocog_tools.evaluate import evaluate
+    from refcocog_tools.engine.evaluate import evaluate
 
     instances = json.loads((mini_data / "annotations" / INSTANCES_FILE).read_text())
     objects = scene_objects(instances)
@@ -220,7 +225,7 @@ def test_position_and_size_expressions_resolve_through_the_engine(mini_data: Pat
 
 
 def test_cli_runs_relations(mini_data: Path, isolated_cache: Path, tmp_path: Path) -> None:
-    from refcocog_tools.cli import main
+    from refcocog_tools.cli.main import main
 
     out = tmp_path / "relations.json"
     assert main(["evaluate", "--data-root", str(mini_data), "--method", "relations",
@@ -236,10 +241,10 @@ def test_cli_runs_relations(mini_data: Path, isolated_cache: Path, tmp_path: Pat
 def test_audit_type_table_and_figure(mini_data: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from refcocog_tools.evaluate import evaluate
-    from refcocog_tools.figures import expression_type_table
-    from refcocog_tools.minidata import expression_audit
-    from refcocog_tools.relations import draw_resolution
+    from refcocog_tools.data.minidata import expression_audit
+    from refcocog_tools.engine.evaluate import evaluate
+    from refcocog_tools.methods.relations.resolver import draw_resolution
+    from refcocog_tools.report.figures import expression_type_table
 
     dataset = RefCOCOg(mini_data, "train", view="expression")
     method = make_method("relations", entity_scorer="none")
@@ -263,8 +268,8 @@ def test_audit_type_table_and_figure(mini_data: Path) -> None:
 
 
 def test_evaluate_and_bench_draw_the_debias_pool_for_a_red_circle_scorer(tmp_path: Path) -> None:
-    from refcocog_tools.cli import build_parser
-    from refcocog_tools.evaluate_cli import uses_debias_pool
+    from refcocog_tools.cli.evaluate import uses_debias_pool
+    from refcocog_tools.cli.main import build_parser
 
     def parsed(*extra: str):
         return build_parser().parse_args(["evaluate", "--out", str(tmp_path / "r.json"),
@@ -281,8 +286,8 @@ def test_engine_batches_the_scorer_inputs_with_the_same_choices(
         mini_data: Path, tiny_rn, monkeypatch: pytest.MonkeyPatch, scorer: str) -> None:
     """relations declares its scorer's inputs: the batched engine encodes every image's visual
     prompts in one shared batch before ``predict``, and the rows equal the plain loop's."""
-    from refcocog_tools.evaluate import evaluate_groups, group_by_image
-    from refcocog_tools.methods import BatchedMethod
+    from refcocog_tools.engine.evaluate import evaluate_groups, group_by_image
+    from refcocog_tools.methods.interface import BatchedMethod
 
     groups = group_by_image(RefCOCOg(mini_data, "test"))
     assert len(groups) > 1

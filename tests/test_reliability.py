@@ -19,9 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from refcocog_tools.annotations import INSTANCES_FILE, DatasetError
-from refcocog_tools.cli import main as cli_main
-from refcocog_tools.dataset import REFS_FILE, RefCOCOg, validate
+from refcocog_tools.cli.main import main as cli_main
+from refcocog_tools.data.annotations import INSTANCES_FILE, DatasetError
+from refcocog_tools.data.dataset import REFS_FILE, RefCOCOg, validate
 
 
 @pytest.fixture
@@ -300,7 +300,7 @@ def test_training_run_is_never_overwritten_and_zero_epochs_is_json(tmp_path, min
 # 6. Caches: checkpointed during the run, shared safely, no stale temporaries, umask modes
 # ----------------------------------------------------------------------------------------------
 def test_cache_is_checkpointed_during_the_run(tmp_path, tiny_rn) -> None:
-    from refcocog_tools.prompt_cache import EmbeddingCache
+    from refcocog_tools.models.prompt_cache import EmbeddingCache
 
     cache = EmbeddingCache(tmp_path / "emb", autosave_s=0)
     cache.texts(tiny_rn, ["a red car"])  # no save(): a run killed here keeps this entry
@@ -310,7 +310,7 @@ def test_cache_is_checkpointed_during_the_run(tmp_path, tiny_rn) -> None:
 
 
 def test_two_processes_sharing_a_cache_file_keep_both_entries(tmp_path, tiny_rn) -> None:
-    from refcocog_tools.prompt_cache import EmbeddingCache
+    from refcocog_tools.models.prompt_cache import EmbeddingCache
 
     # Both open the (empty) cache first, as two evaluations of different splits would.
     test_run, val_run = EmbeddingCache(tmp_path / "emb"), EmbeddingCache(tmp_path / "emb")
@@ -326,8 +326,8 @@ def test_two_processes_sharing_a_cache_file_keep_both_entries(tmp_path, tiny_rn)
 
 
 def test_stale_temporaries_are_removed_and_files_get_the_umask(tmp_path, tiny_rn) -> None:
-    from refcocog_tools.io_utils import atomic_write_json
-    from refcocog_tools.prompt_cache import EmbeddingCache
+    from refcocog_tools.core.files import atomic_write_json
+    from refcocog_tools.models.prompt_cache import EmbeddingCache
 
     folder = tmp_path / "emb" / tiny_rn.checksum[:16]
     folder.mkdir(parents=True)

@@ -11,18 +11,20 @@ import jupytext
 import nbformat
 import pytest
 
-from refcocog_tools import book_build, chapter_files, report, results
-from refcocog_tools.book_build import PAIRING, clean_executed
-from refcocog_tools.chapter_files import (
+from refcocog_tools.data.dataset import is_synthetic
+from refcocog_tools.data.minidata import write_mini_dataset
+from refcocog_tools.engine import results
+from refcocog_tools.report import book_build, chapter_files
+from refcocog_tools.report import chapter as report
+from refcocog_tools.report.book_build import PAIRING, clean_executed
+from refcocog_tools.report.chapter import COMMON_PARAMETERS, provenance_note
+from refcocog_tools.report.chapter_files import (
     ReportError,
     parameters_cell_index,
     parse_value,
     source_to_notebook,
     toc_chapters,
 )
-from refcocog_tools.dataset import is_synthetic
-from refcocog_tools.minidata import write_mini_dataset
-from refcocog_tools.report import COMMON_PARAMETERS, provenance_note
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = toc_chapters(ROOT)
@@ -239,7 +241,7 @@ def test_open_chapter_refuses_unknown_names_and_wrong_types(params: dict, messag
 
 def test_imported_constants_are_not_parameters() -> None:
     """A constant the header imported is the module's own object; nbval keeps no ``In``."""
-    from refcocog_tools.reported import STUDY
+    from refcocog_tools.report.reported import STUDY
 
     assert "STUDY" not in report.check_parameters(_namespace(STUDY=STUDY))
     with pytest.raises(ReportError, match=re.escape("unknown parameter(s) STUDY")):
@@ -330,9 +332,9 @@ def test_the_book_config_carries_banner_footer_and_keeps_the_rest(tmp_path: Path
 def test_results_folder_comes_from_the_parameter_then_the_environment(tmp_path, monkeypatch):
     """The nbval runs and the baselines give the chapters a fresh results folder through
     $REFCOCOG_TOOLS_RESULTS, so two runs at once (or an earlier build's files) never mix."""
-    from refcocog_tools.book_build import RESULTS_ENV
-    from refcocog_tools.chapter_files import find_root
-    from refcocog_tools.report import Chapter
+    from refcocog_tools.report.book_build import RESULTS_ENV
+    from refcocog_tools.report.chapter import Chapter
+    from refcocog_tools.report.chapter_files import find_root
 
     monkeypatch.delenv(RESULTS_ENV, raising=False)
     assert Chapter({}, tmp_path, [], None, None).results_dir == find_root() / "results"

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from refcocog_tools.reported import SCOPES, reported_results, reported_rows, reported_value
+from refcocog_tools.report.reported import SCOPES, reported_results, reported_rows, reported_value
 
 
 def test_every_row_has_a_known_scope_and_the_wide_table_shows_it() -> None:

@@ -1,4 +1,4 @@
-"""The results contract (refcocog_tools.results): builder, files, reuse, honesty wording."""
+"""The results contract (refcocog_tools.engine.results): builder, files, reuse, honesty wording."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from refcocog_tools import results
-from refcocog_tools.results import ResultsError
+from refcocog_tools.engine import results
+from refcocog_tools.engine.results import ResultsError
 
 
 def _row(iou: float, sentence: str = "the red square on the left") -> dict:

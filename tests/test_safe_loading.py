@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from refcocog_tools.cli import main as cli_main
-from refcocog_tools.io_utils import UnsafeFileError, load_torch_file
+from refcocog_tools.cli.main import main as cli_main
+from refcocog_tools.core.files import UnsafeFileError, load_torch_file
 
 
 class _Payload:
@@ -96,7 +96,7 @@ def test_ultralytics_is_imported_with_safe_loading(tmp_path: Path) -> None:
     """In a fresh process the project sets ULTRALYTICS_SAFE_LOAD before Ultralytics reads it,
     and the embedded detector still loads under the restriction."""
     env = {**os.environ, "REFCOCOG_TOOLS_CACHE": str(tmp_path), "ULTRALYTICS_SAFE_LOAD": "0"}
-    code = ("from refcocog_tools.yolo_models import load_yolo\n"
+    code = ("from refcocog_tools.models.yolo_models import load_yolo\n"
             "model = load_yolo('tiny-yolov8s')\n"
             "from ultralytics.nn import tasks\n"
             "assert tasks.SAFE_LOAD is True, tasks.SAFE_LOAD\n"
@@ -140,8 +140,8 @@ def test_hostile_embedding_cache_files_are_recomputed(tmp_path, mini_data, isola
 
 def test_hostile_regressor_embedding_cache_is_recomputed(tmp_path, mini_data, tiny_rn,
                                                          marker) -> None:
-    from refcocog_tools.dataset import RefCOCOg
-    from refcocog_tools.split_embeddings import cache_path, split_embeddings
+    from refcocog_tools.data.dataset import RefCOCOg
+    from refcocog_tools.models.split_embeddings import cache_path, split_embeddings
 
     dataset = RefCOCOg(mini_data, split="val", view="expression")
     path = plant_hostile(cache_path(tiny_rn, dataset, tmp_path / "emb"), marker)
@@ -157,8 +157,8 @@ def test_yolo_file_is_vetted_when_ultralytics_was_imported_unsafely(
     restricted loader first."""
     from ultralytics.nn import tasks
 
-    from refcocog_tools.backbones import BackboneError
-    from refcocog_tools.yolo_models import load_yolo
+    from refcocog_tools.models.backbones import BackboneError
+    from refcocog_tools.models.yolo_models import load_yolo
 
     monkeypatch.setattr(tasks, "SAFE_LOAD", False)
     evil = plant_hostile(tmp_path / "det.pt", marker)
@@ -172,8 +172,8 @@ def test_yolo_file_is_vetted_when_ultralytics_was_imported_unsafely(
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory) -> Path:
-    from refcocog_tools.regressor_data import RegressionData
-    from refcocog_tools.regressor_training import TrainConfig, train_regressor
+    from refcocog_tools.methods.regressor.data import RegressionData
+    from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
 
     def data(n: int, seed: int) -> RegressionData:
         g = torch.Generator().manual_seed(seed)
@@ -193,7 +193,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
                                      "damaged"])
 def test_bad_regressor_checkpoints_are_clear_errors(problem, tmp_path, trained_checkpoint,
                                                     marker) -> None:
-    from refcocog_tools.regressor_training import RegressorError, load_checkpoint
+    from refcocog_tools.methods.regressor.training import RegressorError, load_checkpoint
 
     path = tmp_path / "best.pt"
     if problem == "foreign":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refcocog_tools.scene_graph import (
+from refcocog_tools.methods.relations.scene_graph import (
     RELATION_BITS,
     RELATIONS,
     build_scene_graph,

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image, ImageChops
 
-from refcocog_tools import visual_prompts as vp
-from refcocog_tools.cli import main as cli_main
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.evaluate import evaluate_groups, group_by_image
-from refcocog_tools.prompt_cache import EmbeddingCache
-from refcocog_tools.proposals import GroundTruthProposer
-from refcocog_tools.red_circle import RedCircle, RedCircleOptions
+from refcocog_tools.cli.main import main as cli_main
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.engine.evaluate import evaluate_groups, group_by_image
+from refcocog_tools.methods.red_circle import RedCircle, RedCircleOptions
+from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.prompts import visual_prompts as vp
+from refcocog_tools.proposals.proposers import GroundTruthProposer
 
 # Ten proposals with fractional, border-touching, degenerate and out-of-image coordinates.
 BOXES = [
@@ -77,8 +77,7 @@ def _draw_as_on_a_gpu(monkeypatch) -> None:
     """Make the engine lay out its work as it does for models on a GPU (tensor-drawn inputs
     in the main process from the images the workers decode, Pillow-drawn ones in the
     workers), here on the CPU."""
-    from refcocog_tools import evaluate
-
+    from refcocog_tools.engine import evaluate
     monkeypatch.setattr(evaluate._Encoding, "on_gpu", property(lambda self: True))
 
 
@@ -110,8 +109,7 @@ def test_crop_cosine_metric_encodes_every_crop_in_the_batches(gpu_layout, groups
     pool = RefCOCOg(mini_data, "train").sentences()
     reference = evaluate_groups(groups, _red_circle([tiny_rn], pool), GroundTruthProposer(),
                                 [tiny_rn])
-    from refcocog_tools import red_circle
-
+    from refcocog_tools.methods import red_circle
     drawn_here = []  # red-circle prompts drawn in this process; the worker's calls stay there
 
     def counting(*args, **kwargs):
@@ -142,8 +140,8 @@ def test_crop_cosine_metric_encodes_every_crop_in_the_batches(gpu_layout, groups
 def test_the_baselines_crops_serve_the_metric_without_a_second_encoding(groups, tiny_rn,
                                                                          monkeypatch) -> None:
     """The metric reads the method's cache: every crop is encoded once, in the batches."""
-    from refcocog_tools.registry import make_method
-    from refcocog_tools.scoring import box_key
+    from refcocog_tools.methods.registry import make_method
+    from refcocog_tools.methods.scoring import box_key
 
     encoded = []
     queue_images = tiny_rn.queue_images
@@ -166,8 +164,7 @@ def test_the_engine_hashes_each_image_once(options, groups, mini_data, tiny_rn,
                                            monkeypatch) -> None:
     """Requests, predictions and the metric's crops all name the image: one hash per image
     inside an evaluation, a fresh hash outside it (an image changed in place gets a new key)."""
-    from refcocog_tools import prompt_cache
-
+    from refcocog_tools.models import prompt_cache
     hashed = []
     pixel_digest = prompt_cache._pixel_digest
 
@@ -187,7 +184,7 @@ def test_the_engine_hashes_each_image_once(options, groups, mini_data, tiny_rn,
 
 
 def test_plain_engine_with_workers_for_other_methods(groups, tiny_rn) -> None:
-    from refcocog_tools.registry import make_method
+    from refcocog_tools.methods.registry import make_method
 
     reference = evaluate_groups(groups, make_method("baseline", [tiny_rn]), GroundTruthProposer())
     rows = evaluate_groups(groups, make_method("baseline", [tiny_rn]), GroundTruthProposer(),
@@ -220,8 +217,8 @@ def test_synthetic_workload_encodes_every_visual_prompt() -> None:
     """The GPU-sizing workload, on a small architecture so it runs here in a second."""
     import torch
 
-    from refcocog_tools.bench import RN50X16_CONFIG, synthetic_workload
-    from refcocog_tools.untrained_models import TINY_CLIP_CONFIGS
+    from refcocog_tools.engine.bench import RN50X16_CONFIG, synthetic_workload
+    from refcocog_tools.models.untrained_models import TINY_CLIP_CONFIGS
 
     state = torch.random.get_rng_state()
     out = synthetic_workload("3,4", [], "cpu", batch_size=5, seed=0,
@@ -238,10 +235,10 @@ def test_compile_wraps_the_image_tower_lazily_and_refuses_unknown_modes() -> Non
     answers what the engine reads of it; a misspelt mode is refused before any work."""
     import clip.model
 
-    from refcocog_tools.backbones import ClipBackbone
-    from refcocog_tools.bench import compile_image_encoder
-    from refcocog_tools.render import pil_preprocess
-    from refcocog_tools.untrained_models import TINY_CLIP_CONFIGS
+    from refcocog_tools.engine.bench import compile_image_encoder
+    from refcocog_tools.models.backbones import ClipBackbone
+    from refcocog_tools.models.untrained_models import TINY_CLIP_CONFIGS
+    from refcocog_tools.prompts.render import pil_preprocess
 
     model = clip.model.CLIP(**TINY_CLIP_CONFIGS["tiny-rn"]).eval()
     tower = model.visual
@@ -269,7 +266,7 @@ class _FakeDetector:
         self.batches: list[int] = []
 
     def propose_many(self, items, images=None):
-        from refcocog_tools.proposals import Proposals
+        from refcocog_tools.proposals.proposers import Proposals
 
         assert images is not None and len(images) == len(items)  # decoded once, passed in
         self.batches.append(len(items))

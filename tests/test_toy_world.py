@@ -53,17 +53,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from refcocog_tools.backbones import load_clips
-from refcocog_tools.dataset import RefCOCOg
-from refcocog_tools.evaluate import evaluate
-from refcocog_tools.figures import expression_type_table
-from refcocog_tools.gradcam import GradCam, GradCamOptions
-from refcocog_tools.minidata import EXPRESSION_TYPES, write_mini_dataset
-from refcocog_tools.prediction import Prediction
-from refcocog_tools.prompt_cache import EmbeddingCache
-from refcocog_tools.proposals import Proposals, make_proposer
-from refcocog_tools.registry import make_method
-from refcocog_tools.toy_world import (
+from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.data.minidata import EXPRESSION_TYPES, write_mini_dataset
+from refcocog_tools.engine.evaluate import evaluate
+from refcocog_tools.methods.gradcam import GradCam, GradCamOptions
+from refcocog_tools.methods.prediction import Prediction
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.models.backbones import load_clips
+from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.proposals.proposers import Proposals, make_proposer
+from refcocog_tools.report.figures import expression_type_table
+from refcocog_tools.toy.toy_world import (
     FLOORS,
     OWN_BOX,
     TOY_METHODS,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageChops
 
-from refcocog_tools import visual_prompts as vp
+from refcocog_tools.prompts import visual_prompts as vp
 
 matplotlib.use("Agg")
 

@@ -1,0 +1,136 @@
+"""The ``refcocog-tools`` command line.
+
+Each subcommand lives beside the code it drives: a module exposes ``add_parser(subparsers)``
+that registers its parser and sets ``func``. This file only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from refcocog_tools.cli.options import positive_int
+from refcocog_tools.core.output_paths import OutputPathError
+from refcocog_tools.data.layouts import LayoutError, add_layout_arguments, layout_from_args
+
+# Modules that contribute subcommands, in the order `--help` lists them.
+SUBCOMMAND_MODULES = (
+    "refcocog_tools.cli.main",
+    "refcocog_tools.cli.evaluate",
+    "refcocog_tools.methods.regressor.method",
+    "refcocog_tools.engine.bench",
+    "refcocog_tools.toy.toy_clip",
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """The dataset subcommands: make-mini-dataset, stats, validate."""
+    make = subparsers.add_parser(
+        "make-mini-dataset",
+        help="write the embedded synthetic dataset in the RefCOCOg layout",
+        description="Write a small deterministic synthetic dataset in the exact RefCOCOg layout. "
+        "Its numbers say nothing about RefCOCOg.",
+    )
+    make.add_argument("out_dir", type=Path)
+    make.add_argument("--images", type=positive_int, default=30,
+                      help="number of images (default 30)")
+    make.add_argument("--force", action="store_true",
+                      help="overwrite an existing dataset in OUT_DIR")
+    make.add_argument("--seed", type=int, default=0)
+    add_layout_arguments(make)
+    make.set_defaults(func=_make_mini_dataset)
+
+    stats = subparsers.add_parser("stats", help="per-split counts of a RefCOCOg data root")
+    stats.add_argument("--data-root", type=Path, required=True)
+    add_layout_arguments(stats)
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(func=_stats)
+
+    check = subparsers.add_parser("validate", help="check every file and ref; exit 1 on problems")
+    check.add_argument("--data-root", type=Path, required=True)
+    add_layout_arguments(check)
+    check.add_argument("--skip-images", action="store_true", help="do not open the images")
+    check.set_defaults(func=_validate)
+
+
+def _make_mini_dataset(args: argparse.Namespace) -> int:
+    from refcocog_tools.core.output_paths import check_output_folder
+    from refcocog_tools.data.minidata import write_mini_dataset
+
+    layout = layout_from_args(args)
+    existing = [p for p in (args.out_dir / "annotations", args.out_dir / "images")
+                if p.is_dir() and any(p.iterdir())]
+    if existing and not args.force:
+        raise OutputPathError(f"{existing[0]}: a dataset is already there; pass --force to "
+                              "overwrite it, or choose another folder")
+    check_output_folder(args.out_dir, "dataset folder")
+    out = write_mini_dataset(args.out_dir, n_images=args.images, seed=args.seed, layout=layout)
+    print(f"wrote the embedded synthetic dataset ({args.images} images, seed {args.seed}) "
+          f"to {out} as {layout.dataset} split by {layout.split_by} ({layout.refs_file})")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from refcocog_tools.data.dataset import split_stats
+
+    stats = split_stats(args.data_root, layout=layout_from_args(args))
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    import pandas as pd
+
+    table = pd.DataFrame(stats).T
+    for column in ("refs", "expressions", "images", "categories"):
+        table[column] = table[column].astype(int)
+    print(table.to_string())
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from refcocog_tools.data.dataset import validate
+
+    problems = validate(args.data_root, check_images=not args.skip_images,
+                        layout=layout_from_args(args))
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.data_root}: no problems found")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from refcocog_tools import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="refcocog-tools",
+        description="Training-free visual grounding with CLIP on RefCOCOg.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from refcocog_tools.core.files import UnreadableFileError
+    from refcocog_tools.data.annotations import DatasetError
+    from refcocog_tools.methods.regressor.training import RegressorError
+    from refcocog_tools.models.backbones import BackboneError
+    from refcocog_tools.models.embedding_files import EmbeddingCacheError
+
+    args = build_parser().parse_args(argv)
+    # Errors a user can fix (a bad file, a bad path, a missing checkpoint) end in one line.
+    expected = (BackboneError, DatasetError, EmbeddingCacheError, LayoutError, OutputPathError,
+                RegressorError, UnreadableFileError)
+    try:
+        return int(args.func(args) or 0)
+    except expected as err:
+        print(f"refcocog-tools: error: {err}", file=sys.stderr)
+        return 2

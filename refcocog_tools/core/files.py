@@ -1,0 +1,179 @@
+"""Small file helpers: atomic writes, checksums and the cache directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CACHE_ENV = "REFCOCOG_TOOLS_CACHE"
+
+
+class UnreadableFileError(ValueError):
+    """A file that is empty, truncated, corrupt or of another format."""
+
+
+class UnsafeFileError(UnreadableFileError):
+    """A file that would run code when loaded: refused, never opened with a laxer loader."""
+
+
+def cache_dir() -> Path:
+    """Where weights, embedded checkpoints and embedding caches live.
+
+    ``$REFCOCOG_TOOLS_CACHE`` when set, else ``$XDG_CACHE_HOME/refcocog-tools`` (``~/.cache``).
+    """
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        path = Path(env)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        path = Path(base) / "refcocog-tools"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from refcocog_tools.core.output_paths import OutputPathError
+
+        raise OutputPathError(f"{path}: cannot create the cache folder ({err.strerror or err}); "
+                              f"set {CACHE_ENV} to a writable folder") from None
+    return path
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def remove_stale_temporaries(folder: str | Path, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete the temporary files of atomic writes that a killed process left in ``folder``.
+
+    Only files older than ``max_age_s`` go: a younger one may belong to a write in progress
+    in another process.
+    """
+    import time
+
+    removed = []
+    now = time.time()
+    for path in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to delete
+    return removed
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    try:
+        # mkstemp creates the file 0600; give it the mode any other new file gets, so a shared
+        # cache or results folder stays readable by the group the umask allows.
+        os.fchmod(fd, _file_mode())
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """JSON with sorted keys and a final newline, written atomically.
+
+    A non-finite float (NaN, an infinite loss, the -inf "best so far" of a run with no epoch)
+    is written as ``null``: ``NaN`` and ``-Infinity`` are not JSON, and other readers reject them.
+    """
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default,
+                      allow_nan=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (containers copied as needed)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return _finite(obj.tolist())
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def atomic_torch_save(path: str | Path, obj: Any) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    Saving through a buffer (not a path) also keeps the archive's inner folder name constant,
+    so the same object always gives the same bytes.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+
+    A file that references anything else (a pickled function or class: what a hostile
+    checkpoint uses to run code) is refused with an ``UnsafeFileError`` naming the file and the
+    references, instead of torch's advice to retry with ``weights_only=False``. A missing file
+    raises ``FileNotFoundError``, a damaged one ``UnreadableFileError``.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - not a zip archive: no names to report
+            names = []
+        what = (f"it references {', '.join(sorted(names))}, which could run code"
+                if names else "it is not a plain-data torch file")
+        raise UnsafeFileError(f"{path}: refused to load: {what}; only tensors and plain "
+                              "containers are accepted") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UnreadableFileError(f"{path}: not a readable torch file (empty, truncated or "
+                              f"corrupt; {type(err).__name__}: {detail})") from None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,466 @@
+"""The embedded dataset: a small, deterministic, synthetic dataset in the exact RefCOCOg layout.
+
+It exists so that every code path (loading, proposals, methods, metrics, the book) runs offline.
+Its pictures are drawn shapes, not photographs: numbers computed on it say nothing about
+RefCOCOg. Each image holds several objects, with at least one pair of the same category, and
+its expressions need colour, position (left/right/top/bottom/middle) or relative size.
+
+Every expression comes from one of four kinds of template, and ``expression_type`` reads the
+kind back from the sentence: ``plain`` ("the red cat"), ``position`` ("the cat on the left",
+"a cat on the right side"), ``size`` ("the bigger cat") and ``relation`` ("red cat to the left
+of the blue dog"). Each annotation also records the object's drawn colour in a ``colour``
+field that the RefCOCOg loader ignores, so ``fitting_objects`` can say which objects of an
+image a sentence fits by the generator's own rules: more than one means the generator made
+that expression ambiguous.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image, ImageDraw
+
+from refcocog_tools.core.files import atomic_write_bytes
+from refcocog_tools.data.annotations import INSTANCES_FILE
+from refcocog_tools.data.layouts import DEFAULT_LAYOUT, Layout
+
+# Real COCO category ids and names, so label handling is exercised as on the real data.
+CATEGORIES: dict[int, tuple[str, str]] = {
+    1: ("person", "person"),
+    3: ("car", "vehicle"),
+    6: ("bus", "vehicle"),
+    17: ("cat", "animal"),
+    18: ("dog", "animal"),
+    28: ("umbrella", "accessory"),
+    44: ("bottle", "kitchen"),
+    62: ("chair", "furniture"),
+}
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (210, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 200),
+    "yellow": (235, 210, 40),
+    "white": (245, 245, 245),
+    "black": (25, 25, 25),
+    "orange": (240, 140, 30),
+    "purple": (130, 50, 160),
+}
+BACKGROUNDS = [(120, 140, 120), (150, 130, 110), (110, 125, 150), (160, 160, 150)]
+IMAGE_SIZES = [(320, 240), (288, 224), (256, 256), (240, 320)]
+SPLIT_SHARES = (("train", 0.6), ("val", 0.15), ("test", 0.25))
+
+
+class _BoxGeometry:
+    """The centre and area of an object's xyxy ``box`` (the drawn and the recorded object)."""
+
+    box: tuple[float, float, float, float]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return ((self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2)
+
+    @property
+    def area(self) -> float:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+
+@dataclass
+class _Object(_BoxGeometry):
+    category_id: int
+    colour: str
+    box: tuple[int, int, int, int]  # xyxy, integer pixels
+
+    @property
+    def name(self) -> str:
+        return CATEGORIES[self.category_id][0]
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object) -> None:
+    """Each category has its own silhouette, so a detector or CLIP could in principle tell them."""
+    x1, y1, x2, y2 = obj.box
+    w, h = x2 - x1, y2 - y1
+    fill = COLOURS[obj.colour]
+    edge = (0, 0, 0) if obj.colour != "black" else (200, 200, 200)
+    name = obj.name
+    if name == "person":
+        head = min(w, h // 3)
+        draw.ellipse((x1 + (w - head) // 2, y1, x1 + (w + head) // 2, y1 + head), fill=fill,
+                     outline=edge)
+        draw.rectangle((x1, y1 + head, x2, y2), fill=fill, outline=edge)
+    elif name in ("car", "bus"):
+        wheel = max(4, h // 4)
+        draw.rectangle((x1, y1, x2, y2 - wheel // 2), fill=fill, outline=edge)
+        for cx in (x1 + w // 4, x2 - w // 4):
+            draw.ellipse((cx - wheel // 2, y2 - wheel, cx + wheel // 2, y2), fill=(20, 20, 20))
+        if name == "bus":
+            for k in range(1, 4):
+                wx = x1 + k * w // 4
+                draw.rectangle((wx - w // 12, y1 + h // 6, wx + w // 12, y1 + h // 2),
+                               fill=(200, 230, 250))
+    elif name in ("cat", "dog"):
+        draw.ellipse((x1, y1 + h // 4, x2, y2), fill=fill, outline=edge)
+        ear = max(3, w // 5)
+        if name == "cat":
+            draw.polygon([(x1 + ear, y1 + h // 4), (x1 + 2 * ear, y1), (x1 + 3 * ear, y1 + h // 4)],
+                         fill=fill, outline=edge)
+        else:
+            draw.ellipse((x1, y1, x1 + 2 * ear, y1 + h // 2), fill=fill, outline=edge)
+    elif name == "umbrella":
+        draw.pieslice((x1, y1, x2, y1 + h), 180, 360, fill=fill, outline=edge)
+        draw.line((x1 + w // 2, y1 + h // 2, x1 + w // 2, y2), fill=edge, width=2)
+    elif name == "bottle":
+        neck = max(2, w // 3)
+        draw.rectangle((x1 + (w - neck) // 2, y1, x1 + (w + neck) // 2, y1 + h // 4), fill=fill,
+                       outline=edge)
+        draw.rectangle((x1, y1 + h // 4, x2, y2), fill=fill, outline=edge)
+    else:  # chair
+        draw.rectangle((x1, y1, x1 + w // 4, y2), fill=fill, outline=edge)
+        draw.rectangle((x1, y1 + h // 2, x2, y1 + h // 2 + max(3, h // 8)), fill=fill,
+                       outline=edge)
+        draw.rectangle((x2 - w // 6, y1 + h // 2, x2, y2), fill=fill, outline=edge)
+
+
+def _place(rng: random.Random, size: tuple[int, int], placed: list[_Object],
+           category_id: int, colour: str) -> _Object | None:
+    """Rejection-sample a box that overlaps no earlier object much."""
+    width, height = size
+    for _ in range(50):
+        w = rng.randint(width // 7, width // 3)
+        h = rng.randint(height // 6, height // 2 - 10)
+        x1 = rng.randint(2, width - w - 2)
+        y1 = rng.randint(2, height - h - 2)
+        box = (x1, y1, x1 + w, y1 + h)
+        if all(_overlap(box, o.box) < 0.1 for o in placed):
+            return _Object(category_id, colour, box)
+    return None
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / smaller
+
+
+def _expressions(target: _Object, objects: list[_Object], rng: random.Random,
+                 size: tuple[int, int]) -> list[str]:
+    """Two or three expressions for ``target``, needing position or size when it has a twin."""
+    same = [o for o in objects if o.category_id == target.category_id]
+    name = target.name
+    out = [f"the {target.colour} {name}"]
+    if len(same) > 1:
+        xs = sorted(o.centre[0] for o in same)
+        ys = sorted(o.centre[1] for o in same)
+        areas = sorted(o.area for o in same)
+        cx, cy = target.centre
+        if cx == xs[0]:
+            out.append(f"the {name} on the left")
+        elif cx == xs[-1]:
+            out.append(f"the {name} on the right")
+        else:
+            out.append(f"the {name} in the middle")
+        if cy == ys[0]:
+            out.append(f"the {name} at the top")
+        elif cy == ys[-1]:
+            out.append(f"the {name} at the bottom")
+        if target.area == areas[-1]:
+            out.append(f"the bigger {name}")
+        elif target.area == areas[0]:
+            out.append(f"the smaller {name}")
+    else:
+        cx = target.centre[0] / size[0]
+        where = "left" if cx < 0.35 else "right" if cx > 0.65 else "middle"
+        out.append(f"a {name} in the {where} of the picture" if where == "middle"
+                   else f"a {name} on the {where} side")
+    others = [o for o in objects if o is not target]
+    if others:
+        other = rng.choice(others)
+        relation = "left of" if target.centre[0] < other.centre[0] else "right of"
+        out.append(f"{target.colour} {name} to the {relation} the {other.colour} {other.name}")
+    rng.shuffle(out)
+    return out[: rng.randint(2, 3)]
+
+
+ExpressionType = Literal["plain", "position", "size", "relation"]
+EXPRESSION_TYPES: tuple[str, ...] = ("plain", "position", "size", "relation")
+_NAME = "|".join(sorted(name for name, _ in CATEGORIES.values()))
+_COLOUR = "|".join(sorted(COLOURS))
+# One pattern per template of ``_expressions``; the named groups are what the template says.
+_TEMPLATES: tuple[tuple[ExpressionType, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern)) for kind, pattern in (
+        ("plain", rf"the (?P<colour>{_COLOUR}) (?P<name>{_NAME})"),
+        ("position", rf"the (?P<name>{_NAME}) (?:on the|in the|at the) "
+                     r"(?P<where>left|right|middle|top|bottom)"),
+        ("position", rf"a (?P<name>{_NAME}) on the (?P<side>left|right) side"),
+        ("position", rf"a (?P<name>{_NAME}) in the (?P<side>middle) of the picture"),
+        ("size", rf"the (?P<size>bigger|smaller) (?P<name>{_NAME})"),
+        ("relation", rf"(?P<colour>{_COLOUR}) (?P<name>{_NAME}) to the (?P<relation>left|right)"
+                     rf" of the (?P<other_colour>{_COLOUR}) (?P<other_name>{_NAME})"),
+    ))
+
+
+def _template_match(sentence: str) -> tuple[ExpressionType, dict[str, str]] | None:
+    text = sentence.strip().lower().rstrip(".")
+    for kind, pattern in _TEMPLATES:
+        match = pattern.fullmatch(text)
+        if match is not None:
+            return kind, match.groupdict()
+    return None
+
+
+def expression_type(sentence: str) -> ExpressionType | None:
+    """The template kind of a generated expression (None for a sentence no template made).
+
+    Works on the ``sent`` and on the ``raw`` form ("The cat on the left.").
+    """
+    found = _template_match(sentence)
+    return None if found is None else found[0]
+
+
+@dataclass(frozen=True)
+class SceneObject(_BoxGeometry):
+    """An object of a generated image as the generator knows it."""
+
+    ann_id: int
+    name: str
+    colour: str | None
+    box: tuple[float, float, float, float]  # xyxy
+
+
+def scene_objects(instances: dict[str, Any]) -> dict[int, list[SceneObject]]:
+    """Per image id, its objects with their drawn colours (None where not recorded: a data set
+    written before colours were recorded, or a real one)."""
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    out: dict[int, list[SceneObject]] = {}
+    for ann in instances["annotations"]:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        out.setdefault(ann["image_id"], []).append(SceneObject(
+            ann["id"], names[ann["category_id"]], ann.get("colour"), (x, y, x + w, y + h)))
+    return out
+
+
+def fitting_objects(sentence: str, objects: list[SceneObject], image_size: tuple[int, int],
+                    use_colour: bool = True) -> list[int] | None:
+    """The ann ids of the ``objects`` that a generated ``sentence`` fits, by the generator's
+    own rules (the rules ``_expressions`` wrote it with); None for a sentence of no template,
+    or when it needs colours that were not recorded.
+
+    One id: the expression singles its object out. Several: the generator made it ambiguous
+    (twins of the same colour; both twins on the same side of the other object).
+    ``use_colour=False`` ignores the colour words: the objects a reader blind to colour (an
+    untrained CLIP, labels and geometry) cannot tell apart.
+    """
+    found = _template_match(sentence)
+    if found is None:
+        return None
+    kind, words = found
+    same = [o for o in objects if o.name == words["name"]]
+    if use_colour and kind in ("plain", "relation") and any(o.colour is None for o in objects):
+        return None
+
+    def coloured(candidates: list[SceneObject], colour: str) -> list[SceneObject]:
+        return [o for o in candidates if not use_colour or o.colour == colour]
+
+    if kind == "plain":
+        return [o.ann_id for o in coloured(same, words["colour"])]
+    if kind == "relation":
+        subjects = coloured(same, words["colour"])
+        others = coloured([o for o in objects if o.name == words["other_name"]],
+                          words["other_colour"])
+        left = words["relation"] == "left"
+        return [s.ann_id for s in subjects
+                if any(o is not s and (s.centre[0] < o.centre[0]) == left
+                       and s.centre[0] != o.centre[0] for o in others)]
+    if kind == "size":
+        areas = [o.area for o in same]
+        extreme = max(areas) if words["size"] == "bigger" else min(areas)
+        return [o.ann_id for o in same if o.area == extreme] if len(same) > 1 else []
+    if "side" in words:  # the lone object of its category, placed in a third of the picture
+        def third(o: SceneObject) -> str:
+            cx = o.centre[0] / image_size[0]
+            return "left" if cx < 0.35 else "right" if cx > 0.65 else "middle"
+        return [o.ann_id for o in same if third(o) == words["side"]] if len(same) == 1 else []
+    where = words["where"]
+    axis = 1 if where in ("top", "bottom") else 0
+    values = sorted(o.centre[axis] for o in same)
+    if len(same) < 2:
+        return []
+    if where in ("left", "top"):
+        return [o.ann_id for o in same if o.centre[axis] == values[0]]
+    if where in ("right", "bottom"):
+        return [o.ann_id for o in same if o.centre[axis] == values[-1]]
+    return [o.ann_id for o in same if values[0] < o.centre[0] < values[-1]]
+
+
+def _test_splits(splits: tuple[str, ...]) -> list[str]:
+    return [s for s in splits if s not in ("train", "val")]
+
+
+def _split_of(index: int, n_images: int, splits: tuple[str, ...] = DEFAULT_LAYOUT.splits) -> str:
+    """Contiguous split blocks in the study's proportions, each split at least one image.
+
+    The test block takes the layout's test split names in turn (RefCOCO's testA, testB), or
+    joins val where the layout has no test split (RefCOCOg's google split).
+    """
+    tests = _test_splits(splits)
+    n_test_min = max(1, len(tests))
+    n_train = max(1, round(n_images * SPLIT_SHARES[0][1]))
+    n_val = max(1, round(n_images * SPLIT_SHARES[1][1]))
+    if n_train + n_val > n_images - n_test_min:
+        n_train = max(1, n_images - 1 - n_test_min)
+        n_val = 1
+    if index < n_train:
+        return "train"
+    if index < n_train + n_val or not tests:
+        return "val"
+    return tests[(index - n_train - n_val) % len(tests)]
+
+
+def generate(n_images: int = 30, seed: int = 0, splits: tuple[str, ...] = DEFAULT_LAYOUT.splits
+             ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, bytes]]:
+    """Build refs, instances and JPEG bytes in memory; the same seed gives the same bytes.
+
+    ``splits``: the split names the refs carry (a ``Layout``'s); only the split field depends
+    on them, so every layout of one seed has the same images, objects and expressions.
+    """
+    needed = 2 + max(1, len(_test_splits(splits)))
+    if n_images < needed:
+        raise ValueError(f"make-mini-dataset needs at least {needed} images for the splits "
+                         f"{', '.join(splits)} (one image per split)")
+    rng = random.Random(seed)
+    images, annotations, refs = [], [], []
+    files: dict[str, bytes] = {}
+    ann_id, ref_id, sent_id = 1000, 0, 0
+    for index in range(n_images):
+        image_id = 500000 + index * 17
+        size = IMAGE_SIZES[rng.randrange(len(IMAGE_SIZES))]
+        split = _split_of(index, n_images, splits)
+        file_name = f"COCO_train2014_{image_id:012d}.jpg"
+        # One category twice (a distractor the expression must disambiguate), then others.
+        twin = rng.choice(sorted(CATEGORIES))
+        wanted = [twin, twin] + rng.sample(sorted(CATEGORIES), rng.randint(1, 3))
+        objects: list[_Object] = []
+        for category_id in wanted:
+            colour = rng.choice(sorted(COLOURS))
+            obj = _place(rng, size, objects, category_id, colour)
+            if obj is not None:
+                objects.append(obj)
+        canvas = Image.new("RGB", size, BACKGROUNDS[rng.randrange(len(BACKGROUNDS))])
+        draw = ImageDraw.Draw(canvas)
+        for obj in objects:
+            _draw_object(draw, obj)
+        buffer = io.BytesIO()
+        canvas.save(buffer, format="JPEG", quality=90)
+        files[file_name] = buffer.getvalue()
+        images.append({"license": 1, "file_name": file_name, "coco_url": "", "height": size[1],
+                       "width": size[0], "date_captured": "", "flickr_url": "", "id": image_id})
+        obj_ann_ids = []
+        for obj in objects:
+            ann_id += 1
+            obj_ann_ids.append(ann_id)
+            x1, y1, x2, y2 = obj.box
+            annotations.append({
+                "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
+                "area": float(obj.area), "iscrowd": 0, "image_id": image_id,
+                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                "category_id": obj.category_id, "id": ann_id,
+                "colour": obj.colour,  # not a COCO field; the loader ignores it
+            })
+        # Refer to both twins (they need disambiguation) and sometimes one other object.
+        referred = [0, 1] + ([rng.randrange(2, len(objects))] if len(objects) > 2
+                             and rng.random() < 0.5 else [])
+        for k in referred:
+            if k >= len(objects):
+                continue
+            obj = objects[k]
+            sentences = []
+            for text in _expressions(obj, objects, rng, size):
+                raw = text[0].upper() + text[1:] + "."
+                sentences.append({"tokens": text.split(), "raw": raw, "sent_id": sent_id,
+                                  "sent": text})
+                sent_id += 1
+            refs.append({
+                "image_id": image_id, "split": split, "sentences": sentences,
+                "file_name": f"COCO_train2014_{image_id:012d}_{obj_ann_ids[k]}.jpg",
+                "category_id": obj.category_id, "ann_id": obj_ann_ids[k],
+                "sent_ids": [s["sent_id"] for s in sentences], "ref_id": ref_id,
+            })
+            ref_id += 1
+    categories = [{"supercategory": sup, "id": cid, "name": name}
+                  for cid, (name, sup) in sorted(CATEGORIES.items())]
+    instances = {"info": {"description": "refcocog-tools embedded synthetic dataset",
+                          "seed": seed, "synthetic": True},
+                 "images": images, "annotations": annotations, "categories": categories}
+    return refs, instances, files
+
+
+def write_mini_dataset(out_dir: str | Path, n_images: int = 30, seed: int = 0,
+                       layout: Layout = DEFAULT_LAYOUT) -> Path:
+    """Write the embedded dataset under ``out_dir`` in the RefCOCOg layout; return ``out_dir``.
+
+    ``layout``: another dataset of the family writes its own refs file (``refs(unc).p``) with
+    its own split names.
+    """
+    out = Path(out_dir)
+    refs, instances, files = generate(n_images, seed, layout.splits)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out / "images" / name, data)
+    # Protocol 2 is what the refer toolkit's Python 2 pickles use.
+    atomic_write_bytes(out / "annotations" / layout.refs_file, pickle.dumps(refs, protocol=2))
+    atomic_write_bytes(out / "annotations" / INSTANCES_FILE,
+                       json.dumps(instances, indent=None, separators=(",", ":")).encode())
+    return out
+
+
+def default_data_root() -> Path:
+    """The embedded dataset in the project cache, generated on first use."""
+    from refcocog_tools.core.files import cache_dir
+
+    root = cache_dir() / "mini-refcocog"
+    if not (root / "annotations" / INSTANCES_FILE).is_file():
+        write_mini_dataset(root)
+    return root
+
+
+def expression_audit(root: str | Path, rows: list[dict[str, Any]]) -> Any:
+    """One row per ``evaluate`` prediction row of a generated data root: the expression's
+    type, how many objects it fits by the generator's rules with colour (``fits``; more than
+    one: ambiguous) and without (``fits_without_colour``; more than ``fits``: only colour tells
+    them apart), whether the prediction was right (IoU >= 0.5), and ``difficulty``:
+    "ambiguous" (several objects fit even with colour), "needs colour" (one fits, but others
+    fit once colour is ignored) or "" (labels and geometry single it out). A pandas DataFrame.
+
+    On a data root that is not generated, ``type`` is "other" and the counts are missing.
+    """
+    import pandas as pd
+
+    from refcocog_tools.data.annotations import INSTANCES_FILE
+
+    instances = json.loads((Path(root) / "annotations" / INSTANCES_FILE).read_text())
+    objects = scene_objects(instances)
+    sizes = {i["id"]: (i["width"], i["height"]) for i in instances["images"]}
+    out = []
+    for row in rows:
+        scene, size = objects.get(row["image_id"], []), sizes.get(row["image_id"], (1, 1))
+        fits = fitting_objects(row["sentence"], scene, size)
+        blind = fitting_objects(row["sentence"], scene, size, use_colour=False)
+        difficulty = ("" if fits is None or blind is None else "ambiguous" if len(fits) > 1
+                      else "needs colour" if len(blind) > len(fits) else "")
+        out.append({"type": expression_type(row["sentence"]) or "other",
+                    "sentence": row["sentence"], "ref_id": row["ref_id"],
+                    "image_id": row["image_id"], "correct": row["iou"] >= 0.5,
+                    "fits": None if fits is None else len(fits),
+                    "fits_without_colour": None if blind is None else len(blind),
+                    "difficulty": difficulty})
+    return pd.DataFrame(out, columns=["type", "sentence", "ref_id", "image_id", "correct",
+                                      "fits", "fits_without_colour", "difficulty"]).astype(
+        {"fits": "Int64", "fits_without_colour": "Int64"})

@@ -1,0 +1,65 @@
+"""The interface every grounding method offers the engine (the methods by name: ``registry``).
+
+All methods share ``predict(image, expressions, proposals) -> Prediction`` and ``config()``.
+A method never loads a model: it receives backbones (and, for red-circle, debias sentences).
+CLIP methods also declare, per image, what they need encoded (``encode_request``): the engine
+encodes it for many images at once and ``predict`` then finds every embedding cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from refcocog_tools.methods.prediction import Prediction
+from refcocog_tools.models.backbones import ClipBackbone
+from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.proposals.proposers import Proposals
+
+
+class GroundingMethod(Protocol):
+    """What the engine calls. ``expressions`` are those of ONE referred object: the engine
+    never mixes the refs of an image in one call, so an answer cannot depend on the other
+    objects' expressions (methods that normalise over the expressions of a call, such as
+    red-circle's debiasing, rely on it)."""
+
+    name: str
+
+    def predict(self, image: Image.Image, expressions: Sequence[str],
+                proposals: Proposals) -> Prediction: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class EncodeRequest:
+    """What a method will look up in its embedding cache for one image, declared before it
+    predicts, so that the engine can encode the inputs of many images in shared batches.
+
+    ``keys[i]`` names image input ``i``; ``draw(resolution, indices, device)`` returns the
+    model inputs ``(len(indices), 3, R, R)`` of those inputs (it may run in a DataLoader
+    worker); ``texts`` are the prompts the method will encode. ``on_device``: ``draw`` does
+    its work with tensor operations on the device it is given, so for models on a GPU the
+    engine draws these inputs there, in the main process; otherwise (Pillow drawing) it
+    draws them in host memory, in its DataLoader workers when it has any.
+    """
+
+    keys: list[str]
+    draw: Callable[[int, Sequence[int], str | torch.device], torch.Tensor]
+    texts: list[str] = field(default_factory=list)
+    on_device: bool = False
+
+
+@runtime_checkable
+class BatchedMethod(Protocol):
+    """A method whose CLIP inputs the engine may encode across images (optional)."""
+
+    backbones: list[ClipBackbone]
+    cache: EmbeddingCache
+
+    def encode_request(self, image: Image.Image, expressions: Sequence[str],
+                       proposals: Proposals) -> EncodeRequest: ...

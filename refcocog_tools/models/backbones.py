@@ -1,0 +1,438 @@
+"""CLIP backbones, loaded offline from a local cache.
+
+CLIP specs (``load_clip``):
+
+* a ``clip.available_models()`` name (``"RN50x16"``, ``"ViT-B/32"`` ...): the OpenAI file must
+  already be in ``<cache>/clip``; nothing is ever downloaded, a missing file fails at once with
+  a message naming the file and the directory;
+* a path to a local checkpoint: a plain ``state_dict`` (what ``clip.load`` cannot read, see
+  openai/CLIP#396) or an OpenAI TorchScript / full-model archive;
+* ``"tiny-rn"`` / ``"tiny-vit"``: small, *untrained*, deterministic models of the real
+  ``clip.model.CLIP`` class, generated once into ``<cache>/clip`` (``untrained_models``) and
+  then loaded through the same local-checkpoint route as a user's file. They make every code
+  path runnable offline; numbers computed with them say nothing about CLIP.
+* ``"toy-rn"``: a small ``clip.model.CLIP`` *trained* by ``refcocog-tools train-toy-clip`` on the
+  train split of a generated embedded world (``toy_clip``). It ships inside the package
+  (compressed, with its sha256 and training configuration), is unpacked once into
+  ``<cache>/clip`` and loaded through the same route. Its numbers are about the synthetic world:
+  toy weights, never a RefCOCOg result.
+
+YOLO detectors are loaded by ``yolo_models``, with the same cache and download rules.
+
+``<cache>`` is ``$REFCOCOG_TOOLS_CACHE`` (see ``io_utils.cache_dir``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from refcocog_tools.core.files import (
+    CACHE_ENV,
+    UnreadableFileError,
+    UnsafeFileError,
+    atomic_write_bytes,
+    atomic_write_json,
+    cache_dir,
+    load_torch_file,
+    sha256_file,
+)
+from refcocog_tools.models.openai_clip import clip
+from refcocog_tools.models.untrained_models import (
+    EMBEDDED_CLIPS,
+    TINY_CLIP_CONFIGS,
+    tiny_clip_checkpoint,
+)
+from refcocog_tools.prompts.render import host_to_device
+
+__all__ = [
+    "TOY_CLIPS",
+    "BackboneError",
+    "ClipBackbone",
+    "load_clip",
+    "load_clips",
+]
+
+
+class BackboneError(RuntimeError):
+    """A model cannot be loaded; the message says which file to put where."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedded models: the untrained ones (untrained_models) and the shipped toy CLIP
+# ----------------------------------------------------------------------------------------------
+# Trained toy models shipped in ``refcocog_tools/weights``: name -> packed file.
+TOY_CLIPS: dict[str, str] = {"toy-rn": "toy-rn.pt.gz"}
+
+
+def resolve_cache(cache: str | Path | None) -> Path:
+    return Path(cache) if cache is not None else cache_dir()
+
+
+def _sidecar(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's ``<checkpoint>.json`` sidecar ({} when there is none)."""
+    sidecar = Path(str(checkpoint) + ".json")
+    if not sidecar.is_file():
+        return {}
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BackboneError(f"{sidecar}: unreadable sidecar JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise BackboneError(f"{sidecar}: the sidecar JSON must be an object")
+    return meta
+
+
+def untrained_marker(checkpoint: Path) -> bool:
+    """A sidecar ``<checkpoint>.json`` with ``{"untrained": true}`` marks random weights."""
+    return bool(_sidecar(checkpoint).get("untrained", False))
+
+
+def _toy_marker(checkpoint: Path) -> bool:
+    """A sidecar with ``{"toy": true}`` (what train-toy-clip writes) marks toy weights."""
+    return bool(_sidecar(checkpoint).get("toy", False))
+
+
+def prepare_for_device(model: clip.model.CLIP, device: torch.device) -> clip.model.CLIP:
+    """``model`` on ``device``: on CUDA in fp16 weights with the image tower in
+    ``channels_last`` (the tensor-core layout; about a fifth faster for RN50x16 than fp32
+    weights under autocast); on CPU unchanged, float32."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.half()
+        model.visual.to(memory_format=torch.channels_last)
+    return model
+
+
+def _to_device(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A batch of model inputs on ``device``: from pinned host memory without blocking, in
+    ``channels_last`` on CUDA."""
+    if device.type != "cuda":
+        return batch.to(device, dtype)
+    if batch.device.type == "cpu":
+        batch = host_to_device(batch, device)
+    return batch.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+class QueuedEmbeddings:
+    """Embeddings queued on a device, on their way back to host memory.
+
+    On CUDA the copy goes into pinned memory without blocking, and an event marks its end, so
+    ``result`` waits for these embeddings only, not for work queued after them (a plain
+    ``.cpu()`` would wait for everything queued so far). Elsewhere they are copied at once.
+    """
+
+    def __init__(self, vectors: torch.Tensor) -> None:
+        self._done: torch.cuda.Event | None = None
+        if vectors.device.type == "cuda":
+            self._host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=True)
+            self._host.copy_(vectors, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+        else:
+            self._host = vectors.cpu()
+
+    def result(self) -> torch.Tensor:
+        """(N, D) float32 embeddings in host memory, once the device has written them."""
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host
+
+
+def toy_metadata(name: str) -> dict[str, Any]:
+    """The shipped toy model's metadata: sha256, training configuration, loss history."""
+    from importlib import resources
+
+    packed = resources.files("refcocog_tools") / "weights" / TOY_CLIPS[name]
+    meta_file = packed.parent / (TOY_CLIPS[name].removesuffix(".pt.gz") + ".json")
+    return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
+def _toy_checkpoint(name: str, cache: Path) -> Path:
+    """The shipped toy model unpacked into ``<cache>/clip`` (again whenever its sha256 differs)."""
+    import gzip
+    from importlib import resources
+
+    path = cache / "clip" / f"{name}.pt"
+    meta = toy_metadata(name)
+    if not path.is_file() or sha256_file(path) != meta["sha256"]:
+        packed = resources.files("refcocog_tools") / "weights" / TOY_CLIPS[name]
+        data = gzip.decompress(packed.read_bytes())
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta["sha256"]:
+            raise BackboneError(f"the packaged {TOY_CLIPS[name]} unpacks to sha256 {digest}, "
+                                f"not the recorded {meta['sha256']}: the installation is damaged")
+        atomic_write_bytes(path, data)
+    atomic_write_json(Path(str(path) + ".json"), {**meta, "toy": True, "untrained": False})
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The backbone
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class ClipBackbone:
+    """A loaded CLIP model with its preprocessing and provenance."""
+
+    name: str
+    model: clip.model.CLIP
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    device: torch.device
+    checksum: str
+    checkpoint: Path
+    untrained: bool
+    # Trained here on the synthetic world (train-toy-clip): real learning, but no RefCOCOg.
+    toy: bool = False
+
+    @property
+    def input_resolution(self) -> int:
+        """Side of the square image the vision tower takes."""
+        return int(self.model.visual.input_resolution)
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint image/text embedding space."""
+        return int(self.model.text_projection.shape[1])
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The precision context every forward pass of this model runs in.
+
+        On GPU the weights are fp16 (``prepare_for_device``) and autocast keeps any float32
+        input or layer in fp16 too, while LayerNorm runs in float32 (CLIP's LayerNorm hands
+        it float32 inputs, which fp16 weights would refuse outside autocast). On CPU
+        everything is float32 and this does nothing."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _image_batches(
+        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int
+    ) -> Iterator[torch.Tensor]:
+        if isinstance(images, torch.Tensor):
+            batch = images.unsqueeze(0) if images.dim() == 3 else images
+            if batch.dim() != 4 or batch.shape[1] != 3:
+                raise ValueError(f"expected a (N, 3, H, W) batch, got shape {tuple(images.shape)}")
+            for start in range(0, len(batch), batch_size):
+                yield batch[start:start + batch_size]
+            return
+        images = list(images)
+        for start in range(0, len(images), batch_size):
+            # Preprocess per batch so a long list never holds every tensor at once.
+            yield torch.stack([self.preprocess(im) for im in images[start:start + batch_size]])
+
+    def encode_images(
+        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """(N, D) float32 CPU embeddings, L2-normalised (raw with ``normalize=False``).
+
+        ``images`` are PIL images (preprocessed here) or an already-preprocessed batch.
+        """
+        return self.queue_images(images, batch_size, normalize).result()
+
+    @torch.no_grad()
+    def queue_images(
+        self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
+        normalize: bool = True,
+    ) -> QueuedEmbeddings:
+        """``encode_images`` without waiting for the device: the batches are queued, and so is
+        the copy of their embeddings back to host memory; ``.result()`` waits for them. The
+        host meanwhile prepares the next inputs while a GPU encodes these (on a CPU the work
+        is done before this returns)."""
+        dtype = self.model.visual.conv1.weight.dtype
+        out = []
+        with self.autocast():
+            for batch in self._image_batches(images, batch_size):
+                feats = self.model.encode_image(_to_device(batch, self.device, dtype)).float()
+                out.append(F.normalize(feats, dim=-1) if normalize else feats)
+        if not out:
+            return QueuedEmbeddings(torch.empty(0, self.embed_dim))
+        return QueuedEmbeddings(torch.cat(out))
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256,
+                     normalize: bool = True) -> torch.Tensor:
+        """(N, D) float32 CPU embeddings, L2-normalised (raw with ``normalize=False``).
+
+        Texts longer than the context (77 tokens) are truncated, never an error.
+        """
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = []
+        with self.autocast():
+            for start in range(0, len(texts), batch_size):
+                tokens = clip.tokenize(
+                    texts[start:start + batch_size],
+                    context_length=self.model.context_length,
+                    truncate=True,
+                )
+                feats = self.model.encode_text(tokens.to(self.device)).float()
+                out.append((F.normalize(feats, dim=-1) if normalize else feats).cpu())
+        if not out:
+            return torch.empty(0, self.embed_dim)
+        return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading CLIP
+# ----------------------------------------------------------------------------------------------
+DOWNLOAD_ENV = "REFCOCOG_TOOLS_DOWNLOAD"
+
+
+def _missing_message(what: str, filename: str, directory: Path, source: str) -> str:
+    return (
+        f"{what} is not in the local cache: put the file "
+        f"{filename} ({source}) into the directory {directory}/ . That directory is "
+        f"${CACHE_ENV}/{directory.name} (set {CACHE_ENV} to use another cache), "
+        f"or pass the path of a local checkpoint instead, or set {DOWNLOAD_ENV}=1 to let "
+        f"refcocog-tools download it on a machine with network access."
+    )
+
+
+def fetch_or_fail(what: str, url: str, path: Path) -> None:
+    """Download ``url`` to ``path`` only when the user opted in; otherwise fail at once.
+
+    Opt-in keeps offline machines (CI, clusters without network) from hanging on a timeout.
+    """
+    if os.environ.get(DOWNLOAD_ENV, "") not in ("1", "true", "yes"):
+        raise BackboneError(_missing_message(what, path.name, path.parent, url))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        torch.hub.download_url_to_file(url, str(tmp), progress=False)
+        os.replace(tmp, path)
+    except Exception as err:  # noqa: BLE001 - any failure becomes the same clear instruction
+        tmp.unlink(missing_ok=True)
+        raise BackboneError(f"download of {url} failed ({err}). "
+                            + _missing_message(what, path.name, path.parent, url)) from err
+
+
+def _model_from_file(path: Path) -> clip.model.CLIP:
+    """A plain state_dict first (torch.load, weights only); else an OpenAI JIT/full archive."""
+    # CLIP.__init__ draws a random initialisation that the checkpoint then overwrites: keep
+    # that draw off the global RNG, so loading a model never changes a seeded experiment.
+    with torch.random.fork_rng(devices=[]):
+        model = _read_model(path)
+    # build_model converts to fp16; CPU inference needs float32 (and GPU uses autocast).
+    return model.float().eval()
+
+
+def _read_model(path: Path) -> clip.model.CLIP:
+    state: Any = None
+    with warnings.catch_warnings():
+        # torch.load hands a TorchScript archive (OpenAI's file format) to the deprecated
+        # torch.jit.load with a warning; that is the expected route for those files.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            state = load_torch_file(path)
+        except UnsafeFileError as err:
+            # A pickle that references code: refused here, never handed to another loader.
+            raise BackboneError(f"{err} (CLIP checkpoint)") from None
+        except UnreadableFileError:
+            state = None  # clip.load below gets a last try and reports the error
+    if isinstance(state, torch.jit.ScriptModule):
+        # Its state_dict carries the CLIP weights (plus input_resolution/context_length/
+        # vocab_size, which build_model drops): the same thing clip.load(path, jit=False) does.
+        state = state.state_dict()
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    is_state_dict = isinstance(state, dict) and len(state) > 0 and all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    )
+    if is_state_dict:
+        try:
+            # build_model deletes keys from its argument: give it a copy.
+            return clip.model.build_model(dict(state))
+        except (KeyError, RuntimeError, AssertionError, ValueError) as err:
+            raise BackboneError(
+                f"{path}: not a CLIP state_dict ({type(err).__name__}: {err})"
+            ) from err
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model, _ = clip.load(str(path), device="cpu", jit=False)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not a CLIP checkpoint"
+        raise BackboneError(
+            f"{path}: neither a CLIP state_dict nor an OpenAI CLIP TorchScript archive "
+            f"({type(err).__name__}: {err})"
+        ) from err
+    return model
+
+
+def _backbone_from_file(
+    path: Path, name: str, device: torch.device, untrained: bool | None = None,
+    toy: bool | None = None,
+) -> ClipBackbone:
+    model = prepare_for_device(_model_from_file(path), device)
+    return ClipBackbone(
+        name=name,
+        model=model,
+        preprocess=clip.clip._transform(model.visual.input_resolution),
+        device=device,
+        checksum=sha256_file(path),
+        checkpoint=path,
+        untrained=untrained_marker(path) if untrained is None else untrained,
+        toy=_toy_marker(path) if toy is None else toy,
+    )
+
+
+def load_clip(
+    spec: str, device: str | torch.device = "cpu", cache: str | Path | None = None
+) -> ClipBackbone:
+    """One CLIP backbone: an official name, a local checkpoint path or an embedded tiny model."""
+    device = torch.device(device)
+    spec = str(spec).strip()
+    cache = resolve_cache(cache)
+    if spec in TINY_CLIP_CONFIGS:
+        return _backbone_from_file(tiny_clip_checkpoint(spec, cache), spec, device, untrained=True)
+    if spec in TOY_CLIPS:
+        return _backbone_from_file(_toy_checkpoint(spec, cache), spec, device, untrained=False,
+                                   toy=True)
+    if spec in clip.available_models():
+        url = clip.clip._MODELS[spec]
+        filename = os.path.basename(url)
+        directory = cache / "clip"
+        path = directory / filename
+        if not path.is_file():
+            fetch_or_fail(f"CLIP model {spec!r}", url, path)
+        checksum = sha256_file(path)
+        expected = url.split("/")[-2]
+        if checksum != expected:
+            # clip.load would try to re-download a file with the wrong checksum: fail instead.
+            raise BackboneError(
+                f"{path}: SHA-256 {checksum} differs from the published {expected}; the file is "
+                f"damaged or not {spec!r}. Replace it with {filename} from {url}."
+            )
+        # Loaded through clip.load on the verified path: the same code as clip.load(name),
+        # without a second hash of the file and without any chance of a download.
+        return _backbone_from_file(path, spec, device, untrained=untrained_marker(path))
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return _backbone_from_file(path, path.name, device)
+    raise BackboneError(
+        f"unknown CLIP spec {spec!r}: not a file, not one of {clip.available_models()} "
+        f"and not an embedded model {[*EMBEDDED_CLIPS, *TOY_CLIPS]}"
+    )
+
+
+def load_clips(
+    specs: str | Sequence[str], device: str | torch.device = "cpu", cache: str | Path | None = None
+) -> list[ClipBackbone]:
+    """Load several backbones; ``"tiny-rn,tiny-vit"`` gives two (ensembles average later)."""
+    if isinstance(specs, str):
+        specs = specs.split(",")
+    names = [s.strip() for s in specs if s and s.strip()]
+    if not names:
+        raise BackboneError("no CLIP backbone given")
+    return [load_clip(name, device=device, cache=cache) for name in names]
