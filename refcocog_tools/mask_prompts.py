@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 MASK_WINDOW = "mask"  # the window value: sharp inside the mask
 MASK_MARKER = "mask-contour"  # the marker value: the ring just outside the mask
@@ -69,20 +68,22 @@ def mask_keys(masks: torch.Tensor) -> list[str]:
 
 def contour_masks(masks: torch.Tensor, stroke: int) -> torch.Tensor:
     """``(P, H, W)`` bool: the ring of ``stroke`` pixels just outside each mask (its dilation
-    by a ``(2 * stroke + 1)`` square, by max pooling, minus the mask); empty for ``stroke`` 0.
+    by a ``(2 * stroke + 1)`` square minus the mask); empty for ``stroke`` 0.
 
-    Max pooling pads with -inf, which for a maximum is the same as Pillow's ``MaxFilter``
-    replicating the image's edge pixels.
+    The square is a line of rows then a line of columns, each an OR of the mask shifted by
+    1 .. ``stroke`` pixels both ways (nothing shifts in from beyond the image, as Pillow's
+    ``MaxFilter``, which repeats the edge pixels, gives for a maximum). On a CPU this is about
+    30 times faster than ``max_pool2d``, which takes floating point only.
     """
-    if stroke <= 0:
-        return torch.zeros_like(masks)
-    # Two passes of a line (rows, then columns) give the square's maximum at 2k, not k^2,
-    # comparisons per pixel. max_pool2d takes floating point only.
-    side = 2 * stroke + 1
-    dilated = masks.unsqueeze(1).to(torch.float16 if masks.is_cuda else torch.float32)
-    dilated = F.max_pool2d(dilated, (1, side), stride=1, padding=(0, stroke))
-    dilated = F.max_pool2d(dilated, (side, 1), stride=1, padding=(stroke, 0))
-    return dilated.squeeze(1).bool() & ~masks
+    rows = masks.clone()
+    for k in range(1, stroke + 1):
+        rows[..., k:] |= masks[..., :-k]
+        rows[..., :-k] |= masks[..., k:]
+    dilated = rows.clone()
+    for k in range(1, stroke + 1):
+        dilated[..., k:, :] |= rows[..., :-k, :]
+        dilated[..., :-k, :] |= rows[..., k:, :]
+    return dilated & ~masks
 
 
 def paste_inside(prompts: torch.Tensor, image: torch.Tensor, masks: torch.Tensor,
@@ -90,19 +91,24 @@ def paste_inside(prompts: torch.Tensor, image: torch.Tensor, masks: torch.Tensor
     """In place: the ``image`` pixels inside each proposal's mask pasted onto the ``runs`` of
     variants of ``prompts`` ``(P, V, 3, H, W)`` (``image``: ``(3, H, W)``; ``masks``:
     ``(P, H, W)`` on the same device)."""
-    inside = masks[:, None, None]  # (P, 1, 1, H, W)
+    # prompts * (1 - m) + image * m with m in {0, 1}: exact in uint8, and on a CPU several
+    # times faster than a broadcast ``torch.where``.
+    inside = masks[:, None, None].to(torch.uint8)  # (P, 1, 1, H, W)
+    sharp = image * inside
+    outside = 1 - inside
     for run in runs:
-        target = prompts[:, run]
-        target.copy_(torch.where(inside, image, target))
+        prompts[:, run].mul_(outside).add_(sharp)
 
 
 def paint_contours(prompts: torch.Tensor, masks: torch.Tensor, stroke: int,
                    colour: tuple[int, int, int]) -> None:
     """In place: each proposal's mask contour (``contour_masks``) painted in ``colour`` on
     every variant of ``prompts`` ``(P, V, 3, H, W)``."""
-    ring = contour_masks(masks, stroke)[:, None]  # (P, 1, H, W), broadcast over the variants
-    for channel, value in enumerate(colour):
-        prompts[:, :, channel].masked_fill_(ring, value)
+    from .render import host_to_device  # render imports this module
+
+    ring = contour_masks(masks, stroke)[:, None, None].to(torch.uint8)  # (P, 1, 1, H, W)
+    paint = host_to_device(torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1), masks.device)
+    prompts.mul_(1 - ring).add_(ring * paint)  # the same exact arithmetic as paste_inside
 
 
 def nearest_indices(old: int, new: int) -> torch.Tensor:

@@ -325,8 +325,10 @@ def render_prompts(
     _, height, width_px = image.shape
     proposal_masks = None
     if mask_prompts.uses_masks(marker, window):  # shapes only, checked before any drawing
-        proposal_masks = host_to_device(
-            mask_prompts.as_masks(masks, len(geometry), height, width_px), image.device)
+        proposal_masks = mask_prompts.as_masks(masks, len(geometry), height, width_px)
+        proposal_masks = (host_to_device(proposal_masks, image.device)
+                          if proposal_masks.device.type == "cpu"
+                          else proposal_masks.to(image.device))
     back = backgrounds(image, variants, blur_radius)  # (V, 3, H, W)
     out = back.unsqueeze(0).repeat(len(geometry), 1, 1, 1, 1)
     # The variants with a sharp window, as runs of neighbours (the study's blur, blur_gray:

@@ -27,7 +27,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from . import mask_prompts_pil
-from .mask_prompts import MASK_MARKER, MASK_WINDOW, MaskInput, as_masks
+from .mask_prompts import MASK_MARKER, MASK_WINDOW, MaskInput, as_masks, uses_masks
 
 Box = tuple[float, float, float, float]
 BoxLike = Sequence[float] | torch.Tensor
@@ -105,7 +105,7 @@ def draw_marker(
 def _mask_for(marker: str, window: str, mask: MaskInput | None, size: tuple[int, int]
               ) -> Image.Image | None:
     """The proposal's mask as an "L" image when the marker or the window is drawn from it."""
-    if marker != MASK_MARKER and window != MASK_WINDOW:
+    if not uses_masks(marker, window):
         return None
     return mask_prompts_pil.mask_image(as_masks(mask, 1, size[1], size[0], "mask")[0])
 
@@ -265,7 +265,7 @@ def render_variants(
     image = as_rgb(image)
     box_list = _boxes(boxes)
     mask_list: list[Image.Image | None] = [None] * len(box_list)
-    if marker == MASK_MARKER or window == MASK_WINDOW:  # checked before any blurring
+    if uses_masks(marker, window):  # checked before any blurring
         checked = as_masks(masks, len(box_list), image.height, image.width)
         mask_list = [mask_prompts_pil.mask_image(m) for m in checked]
     if target_size is not None:
