@@ -48,8 +48,9 @@ from refcocog_tools.methods.registry import (
 from refcocog_tools.methods.regressor.method import RegressorOptions
 from refcocog_tools.models.backbones import ClipBackbone, load_clips
 from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.prompts.mask_prompts import mask_options
 from refcocog_tools.prompts.render import PREPROCESS_MODES, RENDER_BACKENDS
-from refcocog_tools.prompts.visual_prompts import MARKER_SHAPES
+from refcocog_tools.prompts.visual_prompts import MARKER_SHAPES, WINDOW_SHAPES
 from refcocog_tools.proposals.proposers import Proposer, make_proposer
 
 
@@ -97,7 +98,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     red.add_argument("--stroke-colour", "--stroke-color", dest="stroke_colour",
                      default=red_circle.stroke_colour, type=colour_type)
     red.add_argument("--stroke-width", type=positive_int, default=red_circle.stroke_width)
-    red.add_argument("--marker", default=red_circle.marker, choices=MARKER_SHAPES)
+    red.add_argument("--marker", default=red_circle.marker, choices=MARKER_SHAPES,
+                     help="what outlines a proposal: an ellipse or rectangle in its box, or "
+                     "(proposals with masks) its mask's contour")
+    red.add_argument("--window", default=red_circle.window, choices=WINDOW_SHAPES,
+                     help="what stays sharp on a blurred / grayscale background: the "
+                     "proposal's rectangle (the study), the ellipse in it, or (proposals with "
+                     "masks) its mask: --variants blur --window mask is FGVP's blur reverse "
+                     "mask")
     red.add_argument("--n-debias", type=non_negative_int, default=red_circle.n_debias,
                      help="debias prompts drawn with replacement from 'This is ' + every "
                      "training expression in file order, by numpy default_rng(--seed).choice; "
@@ -168,7 +176,8 @@ def red_circle_options(args: argparse.Namespace) -> RedCircleOptions:
     return RedCircleOptions(
         variants=tuple(v for v in args.variants.split(",") if v),
         blur_radius=args.blur_radius, stroke_colour=args.stroke_colour,
-        stroke_width=args.stroke_width, marker=args.marker, n_debias=args.n_debias,
+        stroke_width=args.stroke_width, marker=args.marker, window=args.window,
+        n_debias=args.n_debias,
         debias_at_zero=args.debias_at_zero, variant_fusion=args.variant_fusion,
         area_filter=args.area_filter, class_prior=args.class_prior,
         render_size=args.render_size, render_backend=args.render_backend,
@@ -201,6 +210,7 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
                        split_by=layout.split_by)
     proposer = make_proposer(args.proposals, device=args.device, **detector)
     check_proposer(proposer, dataset)
+    check_mask_prompts(args, proposer, dataset)
     needs_clip = args.method in NEEDS_CLIP
     backbones = load_clips(args.clip, device=args.device) if args.clip else []
     if needs_clip and not backbones:
@@ -214,6 +224,18 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
     method = make_method(args.method, backbones, options=method_options(args), cache=cache,
                          debias_pool=debias_pool, seed=args.seed)
     return dataset, method, proposer, backbones, cache
+
+
+def check_mask_prompts(args: argparse.Namespace, proposer: Proposer, dataset: RefCOCOg) -> None:
+    """A mask prompt (``--window mask``, ``--marker mask-contour``) asked of a proposer whose
+    proposals carry no masks is refused on the split's first item, before any model loads."""
+    options = red_circle_options(args)
+    if not uses_debias_pool(args) or not options.uses_masks or len(dataset) == 0:
+        return
+    item = dataset[0]
+    if getattr(proposer(item, item.image), "masks", None) is None:
+        raise SystemExit(f"{mask_options(options.marker, options.window)}: --proposals "
+                         f"{args.proposals} gives no segmentation masks")
 
 
 def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache,

@@ -2,7 +2,10 @@
 
 For every proposal the whole image is rendered with the background Gaussian-blurred (radius 20),
 the proposal's rectangle kept sharp and a red ellipse (3 px) drawn around it, in two variants
-(blur; blur + grayscale); ``RedCircleOptions`` holds these settings and their defaults.
+(blur; blur + grayscale); ``RedCircleOptions`` holds these settings and their defaults. With
+proposals that carry segmentation masks, ``window="mask"`` keeps the mask sharp instead of the
+rectangle (FGVP's "blur reverse mask" with the blur variant) and ``marker="mask-contour"``
+outlines the mask (see ``mask_prompts``).
 Expressions become "This is <expression>". Cosine similarities are averaged over backbones,
 debiased, reduced over variants by max and over proposals by argmax.
 
@@ -41,6 +44,7 @@ from refcocog_tools.methods.prediction import Prediction
 from refcocog_tools.methods.scoring import box_key, request_embeddings
 from refcocog_tools.models.backbones import ClipBackbone
 from refcocog_tools.models.prompt_cache import EmbeddingCache, image_fingerprint, params_key
+from refcocog_tools.prompts.mask_prompts import as_masks, mask_keys, mask_options, uses_masks
 from refcocog_tools.prompts.render import (
     DEFAULT_PREPROCESS,
     DEFAULT_RENDER_BACKEND,
@@ -52,9 +56,13 @@ from refcocog_tools.prompts.render import (
 from refcocog_tools.prompts.visual_prompts import (
     DEFAULT_BLUR_RADIUS,
     DEFAULT_COLOUR,
+    DEFAULT_MARKER,
     DEFAULT_WIDTH,
+    DEFAULT_WINDOW,
+    MARKER_SHAPES,
     STUDY_VARIANTS,
     VARIANTS,
+    WINDOW_SHAPES,
     render_variants,
 )
 from refcocog_tools.proposals.proposers import Proposals
@@ -110,7 +118,8 @@ class RedCircleOptions:
     blur_radius: float = DEFAULT_BLUR_RADIUS
     stroke_colour: str = DEFAULT_COLOUR
     stroke_width: int = DEFAULT_WIDTH
-    marker: str = "ellipse"
+    marker: str = DEFAULT_MARKER
+    window: str = DEFAULT_WINDOW
     prefix: str = "This is "
     n_debias: int = 5000
     debias_at_zero: str = "none"
@@ -136,13 +145,21 @@ class RedCircleOptions:
             raise ValueError(f"render_backend must be one of {RENDER_BACKENDS}, "
                              f"got {self.render_backend!r}")
         check_preprocess(self.preprocess)
+        if self.marker not in MARKER_SHAPES or self.window not in WINDOW_SHAPES:
+            raise ValueError(f"marker must be one of {MARKER_SHAPES} and window one of "
+                             f"{WINDOW_SHAPES}, got {self.marker!r} and {self.window!r}")
+
+    @property
+    def uses_masks(self) -> bool:
+        """Whether the prompts are drawn from the proposals' segmentation masks."""
+        return uses_masks(self.marker, self.window)
 
     def render_params(self) -> dict[str, Any]:
         """The drawing options by the names the renderers (``render_variants``,
         ``render.prompt_inputs``) and the cache keys use."""
         return {"colour": self.stroke_colour, "width": self.stroke_width,
                 "blur_radius": self.blur_radius, "marker": self.marker,
-                "target_size": self.render_size}
+                "window": self.window, "target_size": self.render_size}
 
 
 class RedCircle:
@@ -211,26 +228,48 @@ class RedCircle:
                 f"ref's own prompts{samples}")
 
     # -- pieces, public so that notebooks and tests can show each step ------------------------
-    def visual_prompt_keys(self, image: Image.Image, boxes: torch.Tensor) -> list[str]:
-        # The backend and the preprocessing change the model inputs: both are in the key.
+    def visual_prompt_keys(self, image: Image.Image, boxes: torch.Tensor,
+                           masks: torch.Tensor | None = None) -> list[str]:
+        # The backend and the preprocessing change the model inputs: both are in the key, and
+        # so is each mask a mask prompt is drawn from (one box can carry different masks).
         params = params_key(**self.render_params, backend=self.render_backend,
                             preprocess=self.preprocess)
         fingerprint = image_fingerprint(image)
-        return [f"rc:{fingerprint}:{params}:{v}:{box_key(b)}" for b in boxes for v in self.variants]
+        shapes = [box_key(b) for b in boxes]
+        if self.options.uses_masks:
+            checked = as_masks(masks, len(boxes), image.height, image.width)
+            shapes = [f"{s}:{m}" for s, m in zip(shapes, mask_keys(checked), strict=True)]
+        return [f"rc:{fingerprint}:{params}:{v}:{s}" for s in shapes for v in self.variants]
+
+    def proposal_masks(self, proposals: Proposals, keep: torch.Tensor) -> torch.Tensor | None:
+        """The kept proposals' masks when the prompts are drawn from masks (else None); a
+        one-line error naming the option when the proposals carry none."""
+        if not self.options.uses_masks:
+            return None
+        masks = getattr(proposals, "masks", None)
+        if masks is None:
+            raise ValueError(f"red-circle {mask_options(self.options.marker, self.options.window)}"
+                             ": these proposals carry no segmentation masks (proposals.masks); "
+                             "use a proposer that gives masks, or a box window and marker")
+        return masks[keep]
 
     def render(self, image: Image.Image, boxes: torch.Tensor,
-               indices: Sequence[int] | None = None) -> list[Image.Image]:
-        """Visual prompts in key order (proposal-major, then variant), or only ``indices``."""
+               indices: Sequence[int] | None = None,
+               masks: torch.Tensor | None = None) -> list[Image.Image]:
+        """Visual prompts in key order (proposal-major, then variant), or only ``indices``;
+        ``masks``: the proposals' masks, for the mask window and marker."""
         k = len(self.variants)
         indices = list(range(len(boxes) * k)) if indices is None else list(indices)
         wanted = sorted({i // k for i in indices})
-        rendered = render_variants(image, boxes[wanted], self.variants, **self.render_params)
+        rendered = render_variants(image, boxes[wanted], self.variants, **self.render_params,
+                                   masks=None if masks is None else masks[wanted])
         position = {p: j for j, p in enumerate(wanted)}
         return [rendered[position[i // k]][i % k] for i in indices]
 
     def prompt_inputs(self, image: Image.Image, boxes: torch.Tensor, resolution: int,
                       indices: Sequence[int] | None = None,
-                      device: str | torch.device = "cpu") -> torch.Tensor:
+                      device: str | torch.device = "cpu",
+                      masks: torch.Tensor | None = None) -> torch.Tensor:
         """Model inputs ``(N, 3, R, R)`` of the visual prompts in key order (or ``indices``),
         drawn by the method's render backend and preprocessed in its mode."""
         k = len(self.variants)
@@ -238,7 +277,8 @@ class RedCircle:
         wanted = sorted({i // k for i in indices})
         inputs = prompt_inputs(image, boxes[wanted], self.variants, resolution,
                                preprocess=self.preprocess, backend=self.render_backend,
-                               device=device, **self.render_params)
+                               device=device, **self.render_params,
+                               masks=None if masks is None else masks[wanted])
         position = {p: j for j, p in enumerate(wanted)}
         rows = [position[i // k] * k + i % k for i in indices]
         if rows == list(range(len(inputs))):
@@ -258,11 +298,12 @@ class RedCircle:
     def encode_request(self, image: Image.Image, expressions: Sequence[str],
                        proposals: Proposals) -> EncodeRequest:
         """The visual prompts of the kept proposals (key order) and the expressions' prompts."""
-        boxes = proposals.boxes[self.kept_proposals(image.size, proposals.boxes)]
+        keep = self.kept_proposals(image.size, proposals.boxes)
+        boxes, masks = proposals.boxes[keep], self.proposal_masks(proposals, keep)
         return EncodeRequest(
-            self.visual_prompt_keys(image, boxes),
+            self.visual_prompt_keys(image, boxes, masks),
             lambda resolution, idx, device="cpu": self.prompt_inputs(image, boxes, resolution,
-                                                                     idx, device),
+                                                                     idx, device, masks),
             [self.prefix + e for e in expressions],
             on_device=self.render_backend == "torch")
 

@@ -20,7 +20,9 @@ them into model inputs in the same pass:
   variants: ``(P, V, 3, H, W)`` uint8. Rectangles (window and marker) follow Pillow's
   rasterisation exactly as tensor masks (truncated corners, inclusive); an ellipse's mask is
   drawn by Pillow into a grid the size of the proposal's box (its scan conversion has no
-  closed form) and applied on the device. The prompts are pixel-identical to Pillow's.
+  closed form) and applied on the device. The prompts are pixel-identical to Pillow's. The
+  mask forms (window "mask", marker "mask-contour") are ``mask_prompts``' operations on the
+  proposals' masks, moved to the device with the image.
 * ``model_inputs``: the one place where a whole image becomes CLIP's input: resize (bicubic,
   antialiased) then centre crop, or (``preprocess="square"``) resize the whole image to the
   square input without cropping; then scale to [0, 1] and normalise with CLIP's statistics.
@@ -42,12 +44,17 @@ from PIL import Image, ImageColor, ImageDraw, ImageFilter
 from torchvision.transforms import InterpolationMode
 
 from refcocog_tools.core.boxes import as_boxes
+from refcocog_tools.prompts import mask_prompts
 from refcocog_tools.prompts.visual_prompts import (
     DEFAULT_BLUR_RADIUS,
     DEFAULT_COLOUR,
+    DEFAULT_MARKER,
     DEFAULT_WIDTH,
+    DEFAULT_WINDOW,
+    MARKER_SHAPES,
     STUDY_VARIANTS,
     VARIANTS,
+    WINDOW_SHAPES,
     Colour,
 )
 
@@ -300,20 +307,28 @@ def render_prompts(
     colour: Colour | None = DEFAULT_COLOUR,
     width: int = DEFAULT_WIDTH,
     blur_radius: float = DEFAULT_BLUR_RADIUS,
-    marker: str = "ellipse",
-    window: str = "rectangle",
+    marker: str = DEFAULT_MARKER,
+    window: str = DEFAULT_WINDOW,
+    masks: mask_prompts.MaskInput | None = None,
 ) -> torch.Tensor:
     """``(P, V, 3, H, W)`` uint8: every proposal in every variant, as ``render_variants``
     draws them (same arguments), computed as tensor operations on ``image``'s device."""
-    if marker not in ("ellipse", "rectangle", "none"):
-        raise ValueError(f"marker shape must be 'ellipse', 'rectangle' or 'none', got {marker!r}")
-    if window not in ("rectangle", "ellipse"):
-        raise ValueError(f"window shape must be 'rectangle' or 'ellipse', got {window!r}")
+    if marker not in MARKER_SHAPES:
+        raise ValueError(f"marker shape must be one of {MARKER_SHAPES}, got {marker!r}")
+    if window not in WINDOW_SHAPES:
+        raise ValueError(f"window shape must be one of {WINDOW_SHAPES}, got {window!r}")
     # The geometry stays in host memory: reading a value back from a GPU would make the host
     # wait for every queued kernel (the encoder's included), so nothing here does.
     geometry = as_boxes(boxes, torch.float32).cpu()
     if bool(((geometry[:, 2] < geometry[:, 0]) | (geometry[:, 3] < geometry[:, 1])).any()):
         raise ValueError("boxes must be xyxy (x2 >= x1 and y2 >= y1)")
+    _, height, width_px = image.shape
+    proposal_masks = None
+    if mask_prompts.uses_masks(marker, window):  # shapes only, checked before any drawing
+        proposal_masks = mask_prompts.as_masks(masks, len(geometry), height, width_px)
+        proposal_masks = (host_to_device(proposal_masks, image.device)
+                          if proposal_masks.device.type == "cpu"
+                          else proposal_masks.to(image.device))
     back = backgrounds(image, variants, blur_radius)  # (V, 3, H, W)
     out = back.unsqueeze(0).repeat(len(geometry), 1, 1, 1, 1)
     # The variants with a sharp window, as runs of neighbours (the study's blur, blur_gray:
@@ -324,7 +339,10 @@ def render_prompts(
             windowed[k - 1:k + 1] = [slice(windowed[k - 1].start, windowed[k].stop)]
     stroke = width if marker != "none" and colour is not None and width > 0 else 0
     paint = _colour(colour) if stroke else None
-    _, height, width_px = image.shape
+    if window == mask_prompts.MASK_WINDOW:  # before any marker, as Pillow pastes then draws
+        mask_prompts.paste_inside(out, image, proposal_masks, windowed)  # type: ignore[arg-type]
+        windowed = []
+    contour, stroke = (stroke, 0) if marker == mask_prompts.MASK_MARKER else (0, stroke)
     # Everything a proposal changes lies within ``stroke`` pixels of its (truncated, inclusive)
     # box: each proposal works on that region of its prompts only (the region slices are
     # views; P is small). First every region and its masks, drawn in host memory...
@@ -369,6 +387,8 @@ def render_prompts(
         if draw is not None:
             for channel, value in enumerate(paint):  # type: ignore[arg-type]
                 region[:, channel].masked_fill_(masks[draw], value)
+    if contour:
+        mask_prompts.paint_contours(out, proposal_masks, contour, paint)  # type: ignore[arg-type]
     return out
 
 
@@ -421,7 +441,8 @@ def _render_smaller(image: torch.Tensor, boxes: torch.Tensor, target_size: int,
                     params: dict[str, object]
                     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
     """``render_variants``' ``target_size`` approximation: the image with its short side at
-    ``target_size`` (bicubic), boxes, blur radius and stroke width scaled alike."""
+    ``target_size`` (bicubic), boxes, blur radius and stroke width scaled alike, masks
+    resized nearest-neighbour."""
     if target_size <= 0:
         raise ValueError(f"target_size must be positive, got {target_size}")
     _, h, w = image.shape
@@ -435,6 +456,10 @@ def _render_smaller(image: torch.Tensor, boxes: torch.Tensor, target_size: int,
     params["blur_radius"] = float(params.get("blur_radius", DEFAULT_BLUR_RADIUS)) * scale
     stroke = int(params.get("width", DEFAULT_WIDTH))  # type: ignore[call-overload]
     params["width"] = max(1, round(stroke * scale)) if stroke > 0 else stroke
+    if mask_prompts.uses_masks(str(params.get("marker", DEFAULT_MARKER)),
+                               str(params.get("window", DEFAULT_WINDOW))):
+        masks = mask_prompts.as_masks(params.get("masks"), len(boxes), h, w)  # type: ignore[arg-type]
+        params["masks"] = mask_prompts.resize_masks(masks, new_h, new_w)
     return image, boxes, params
 
 
