@@ -24,7 +24,7 @@ from refcocog_tools.cli.options import (
     variants_type,
 )
 from refcocog_tools.core.files import atomic_write_json, cache_dir
-from refcocog_tools.core.output_paths import OutputPathError, check_output_file, check_output_folder
+from refcocog_tools.core.output_paths import OutputPathError, check_output_folder
 from refcocog_tools.data.annotations import DatasetError
 from refcocog_tools.data.dataset import RefCOCOg, image_problems
 from refcocog_tools.data.layouts import add_layout_arguments, layout_from_args
@@ -267,12 +267,42 @@ def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache
           f"(--warn-data-problems):\n  {listing}", file=sys.stderr)
 
 
+def command_inputs_of(args: argparse.Namespace) -> Any:
+    """The files and folders an ``evaluate`` / ``bench`` run reads: what its output may never
+    replace (``output_paths.command_inputs``)."""
+    from refcocog_tools.engine.run_inputs import command_inputs
+
+    layout = layout_from_args(args)
+    # No --data-root: the embedded data root, which lies in the cache command_inputs guards.
+    return command_inputs(data_root=args.data_root,
+                          refs_file=layout.refs_file, clip=args.clip or "",
+                          proposals=args.proposals, checkpoint=args.checkpoint)
+
+
+def check_results_file(args: argparse.Namespace, what: str) -> None:
+    """``--out`` passes the output door (``output_paths.check_output``) before any work."""
+    from refcocog_tools.core.output_paths import check_output
+
+    if args.out is not None:
+        check_output(args.out, what, command_inputs_of(args), force=args.force)
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from refcocog_tools.core.output_paths import output_lock
+
     # The results file and the cache folder are checked before any work, not after it.
-    check_output_file(args.out, "results file")
+    check_results_file(args, "results file")
     if not args.no_cache:
         check_output_folder(cache_dir() / "embeddings", "embedding cache folder")
     rank, world = distributed_context()
+    # Rank 0 alone writes the results, so it alone holds the results file's lock.
+    with output_lock(args.out, "results file") if rank == 0 else nullcontext():
+        return _evaluate_and_write(args, rank, world)
+
+
+def _evaluate_and_write(args: argparse.Namespace, rank: int, world: int) -> int:
     try:
         dataset, method, proposer, backbones, cache = setup(args)
         preflight(args, dataset, cache, backbones)
@@ -307,6 +337,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and per-expression predictions to a JSON results file (atomically).")
     add_common_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="results JSON path")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite an existing --out (never one of the run's own inputs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--warn-data-problems", action="store_true",
                         help="evaluate even when images of the run have problems `validate` "

@@ -58,17 +58,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _make_mini_dataset(args: argparse.Namespace) -> int:
-    from refcocog_tools.core.output_paths import check_output_folder
-    from refcocog_tools.data.minidata import write_mini_dataset
+    from refcocog_tools.core.output_paths import check_output, output_lock
+    from refcocog_tools.data.minidata import is_mini_dataset, write_mini_dataset
+    from refcocog_tools.engine.run_inputs import command_inputs
 
     layout = layout_from_args(args)
-    existing = [p for p in (args.out_dir / "annotations", args.out_dir / "images")
+    out = args.out_dir
+    existing = [p for p in (out / "annotations", out / "images")
                 if p.is_dir() and any(p.iterdir())]
-    if existing and not args.force:
-        raise OutputPathError(f"{existing[0]}: a dataset is already there; pass --force to "
-                              "overwrite it, or choose another folder")
-    check_output_folder(args.out_dir, "dataset folder")
-    out = write_mini_dataset(args.out_dir, n_images=args.images, seed=args.seed, layout=layout)
+    check_output(out, "dataset folder", command_inputs(), force=args.force, folder=True,
+                 earlier=existing, already="a dataset", alternative=", or choose another folder")
+    if existing and not is_mini_dataset(out):
+        # --force overwrites a synthetic dataset, never a real one (or anything else).
+        raise OutputPathError(f"{existing[0]}: refused, even with --force: {out} holds a "
+                              "dataset make-mini-dataset did not write; choose another folder")
+    with output_lock(out, "dataset folder"):
+        write_mini_dataset(out, n_images=args.images, seed=args.seed, layout=layout)
     print(f"wrote the embedded synthetic dataset ({args.images} images, seed {args.seed}) "
           f"to {out} as {layout.dataset} split by {layout.split_by} ({layout.refs_file})")
     return 0

@@ -55,6 +55,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUNDS = [(120, 140, 120), (150, 130, 110), (110, 125, 150), (160, 160, 150)]
 IMAGE_SIZES = [(320, 240), (288, 224), (256, 256), (240, 320)]
 SPLIT_SHARES = (("train", 0.6), ("val", 0.15), ("test", 0.25))
+# The file at the root of every folder write_mini_dataset wrote (see is_mini_dataset).
+MINI_DATASET_MARKER = ".refcocog-tools-mini-dataset"
 
 
 class _BoxGeometry:
@@ -406,10 +408,14 @@ def write_mini_dataset(out_dir: str | Path, n_images: int = 30, seed: int = 0,
     """Write the embedded dataset under ``out_dir`` in the RefCOCOg layout; return ``out_dir``.
 
     ``layout``: another dataset of the family writes its own refs file (``refs(unc).p``) with
-    its own split names.
+    its own split names. The folder is marked (``MINI_DATASET_MARKER``) before any data is
+    written, so ``make-mini-dataset --force`` knows a folder it made, even a half-written or
+    hand-edited one, from a real data root, which it never overwrites.
     """
     out = Path(out_dir)
     refs, instances, files = generate(n_images, seed, layout.splits)
+    atomic_write_bytes(out / MINI_DATASET_MARKER,
+                       b'{"generator": "refcocog_tools.data.minidata"}\n')
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
@@ -419,6 +425,14 @@ def write_mini_dataset(out_dir: str | Path, n_images: int = 30, seed: int = 0,
     atomic_write_bytes(out / "annotations" / INSTANCES_FILE,
                        json.dumps(instances, indent=None, separators=(",", ":")).encode())
     return out
+
+
+def is_mini_dataset(root: str | Path) -> bool:
+    """A folder ``write_mini_dataset`` wrote: it carries the marker, or (written before the
+    marker existed) its instances.json says it is synthetic."""
+    from refcocog_tools.data.dataset import is_synthetic
+
+    return (Path(root) / MINI_DATASET_MARKER).is_file() or is_synthetic(root)
 
 
 def default_data_root() -> Path:

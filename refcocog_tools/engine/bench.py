@@ -43,6 +43,7 @@ import torch
 
 from refcocog_tools.cli.evaluate import (
     add_common_arguments,
+    check_results_file,
     detector_options,
     method_options,
     uses_debias_pool,
@@ -451,13 +452,19 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    report = run_bench(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        from refcocog_tools.core.files import atomic_write_json
+    from contextlib import nullcontext
 
-        atomic_write_json(args.out, report)
+    from refcocog_tools.core.output_paths import output_lock
+
+    check_results_file(args, "bench report")  # before the timing runs, not after them
+    with output_lock(args.out, "bench report") if args.out is not None else nullcontext():
+        report = run_bench(args)
+        text = json.dumps(report, indent=2)
+        print(text)
+        if args.out is not None:
+            from refcocog_tools.core.files import atomic_write_json
+
+            atomic_write_json(args.out, report)
     return 0
 
 
@@ -474,4 +481,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         f"{', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs on a GPU); "
                         "default off")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite an existing --out (never one of the run's own inputs)")
     parser.set_defaults(func=_run)

@@ -415,13 +415,20 @@ def pack(checkpoint: str | Path, name: str = "toy-rn",
 # Command line
 # ----------------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
-    from refcocog_tools.core.output_paths import OutputPathError, check_output_file
+    from refcocog_tools.core.output_paths import check_output, output_lock
+    from refcocog_tools.engine.run_inputs import command_inputs
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise OutputPathError(f"{out}: a checkpoint is already there; pass --force to "
-                              "overwrite it")
-    check_output_file(out, "checkpoint")
+    sidecar = Path(str(out) + ".json")
+    inputs = command_inputs()  # the tool's caches and embedded weights
+    check_output(out, "checkpoint", inputs, force=args.force,
+                 earlier=[p for p in (out, sidecar) if p.exists()])
+    check_output(sidecar, "checkpoint's sidecar", inputs, force=True)
+    with output_lock(out, "checkpoint"):
+        return _train_and_write(args, out)
+
+
+def _train_and_write(args: argparse.Namespace, out: Path) -> int:
     defaults = ToyClipConfig()
     config = dataclasses.replace(
         defaults, data_images=args.images, data_seed=args.data_seed,

@@ -139,10 +139,11 @@ def results_on_split(result: TrainResult, test: RegressionData, data_root: str |
     umd's test split), in the project's results format; the provenance records the dataset,
     split-by and split as ``evaluate``'s does.
 
-    ``metrics`` is :func:`refcocog_tools.engine.metrics.summarize` of the per-expression rows, so
-    it has the keys of every other method's results (``n``, ``miou``, ``accuracy``,
+    ``metrics`` is :func:`refcocog_tools.engine.metrics.summarize` of the per-expression rows,
+    so it has the keys of every other method's results (``n``, ``miou``, ``accuracy``,
     ``cosine``, ``by_spatial``, ``by_category``); ``cosine`` is None because no crop is embedded
-    here. The head's test loss, which only a trained head has, is under ``training``.
+    here. The
+    head's test loss, which only a trained head has, is under ``training``.
     """
     loss, ious, boxes = evaluate_head(result.head, test, result.config)
     rows = []
@@ -216,31 +217,76 @@ def _train_regressor_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def _claim_run_folder(args: argparse.Namespace, inputs: Any) -> list[Path]:
+    """The earlier run's files in ``--out``, once ``--out`` has passed the output door."""
+    from refcocog_tools.core.output_paths import check_output
+
+    earlier = [args.out / name for name in RUN_FILES if (args.out / name).exists()]
+    check_output(args.out, "output folder", inputs, force=args.force or args.resume,
+                 folder=True, earlier=earlier, already="an earlier training run",
+                 alternative=", or --resume to continue it")
+    return earlier
+
+
 def _train_regressor(args: argparse.Namespace) -> int:
-    from refcocog_tools.core.output_paths import check_output_folder
+    """``train-regressor``: every argument and input is checked before anything is written.
+
+    A fresh run, and a ``--resume``, write in ``--out`` itself (so a killed run can be
+    resumed). ``--force`` over an earlier run never deletes it first: the new run is written in
+    a sibling folder and swapped in whole once complete (``output_paths.replacing_folder``);
+    until then ``--out`` holds the earlier run untouched, and a failed or killed run leaves it
+    so. The folder's lock (``output_paths.output_lock``) is held throughout: a second run into
+    the same folder is refused, naming the holder's pid.
+    """
+    from refcocog_tools.core.output_paths import (
+        OutputPathError,
+        check_output_folder,
+        foreign_files,
+        output_lock,
+        recover_interrupted_swap,
+        replacing_folder,
+    )
     from refcocog_tools.data.minidata import default_data_root
-    from refcocog_tools.models.backbones import load_clips
+    from refcocog_tools.engine.run_inputs import check_run_inputs, command_inputs
     from refcocog_tools.models.split_embeddings import default_cache_root
 
     # A dataset / split-by / split the family lacks fails before anything is read or loaded.
     layout = layout_from_args(args)
-    out = args.out
-    earlier = [out / name for name in RUN_FILES if (out / name).exists()]
-    if earlier and not (args.resume or args.force):
-        raise RegressorError(f"{earlier[0]}: an earlier training run is in {out}; pass "
-                             "--resume to continue it or --force to start afresh and "
-                             "overwrite it")
     if args.resume and args.force:
         raise RegressorError("--resume continues the run in --out and --force discards it: "
                              "give one of them")
-    # Found now, not after the training: where the run and the embeddings will be written.
-    check_output_folder(out, "output folder")
-    check_output_folder(args.embedding_cache or default_cache_root(), "embedding cache folder")
-    if args.force:
-        for path in earlier:
-            if path.is_file():
-                path.unlink()
+    embedding_cache = args.embedding_cache or default_cache_root()
+    inputs = command_inputs(data_root=args.data_root, refs_file=layout.refs_file,
+                            clip=args.clip, embedding_cache=embedding_cache)
+    # Found now, not after the training: where the run and the embeddings will be written ...
+    _claim_run_folder(args, inputs)
+    check_output_folder(embedding_cache, "embedding cache folder")
+    # ... and that what it reads is there: the data root's files, the CLIP names.
     data_root = args.data_root if args.data_root is not None else default_data_root()
+    check_run_inputs(data_root, layout, args.clip)
+    with output_lock(args.out, "training run"):
+        recover_interrupted_swap(args.out)  # what a killed --force run left, settled first
+        earlier = _claim_run_folder(args, inputs)
+        if not (args.force and earlier):
+            summary = _train_into(args.out, args, layout, data_root)
+        else:
+            strangers = foreign_files(args.out, RUN_FILES)
+            if strangers:
+                raise OutputPathError(f"{strangers[0]}: refused: --force replaces the whole "
+                                      f"run folder {args.out} and this is not a file of a "
+                                      "training run; move it or choose another --out")
+            with replacing_folder(args.out) as staged:
+                summary = _train_into(staged, args, layout, data_root)
+    print(summary)
+    return 0
+
+
+def _train_into(run_dir: Path, args: argparse.Namespace, layout: Layout,
+                data_root: Path) -> str:
+    """Train, evaluate and write the run's files into ``run_dir`` (``--out`` or the folder
+    that replaces it); paths are recorded and reported as ``--out``'s. Returns the summary."""
+    from refcocog_tools.models.backbones import load_clips
+
     config = TrainConfig(head=args.head, loss=args.loss, iou_variant=args.iou_variant,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          weight_decay=args.weight_decay,
@@ -259,26 +305,27 @@ def _train_regressor(args: argparse.Namespace) -> int:
         print(f"warning: evaluating on {args.split}, the split the training "
               f"{'fits' if args.split == 'train' else 'chooses its epoch on'}: its numbers are "
               "optimistic", file=sys.stderr)
-    result = train_regressor(data["train"], data["val"], config, out_dir=args.out,
+    result = train_regressor(data["train"], data["val"], config, out_dir=run_dir,
                              resume=args.resume, device=args.device,
                              clip=clip_provenance(backbones), log=print, layout=layout)
-    checkpoint = args.out / "best.pt"
+    checkpoint = run_dir / "best.pt"
     if config.evaluated_checkpoint == "last" and result.history:
-        checkpoint = save_checkpoint(args.out / "final.pt", result.head, config,
+        checkpoint = save_checkpoint(run_dir / "final.pt", result.head, config,
                                      data["train"].embed_dim, clip_provenance(backbones),
                                      **trained_on(layout), epoch=len(result.history),
                                      val_miou=result.history[-1]["val_miou"])
     results = results_on_split(result, evaluated_split.to(args.device), data_root, backbones,
                                checkpoint if checkpoint.is_file() else None,
                                split=args.split, layout=layout)
-    atomic_write_json(args.out / "results.json", results)
+    if "checkpoint" in results["config"]:
+        results["config"]["checkpoint"] = str(args.out / checkpoint.name)  # where it will be
+    atomic_write_json(run_dir / "results.json", results)
 
     metrics = results["metrics"]
     evaluated = (f"epoch {len(result.history)} (last)" if config.evaluated_checkpoint == "last"
                  else f"epoch {result.best_epoch} (best)")
-    print(f"best epoch {result.best_epoch} (val mIoU {result.best_val_miou:.3f}); "
-          f"{layout.dataset} {layout.split_by} {args.split} mIoU of "
-          f"{evaluated} {metrics['miou']:.3f}, accuracy {metrics['accuracy']:.3f} on "
-          f"{metrics['n']} expressions{honesty_label(results['provenance'])} -> "
-          f"{args.out / 'results.json'}")
-    return 0
+    return (f"best epoch {result.best_epoch} (val mIoU {result.best_val_miou:.3f}); "
+            f"{layout.dataset} {layout.split_by} {args.split} mIoU of "
+            f"{evaluated} {metrics['miou']:.3f}, accuracy {metrics['accuracy']:.3f} on "
+            f"{metrics['n']} expressions{honesty_label(results['provenance'])} -> "
+            f"{args.out / 'results.json'}")
