@@ -46,6 +46,7 @@ from .dataset import RefCOCOg, RefItem, is_synthetic, load_rgb_image
 from .evaluate import check_proposer, evaluate_groups, group_by_image
 from .evaluate_cli import (
     add_common_arguments,
+    check_method_arguments,
     detector_options,
     method_options,
     uses_debias_pool,
@@ -368,6 +369,7 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from .minidata import default_data_root
 
+    check_method_arguments(args)
     layout = layout_from_args(args)
     data_root = args.data_root or default_data_root()
     dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,

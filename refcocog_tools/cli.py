@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .layouts import LayoutError, add_layout_arguments, layout_from_args
-from .options import OutputPathError, positive_int
+from .options import OutputPathError, UsageError, positive_int
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES = (
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Errors a user can fix (a bad file, a bad path, a missing checkpoint) end in one line.
     expected = (BackboneError, DatasetError, EmbeddingCacheError, LayoutError, OutputPathError,
-                RegressorError, UnreadableFileError)
+                RegressorError, UnreadableFileError, UsageError)
     try:
         return int(args.func(args) or 0)
     except expected as err:

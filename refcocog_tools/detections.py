@@ -28,7 +28,6 @@ file is read, and every box against its image's size before an evaluation starts
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -41,7 +40,7 @@ from PIL import Image
 
 from .annotations import DatasetError, RefRecord
 from .dataset import RefItem
-from .io_utils import sha256_file
+from .io_utils import read_json, sha256_file
 from .proposals import Proposals
 
 __all__ = ["COCO_CATEGORIES", "Detection", "DetectionsError", "DetectionsProposer",
@@ -171,16 +170,8 @@ def _entries(data: Any, path: Path) -> Iterable[tuple[int, Any, str]]:
 def load_detections(path: str | Path) -> dict[int, list[Detection]]:
     """Read and check a detections file; return each image id's detections in file order."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise DetectionsError(f"{path}: detections file not found") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DetectionsError(f"{path}: detections file unreadable: {err}") from err
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as err:  # JSONDecodeError, and NaN / Infinity
-        raise DetectionsError(f"{path}: not valid JSON: {err}") from err
+    # NaN / Infinity are refused as invalid JSON; a FIFO or a 100,000-deep nesting is named.
+    data = read_json(path, "detections file", DetectionsError, parse_constant=_reject_constant)
     by_image: dict[int, list[Detection]] = {}
     seen_det_ids: dict[int, str] = {}
     for image_id, entry, where in _entries(data, path):

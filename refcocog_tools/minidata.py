@@ -443,9 +443,11 @@ def expression_audit(root: str | Path, rows: list[dict[str, Any]]) -> Any:
     """
     import pandas as pd
 
-    from .annotations import INSTANCES_FILE
+    from .annotations import INSTANCES_FILE, DatasetError
+    from .io_utils import read_json
 
-    instances = json.loads((Path(root) / "annotations" / INSTANCES_FILE).read_text())
+    instances = read_json(Path(root) / "annotations" / INSTANCES_FILE, "annotation file",
+                          DatasetError)
     objects = scene_objects(instances)
     sizes = {i["id"]: (i["width"], i["height"]) for i in instances["images"]}
     out = []

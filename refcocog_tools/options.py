@@ -108,6 +108,11 @@ class OutputPathError(ValueError):
     """An output file or folder cannot be written; raised before a run starts."""
 
 
+class UsageError(ValueError):
+    """Options that cannot run together (a method without the file it needs); raised before
+    any file is read, and printed as one line."""
+
+
 def _probe_folder(folder: Path, what: str) -> None:
     """Create ``folder`` if needed and prove a file can be created in it."""
     for parent in (folder, *folder.parents):
