@@ -110,7 +110,8 @@ def test_xywh_to_xyxy() -> None:
 def test_item_access_does_not_rebuild_lists(mini_root: Path, monkeypatch) -> None:
     """The original rebuilt `list(annotations)` per access; items here are indexed once."""
     dataset = RefCOCOg(mini_root, "train")
-    monkeypatch.setattr("refcocog_tools.data.dataset.load_records", lambda *a, **k: 1 / 0)
+    for loader in ("load_records", "load_records_and_duplicates"):
+        monkeypatch.setattr(f"refcocog_tools.data.dataset.{loader}", lambda *a, **k: 1 / 0)
     assert dataset[len(dataset) - 1].ref_id == dataset.records[-1].ref_id
 
 

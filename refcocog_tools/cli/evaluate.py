@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from refcocog_tools.cli.options import (
+    UsageError,
     colour_type,
     device_type,
     float_in,
@@ -25,7 +26,7 @@ from refcocog_tools.cli.options import (
 )
 from refcocog_tools.core.files import atomic_write_json, cache_dir
 from refcocog_tools.core.output_paths import OutputPathError, check_output_folder
-from refcocog_tools.data.annotations import DatasetError
+from refcocog_tools.data.annotations import DatasetError, DuplicateIdError
 from refcocog_tools.data.dataset import RefCOCOg, image_problems
 from refcocog_tools.data.layouts import add_layout_arguments, layout_from_args
 from refcocog_tools.engine.evaluate import (
@@ -195,19 +196,40 @@ def detector_options(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def check_method_arguments(args: argparse.Namespace) -> None:
+    """A method without what it cannot run without fails here, before any file is read."""
+    if args.method == "regressor" and args.checkpoint is None:
+        raise UsageError("--method regressor needs --checkpoint (the best.pt a "
+                         "`refcocog-tools train-regressor` run wrote)")
+
+
 def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer,
                                              list[ClipBackbone], EmbeddingCache]:
-    """Dataset, method, proposer, backbones and cache from the shared command-line options."""
+    """Dataset, method, proposer, backbones and cache from the shared command-line options.
+
+    With ``--warn-data-problems`` a repeated id keeps the first record of the id (the
+    dataset's ``problems`` name each repeat); otherwise it refuses the run.
+    """
     from refcocog_tools.data.minidata import default_data_root
 
+    check_method_arguments(args)
     layout = layout_from_args(args)  # a combination the family lacks fails before any loading
     detector = detector_options(args)  # a misplaced flag fails before any loading
     data_root = args.data_root or default_data_root()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device == "cuda":
         # torchrun: one GPU per local rank.
         args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
-                       split_by=layout.split_by)
+    keep_first = bool(getattr(args, "warn_data_problems", False))
+    try:
+        dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
+                           split_by=layout.split_by, keep_first_duplicates=keep_first)
+    except DuplicateIdError as err:
+        raise DuplicateIdError(f"{err}; pass --warn-data-problems to keep the first record "
+                               "of each id and drop the later ones") from None
+    if dataset.problems:
+        print(f"warning: {len(dataset.problems)} repeated id(s); evaluating anyway "
+              "(--warn-data-problems):\n  " + "\n  ".join(dataset.problems[:20]),
+              file=sys.stderr)
     proposer = make_proposer(args.proposals, device=args.device, **detector)
     check_proposer(proposer, dataset)
     check_mask_prompts(args, proposer, dataset)
@@ -219,7 +241,8 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
     cache = EmbeddingCache(None if args.no_cache else cache_dir() / "embeddings",
                            batch_size=args.batch_size, shard=f"rank{rank}" if rank else "")
     debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
-                            split_by=layout.split_by).sentences()
+                            split_by=layout.split_by, keep_first_duplicates=keep_first
+                            ).sentences()
                    if uses_debias_pool(args) else ())
     method = make_method(args.method, backbones, options=method_options(args), cache=cache,
                          debias_pool=debias_pool, seed=args.seed)
@@ -239,11 +262,12 @@ def check_mask_prompts(args: argparse.Namespace, proposer: Proposer, dataset: Re
 
 
 def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache,
-              backbones: Sequence[ClipBackbone]) -> None:
+              backbones: Sequence[ClipBackbone]) -> list[str]:
     """What can be checked before the run: the cache files, a split with expressions, and
     every image the run touches (fully decoded, size after EXIF orientation against
     instances.json, as ``validate`` does). Image problems refuse the run, or with
-    ``--warn-data-problems`` are printed as warnings."""
+    ``--warn-data-problems`` are printed as warnings and returned (for the results'
+    ``problems``): an image that cannot be decoded is then skipped by the run."""
     for backbone in backbones:
         for path in cache.paths(backbone.checksum):
             if path.exists() and not path.is_file():
@@ -256,15 +280,16 @@ def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache
     records = [items[0].record for items in group_by_image(dataset, args.limit)]
     problems = image_problems(records, workers=max(4, args.workers))
     if not problems:
-        return
+        return []
     listing = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more"
                                             if len(problems) > 20 else "")
     if not args.warn_data_problems:
         raise DatasetError(f"{len(problems)} image problem(s) in the images this run "
                            f"touches (`refcocog-tools validate` lists them all):\n  {listing}"
                            "\npass --warn-data-problems to evaluate anyway")
-    print(f"warning: {len(problems)} image problem(s); evaluating anyway "
-          f"(--warn-data-problems):\n  {listing}", file=sys.stderr)
+    print(f"warning: {len(problems)} image problem(s); evaluating anyway, without the images "
+          f"that cannot be decoded (--warn-data-problems):\n  {listing}", file=sys.stderr)
+    return problems
 
 
 def command_inputs_of(args: argparse.Namespace) -> Any:
@@ -292,6 +317,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from refcocog_tools.core.output_paths import output_lock
 
+    check_method_arguments(args)  # before anything is created or read
     # The results file and the cache folder are checked before any work, not after it.
     check_results_file(args, "results file")
     if not args.no_cache:
@@ -305,12 +331,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_and_write(args: argparse.Namespace, rank: int, world: int) -> int:
     try:
         dataset, method, proposer, backbones, cache = setup(args)
-        preflight(args, dataset, cache, backbones)
+        found = preflight(args, dataset, cache, backbones)
         progress = rank == 0 and not args.quiet and sys.stderr.isatty()
         results = evaluate(dataset, method, proposer, backbones, limit=args.limit,
                            progress=progress, batch_size=args.batch_size, workers=args.workers,
                            config={"device": args.device, "batch_size": args.batch_size,
-                                   "seed": args.seed, "clip_spec": args.clip})
+                                   "seed": args.seed, "clip_spec": args.clip},
+                           skip_unreadable_images=args.warn_data_problems,
+                           data_problems=found)
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -322,6 +350,11 @@ def _evaluate_and_write(args: argparse.Namespace, rank: int, world: int) -> int:
     if rank != 0:
         return 0  # rank 0 holds every row and alone writes the results
     atomic_write_json(args.out, results)
+    skipped = [p for p in results["problems"] if "; skipped: " in p]
+    if skipped:
+        print(f"warning: {len(skipped)} image(s) could not be decoded and were skipped "
+              f"(--warn-data-problems), first: {skipped[0]}; the results' problems list them",
+              file=sys.stderr)
     m = results["metrics"]
     print(f"{method.name}: mIoU {m['miou']:.3f}  acc@0.5 {m['accuracy']:.3f}  "
           f"cosine {m['cosine'] if m['cosine'] is None else round(m['cosine'], 3)}  "
@@ -341,7 +374,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="overwrite an existing --out (never one of the run's own inputs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--warn-data-problems", action="store_true",
-                        help="evaluate even when images of the run have problems `validate` "
-                        "reports (unreadable, size differs from instances.json): print them "
-                        "as warnings instead of refusing")
+                        help="evaluate even when the data has problems `validate` reports: "
+                        "an image that cannot be decoded is skipped, one whose size differs "
+                        "from instances.json is evaluated, and of a repeated image, "
+                        "annotation, ref or sentence id the first record is kept, the later "
+                        "ones dropped; each is printed as a warning and listed in the "
+                        "results' problems instead of refusing")
     parser.set_defaults(func=_run_evaluate)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from refcocog_tools.cli.options import positive_int
+from refcocog_tools.cli.options import UsageError, positive_int
 from refcocog_tools.core.output_paths import OutputPathError
 from refcocog_tools.data.layouts import LayoutError, add_layout_arguments, layout_from_args
 
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Errors a user can fix (a bad file, a bad path, a missing checkpoint) end in one line.
     expected = (BackboneError, DatasetError, EmbeddingCacheError, LayoutError, OutputPathError,
-                RegressorError, UnreadableFileError)
+                RegressorError, UnreadableFileError, UsageError)
     try:
         return int(args.func(args) or 0)
     except expected as err:

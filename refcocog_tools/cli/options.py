@@ -98,3 +98,8 @@ def variants_type(text: str) -> str:
             f"{text!r}: expected a comma-separated list of {', '.join(VARIANTS)}"
             + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     return ",".join(names)
+
+
+class UsageError(ValueError):
+    """Options that cannot run together (a method without the file it needs); raised before
+    any file is read, and printed as one line."""

@@ -1,4 +1,5 @@
-"""Small file helpers: atomic writes, checksums and the cache directory."""
+"""Small file helpers: atomic writes, checksums, the cache directory, and the one reader of
+the JSON files a user hands the tool (regular files only, depth bounded)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import hashlib
 import json
 import math
 import os
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,57 @@ class UnreadableFileError(ValueError):
 
 class UnsafeFileError(UnreadableFileError):
     """A file that would run code when loaded: refused, never opened with a laxer loader."""
+
+
+class NotRegularFileError(OSError):
+    """A FIFO, device, socket or folder where a file should be. Refused before it is opened:
+    reading a FIFO waits for a writer, forever when there is none. The message says what the
+    path is (``"a named pipe (FIFO), not a regular file"``); the caller names the path."""
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+               (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"))
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """Raise ``NotRegularFileError`` unless ``path`` (links followed) is a regular file.
+
+    Only ``os.stat``, which never blocks: call it before any ``open()`` of a user's file. A
+    missing path raises ``FileNotFoundError`` (another failed stat its ``OSError``).
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a plain file")
+        raise NotRegularFileError(f"{kind}, not a regular file")
+
+
+def read_json(path: str | os.PathLike[str], what: str = "JSON file",
+              error: type[Exception] = UnreadableFileError, **loads_options: Any) -> Any:
+    """The one reader of a user's JSON file (instances.json, detections, results, sidecars).
+
+    Every problem raises ``error`` with one line naming the file: missing, not a regular file
+    (checked before opening), unreadable, not UTF-8, not JSON, or nested deeper than Python's
+    recursion limit (``json`` recurses once per level: 100,000 ``[`` would otherwise end in a
+    ``RecursionError`` traceback). ``loads_options`` go to ``json.loads``.
+    """
+    path = Path(path)
+    try:
+        check_regular_file(path)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read the {what} ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not a readable {what}: not UTF-8 text ({err})") from None
+    try:
+        return json.loads(text, **loads_options)
+    except RecursionError:
+        raise error(f"{path}: not a readable {what}: JSON nested too deep (more than about "
+                    f"{sys.getrecursionlimit()} levels of lists or objects)") from None
+    except ValueError as err:  # JSONDecodeError, and what a parse_constant hook refuses
+        raise error(f"{path}: not a readable {what}: not valid JSON: {err}") from None
 
 
 def cache_dir() -> Path:
@@ -151,8 +205,12 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        check_regular_file(path)  # a FIFO would block torch.load forever
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as err:  # NotRegularFileError among them
+        raise UnreadableFileError(f"{path}: {err.strerror or err}") from None
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
@@ -173,6 +231,7 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
     digest = hashlib.sha256()
+    check_regular_file(path)  # hashing a FIFO would wait forever
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)

@@ -14,14 +14,15 @@ from COCO ``xywh`` to ``xyxy`` floats in image pixels.
 
 One pass both the loader (``load_records``, hence ``dataset.RefCOCOg``) and
 ``dataset.validate`` use: the categories, the images, the instances and the refs, each checked
-in a part of its own, every problem named by file and field.
+in a part of its own, every problem named by file and field. Repeated ids (images,
+annotations, refs, sentences) are problems of their own kind: a run may go past them
+(``load_records_and_duplicates``), keeping the first record of each id (see ``duplicate_ids``).
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import json
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refcocog_tools.core.files import NotRegularFileError, check_regular_file, read_json
+from refcocog_tools.data.duplicate_ids import unique_refs
 from refcocog_tools.data.layouts import DEFAULT_LAYOUT, Layout
 
 INSTANCES_FILE = "instances.json"
@@ -38,6 +41,10 @@ Box = tuple[float, float, float, float]
 
 class DatasetError(ValueError):
     """A RefCOCOg file is missing or malformed; the message names the file and the field."""
+
+
+class DuplicateIdError(DatasetError):
+    """The only problems of the annotation files are repeated ids (see ``duplicate_ids``)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,6 +64,7 @@ def load_refs_pickle(path: str | Path) -> list[dict[str, Any]]:
     """Load ``refs(umd).p`` without executing code: any class or callable in it is refused."""
     path = Path(path)
     try:
+        check_regular_file(path)  # a FIFO would block the read forever
         data = path.read_bytes()
     except OSError as err:
         raise DatasetError(f"{path}: cannot read the refs file ({err.strerror or err})") from None
@@ -118,23 +126,23 @@ def _annotation_files(root: Path, layout: Layout = DEFAULT_LAYOUT) -> tuple[Path
     refs_path = root / "annotations" / layout.refs_file
     instances_path = root / "annotations" / INSTANCES_FILE
     for path in (refs_path, instances_path):
-        if not path.is_file():
+        try:
+            check_regular_file(path)
+            continue
+        except NotRegularFileError as err:
+            raise DatasetError(f"{path}: annotation file is {err}") from None
+        except OSError:
             others = sorted(p.name for p in path.parent.glob("refs(*).p")) if path.parent.is_dir() \
                 else []
             hint = (f" ({layout.dataset} split by {layout.split_by} reads {layout.refs_file}; "
                     f"this folder holds {', '.join(others)}: choose --dataset and --split-by "
                     "to match)") if path == refs_path and others else ""
-            raise DatasetError(f"{path}: annotation file not found{hint}")
+            raise DatasetError(f"{path}: annotation file not found{hint}") from None
     return refs_path, instances_path
 
 
 def _load_instances(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DatasetError(f"{path}: not valid JSON: {err}") from err
-    except OSError as err:
-        raise DatasetError(f"{path}: cannot read the file ({err.strerror or err})") from None
+    data = read_json(path, "annotation file", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
@@ -191,14 +199,15 @@ def parse_refcocog(
     Missing root or annotation files and malformed top-level structure raise at once; problems
     with single records are collected so that ``validate`` can list them all.
     """
-    records, ref_problems, instance_problems = parse_refcocog_detailed(root, clip_boxes, layout)
-    return records, ref_problems + instance_problems
+    records, ref_problems, instance_problems, duplicates = parse_refcocog_detailed(
+        root, clip_boxes, layout)
+    return records, ref_problems + duplicates + instance_problems
 
 
 def parse_refcocog_detailed(
     root: str | Path, clip_boxes: bool = False, layout: Layout = DEFAULT_LAYOUT
-) -> tuple[list[RefRecord], list[str], list[str]]:
-    """Like ``parse_refcocog``, with the problems in two lists (see ``_parse``).
+) -> tuple[list[RefRecord], list[str], list[str], list[str]]:
+    """Like ``parse_refcocog``, with the problems in three lists (see ``_parse``).
 
     The parse of a root is kept for the process, keyed by the annotation files' size and
     modification time: a notebook or an evaluation opens several splits of one root, and the
@@ -206,50 +215,51 @@ def parse_refcocog_detailed(
     """
     refs_path, instances_path = _annotation_files(Path(root), layout)
     stamp = tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in (refs_path, instances_path))
-    records, problems, instance_problems = _parse_memo(str(Path(root).resolve()), clip_boxes,
-                                                       stamp, layout)
-    return list(records), list(problems), list(instance_problems)
+    parsed = _parse_memo(str(Path(root).resolve()), clip_boxes, stamp, layout)
+    return tuple(list(part) for part in parsed)  # type: ignore[return-value]
 
 
 @functools.lru_cache(maxsize=4)
 def _parse_memo(root: str, clip_boxes: bool, stamp: tuple[tuple[int, int], ...],
-                layout: Layout = DEFAULT_LAYOUT
-                ) -> tuple[tuple[RefRecord, ...], tuple[str, ...], tuple[str, ...]]:
-    records, problems, instance_problems = _parse(Path(root), clip_boxes, layout)
-    return tuple(records), tuple(problems), tuple(instance_problems)
+                layout: Layout = DEFAULT_LAYOUT) -> tuple[tuple[Any, ...], ...]:
+    return tuple(tuple(part) for part in _parse(Path(root), clip_boxes, layout))
 
 
 def _parse(
     root: Path, clip_boxes: bool = False, layout: Layout = DEFAULT_LAYOUT
-) -> tuple[list[RefRecord], list[str], list[str]]:
-    """Both annotation files joined into records, with the problems in two lists.
+) -> tuple[list[RefRecord], list[str], list[str], list[str]]:
+    """Both annotation files joined into records, with the problems in three lists.
 
     The first list holds problems that lose or break a referred object (a bad ref, image or
     category, or a bad box of a referred instance); the second, bad instances no ref points to.
     Those are only possible distractors: the dataset drops them with a warning instead of
     refusing to load, since one odd COCO box should not block a split of thousands of refs.
+    The third, repeated ids of images, annotations, refs or sentences: the records hold the
+    first of each id only (``duplicate_ids``).
     """
     root = Path(root)
     refs_path, instances_path = _annotation_files(root, layout)
     refs = load_refs_pickle(refs_path)
     instances = _load_instances(instances_path)
     problems: list[str] = []  # each part adds its own, in file order
+    duplicates: list[str] = []
     categories = _parse_categories(instances["categories"], instances_path, problems)
-    images = _parse_images(instances["images"], instances_path, root, problems)
+    images = _parse_images(instances["images"], instances_path, root, problems, duplicates)
     objects = _parse_annotations(instances["annotations"], instances_path, images, categories,
-                                 clip_boxes, problems)
-    records: list[RefRecord] = []
+                                 clip_boxes, problems, duplicates)
+    parsed: list[tuple[int, RefRecord]] = []
     for i, ref in enumerate(refs):
         try:
-            records.append(_parse_ref(ref, refs_path, i, root, layout, images, categories,
-                                      objects))
+            parsed.append((i, _parse_ref(ref, refs_path, i, root, layout, images, categories,
+                                         objects)))
         except DatasetError as err:
             problems.append(str(err))
+    records, repeated = unique_refs(parsed, refs_path)
     # A rejected instance that a ref points to already produced that ref's problem.
     referred = {ref.get("ann_id") for ref in refs if isinstance(ref, dict)}
     instance_problems = [text for ann_id, texts in objects.rejected.items()
                          if ann_id is None or ann_id not in referred for text in texts]
-    return records, problems, instance_problems
+    return records, problems, instance_problems, duplicates + repeated
 
 
 def _parse_categories(entries: list[Any], path: Path, problems: list[str]) -> dict[int, str]:
@@ -264,8 +274,8 @@ def _parse_categories(entries: list[Any], path: Path, problems: list[str]) -> di
     return categories
 
 
-def _parse_images(entries: list[Any], path: Path, root: Path,
-                  problems: list[str]) -> dict[int, dict[str, Any]]:
+def _parse_images(entries: list[Any], path: Path, root: Path, problems: list[str],
+                  duplicates: list[str]) -> dict[int, dict[str, Any]]:
     """Image id -> image record, for the records that are whole, inside the root and unique."""
     images: dict[int, dict[str, Any]] = {}
     image_index: dict[int, int] = {}
@@ -280,12 +290,14 @@ def _parse_images(entries: list[Any], path: Path, root: Path,
                                    f"{root / 'images'}")
             if img["width"] <= 0 or img["height"] <= 0:
                 raise DatasetError(f"{where}: fields 'width'/'height' must be positive")
-            if img["id"] in image_index:
-                # Which record's pixels would an annotation of this id get? Neither is trusted.
-                raise DatasetError(f"{where}: field 'id' {img['id']} duplicates "
-                                   f"images[{image_index[img['id']]}]")
         except DatasetError as err:
             problems.append(str(err))
+            continue
+        if img["id"] in image_index:
+            # Which record's pixels would an annotation of this id get? The first, when a run
+            # goes past the problem.
+            duplicates.append(f"{where}: field 'id' {img['id']} duplicates "
+                              f"images[{image_index[img['id']]}]")
             continue
         image_index[img["id"]] = i
         images[img["id"]] = img
@@ -304,7 +316,7 @@ class _Annotations:
 
 def _parse_annotations(entries: list[Any], path: Path, images: dict[int, dict[str, Any]],
                        categories: dict[int, str], clip_boxes: bool,
-                       problems: list[str]) -> _Annotations:
+                       problems: list[str], duplicates: list[str]) -> _Annotations:
     """Every instance checked: a duplicate id is a problem (it would be a phantom proposal),
     any other fault rejects the instance."""
     found = _Annotations()
@@ -314,8 +326,8 @@ def _parse_annotations(entries: list[Any], path: Path, images: dict[int, dict[st
         try:
             ann_id = _require(ann, "id", int, where)
             if ann_id in annotation_index:
-                problems.append(f"{where}: field 'id' {ann_id} duplicates "
-                                f"annotations[{annotation_index[ann_id]}]")
+                duplicates.append(f"{where}: field 'id' {ann_id} duplicates "
+                                  f"annotations[{annotation_index[ann_id]}]")
                 continue
             annotation_index[ann_id] = i
             where = f"{path}: annotation id {ann_id}"
@@ -411,15 +423,27 @@ def _parse_sentences(sentences: list[Any], where: str) -> tuple[tuple[str, ...],
 
 def load_records(root: str | Path, clip_boxes: bool = False,
                  layout: Layout = DEFAULT_LAYOUT) -> list[RefRecord]:
-    """Every ref of every split; raises on the first problem that breaks a ref, and warns
-    about instances no ref points to that were dropped."""
-    records, problems, dropped = parse_refcocog_detailed(root, clip_boxes=clip_boxes,
-                                                         layout=layout)
-    if problems:
-        more = f" (and {len(problems) - 1} more; run `refcocog-tools validate`)"
-        raise DatasetError(problems[0] + (more if len(problems) > 1 else ""))
+    """Every ref of every split; raises on the first problem that breaks a ref or repeats an
+    id, and warns about instances no ref points to that were dropped."""
+    return load_records_and_duplicates(root, clip_boxes, layout)[0]
+
+
+def load_records_and_duplicates(root: str | Path, clip_boxes: bool = False,
+                                layout: Layout = DEFAULT_LAYOUT, keep_first: bool = False
+                                ) -> tuple[list[RefRecord], list[str]]:
+    """``load_records`` and the repeated ids found. ``keep_first``: a repeated id is no
+    reason to refuse: the records keep the first record of each id (``duplicate_ids``) and the
+    repeats are returned; otherwise they raise, a ``DuplicateIdError`` when they are the only
+    problems."""
+    records, problems, dropped, duplicates = parse_refcocog_detailed(
+        root, clip_boxes=clip_boxes, layout=layout)
+    refusing = problems if keep_first else problems + duplicates
+    if refusing:
+        more = f" (and {len(refusing) - 1} more; run `refcocog-tools validate`)"
+        kind = DatasetError if problems else DuplicateIdError
+        raise kind(refusing[0] + (more if len(refusing) > 1 else ""))
     if dropped:
         warnings.warn(f"{len(dropped)} instance(s) no ref points to were dropped from the "
                       f"proposals, first: {dropped[0]} (run `refcocog-tools validate`)",
                       stacklevel=3)
-    return records
+    return records, duplicates

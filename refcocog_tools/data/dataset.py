@@ -20,11 +20,13 @@ from typing import Any, Literal
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from refcocog_tools.core.files import check_regular_file
 from refcocog_tools.data.annotations import (
     INSTANCES_FILE,
     DatasetError,
     RefRecord,
     load_records,
+    load_records_and_duplicates,
     parse_refcocog,
 )
 from refcocog_tools.data.language import is_spatial
@@ -41,7 +43,9 @@ def is_synthetic(root: str | Path) -> bool:
     instances.json is hundreds of megabytes.
     """
     try:
-        with open(Path(root) / "annotations" / INSTANCES_FILE, "rb") as handle:
+        path = Path(root) / "annotations" / INSTANCES_FILE
+        check_regular_file(path)  # a FIFO would block the read forever
+        with open(path, "rb") as handle:
             head = handle.read(4096)
     except OSError:
         return False
@@ -65,6 +69,7 @@ def load_rgb_image(path: str | Path) -> Image.Image:
     """Open an image in any PIL mode as RGB, with its EXIF orientation applied."""
     path = Path(path)
     try:
+        check_regular_file(path)  # before Pillow opens it: a FIFO would block forever
         with open_image(path) as image:
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (
@@ -92,6 +97,7 @@ def image_problem(path: Path, expected_size: tuple[int, int]) -> str | None:
     A full decode, not ``Image.verify()``: a truncated JPEG passes verify and fails later.
     """
     try:
+        check_regular_file(path)  # before Pillow opens it: a FIFO would block forever
         with open_image(path) as image:
             image.load()
             width, height = image.size
@@ -190,7 +196,10 @@ class RefCOCOg(torch.utils.data.Dataset):
 
     ``dataset`` / ``split_by`` choose another dataset of the family (``refcoco``, ``refcoco+``;
     see ``layouts``): the default is RefCOCOg's umd split. Items are built once at
-    construction, so ``dataset[i]`` is O(1); images decode lazily.
+    construction, so ``dataset[i]`` is O(1); images decode lazily. A repeated image,
+    annotation, ref or sentence id refuses the data, unless ``keep_first_duplicates``: then
+    the first record of each id is kept, the later ones dropped (``duplicate_ids``), and
+    ``problems`` names each repeat.
     """
 
     def __init__(
@@ -201,6 +210,7 @@ class RefCOCOg(torch.utils.data.Dataset):
         clip_boxes: bool = False,
         dataset: str = "refcocog",
         split_by: str | None = None,
+        keep_first_duplicates: bool = False,
     ) -> None:
         self.layout = get_layout(dataset, split_by)
         self.layout.check_split(split)
@@ -209,7 +219,11 @@ class RefCOCOg(torch.utils.data.Dataset):
         self.root = Path(root)
         self.split = split
         self.view = view
-        records = load_records(self.root, clip_boxes=clip_boxes, layout=self.layout)
+        records, duplicates = load_records_and_duplicates(
+            self.root, clip_boxes=clip_boxes, layout=self.layout,
+            keep_first=keep_first_duplicates)
+        self.problems: list[str] = [f"{text}: the first record of the id is kept, the later "
+                                    "ones dropped" for text in duplicates]
         self.records = [r for r in records if r.split == split]
         if view == "ref":
             self._index = [(r, r.sentences, r.sent_ids) for r in self.records]

@@ -457,9 +457,11 @@ def expression_audit(root: str | Path, rows: list[dict[str, Any]]) -> Any:
     """
     import pandas as pd
 
-    from refcocog_tools.data.annotations import INSTANCES_FILE
+    from refcocog_tools.core.files import read_json
+    from refcocog_tools.data.annotations import INSTANCES_FILE, DatasetError
 
-    instances = json.loads((Path(root) / "annotations" / INSTANCES_FILE).read_text())
+    instances = read_json(Path(root) / "annotations" / INSTANCES_FILE, "annotation file",
+                          DatasetError)
     objects = scene_objects(instances)
     sizes = {i["id"]: (i["width"], i["height"]) for i in instances["images"]}
     out = []

@@ -43,6 +43,7 @@ import torch
 
 from refcocog_tools.cli.evaluate import (
     add_common_arguments,
+    check_method_arguments,
     check_results_file,
     detector_options,
     method_options,
@@ -369,6 +370,7 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from refcocog_tools.data.minidata import default_data_root
 
+    check_method_arguments(args)
     layout = layout_from_args(args)
     data_root = args.data_root or default_data_root()
     dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,

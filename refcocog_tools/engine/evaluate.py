@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from refcocog_tools.core.boxes import box_iou_pairs
+from refcocog_tools.data.annotations import DatasetError
 from refcocog_tools.data.dataset import RefCOCOg, RefItem
 from refcocog_tools.data.layouts import DEFAULT_LAYOUT
 from refcocog_tools.engine.results import provenance, results_document
@@ -215,7 +216,12 @@ class _ImageGroups(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         items = self.groups[index]
-        image = items[0].image
+        try:
+            image = items[0].image
+        except DatasetError as err:
+            # Sent back as data: raised in a worker it would reach the main process as a
+            # traceback, and the main process decides whether to skip the image.
+            return {"index": index, "problem": str(err)}
         sample: dict[str, Any] = {"index": index, "image": image,
                                   "proposals": self.proposer(items[0], image) if self.proposer
                                   else None}
@@ -260,6 +266,13 @@ def _identity(sample: dict[str, Any]) -> dict[str, Any]:
     return sample
 
 
+def _unreadable(index: int, problem: str, skipped: dict[int, str] | None) -> None:
+    """An image that cannot be decoded: refuses the run, or is recorded in ``skipped``."""
+    if skipped is None:
+        raise DatasetError(problem)
+    skipped[index] = problem
+
+
 @fingerprints_remembered()  # the engine never changes an image: hash each one once
 def evaluate_groups(
     groups: Sequence[Sequence[RefItem]],
@@ -271,8 +284,13 @@ def evaluate_groups(
     batch_size: int | None = None,
     workers: int = 0,
     metric_cache: EmbeddingCache | None = None,
+    skipped: dict[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-expression prediction rows for the given image groups (no summary).
+
+    An image that cannot be decoded (in the main process or a DataLoader worker) raises a
+    ``DatasetError`` naming it; with a ``skipped`` dict its group gets no rows instead, and
+    ``skipped[group index]`` says why.
 
     ``batch_size=None`` and ``workers=0``: the plain loop, one image at a time. Otherwise
     images are decoded (and ground-truth proposals computed) in ``workers`` DataLoader
@@ -292,7 +310,7 @@ def evaluate_groups(
         metric_cache = method.cache if isinstance(method, BatchedMethod) else EmbeddingCache()
     if batch_size is None and workers <= 0:
         return _evaluate_plain(groups, method, proposer, metric_backbones, metric_cache,
-                               progress)
+                               progress, skipped)
     in_worker = proposer if getattr(proposer, "name", None) == "gt" else None
     encodings = _encodings(method, metric_backbones, metric_cache)
     on_gpu = any(e.on_gpu for e in encodings)
@@ -390,6 +408,10 @@ def evaluate_groups(
     detector_chunk = max(1, batch // 8)
     try:
         for sample in _loader(dataset, workers):
+            if "problem" in sample:
+                _unreadable(sample["index"], sample["problem"], skipped)
+                bar.update(1)
+                continue
             if any(p is None for p in sample.get("prepared", ())):
                 sample["prepared"] = prepare(sample)  # the device's part, queued there at once
             pending.append(sample)
@@ -411,12 +433,17 @@ def evaluate_groups(
 
 def _evaluate_plain(groups: Sequence[Sequence[RefItem]], method: GroundingMethod,
                     proposer: Proposer, metric_backbones: Sequence[ClipBackbone],
-                    metric_cache: EmbeddingCache, progress: bool) -> list[dict[str, Any]]:
+                    metric_cache: EmbeddingCache, progress: bool,
+                    skipped: dict[int, str] | None = None) -> list[dict[str, Any]]:
     """The reference loop: decode, propose and predict one image at a time."""
     rows: list[dict[str, Any]] = []
-    for items in tqdm(groups, desc=method.name, unit="image", disable=not progress,
-                      file=sys.stderr):
-        image = items[0].image
+    for index, items in enumerate(tqdm(groups, desc=method.name, unit="image",
+                                       disable=not progress, file=sys.stderr)):
+        try:
+            image = items[0].image
+        except DatasetError as err:
+            _unreadable(index, str(err), skipped)
+            continue
         proposals = proposer(items[0], image)
         prediction = predict_per_ref(method, image, items, proposals)
         rows.extend(_rows(items, image, proposals, prediction, metric_backbones, metric_cache))
@@ -442,17 +469,21 @@ def distributed_context() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _gather_rows(indexed: list[tuple[int, int, dict[str, Any]]], world: int
-                 ) -> list[dict[str, Any]]:
-    """Every rank's (group index, position, row) triples, in the single-process order."""
+def _gather_rows(indexed: list[tuple[int, int, dict[str, Any]]], world: int,
+                 skipped: list[tuple[int, str]] | None = None
+                 ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every rank's (group index, position, row) triples, in the single-process order, and
+    every rank's (group index, problem) pairs of skipped images, in the same order."""
+    skipped = list(skipped or ())
     if world > 1:
         import torch.distributed as dist
 
         parts: list[Any] = [None] * world
-        dist.all_gather_object(parts, indexed)
-        indexed = [entry for part in parts for entry in part]
+        dist.all_gather_object(parts, (indexed, skipped))
+        indexed = [entry for part in parts for entry in part[0]]
+        skipped = [entry for part in parts for entry in part[1]]
     indexed.sort(key=lambda entry: (entry[0], entry[1]))
-    return [row for _, _, row in indexed]
+    return [row for _, _, row in indexed], [problem for _, problem in sorted(skipped)]
 
 
 def check_proposer(proposer: Proposer, dataset: RefCOCOg) -> None:
@@ -474,28 +505,43 @@ def evaluate(
     config: dict[str, Any] | None = None,
     batch_size: int | None = None,
     workers: int = 0,
+    skip_unreadable_images: bool = False,
+    data_problems: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Evaluate ``method`` on ``dataset`` and return the results document.
 
     ``batch_size`` / ``workers``: see ``evaluate_groups`` (same rows, faster). Under torchrun
     (WORLD_SIZE > 1) each rank evaluates the image groups ``i`` with ``i % world == rank`` and
     every rank returns the full document, rows in single-process order; only ``"timing"``
-    differs from a single-process run.
+    differs from a single-process run. ``skip_unreadable_images``: an image that cannot be
+    decoded loses its expressions instead of ending the run. The document's ``problems``:
+    ``data_problems`` (what was found before the run) not about a skipped image, the
+    dataset's ``problems`` (repeated ids), then each skipped image.
     """
     groups = group_by_image(dataset, limit)
     rank, world = distributed_context()
     mine = list(range(rank, len(groups), world))
     started = time.perf_counter()
+    skipped: dict[int, str] | None = {} if skip_unreadable_images else None
     shard_rows = evaluate_groups([groups[i] for i in mine], method, proposer, backbones,
                                  progress=progress and rank == 0, batch_size=batch_size,
-                                 workers=workers)
+                                 workers=workers, skipped=skipped)
     # Tag each row with its image group and position, so rank 0 can restore the order.
     indexed, cursor = [], 0
-    for i in mine:
+    for local, i in enumerate(mine):
+        if skipped and local in skipped:
+            continue
         for position in range(len(groups[i])):
             indexed.append((i, position, shard_rows[cursor]))
             cursor += 1
-    rows = _gather_rows(indexed, world)
+    rows, skipped_problems = _gather_rows(
+        indexed, world, [(mine[local], f"{problem}; skipped: its {len(groups[mine[local]])} "
+                          "expression(s) were not evaluated")
+                         for local, problem in (skipped or {}).items()])
+    # A skipped image's problem starts with its path: the check before the run found it too.
+    skipped_paths = {problem.split(": ", 1)[0] for problem in skipped_problems}
+    problems = [p for p in data_problems if p.split(": ", 1)[0] not in skipped_paths]
+    problems += list(getattr(dataset, "problems", ())) + skipped_problems
     elapsed = time.perf_counter() - started
     return results_document(
         rows, threshold=threshold,
@@ -506,4 +552,5 @@ def evaluate(
                               getattr(dataset, "layout", DEFAULT_LAYOUT)),
         timing={"seconds": round(elapsed, 3), "images": len(groups), "expressions": len(rows),
                 "world_size": world, "workers": workers, "batch_size": batch_size},
+        problems=problems,
     )

@@ -10,6 +10,9 @@ trained regressor through ``regressors.results_on_split``, the command line, a c
                             # data is synthetic and the weights untrained, checkpoint checksums
      "timing": {...},       # optional: seconds, images, expressions, ...
      "training": {...},     # optional: what only a trained head has (its test loss, best epoch)
+     "problems": [...],     # optional: data problems the run went past (one line each, naming
+                            # the file and the field, and what was done: an image skipped,
+                            # the first record of a repeated id kept); [] when there were none
      "predictions": [...]}  # one row per expression
 
 ``results_document`` builds it, ``provenance`` writes its provenance, ``write_results`` and
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from refcocog_tools import __version__
-from refcocog_tools.core.files import atomic_write_json
+from refcocog_tools.core.files import atomic_write_json, read_json
 from refcocog_tools.data.dataset import is_synthetic
 
 SCHEMA = "refcocog-tools/results/1"
@@ -113,9 +116,12 @@ def provenance(data_root: str | os.PathLike[str], split: str, backbones: Sequenc
 def results_document(rows: list[dict[str, Any]], *, config: dict[str, Any],
                      provenance: dict[str, Any], threshold: float = 0.5,
                      timing: dict[str, Any] | None = None,
-                     training: dict[str, Any] | None = None) -> dict[str, Any]:
+                     training: dict[str, Any] | None = None,
+                     problems: Sequence[str] | None = None) -> dict[str, Any]:
     """The one builder of a results document: metrics summarised from ``rows`` (one per
-    expression) at the IoU ``threshold``, with the config and provenance given."""
+    expression) at the IoU ``threshold``, with the config and provenance given. ``problems``:
+    the data problems the run went past (the metrics cover the rows only: a skipped
+    expression is in neither)."""
     from refcocog_tools.engine.metrics import summarize
 
     document: dict[str, Any] = {"schema": SCHEMA, "metrics": summarize(rows, threshold=threshold),
@@ -124,6 +130,8 @@ def results_document(rows: list[dict[str, Any]], *, config: dict[str, Any],
         document["timing"] = timing
     if training is not None:
         document["training"] = training
+    if problems is not None:
+        document["problems"] = [str(problem) for problem in problems]
     document["predictions"] = rows
     return document
 
@@ -328,10 +336,7 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A stored results document; ResultsError naming the file and the field when it is not
     one (plain JSON only: reading it runs no code)."""
     path = Path(path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ResultsError(f"{path}: not a readable results file ({err})") from err
+    document = read_json(path, "results file", ResultsError)
     if not isinstance(document, dict):
         raise ResultsError(f"{path}: a results file holds a JSON object")
     if document.get("schema") != SCHEMA:

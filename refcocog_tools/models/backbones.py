@@ -46,6 +46,7 @@ from refcocog_tools.core.files import (
     atomic_write_json,
     cache_dir,
     load_torch_file,
+    read_json,
     sha256_file,
 )
 from refcocog_tools.models.openai_clip import clip
@@ -85,10 +86,7 @@ def _sidecar(checkpoint: Path) -> dict[str, Any]:
     sidecar = Path(str(checkpoint) + ".json")
     if not sidecar.is_file():
         return {}
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BackboneError(f"{sidecar}: unreadable sidecar JSON: {err}") from err
+    meta = read_json(sidecar, "sidecar JSON", BackboneError)
     if not isinstance(meta, dict):
         raise BackboneError(f"{sidecar}: the sidecar JSON must be an object")
     return meta
@@ -420,6 +418,8 @@ def load_clip(
     path = Path(spec).expanduser()
     if path.is_file():
         return _backbone_from_file(path, path.name, device)
+    if path.exists():  # a FIFO, a device, a folder: never opened
+        raise BackboneError(f"{path}: the CLIP checkpoint is not a regular file")
     raise BackboneError(
         f"unknown CLIP spec {spec!r}: not a file, not one of {clip.available_models()} "
         f"and not an embedded model {[*EMBEDDED_CLIPS, *TOY_CLIPS]}"

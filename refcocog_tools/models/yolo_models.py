@@ -61,6 +61,8 @@ def _yolo_path(spec: str, cache: Path) -> Path:
     path = Path(spec).expanduser()
     if path.is_file():
         return path
+    if path.exists():  # a FIFO, a device, a folder: never opened
+        raise BackboneError(f"{path}: the YOLO checkpoint is not a regular file")
     if path.parent != Path("."):
         # A path, not a name: never reinterpret it as something to look up.
         raise BackboneError(f"{path}: YOLO checkpoint not found")

@@ -28,7 +28,6 @@ file is read, and every box against its image's size before an evaluation starts
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from refcocog_tools.core.files import sha256_file
+from refcocog_tools.core.files import read_json, sha256_file
 from refcocog_tools.data.annotations import DatasetError, RefRecord
 from refcocog_tools.data.dataset import RefItem
 from refcocog_tools.proposals.proposers import Proposals
@@ -171,16 +170,8 @@ def _entries(data: Any, path: Path) -> Iterable[tuple[int, Any, str]]:
 def load_detections(path: str | Path) -> dict[int, list[Detection]]:
     """Read and check a detections file; return each image id's detections in file order."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise DetectionsError(f"{path}: detections file not found") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise DetectionsError(f"{path}: detections file unreadable: {err}") from err
-    try:
-        data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as err:  # JSONDecodeError, and NaN / Infinity
-        raise DetectionsError(f"{path}: not valid JSON: {err}") from err
+    # NaN / Infinity are refused as invalid JSON; a FIFO or a 100,000-deep nesting is named.
+    data = read_json(path, "detections file", DetectionsError, parse_constant=_reject_constant)
     by_image: dict[int, list[Detection]] = {}
     seen_det_ids: dict[int, str] = {}
     for image_id, entry, where in _entries(data, path):
