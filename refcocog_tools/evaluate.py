@@ -87,7 +87,8 @@ def _crop_cosines(cache: EmbeddingCache, backbones: Sequence[ClipBackbone], imag
 def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
           prediction: Prediction, metric_backbones: Sequence[ClipBackbone],
           metric_cache: EmbeddingCache) -> list[dict[str, Any]]:
-    """The result rows of one image's expressions."""
+    """The result rows of one image's expressions (with masks: also how many of the image's
+    proposals fell back to their box, which ``evaluate`` sums per run and removes)."""
     boxes = prediction.boxes.float()
     gt = torch.tensor([it.box for it in items], dtype=torch.float32)
     ious = box_iou_pairs(boxes, gt)
@@ -106,7 +107,24 @@ def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
         "cosine": None if cosines[k] is None else round(float(cosines[k]), 6),
         "chosen": int(prediction.chosen[k]),
         "n_proposals": len(proposals),
+        **({} if proposals.masks is None else {MASKS_FROM_BOXES: proposals.masks_from_boxes}),
     } for k, item in enumerate(items)]
+
+
+MASKS_FROM_BOXES = "masks_from_boxes"
+
+
+def mask_fallbacks(rows: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Remove the rows' per-image mask counts; return the run's: proposals with masks and how
+    many of them are boxes (no mask known), or None when the run had no masks."""
+    per_image: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        if MASKS_FROM_BOXES in row:
+            per_image[row["image_id"]] = (row["n_proposals"], row.pop(MASKS_FROM_BOXES))
+    if not per_image:
+        return None
+    return {"proposals_with_masks": sum(n for n, _ in per_image.values()),
+            "masks_from_boxes": sum(k for _, k in per_image.values())}
 
 
 class _Encoding:
@@ -497,7 +515,8 @@ def evaluate(
             cursor += 1
     rows = _gather_rows(indexed, world)
     elapsed = time.perf_counter() - started
-    return results_document(
+    masks = mask_fallbacks(rows)
+    document = results_document(
         rows, threshold=threshold,
         config={"method": method.config(), "proposals": proposer.config(),
                 "clip": [b.name for b in backbones], "split": dataset.split, "limit": limit,
@@ -507,3 +526,6 @@ def evaluate(
         timing={"seconds": round(elapsed, 3), "images": len(groups), "expressions": len(rows),
                 "world_size": world, "workers": workers, "batch_size": batch_size},
     )
+    if masks is not None:  # how many "masks" were only boxes, once per run
+        document["provenance"]["proposals"].update(masks)
+    return document

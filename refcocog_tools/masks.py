@@ -11,12 +11,18 @@ box, and counts it: ``with_box_fallback``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pycocotools.mask as coco_mask
 import torch
+
+# pycocotools 2.0.x's RLE container predates numpy 2's ``copy`` keyword; numpy warns on every
+# decode, about pycocotools' code, not ours (the result is the same).
+warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy",
+                        category=DeprecationWarning, module="pycocotools")
 
 __all__ = ["MaskError", "as_rle", "box_masks", "decode", "encode", "instance_mask_problems",
            "rle_box", "segmentation_problem", "with_box_fallback"]
