@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .backbones import ClipBackbone, QueuedEmbeddings
 from .dataset import RefCOCOg, RefItem
 from .layouts import DEFAULT_LAYOUT
+from .masks import MASKS_FROM_BOXES, mask_fallbacks
 from .methods import BatchedMethod, EncodeRequest, GroundingMethod
 from .metrics import box_iou_pairs
 from .prediction import Prediction
@@ -110,21 +111,6 @@ def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
         **({} if proposals.masks is None else {MASKS_FROM_BOXES: proposals.masks_from_boxes}),
     } for k, item in enumerate(items)]
 
-
-MASKS_FROM_BOXES = "masks_from_boxes"
-
-
-def mask_fallbacks(rows: list[dict[str, Any]]) -> dict[str, int] | None:
-    """Remove the rows' per-image mask counts; return the run's: proposals with masks and how
-    many of them are boxes (no mask known), or None when the run had no masks."""
-    per_image: dict[int, tuple[int, int]] = {}
-    for row in rows:
-        if MASKS_FROM_BOXES in row:
-            per_image[row["image_id"]] = (row["n_proposals"], row.pop(MASKS_FROM_BOXES))
-    if not per_image:
-        return None
-    return {"proposals_with_masks": sum(n for n, _ in per_image.values()),
-            "masks_from_boxes": sum(k for _, k in per_image.values())}
 
 
 class _Encoding:

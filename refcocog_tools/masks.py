@@ -24,8 +24,9 @@ import torch
 warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy",
                         category=DeprecationWarning, module="pycocotools")
 
-__all__ = ["MaskError", "as_rle", "box_masks", "decode", "encode", "instance_mask_problems",
-           "rle_box", "segmentation_problem", "with_box_fallback"]
+__all__ = ["MASKS_FROM_BOXES", "MaskError", "as_rle", "box_masks", "decode", "encode",
+           "instance_mask_problems", "mask_fallbacks", "rle_box", "segmentation_problem",
+           "with_box_fallback"]
 
 Size = tuple[int, int]  # (width, height), as PIL and the annotations give image sizes
 
@@ -97,7 +98,7 @@ def decode(segmentation: Any, size: Size) -> torch.Tensor | None:
     rle = as_rle(segmentation, size)
     if rle is None:
         return None
-    pixels = torch.from_numpy(coco_mask.decode(rle).astype(bool))
+    pixels = torch.from_numpy(np.ascontiguousarray(coco_mask.decode(rle), dtype=bool))
     return pixels if bool(pixels.any()) else None
 
 
@@ -180,3 +181,20 @@ def instance_mask_problems(records: Sequence[Any], instances_path: Any) -> list[
             if problem:
                 problems.append(problem)
     return problems
+
+
+# The key of an evaluation row's per-image count (``evaluate`` writes and removes it).
+MASKS_FROM_BOXES = "masks_from_boxes"
+
+
+def mask_fallbacks(rows: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Remove the rows' per-image mask counts; return the run's: proposals with masks and how
+    many of them are boxes (no mask known); None when the run had no masks."""
+    per_image: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        if MASKS_FROM_BOXES in row:
+            per_image[row["image_id"]] = (row["n_proposals"], row.pop(MASKS_FROM_BOXES))
+    if not per_image:
+        return None
+    return {"proposals_with_masks": sum(n for n, _ in per_image.values()),
+            "masks_from_boxes": sum(k for _, k in per_image.values())}
