@@ -147,7 +147,11 @@ def test_generated_records_have_the_real_fields(mini_root: Path) -> None:
     assert {"images", "annotations", "categories"} <= set(data)
     ann = data["annotations"][0]
     assert {"bbox", "area", "image_id", "category_id", "id"} <= set(ann)
-    assert ann["area"] == pytest.approx(ann["bbox"][2] * ann["bbox"][3])
+    # The area of the object's drawn pixels (its mask), as COCO's, not of its box.
+    import pycocotools.mask as coco_mask
+
+    assert ann["area"] == float(coco_mask.area(ann["segmentation"])) > 0
+    assert ann["area"] < (ann["bbox"][2] + 1) * (ann["bbox"][3] + 1)
     stats = split_stats(mini_root)
     assert all(stats[s]["refs"] > 0 for s in ("train", "val", "test"))
     assert 0 < stats["train"]["spatial_share"] < 1

@@ -97,6 +97,9 @@ class Instance:
     category_id: int
     category: str
     box: Box
+    # instances.json's raw ``segmentation`` (polygons or RLE), kept as read and decoded only
+    # when a method asks for masks (``masks``), so a box-only run never pays for it.
+    segmentation: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -352,7 +355,7 @@ def _parse_annotations(entries: list[Any], path: Path, images: dict[int, dict[st
             continue
         found.by_id[ann_id] = ann
         found.by_image.setdefault(image_id, []).append(
-            Instance(ann_id, category_id, categories[category_id], box)
+            Instance(ann_id, category_id, categories[category_id], box, ann.get("segmentation"))
         )
     return found
 

@@ -178,11 +178,18 @@ def collate_items(batch: Sequence[RefItem]) -> dict[str, list[Any]]:
 
 def validate(root: str | Path, check_images: bool = True,
              layout: Layout = DEFAULT_LAYOUT) -> list[str]:
-    """Check every file and record under ``root``; return every problem (empty when clean)."""
+    """Check every file and record under ``root``; return every problem (empty when clean).
+
+    Instance masks are checked too: a ``segmentation`` that cannot be decoded, or whose pixels
+    leave the instance's box by more than 2 px (``masks.segmentation_problem``).
+    """
+    from refcocog_tools.core.masks import instance_mask_problems
+
     try:
         records, problems = parse_refcocog(root, layout=layout)
     except DatasetError as err:
         return [str(err)]
+    problems += instance_mask_problems(records, Path(root) / "annotations" / INSTANCES_FILE)
     if check_images:
         problems += image_problems(records)
     return problems

@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import pycocotools.mask as coco_mask
 from PIL import Image, ImageDraw
 
 from refcocog_tools.core.files import atomic_write_bytes
+from refcocog_tools.core.masks import encode as encode_mask
 from refcocog_tools.data.annotations import INSTANCES_FILE
 from refcocog_tools.data.layouts import DEFAULT_LAYOUT, Layout
 
@@ -57,6 +60,8 @@ IMAGE_SIZES = [(320, 240), (288, 224), (256, 256), (240, 320)]
 SPLIT_SHARES = (("train", 0.6), ("val", 0.15), ("test", 0.25))
 # The file at the root of every folder write_mini_dataset wrote (see is_mini_dataset).
 MINI_DATASET_MARKER = ".refcocog-tools-mini-dataset"
+# Written into instances.json's info; 2: each segmentation is the RLE of the object's pixels.
+MINI_DATA_VERSION = 2
 
 
 class _BoxGeometry:
@@ -84,12 +89,20 @@ class _Object(_BoxGeometry):
         return CATEGORIES[self.category_id][0]
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object) -> None:
-    """Each category has its own silhouette, so a detector or CLIP could in principle tell them."""
+def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object, ink: int | None = None) -> None:
+    """Each category has its own silhouette, so a detector or CLIP could in principle tell them.
+
+    ``ink``: draw every part in this one value instead of its colours (the object's mask, with
+    the very calls that draw its pixels).
+    """
     x1, y1, x2, y2 = obj.box
     w, h = x2 - x1, y2 - y1
-    fill = COLOURS[obj.colour]
-    edge = (0, 0, 0) if obj.colour != "black" else (200, 200, 200)
+
+    def paint(colour: tuple[int, int, int]) -> tuple[int, int, int] | int:
+        return colour if ink is None else ink
+
+    fill = paint(COLOURS[obj.colour])
+    edge = paint((0, 0, 0) if obj.colour != "black" else (200, 200, 200))
     name = obj.name
     if name == "person":
         head = min(w, h // 3)
@@ -100,12 +113,13 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object) -> None:
         wheel = max(4, h // 4)
         draw.rectangle((x1, y1, x2, y2 - wheel // 2), fill=fill, outline=edge)
         for cx in (x1 + w // 4, x2 - w // 4):
-            draw.ellipse((cx - wheel // 2, y2 - wheel, cx + wheel // 2, y2), fill=(20, 20, 20))
+            draw.ellipse((cx - wheel // 2, y2 - wheel, cx + wheel // 2, y2),
+                         fill=paint((20, 20, 20)))
         if name == "bus":
             for k in range(1, 4):
                 wx = x1 + k * w // 4
                 draw.rectangle((wx - w // 12, y1 + h // 6, wx + w // 12, y1 + h // 2),
-                               fill=(200, 230, 250))
+                               fill=paint((200, 230, 250)))
     elif name in ("cat", "dog"):
         draw.ellipse((x1, y1 + h // 4, x2, y2), fill=fill, outline=edge)
         ear = max(3, w // 5)
@@ -356,21 +370,33 @@ def generate(n_images: int = 30, seed: int = 0, splits: tuple[str, ...] = DEFAUL
                 objects.append(obj)
         canvas = Image.new("RGB", size, BACKGROUNDS[rng.randrange(len(BACKGROUNDS))])
         draw = ImageDraw.Draw(canvas)
-        for obj in objects:
+        # Which object each pixel shows: drawn in the same order with the same calls, so an
+        # object partly covered by a later one keeps only its visible pixels, as COCO's masks.
+        owners = Image.new("L", size, 0)
+        owner_draw = ImageDraw.Draw(owners)
+        for k, obj in enumerate(objects):
             _draw_object(draw, obj)
+            _draw_object(owner_draw, obj, ink=k + 1)
+        owner_pixels = np.asarray(owners)
         buffer = io.BytesIO()
         canvas.save(buffer, format="JPEG", quality=90)
         files[file_name] = buffer.getvalue()
         images.append({"license": 1, "file_name": file_name, "coco_url": "", "height": size[1],
                        "width": size[0], "date_captured": "", "flickr_url": "", "id": image_id})
         obj_ann_ids = []
-        for obj in objects:
+        for k, obj in enumerate(objects):
             ann_id += 1
             obj_ann_ids.append(ann_id)
             x1, y1, x2, y2 = obj.box
+            # Its visible pixels within its own rectangle (PIL draws both edges: x2, y2 too).
+            # A tall car's wheels can stick out sideways; they belong to no annotation, so
+            # that every mask lies in its box, as COCO's do.
+            visible = np.zeros_like(owner_pixels, dtype=bool)
+            visible[y1:y2 + 1, x1:x2 + 1] = owner_pixels[y1:y2 + 1, x1:x2 + 1] == k + 1
+            segmentation = encode_mask(visible)  # COCO compressed RLE
             annotations.append({
-                "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
-                "area": float(obj.area), "iscrowd": 0, "image_id": image_id,
+                "segmentation": segmentation,
+                "area": float(coco_mask.area(segmentation)), "iscrowd": 0, "image_id": image_id,
                 "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
                 "category_id": obj.category_id, "id": ann_id,
                 "colour": obj.colour,  # not a COCO field; the loader ignores it
@@ -398,7 +424,7 @@ def generate(n_images: int = 30, seed: int = 0, splits: tuple[str, ...] = DEFAUL
     categories = [{"supercategory": sup, "id": cid, "name": name}
                   for cid, (name, sup) in sorted(CATEGORIES.items())]
     instances = {"info": {"description": "refcocog-tools embedded synthetic dataset",
-                          "seed": seed, "synthetic": True},
+                          "seed": seed, "synthetic": True, "version": MINI_DATA_VERSION},
                  "images": images, "annotations": annotations, "categories": categories}
     return refs, instances, files
 
@@ -440,7 +466,11 @@ def default_data_root() -> Path:
     from refcocog_tools.core.files import cache_dir
 
     root = cache_dir() / "mini-refcocog"
-    if not (root / "annotations" / INSTANCES_FILE).is_file():
+    instances = root / "annotations" / INSTANCES_FILE
+    # A copy an older generator wrote (version 1: box-shaped segmentations) is written again;
+    # the images are the same bytes, only the annotations change. ``info`` comes first.
+    if not instances.is_file() or (f'"version":{MINI_DATA_VERSION},'.encode()
+                                   not in instances.read_bytes()[:4096]):
         write_mini_dataset(root)
     return root
 

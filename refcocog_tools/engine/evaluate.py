@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from refcocog_tools.core.boxes import box_iou_pairs
+from refcocog_tools.core.masks import MASKS_FROM_BOXES, mask_fallbacks
 from refcocog_tools.data.annotations import DatasetError
 from refcocog_tools.data.dataset import RefCOCOg, RefItem
 from refcocog_tools.data.layouts import DEFAULT_LAYOUT
@@ -88,7 +89,8 @@ def _crop_cosines(cache: EmbeddingCache, backbones: Sequence[ClipBackbone], imag
 def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
           prediction: Prediction, metric_backbones: Sequence[ClipBackbone],
           metric_cache: EmbeddingCache) -> list[dict[str, Any]]:
-    """The result rows of one image's expressions."""
+    """The result rows of one image's expressions (with masks: also how many of the image's
+    proposals fell back to their box, which ``evaluate`` sums per run and removes)."""
     boxes = prediction.boxes.float()
     gt = torch.tensor([it.box for it in items], dtype=torch.float32)
     ious = box_iou_pairs(boxes, gt)
@@ -107,7 +109,9 @@ def _rows(items: Sequence[RefItem], image: Image.Image, proposals: Proposals,
         "cosine": None if cosines[k] is None else round(float(cosines[k]), 6),
         "chosen": int(prediction.chosen[k]),
         "n_proposals": len(proposals),
+        **({} if proposals.masks is None else {MASKS_FROM_BOXES: proposals.masks_from_boxes}),
     } for k, item in enumerate(items)]
+
 
 
 class _Encoding:
@@ -543,7 +547,8 @@ def evaluate(
     problems = [p for p in data_problems if p.split(": ", 1)[0] not in skipped_paths]
     problems += list(getattr(dataset, "problems", ())) + skipped_problems
     elapsed = time.perf_counter() - started
-    return results_document(
+    masks = mask_fallbacks(rows)
+    document = results_document(
         rows, threshold=threshold,
         config={"method": method.config(), "proposals": proposer.config(),
                 "clip": [b.name for b in backbones], "split": dataset.split, "limit": limit,
@@ -554,3 +559,6 @@ def evaluate(
                 "world_size": world, "workers": workers, "batch_size": batch_size},
         problems=problems,
     )
+    if masks is not None:  # how many "masks" were only boxes, once per run
+        document["provenance"]["proposals"].update(masks)
+    return document

@@ -1,8 +1,9 @@
-"""The embedded untrained models: tiny CLIPs and a tiny YOLOv8s, the same on any CPU.
+"""The embedded untrained models: tiny CLIPs and tiny YOLOv8s models, the same on any CPU.
 
 Pretrained weights cannot be fetched here, so every code path runs on small, *untrained*,
 deterministic models of the real architectures: ``"tiny-rn"`` and ``"tiny-vit"`` (instances of
-``clip.model.CLIP``) and ``"tiny-yolov8s"`` (Ultralytics' ``yolov8s.yaml``). Each is generated
+``clip.model.CLIP``), ``"tiny-yolov8s"`` (Ultralytics' ``yolov8s.yaml``) and
+``"tiny-yolov8s-seg"`` (``yolov8s-seg.yaml``, a box and a mask per detection). Each is generated
 once into ``<cache>`` and then loaded by ``backbones`` through the same route as a user's file,
 with a sidecar ``<file>.json`` marking it untrained: numbers computed with them say nothing
 about CLIP or YOLO.
@@ -63,6 +64,13 @@ TINY_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
 TINY_SEEDS = {"tiny-rn": 0, "tiny-vit": 1}
 EMBEDDED_CLIPS = tuple(TINY_CLIP_CONFIGS)  # the untrained CLIPs, generated on first use
 EMBEDDED_YOLO = "tiny-yolov8s"
+EMBEDDED_YOLO_SEG = "tiny-yolov8s-seg"
+# The embedded YOLOs: each one Ultralytics architecture at its own scale ("s"), and its task.
+TINY_YOLO_CONFIGS: dict[str, tuple[str, str]] = {
+    EMBEDDED_YOLO: ("yolov8s.yaml", "detect"),
+    EMBEDDED_YOLO_SEG: ("yolov8s-seg.yaml", "segment"),
+}
+EMBEDDED_YOLOS = tuple(TINY_YOLO_CONFIGS)
 TINY_YOLO_SEED = 0
 # Where our metadata sits inside the tiny YOLO checkpoint dict.
 UNTRAINED_KEY = "refcocog_tools"
@@ -200,39 +208,45 @@ def tiny_clip_checkpoint(name: str, cache: Path) -> Path:
 
 
 
-def tiny_yolo_checkpoint(cache: Path) -> Path:
-    """Untrained ``yolov8s.yaml`` detector with COCO class names, generated once.
+def tiny_yolo_checkpoint(cache: Path, name: str = EMBEDDED_YOLO) -> Path:
+    """Untrained ``yolov8s.yaml`` detector (``tiny-yolov8s``) or ``yolov8s-seg.yaml``
+    segmentation model (``tiny-yolov8s-seg``) with COCO class names, generated once.
 
     Written by hand rather than with ``YOLO.save`` because that stamps the current date into the
     file; this dict has the layout ``ultralytics.nn.tasks.load_checkpoint`` reads. The caller
     sets Ultralytics' environment first (``backbones`` does: offline, quiet, safe loading), as
     it must be before the first ``import ultralytics``.
     """
-    path = cache / "yolo" / f"{EMBEDDED_YOLO}.pt"
+    if name not in TINY_YOLO_CONFIGS:
+        raise ValueError(f"{name!r} is not an embedded YOLO ({', '.join(EMBEDDED_YOLOS)})")
+    cfg, task = TINY_YOLO_CONFIGS[name]
+    path = cache / "yolo" / f"{name}.pt"
     if _generated_current(path):
         return path
     import ultralytics
     import yaml
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
     from ultralytics.utils import ROOT
 
     coco = yaml.safe_load((ROOT / "cfg" / "datasets" / "coco.yaml").read_text(encoding="utf-8"))
+    architecture = SegmentationModel if task == "segment" else DetectionModel
     # Drawn from numpy like the tiny CLIP models: PyTorch's own draws differ between CPUs.
     with _PortableRandom(TINY_YOLO_SEED):
-        model = DetectionModel("yolov8s.yaml", nc=len(coco["names"]), verbose=False)
+        model = architecture(cfg, nc=len(coco["names"]), verbose=False)
     model.names = {int(k): str(v) for k, v in coco["names"].items()}
     ckpt = {
         "model": deepcopy(model).half().eval(),
         "ema": None,
-        "train_args": {},
+        # Where Ultralytics reads a checkpoint's task (absent, it assumes "detect").
+        "train_args": {} if task == "detect" else {"task": task},
         "version": ultralytics.__version__,
-        UNTRAINED_KEY: {"untrained": True, "seed": TINY_YOLO_SEED, "cfg": "yolov8s.yaml"},
+        UNTRAINED_KEY: {"untrained": True, "seed": TINY_YOLO_SEED, "cfg": cfg},
     }
     atomic_torch_save(path, ckpt)
     atomic_write_json(Path(str(path) + ".json"), {
         "untrained": True,
         "generator": TINY_GENERATOR,
-        "description": f"embedded {EMBEDDED_YOLO}: random weights of yolov8s.yaml, seed "
+        "description": f"embedded {name}: random weights of {cfg}, seed "
                        f"{TINY_YOLO_SEED} (numpy PCG64); for offline smoke runs only",
     })
     return path

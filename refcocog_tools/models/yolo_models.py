@@ -1,11 +1,16 @@
 """YOLO detectors (Ultralytics), loaded offline from a local cache, and never running code.
 
-Specs (``load_yolo``): an Ultralytics weights name (``"yolov8s"`` -> ``<cache>/yolo/yolov8s.pt``),
-a local ``.pt`` path, or ``"tiny-yolov8s"``, an untrained ``yolov8s.yaml`` model generated once
+Specs (``load_yolo``): an Ultralytics weights name (``"yolov8s"`` -> ``<cache>/yolo/yolov8s.pt``,
+``"yolov8s-seg"`` for the segmentation model), a local ``.pt`` path, or ``"tiny-yolov8s"`` /
+``"tiny-yolov8s-seg"``, untrained ``yolov8s.yaml`` / ``yolov8s-seg.yaml`` models generated once
 (``untrained_models``). Ultralytics is put offline and quiet, with its configuration inside the
 cache, and loads checkpoints with ``torch.load(weights_only=True)`` and an allow-list of model
 classes; a named file that is missing is fetched only with ``REFCOCOG_TOOLS_DOWNLOAD=1``, like a
 CLIP model (``backbones``).
+
+Only detection and segmentation checkpoints load, and a name says which it must be: a name
+ending in ``-seg`` a segmentation model, any other name a detector; a file of the other kind
+is refused (a ``.pt`` path may hold either).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from refcocog_tools.models.backbones import (
 )
 from refcocog_tools.models.untrained_models import (
     EMBEDDED_YOLO,
+    EMBEDDED_YOLOS,
+    TINY_YOLO_CONFIGS,
     UNTRAINED_KEY,
     tiny_yolo_checkpoint,
 )
@@ -54,10 +61,27 @@ def _ultralytics_env(cache: Path) -> None:
     os.environ[SAFE_LOAD_ENV] = "1"
 
 
+# What each task's model gives, in words for the refusals.
+YOLO_TASKS = {"detect": "a detection model (boxes only)",
+              "segment": "a segmentation model (a box and a mask per detection)"}
+
+
+def expected_task(spec: str) -> str | None:
+    """The task a spec names: ``"segment"`` for a name ending in ``-seg``, ``"detect"`` for
+    any other name, None for a path (its file says)."""
+    spec = str(spec).strip()
+    if spec in TINY_YOLO_CONFIGS:
+        return TINY_YOLO_CONFIGS[spec][1]
+    path = Path(spec).expanduser()
+    if path.parent != Path(".") or path.is_file():
+        return None
+    return "segment" if path.name.removesuffix(".pt").endswith("-seg") else "detect"
+
+
 def _yolo_path(spec: str, cache: Path) -> Path:
-    if spec == EMBEDDED_YOLO:
+    if spec in EMBEDDED_YOLOS:
         _ultralytics_env(cache)  # before the maker's first import of Ultralytics
-        return tiny_yolo_checkpoint(cache)
+        return tiny_yolo_checkpoint(cache, spec)
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -83,11 +107,13 @@ def load_yolo(
 
     Ultralytics itself never downloads: it is put offline (``YOLO_OFFLINE=1``) and only ever
     gets an existing file path; a missing named file is fetched only with
-    ``REFCOCOG_TOOLS_DOWNLOAD=1``.
+    ``REFCOCOG_TOOLS_DOWNLOAD=1``. ``model.task`` is ``"detect"`` or ``"segment"``: a
+    checkpoint of another task, or of the other one than its name says, is refused.
     """
     cache = resolve_cache(cache)
     _ultralytics_env(cache)
-    path = _yolo_path(str(spec).strip(), cache)
+    spec = str(spec).strip()
+    path = _yolo_path(spec, cache)
     from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
 
@@ -96,14 +122,39 @@ def load_yolo(
             # Ultralytics was imported before this package could set ULTRALYTICS_SAFE_LOAD:
             # check the file with its restricted loader first, so nothing in it can run.
             torch_safe_load(str(path), safe_only=True)
-        model = YOLO(str(path), task="detect")
+        model = YOLO(str(path))  # a .pt file: its model says its task
     except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError,
             pickle.UnpicklingError) as err:
         reason = str(err).replace("ERROR ❌️ ", "").strip().splitlines()[0]
         raise BackboneError(f"{path}: refused, not a loadable Ultralytics checkpoint "
                             f"({reason})") from None
+    task, expected = _model_task(model), expected_task(spec)
+    if task not in YOLO_TASKS:
+        raise BackboneError(f"{path}: refused, a YOLO model of task {task!r}; proposals need "
+                            "a detection or segmentation checkpoint")
+    if expected is not None and task != expected:
+        other = "yolov8s" if task == "detect" else "yolov8s-seg"
+        raise BackboneError(f"{path}: {YOLO_TASKS[task]}, but {spec!r} names "
+                            f"{YOLO_TASKS[expected]}: give the right file, a name like "
+                            f"{other!r}, or the file's path")
     model.to(torch.device(device))
     return model
+
+
+def _model_task(model: YOLO) -> str | None:
+    """The model's task, from its architecture where Ultralytics' guess can be wrong.
+
+    Ultralytics takes a checkpoint's task from its ``train_args``, and a checkpoint without
+    them reads as ``"detect"``: a segmentation model would then run as a detector, its mask
+    head's outputs misread as boxes. Its class says what it is.
+    """
+    from ultralytics.nn.tasks import SegmentationModel
+
+    task = getattr(model, "task", None)
+    if isinstance(getattr(model, "model", None), SegmentationModel) and task != "segment":
+        task = model.task = "segment"
+        model.overrides["task"] = task
+    return task
 
 
 def _yolo_ckpt_path(model_or_spec: Any, cache: str | Path | None = None) -> Path:

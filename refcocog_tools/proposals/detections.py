@@ -21,9 +21,14 @@ are ignored. A box's label is its ``category_name``, else the COCO name of its
 ``category_id``. An image the file has no detection for gets the whole image as its only
 proposal, as in ReCLIP.
 
+A detection may carry its mask as ``segmentation``, in COCO's format (polygons, or RLE
+``{"size": [h, w], "counts": ...}`` compressed or not; Mask R-CNN's files hold RLE). It is read
+only when masks are asked for (``masks=True``); then a detection without one gets its box as
+mask (counted in ``Proposals.masks_from_boxes``), and a file without any is refused.
+
 The file is JSON, read with ``json``: loading it runs no code. Every entry is checked when the
-file is read, and every box against its image's size before an evaluation starts
-(``check_dataset``); each problem names the file, the entry and the field.
+file is read, and every box (and, with masks, every mask) against its image's size before an
+evaluation starts (``check_dataset``); each problem names the file, the entry and the field.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import torch
 from PIL import Image
 
 from refcocog_tools.core.files import read_json, sha256_file
+from refcocog_tools.core.masks import MaskError, as_rle, with_box_fallback
+from refcocog_tools.core.masks import decode as decode_mask
 from refcocog_tools.data.annotations import DatasetError, RefRecord
 from refcocog_tools.data.dataset import RefItem
 from refcocog_tools.proposals.proposers import Proposals
@@ -78,6 +85,7 @@ class Detection:
     box: tuple[float, float, float, float]  # xyxy pixels
     score: float | None
     label: str | None
+    segmentation: Any = None  # COCO polygons / RLE as in the file; None: no mask
 
 
 def _number(value: Any) -> bool:
@@ -131,7 +139,12 @@ def _parse_entry(entry: Any, where: str, seen_det_ids: dict[int, str]) -> Detect
                 raise DetectionsError(f"{where}: field 'category_id' {category_id} is not a "
                                       "COCO category id, and no 'category_name' says what it is")
             label = COCO_CATEGORIES[category_id]
-    return Detection((x, y, x + w, y + h), None if score is None else float(score), label)
+    segmentation = entry.get("segmentation")
+    if segmentation is not None and not isinstance(segmentation, (list, dict)):
+        raise DetectionsError(f"{where}: field 'segmentation' has type "
+                              f"{type(segmentation).__name__} (COCO polygons or RLE)")
+    return Detection((x, y, x + w, y + h), None if score is None else float(score), label,
+                     segmentation)
 
 
 def _entries(data: Any, path: Path) -> Iterable[tuple[int, Any, str]]:
@@ -185,13 +198,22 @@ def load_detections(path: str | Path) -> dict[int, list[Detection]]:
 
 
 class DetectionsProposer:
-    """The detections a file lists for each image (see the module docstring for the format)."""
+    """The detections a file lists for each image (see the module docstring for the format).
+
+    ``masks``: each detection's ``segmentation`` decoded as its mask (a file holding none is
+    refused: its masks would all be boxes).
+    """
 
     untrained = False
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, masks: bool = False) -> None:
         self.path = Path(path)
         self.detections = load_detections(self.path)
+        self.masks = bool(masks)
+        if self.masks and not any(d.segmentation is not None
+                                  for dets in self.detections.values() for d in dets):
+            raise DetectionsError(f"{self.path}: no detection has a 'segmentation': the file "
+                                  "gives boxes only, and mask proposals need masks")
         self.checksum: str = sha256_file(self.path)
         self.name: str = f"dets:{self.path.name}"
         self._boxes = {image_id: torch.tensor([d.box for d in dets], dtype=torch.float32)
@@ -219,6 +241,8 @@ class DetectionsProposer:
                         f"{self.path}: image {image_id} detection [{k}]: field 'box' "
                         f"{[x1, y1, x2 - x1, y2 - y1]} lies outside the {width}x{height} image")
                 past_edge += min(x1, y1) < -1 or x2 > width + 1 or y2 > height + 1
+                if self.masks:
+                    self._mask(image_id, k, (width, height), check_only=True)
         if missing:
             warnings.warn(f"{self.path}: {len(missing)} of {len(sizes)} images of this split have "
                           "no detection and get the whole image as their only proposal",
@@ -242,8 +266,28 @@ class DetectionsProposer:
             raise DetectionsError(f"{self.path}: image {item.image_id} detection [{k}]: field "
                                   f"'box' lies outside the {width}x{height} image")
         scores = [d.score for d in dets]
+        masks, from_boxes = None, 0
+        if self.masks:
+            masks, from_boxes = with_box_fallback(
+                [self._mask(item.image_id, k, item.image_size) for k in range(len(dets))],
+                boxes, item.image_size)
         return Proposals(boxes, [d.label for d in dets],
-                         None if None in scores else torch.tensor(scores))
+                         None if None in scores else torch.tensor(scores),
+                         masks=masks, masks_from_boxes=from_boxes)
+
+    def _mask(self, image_id: int, k: int, size: tuple[int, int],
+              check_only: bool = False) -> torch.Tensor | None:
+        """Detection ``k`` of an image as a mask (None without one); a DetectionsError naming
+        the file and the detection when it cannot be decoded or is not the image's size."""
+        segmentation = self.detections[image_id][k].segmentation
+        try:
+            if check_only:
+                as_rle(segmentation, size)
+                return None
+            return decode_mask(segmentation, size)
+        except MaskError as err:
+            raise DetectionsError(f"{self.path}: image {image_id} detection [{k}]: field "
+                                  f"'segmentation': {err}") from None
 
     def propose_many(self, items: Sequence[RefItem],
                      images: Sequence[Image.Image] | None = None) -> list[Proposals]:
@@ -253,4 +297,9 @@ class DetectionsProposer:
         """JSON-able description, recorded with results."""
         return {"proposer": "dets", "file": str(self.path), "checksum": self.checksum,
                 "images": len(self.detections),
-                "detections": sum(len(d) for d in self.detections.values())}
+                "detections": sum(len(d) for d in self.detections.values()),
+                **({"masks": True} if self.masks else {})}
+
+    @property
+    def gives_masks(self) -> bool:
+        return self.masks

@@ -3,6 +3,13 @@
 Two proposers: the ground-truth COCO boxes of the image (``"gt"``, an upper bound on what a
 detector could offer) and an Ultralytics YOLO detector. Neither ever returns an empty set: with
 nothing to propose, the whole image is the only candidate.
+
+Masks come only when asked for (``masks=True``), so a box-only run never decodes one: the
+ground truth decodes each instance's ``segmentation``, a YOLO segmentation model
+(``yolov8s-seg``, the embedded ``tiny-yolov8s-seg``) gives its own. A proposal without a mask
+(an instance without a segmentation, the whole-image fallback) gets its box rasterised, and
+``Proposals.masks_from_boxes`` counts them. A source that gives no mask at all is refused
+instead (a detection checkpoint, ``masks=True``): its "masks" would all be boxes.
 """
 
 from __future__ import annotations
@@ -16,7 +23,11 @@ import torch
 from PIL import Image
 
 from refcocog_tools.core.boxes import as_boxes
+from refcocog_tools.core.masks import MaskError, with_box_fallback
+from refcocog_tools.core.masks import decode as decode_mask
+from refcocog_tools.data.annotations import INSTANCES_FILE, DatasetError, Instance, RefRecord
 from refcocog_tools.data.dataset import RefItem
+from refcocog_tools.models.backbones import BackboneError
 from refcocog_tools.models.untrained_models import EMBEDDED_YOLO
 from refcocog_tools.models.yolo_models import load_yolo, yolo_checksum, yolo_untrained
 
@@ -36,11 +47,13 @@ __all__ = [
 
 @dataclass
 class Proposals:
-    """Candidate boxes of one image."""
+    """Candidate boxes of one image, and their masks when the proposer was asked for them."""
 
     boxes: torch.Tensor  # (P, 4) float32 xyxy pixels, P >= 1
     labels: list[str | None]  # class name per box when the proposer has one
     scores: torch.Tensor | None = None  # (P,) detector confidence
+    masks: torch.Tensor | None = None  # (P, H, W) bool, image pixels; None: boxes only
+    masks_from_boxes: int = 0  # how many of ``masks`` are boxes rasterised (no mask known)
 
     def __post_init__(self) -> None:
         self.boxes = as_boxes(self.boxes, torch.float32)
@@ -52,12 +65,34 @@ class Proposals:
             self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
             if len(self.scores) != len(self.boxes):
                 raise ValueError(f"{len(self.scores)} scores for {len(self.boxes)} boxes")
+        if self.masks is None:
+            if self.masks_from_boxes:
+                raise ValueError(f"masks_from_boxes {self.masks_from_boxes} without masks")
+            return
+        masks = torch.as_tensor(self.masks)
+        if masks.dtype != torch.bool:
+            raise TypeError(f"masks must be torch.bool, got {masks.dtype}")
+        if masks.dim() != 3 or len(masks) != len(self.boxes):
+            raise ValueError(f"masks of shape {tuple(masks.shape)} for {len(self.boxes)} "
+                             "boxes: expected (P, H, W)")
+        if not 0 <= self.masks_from_boxes <= len(masks):
+            raise ValueError(f"masks_from_boxes {self.masks_from_boxes} outside 0..{len(masks)}")
+        self.masks = masks
 
     @classmethod
-    def whole_image(cls, size: tuple[int, int]) -> Proposals:
-        """One box covering the image ``(width, height)``, without a label."""
+    def whole_image(cls, size: tuple[int, int], masks: bool = False) -> Proposals:
+        """One box covering the image ``(width, height)``, without a label; ``masks``: with
+        the whole image as its mask (counted as from its box)."""
         width, height = size
-        return cls(torch.tensor([[0.0, 0.0, float(width), float(height)]]), [None])
+        if not masks:
+            return cls(torch.tensor([[0.0, 0.0, float(width), float(height)]]), [None])
+        return cls(torch.tensor([[0.0, 0.0, float(width), float(height)]]), [None],
+                   masks=torch.ones(1, height, width, dtype=torch.bool), masks_from_boxes=1)
+
+    @property
+    def mask_size(self) -> tuple[int, int] | None:
+        """``(width, height)`` of the masks, None without masks."""
+        return None if self.masks is None else (self.masks.shape[2], self.masks.shape[1])
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -76,21 +111,64 @@ class Proposer(Protocol):
                      images: Sequence[Image.Image] | None = None) -> list[Proposals]: ...
 
 
+def _instances_file(record: RefRecord) -> Path:
+    """``<root>/annotations/instances.json`` of a record (its image lies under
+    ``<root>/images``, perhaps in a sub-folder)."""
+    for folder in record.image_path.parents:
+        if folder.name == "images":
+            return folder.parent / "annotations" / INSTANCES_FILE
+    return Path(INSTANCES_FILE)
+
+
 class GroundTruthProposer:
-    """Every annotated COCO instance of the item's image, labelled with its category."""
+    """Every annotated COCO instance of the item's image, labelled with its category.
+
+    ``masks``: also each instance's mask, decoded from its ``segmentation`` (polygons or RLE)
+    per image; an instance without one gets its box (counted in ``masks_from_boxes``).
+    """
 
     name = "gt"
     untrained = False
     checksum: str | None = None
 
+    def __init__(self, masks: bool = False) -> None:
+        self.masks = bool(masks)
+
+    @property
+    def gives_masks(self) -> bool:
+        return self.masks
+
+    def check_dataset(self, records: Sequence[RefRecord]) -> None:
+        """With masks: every instance's segmentation decodes, checked before any long work
+        (a DatasetError naming the file and the annotation id)."""
+        if not self.masks:
+            return
+        seen: set[int] = set()
+        for record in records:
+            for inst in record.instances:
+                if inst.ann_id not in seen:
+                    seen.add(inst.ann_id)
+                    self._decode(inst, record)
+
+    def _decode(self, inst: Instance, record: RefRecord) -> torch.Tensor | None:
+        try:
+            return decode_mask(inst.segmentation, record.image_size)
+        except MaskError as err:
+            raise DatasetError(f"{_instances_file(record)}: annotation id {inst.ann_id}: "
+                               f"field 'segmentation' cannot be decoded: {err}") from None
+
     def __call__(self, item: RefItem, image: Image.Image | None = None) -> Proposals:
         """``image`` is accepted for the common interface; annotations need no pixels."""
         if not item.instances:
-            return Proposals.whole_image(item.image_size)
-        return Proposals(
-            torch.tensor([inst.box for inst in item.instances], dtype=torch.float32),
-            [inst.category for inst in item.instances],
-        )
+            return Proposals.whole_image(item.image_size, masks=self.masks)
+        boxes = torch.tensor([inst.box for inst in item.instances], dtype=torch.float32)
+        labels = [inst.category for inst in item.instances]
+        if not self.masks:
+            return Proposals(boxes, labels)
+        masks, from_boxes = with_box_fallback(
+            [self._decode(inst, item.record) for inst in item.instances], boxes,
+            item.image_size)
+        return Proposals(boxes, labels, masks=masks, masks_from_boxes=from_boxes)
 
     def propose_many(self, items: Sequence[RefItem],
                      images: Sequence[Image.Image] | None = None) -> list[Proposals]:
@@ -98,7 +176,7 @@ class GroundTruthProposer:
 
     def config(self) -> dict[str, Any]:
         """JSON-able description, recorded with results."""
-        return {"proposer": "gt"}
+        return {"proposer": "gt", "masks": True} if self.masks else {"proposer": "gt"}
 
 
 # The study ran each detector with its library's defaults and never changed them: YOLOv8s
@@ -123,7 +201,10 @@ class YoloProposer:
     """Detections of an Ultralytics YOLO model (see ``yolo_models.load_yolo`` for specs).
 
     ``conf``, ``iou`` (NMS) and ``max_det`` default to the study's settings for the detector
-    (``study_detector_settings``).
+    (``study_detector_settings``). ``masks``: each detection's mask too, from a segmentation
+    checkpoint (``yolov8s-seg``, ``tiny-yolov8s-seg``; Ultralytics' ``retina_masks``, at the
+    image's size); a detection checkpoint is refused. Without ``masks`` a segmentation
+    checkpoint's boxes are used alone.
     """
 
     def __init__(
@@ -136,6 +217,7 @@ class YoloProposer:
         imgsz: int = 640,
         batch_size: int = 16,
         cache: str | Path | None = None,
+        masks: bool = False,
     ) -> None:
         self.spec = str(spec)
         self.device = torch.device(device)
@@ -151,23 +233,42 @@ class YoloProposer:
         self.imgsz = int(imgsz)
         self.batch_size = int(batch_size)
         self.model = load_yolo(self.spec, device=self.device, cache=cache)
+        self.task: str = str(self.model.task)
+        self.masks = bool(masks)
+        if self.masks and self.task != "segment":
+            raise BackboneError(f"{self.name}: a detection model gives no masks; mask "
+                                "proposals need a segmentation checkpoint (yolov8s-seg, "
+                                "tiny-yolov8s-seg)")
         self.names: dict[int, str] = dict(self.model.names)
         self.checksum: str = yolo_checksum(self.model)
         self.untrained: bool = yolo_untrained(self.model)
 
+    @property
+    def gives_masks(self) -> bool:
+        return self.masks
+
     def _to_proposals(self, result: Results, size: tuple[int, int]) -> Proposals:
         boxes = result.boxes
         if boxes is None or len(boxes) == 0:
-            return Proposals.whole_image(size)
+            return Proposals.whole_image(size, masks=self.masks)
         xyxy = boxes.xyxy.detach().float().cpu()
         keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # drop zero-area boxes
         if not bool(keep.any()):
-            return Proposals.whole_image(size)
+            return Proposals.whole_image(size, masks=self.masks)
         classes = boxes.cls.detach().cpu().long()[keep].tolist()
+        masks = None
+        if self.masks:
+            width, height = size
+            # retina_masks: the masks are at the original image's size already.
+            masks = result.masks.data.detach().cpu()[keep] > 0.5
+            if tuple(masks.shape[1:]) != (height, width):
+                raise ValueError(f"{self.name}: masks of {tuple(masks.shape[1:])} for a "
+                                 f"{width}x{height} image")
         return Proposals(
             xyxy[keep],
             [self.names.get(c) for c in classes],
             boxes.conf.detach().float().cpu()[keep],
+            masks=masks,
         )
 
     def propose_many(self, items: Sequence[RefItem],
@@ -192,6 +293,7 @@ class YoloProposer:
                 device=str(self.device),
                 verbose=False,
                 save=False,
+                **({"retina_masks": True} if self.masks else {}),
             )
             out.extend(self._to_proposals(r, item.image_size)
                        for r, item in zip(results, chunk, strict=True))
@@ -211,24 +313,27 @@ class YoloProposer:
             "imgsz": self.imgsz,
             "checksum": self.checksum,
             "untrained": self.untrained,
+            **({"masks": True} if self.masks else {}),
         }
 
 
 def make_proposer(spec: str, device: str | torch.device = "cpu", **options: Any) -> Proposer:
     """``"gt"``, ``"dets:<path>"`` (a detections file, see ``detections``), or a YOLO spec
-    (``"yolo"`` means the default, ``"yolo:<spec>"`` is accepted)."""
+    (``"yolo"`` means the default, ``"yolo:<spec>"`` is accepted). ``masks=True`` (every
+    proposer): masks with the boxes."""
     spec = str(spec).strip()
     if spec == "gt" or spec.startswith("dets:"):
+        masks = bool(options.pop("masks", False))
         if options:
-            raise TypeError(f"the {spec.split(':')[0]} proposer takes no options, got "
-                            f"{sorted(options)}")
+            raise TypeError(f"the {spec.split(':')[0]} proposer takes no options but masks, "
+                            f"got {sorted(options)}")
         if spec == "gt":
-            return GroundTruthProposer()
+            return GroundTruthProposer(masks=masks)
         from refcocog_tools.proposals.detections import (
             DetectionsProposer,  # it builds on Proposals, defined here
         )
 
-        return DetectionsProposer(spec[len("dets:"):])
+        return DetectionsProposer(spec[len("dets:"):], masks=masks)
     if spec == "yolo":
         spec = EMBEDDED_YOLO
     elif spec.startswith("yolo:"):
