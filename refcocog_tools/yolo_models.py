@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ import torch
 
 from .backbones import BackboneError, fetch_or_fail, resolve_cache, untrained_marker
 from .io_utils import sha256_file
+from .torchscript_archive import is_torchscript_archive
 from .untrained_models import EMBEDDED_YOLO, UNTRAINED_KEY, tiny_yolo_checkpoint
 
 if TYPE_CHECKING:
@@ -65,6 +67,24 @@ def _yolo_path(spec: str, cache: Path) -> Path:
     return local
 
 
+def _vet_checkpoint_file(path: Path) -> None:
+    """Refuse, before Ultralytics sees it, any file it would load by running code or cannot
+    read: only a ``.pt`` torch zip that is not TorchScript goes on to its restricted loader."""
+    if path.suffix != ".pt":
+        # YOLO() hands any other file to AutoBackend, which calls torch.jit.load on a
+        # .torchscript export and other runtimes on the rest.
+        raise BackboneError(f"{path}: refused, only Ultralytics .pt checkpoints are loaded (a "
+                            f"{path.suffix or 'suffix-less'} file is an export that would be "
+                            "loaded by running its code or another runtime)")
+    if is_torchscript_archive(path):
+        raise BackboneError(f"{path}: refused, a TorchScript archive (torch.jit.load would run "
+                            "its code), not an Ultralytics checkpoint")
+    if not zipfile.is_zipfile(path):
+        # Every torch.save since PyTorch 1.6 is a zip: this is an empty, truncated or text file.
+        raise BackboneError(f"{path}: not a loadable Ultralytics checkpoint (not a torch zip "
+                            "archive: empty, truncated or another kind of file)")
+
+
 def load_yolo(
     spec: str = EMBEDDED_YOLO, device: str | torch.device = "cpu", cache: str | Path | None = None
 ) -> YOLO:
@@ -77,6 +97,7 @@ def load_yolo(
     cache = resolve_cache(cache)
     _ultralytics_env(cache)
     path = _yolo_path(str(spec).strip(), cache)
+    _vet_checkpoint_file(path)
     from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
 
@@ -86,9 +107,10 @@ def load_yolo(
             # check the file with its restricted loader first, so nothing in it can run.
             torch_safe_load(str(path), safe_only=True)
         model = YOLO(str(path), task="detect")
-    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError,
-            pickle.UnpicklingError) as err:
-        reason = str(err).replace("ERROR ❌️ ", "").strip().splitlines()[0]
+    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError, KeyError, ValueError,
+            EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        lines = str(err).replace("ERROR ❌️ ", "").strip().splitlines()
+        reason = lines[0] if lines else type(err).__name__
         raise BackboneError(f"{path}: refused, not a loadable Ultralytics checkpoint "
                             f"({reason})") from None
     model.to(torch.device(device))
