@@ -119,14 +119,16 @@ class _ArchiveUnpickler(pickle.Unpickler):
     def _storage(self, key: str, dtype: torch.dtype, numel: int) -> torch.storage.TypedStorage:
         entry = f"{self.prefix}/data/{key}"
         try:
-            data = self.archive.read(entry)
+            size = self.archive.getinfo(entry).file_size
         except KeyError:
             raise UnreadableFileError(f"{self.path}: not a readable TorchScript archive "
                                       f"(tensor data {entry} is missing)") from None
         nbytes = numel * torch._utils._element_size(dtype)
-        if len(data) != nbytes:
+        if size != nbytes:
+            # Checked before reading: a crafted entry cannot make us decompress unbounded data.
             raise UnreadableFileError(f"{self.path}: not a readable TorchScript archive ({entry} "
-                                      f"holds {len(data)} bytes, its tensor needs {nbytes})")
+                                      f"holds {size} bytes, its tensor needs {nbytes})")
+        data = self.archive.read(entry)
         # Always on the CPU, whatever device the archive was saved from (clip.load maps to cpu).
         untyped = torch.UntypedStorage.from_buffer(data, dtype=torch.uint8) if data \
             else torch.UntypedStorage(0)
