@@ -13,15 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from refcocog_tools.core.file_errors import UnreadableFileError, UnsafeFileError
+
 CACHE_ENV = "REFCOCOG_TOOLS_CACHE"
-
-
-class UnreadableFileError(ValueError):
-    """A file that is empty, truncated, corrupt or of another format."""
-
-
-class UnsafeFileError(UnreadableFileError):
-    """A file that would run code when loaded: refused, never opened with a laxer loader."""
 
 
 class NotRegularFileError(OSError):
@@ -194,15 +188,20 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
 def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)``: tensors and plain containers only, never code.
 
-    A file that references anything else (a pickled function or class: what a hostile
+    The one door for the tool's own torch files (regressor checkpoints, embedding caches). A
+    file that references anything else (a pickled function or class: what a hostile
     checkpoint uses to run code) is refused with an ``UnsafeFileError`` naming the file and the
-    references, instead of torch's advice to retry with ``weights_only=False``. A missing file
-    raises ``FileNotFoundError``, a damaged one ``UnreadableFileError``.
+    references, instead of torch's advice to retry with ``weights_only=False``; so is a
+    TorchScript archive, which ``torch.load`` would hand to ``torch.jit.load`` (it runs the
+    archive's code; :func:`load_weights_file` reads one as data). A missing file raises
+    ``FileNotFoundError``, a damaged one (empty, truncated, text) ``UnreadableFileError``.
     """
     import pickle
-    import zipfile
 
     import torch
+
+    # torch is imported by the reader: kept out of this module's import for light commands.
+    from refcocog_tools.core.torchscript_archive import is_torchscript_archive
 
     path = Path(path)
     try:
@@ -211,7 +210,14 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
         raise FileNotFoundError(f"{path}: no such file") from None
     except OSError as err:  # NotRegularFileError among them
         raise UnreadableFileError(f"{path}: {err.strerror or err}") from None
+    if is_torchscript_archive(path):
+        raise UnsafeFileError(f"{path}: refused to load: it is a TorchScript archive, whose code "
+                              "torch.jit.load would run; only tensors and plain containers are "
+                              "accepted")
     try:
+        # weights_only=True, stated at the call: torch then refuses a TorchScript archive our
+        # zip reader did not recognise instead of dispatching it to torch.jit.load, and the
+        # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD environment variable cannot override it.
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         try:
@@ -222,10 +228,33 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
                 if names else "it is not a plain-data torch file")
         raise UnsafeFileError(f"{path}: refused to load: {what}; only tensors and plain "
                               "containers are accepted") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - bytes torch cannot parse (a text file gives
+        # KeyError, an empty one EOFError, a truncated zip RuntimeError): all one condition.
         detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        reason = f"{type(err).__name__}: {detail}" if detail else type(err).__name__
         raise UnreadableFileError(f"{path}: not a readable torch file (empty, truncated or "
-                              f"corrupt; {type(err).__name__}: {detail})") from None
+                                  f"corrupt; {reason})") from None
+
+
+def load_weights_file(path: str | Path) -> Any:
+    """A model's weights, read as data: a plain torch file, or a TorchScript archive's state_dict.
+
+    The one door for checkpoints that may come in TorchScript form (OpenAI's CLIP files): a
+    TorchScript archive is read by ``torchscript_archive`` (its code as text, never run) into
+    the state_dict ``torch.jit.load(path).state_dict()`` gives; anything else goes through
+    :func:`load_torch_file`. Errors as there.
+    """
+    from refcocog_tools.core.torchscript_archive import (
+        is_torchscript_archive,
+        read_torchscript_state_dict,
+    )
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if is_torchscript_archive(path):
+        return read_torchscript_state_dict(path)
+    return load_torch_file(path)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

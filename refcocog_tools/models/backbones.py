@@ -6,7 +6,8 @@ CLIP specs (``load_clip``):
   already be in ``<cache>/clip``; nothing is ever downloaded, a missing file fails at once with
   a message naming the file and the directory;
 * a path to a local checkpoint: a plain ``state_dict`` (what ``clip.load`` cannot read, see
-  openai/CLIP#396) or an OpenAI TorchScript / full-model archive;
+  openai/CLIP#396) or an OpenAI TorchScript archive, read as data by ``torchscript_archive``
+  (never ``torch.jit.load``, which runs the archive's code);
 * ``"tiny-rn"`` / ``"tiny-vit"``: small, *untrained*, deterministic models of the real
   ``clip.model.CLIP`` class, generated once into ``<cache>/clip`` (``untrained_models``) and
   then loaded through the same local-checkpoint route as a user's file. They make every code
@@ -28,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +41,10 @@ from PIL import Image
 from refcocog_tools.core.files import (
     CACHE_ENV,
     UnreadableFileError,
-    UnsafeFileError,
     atomic_write_bytes,
     atomic_write_json,
     cache_dir,
-    load_torch_file,
+    load_weights_file,
     read_json,
     sha256_file,
 )
@@ -316,7 +315,7 @@ def fetch_or_fail(what: str, url: str, path: Path) -> None:
 
 
 def _model_from_file(path: Path) -> clip.model.CLIP:
-    """A plain state_dict first (torch.load, weights only); else an OpenAI JIT/full archive."""
+    """A CLIP from a plain state_dict or an OpenAI TorchScript archive, both read as data."""
     # CLIP.__init__ draws a random initialisation that the checkpoint then overwrites: keep
     # that draw off the global RNG, so loading a model never changes a seeded experiment.
     with torch.random.fork_rng(devices=[]):
@@ -326,46 +325,30 @@ def _model_from_file(path: Path) -> clip.model.CLIP:
 
 
 def _read_model(path: Path) -> clip.model.CLIP:
-    state: Any = None
-    with warnings.catch_warnings():
-        # torch.load hands a TorchScript archive (OpenAI's file format) to the deprecated
-        # torch.jit.load with a warning; that is the expected route for those files.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            state = load_torch_file(path)
-        except UnsafeFileError as err:
-            # A pickle that references code: refused here, never handed to another loader.
-            raise BackboneError(f"{err} (CLIP checkpoint)") from None
-        except UnreadableFileError:
-            state = None  # clip.load below gets a last try and reports the error
-    if isinstance(state, torch.jit.ScriptModule):
-        # Its state_dict carries the CLIP weights (plus input_resolution/context_length/
-        # vocab_size, which build_model drops): the same thing clip.load(path, jit=False) does.
-        state = state.state_dict()
+    """``clip.model.build_model`` on the file's weights: what ``clip.load(path, jit=False)``
+    builds, without ``torch.jit.load`` (which runs a TorchScript archive's code)."""
+    try:
+        # A TorchScript archive comes back as the state_dict torch.jit.load(...).state_dict()
+        # gives (with input_resolution/context_length/vocab_size, which build_model drops).
+        state: Any = load_weights_file(path)
+    except UnreadableFileError as err:  # also UnsafeFileError: refused, never retried laxer
+        raise BackboneError(f"{err} (CLIP checkpoint)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     is_state_dict = isinstance(state, dict) and len(state) > 0 and all(
         isinstance(v, torch.Tensor) for v in state.values()
     )
-    if is_state_dict:
-        try:
-            # build_model deletes keys from its argument: give it a copy.
-            return clip.model.build_model(dict(state))
-        except (KeyError, RuntimeError, AssertionError, ValueError) as err:
-            raise BackboneError(
-                f"{path}: not a CLIP state_dict ({type(err).__name__}: {err})"
-            ) from err
+    if not is_state_dict:
+        raise BackboneError(f"{path}: not a CLIP checkpoint (neither a state_dict of tensors "
+                            "nor an OpenAI CLIP TorchScript archive)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model, _ = clip.load(str(path), device="cpu", jit=False)
-    except Exception as err:  # noqa: BLE001 - any failure here means "not a CLIP checkpoint"
+        # build_model deletes keys from its argument: give it a copy.
+        return clip.model.build_model(dict(state))
+    except (KeyError, RuntimeError, AssertionError, ValueError, IndexError, TypeError) as err:
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise BackboneError(
-            f"{path}: neither a CLIP state_dict nor an OpenAI CLIP TorchScript archive "
-            f"({type(err).__name__}: {err})"
-        ) from err
-    return model
+            f"{path}: not a CLIP state_dict ({type(err).__name__}: {detail})"
+        ) from None
 
 
 def _backbone_from_file(
@@ -412,8 +395,8 @@ def load_clip(
                 f"{path}: SHA-256 {checksum} differs from the published {expected}; the file is "
                 f"damaged or not {spec!r}. Replace it with {filename} from {url}."
             )
-        # Loaded through clip.load on the verified path: the same code as clip.load(name),
-        # without a second hash of the file and without any chance of a download.
+        # Built from the verified file's weights as clip.load(name, jit=False) builds them,
+        # without a second hash of the file, any chance of a download, or torch.jit.load.
         return _backbone_from_file(path, spec, device, untrained=untrained_marker(path))
     path = Path(spec).expanduser()
     if path.is_file():

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from refcocog_tools.core.files import sha256_file
+from refcocog_tools.core.torchscript_archive import is_torchscript_archive
 from refcocog_tools.models.backbones import (
     BackboneError,
     fetch_or_fail,
@@ -100,6 +102,24 @@ def _yolo_path(spec: str, cache: Path) -> Path:
     return local
 
 
+def _vet_checkpoint_file(path: Path) -> None:
+    """Refuse, before Ultralytics sees it, any file it would load by running code or cannot
+    read: only a ``.pt`` torch zip that is not TorchScript goes on to its restricted loader."""
+    if path.suffix != ".pt":
+        # YOLO() hands any other file to AutoBackend, which calls torch.jit.load on a
+        # .torchscript export and other runtimes on the rest.
+        raise BackboneError(f"{path}: refused, only Ultralytics .pt checkpoints are loaded (a "
+                            f"{path.suffix or 'suffix-less'} file is an export that would be "
+                            "loaded by running its code or another runtime)")
+    if is_torchscript_archive(path):
+        raise BackboneError(f"{path}: refused, a TorchScript archive (torch.jit.load would run "
+                            "its code), not an Ultralytics checkpoint")
+    if not zipfile.is_zipfile(path):
+        # Every torch.save since PyTorch 1.6 is a zip: this is an empty, truncated or text file.
+        raise BackboneError(f"{path}: not a loadable Ultralytics checkpoint (not a torch zip "
+                            "archive: empty, truncated or another kind of file)")
+
+
 def load_yolo(
     spec: str = EMBEDDED_YOLO, device: str | torch.device = "cpu", cache: str | Path | None = None
 ) -> YOLO:
@@ -114,6 +134,7 @@ def load_yolo(
     _ultralytics_env(cache)
     spec = str(spec).strip()
     path = _yolo_path(spec, cache)
+    _vet_checkpoint_file(path)
     from ultralytics import YOLO
     from ultralytics.nn.tasks import torch_safe_load
 
@@ -123,9 +144,10 @@ def load_yolo(
             # check the file with its restricted loader first, so nothing in it can run.
             torch_safe_load(str(path), safe_only=True)
         model = YOLO(str(path))  # a .pt file: its model says its task
-    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError,
-            pickle.UnpicklingError) as err:
-        reason = str(err).replace("ERROR ❌️ ", "").strip().splitlines()[0]
+    except (TypeError, RuntimeError, ModuleNotFoundError, AttributeError, KeyError, ValueError,
+            EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        lines = str(err).replace("ERROR ❌️ ", "").strip().splitlines()
+        reason = lines[0] if lines else type(err).__name__
         raise BackboneError(f"{path}: refused, not a loadable Ultralytics checkpoint "
                             f"({reason})") from None
     task, expected = _model_task(model), expected_task(spec)
