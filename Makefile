@@ -86,11 +86,11 @@ embedded-models: $(STAMP)
 CHAPTERS ?=
 FORCE ?=
 book: $(STAMP)
-	$(BIN)/python -m refcocog_tools.report.chapter build $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(FORCE),--force)
+	$(BIN)/python -m refcocog_tools.cli.book build $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(FORCE),--force)
 
 reproduce: $(STAMP)
 	@test -n "$(DATA_ROOT)" || { echo "usage: make reproduce DATA_ROOT=/data/refcocog [CLIP=RN50x16] [PROPOSALS=yolov8s] [DEVICE=cuda] [LIMIT=0]"; exit 2; }
-	$(BIN)/python -m refcocog_tools.report.chapter build -p data_root "$(DATA_ROOT)" -p clip "$(CLIP)" -p proposals "$(PROPOSALS)" -p device "$(DEVICE)" -p limit "$(LIMIT)"
+	$(BIN)/python -m refcocog_tools.cli.book build -p data_root "$(DATA_ROOT)" -p clip "$(CLIP)" -p proposals "$(PROPOSALS)" -p device "$(DEVICE)" -p limit "$(LIMIT)"
 
 # The prepared GPU check (README, "Throughput"): needs only PyTorch and torchvision; wheels of
 # openai-clip, ultralytics, ultralytics-thop, ftfy, wcwidth and setuptools<82 in ./wheels or on
@@ -100,7 +100,7 @@ gpu-check:
 	$(PYTHON) scripts/gpu_check.py --out "$(GPU_CHECK_OUT)" $(GPU_CHECK_ARGS)
 
 regen-baselines: $(STAMP)
-	$(BIN)/python -m refcocog_tools.report.chapter regen-baselines
+	$(BIN)/python -m refcocog_tools.cli.book regen-baselines
 
 clean:
 	rm -rf book/_build book/chapters .cache

@@ -62,6 +62,7 @@ from torchvision.ops import box_iou
 
 from refcocog_tools.data.dataset import RefCOCOg
 from refcocog_tools.engine.evaluate import evaluate
+from refcocog_tools.engine.regressor_results import results_on_split
 from refcocog_tools.engine.results import clip_provenance, honesty_text, reading_note
 from refcocog_tools.methods.regressor.data import split_data
 from refcocog_tools.methods.regressor.heads import (
@@ -70,11 +71,7 @@ from refcocog_tools.methods.regressor.heads import (
     plain_iou_loss,
     study_iou_loss_with_corner_bug,
 )
-from refcocog_tools.methods.regressor.method import (
-    RegressorMethod,
-    RegressorOptions,
-    results_on_split,
-)
+from refcocog_tools.methods.regressor.method import RegressorMethod, RegressorOptions
 from refcocog_tools.methods.regressor.training import (
     TrainConfig,
     evaluate_head,

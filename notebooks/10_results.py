@@ -46,10 +46,10 @@ regressor_epochs: int = 30  # the study trained both regressors for 30 epochs
 from IPython.display import Markdown, display
 
 from refcocog_tools.engine.evaluate import evaluate
+from refcocog_tools.engine.regressor_results import results_on_split
 from refcocog_tools.engine.results import honesty_text, reading_note
 from refcocog_tools.methods.registry import make_method
 from refcocog_tools.methods.regressor.data import split_data
-from refcocog_tools.methods.regressor.method import results_on_split
 from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.report.figures import (

@@ -8,7 +8,7 @@ from PIL import Image
 
 from refcocog_tools.methods.floors import FLOORS, CenterProposal, LargestProposal, RandomProposal
 from refcocog_tools.methods.prediction import Prediction
-from refcocog_tools.proposals.proposers import Proposals
+from refcocog_tools.proposals.structures import Proposals
 
 IMAGE = Image.new("RGB", (100, 80))  # centre (50, 40)
 

@@ -11,6 +11,7 @@ import jupytext
 import nbformat
 import pytest
 
+from refcocog_tools.cli import book as book_command
 from refcocog_tools.data.dataset import is_synthetic
 from refcocog_tools.data.minidata import write_mini_dataset
 from refcocog_tools.engine import results
@@ -162,7 +163,7 @@ def test_a_chapter_without_parameters_cell_is_refused(tmp_path: Path) -> None:
 def test_a_missing_source_is_named(tmp_path: Path) -> None:
     root = _toy_book(tmp_path, "")
     (root / "notebooks" / "99_toy.py").unlink()
-    assert report.main(["regen-baselines", "--root", str(root)]) == 1
+    assert book_command.main(["regen-baselines", "--root", str(root)]) == 1
 
 
 def test_failing_chapter_stops_the_build_with_its_name(tmp_path: Path,
@@ -171,7 +172,7 @@ def test_failing_chapter_stops_the_build_with_its_name(tmp_path: Path,
         tmp_path,
         '# %% tags=["parameters"]\nlimit: int = 0\n\n# %%\nraise ValueError(f"boom {limit}")\n',
     )
-    code = report.main(["build", "--root", str(root), "-p", "limit", "7", "--no-book"])
+    code = book_command.main(["build", "--root", str(root), "-p", "limit", "7", "--no-book"])
     assert code == 1
     err = capsys.readouterr().err
     assert "chapter 99_toy failed" in err and "ValueError: boom 7" in err
@@ -186,7 +187,7 @@ def test_reproduce_path_runs_a_real_chapter_with_parameters(tmp_path: Path, mini
     source = Path(__file__).resolve().parents[1] / "notebooks" / "02_baseline.py"
     root = _toy_book(tmp_path, "")
     (root / "notebooks" / "99_toy.py").write_text(source.read_text())
-    code = report.main(["build", "--root", str(root), "--no-book",
+    code = book_command.main(["build", "--root", str(root), "--no-book",
                         "-p", "data_root", str(mini_data), "-p", "clip", "tiny-rn",
                         "-p", "proposals", "gt", "-p", "device", "cpu", "-p", "limit", "6"])
     assert code == 0
@@ -270,7 +271,7 @@ def test_every_chapter_parameter_is_typed_for_papermill() -> None:
 def test_build_refuses_a_parameter_no_chapter_declares(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     root = _toy_book(tmp_path, '# %% tags=["parameters"]\nlimit: int = 0\n\n# %%\nlimit\n')
-    assert report.main(["build", "--root", str(root), "-p", "limt", "7", "--no-book"]) == 1
+    assert book_command.main(["build", "--root", str(root), "-p", "limt", "7", "--no-book"]) == 1
     assert "unknown parameter(s) limt" in capsys.readouterr().err
     assert not (root / "book" / "chapters").exists()  # refused before anything ran
 
@@ -281,13 +282,13 @@ def test_a_second_build_executes_nothing_until_an_input_changes(
     package; an unchanged chapter is not executed again (kernel start-ups: about 10 s)."""
     root = _toy_book(tmp_path, '# %% tags=["parameters"]\nlimit: int = 0\n\n# %%\nlimit * 2\n')
     out = root / "book" / "chapters"
-    assert report.main(["build", "--root", str(root), "--no-book"]) == 0
+    assert book_command.main(["build", "--root", str(root), "--no-book"]) == 0
     assert "99_toy: executed" in capsys.readouterr().out
     stamp = book_build.hash_path(out, "99_toy")
     assert stamp.read_text().strip() == book_build.chapter_hash(root, "99_toy", {})
-    assert report.main(["build", "--root", str(root), "--no-book"]) == 0
+    assert book_command.main(["build", "--root", str(root), "--no-book"]) == 0
     assert "99_toy: up to date" in capsys.readouterr().out
-    assert report.main(["build", "--root", str(root), "--no-book", "-p", "limit", "3"]) == 0
+    assert book_command.main(["build", "--root", str(root), "--no-book", "-p", "limit", "3"]) == 0
     assert "99_toy: executed" in capsys.readouterr().out
     executed = nbformat.read(out / "99_toy.ipynb", as_version=4)
     assert executed.metadata["papermill"]["parameters"] == {"limit": 3}

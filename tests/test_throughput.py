@@ -266,7 +266,7 @@ class _FakeDetector:
         self.batches: list[int] = []
 
     def propose_many(self, items, images=None):
-        from refcocog_tools.proposals.proposers import Proposals
+        from refcocog_tools.proposals.structures import Proposals
 
         assert images is not None and len(images) == len(items)  # decoded once, passed in
         self.batches.append(len(items))

@@ -16,9 +16,11 @@ from typing import Any
 
 from refcocog_tools.cli.options import (
     UsageError,
+    add_layout_arguments,
     colour_type,
     device_type,
     float_in,
+    layout_from_args,
     non_negative_float,
     non_negative_int,
     positive_int,
@@ -28,7 +30,6 @@ from refcocog_tools.core.files import atomic_write_json, cache_dir
 from refcocog_tools.core.output_paths import OutputPathError, check_output_folder
 from refcocog_tools.data.annotations import DatasetError, DuplicateIdError
 from refcocog_tools.data.dataset import RefCOCOg, image_problems
-from refcocog_tools.data.layouts import add_layout_arguments, layout_from_args
 from refcocog_tools.engine.evaluate import (
     check_proposer,
     distributed_context,

@@ -1,30 +1,26 @@
 """The ``refcocog-tools`` command line.
 
-Each subcommand lives beside the code it drives: a module exposes ``add_parser(subparsers)``
-that registers its parser and sets ``func``. This file only assembles them.
+Each command has a module in this folder whose ``add_parser(subparsers)`` registers its parser
+and sets ``func``; this file holds the dataset commands and assembles the rest, by name.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from refcocog_tools.cli.options import UsageError, positive_int
-from refcocog_tools.core.output_paths import OutputPathError
-from refcocog_tools.data.layouts import LayoutError, add_layout_arguments, layout_from_args
-
-# Modules that contribute subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES = (
-    "refcocog_tools.cli.main",
-    "refcocog_tools.cli.evaluate",
-    "refcocog_tools.methods.regressor.method",
-    "refcocog_tools.engine.bench",
-    "refcocog_tools.toy.toy_clip",
+from refcocog_tools.cli import bench, evaluate, toy_clip, train_regressor
+from refcocog_tools.cli.options import (
+    UsageError,
+    add_layout_arguments,
+    layout_from_args,
+    positive_int,
 )
+from refcocog_tools.core.output_paths import OutputPathError
+from refcocog_tools.data.layouts import LayoutError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -118,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_parser(subparsers)
+    # Each command module registers its parser, in the order `--help` lists them.
+    for add in (add_parser, evaluate.add_parser, train_regressor.add_parser, bench.add_parser,
+                toy_clip.add_parser):
+        add(subparsers)
     return parser
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from refcocog_tools.data.layouts import ALL_SPLITS, DATASETS, SPLIT_BYS, Layout, get_layout
+
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An integer >= ``minimum``."""
@@ -103,3 +105,28 @@ def variants_type(text: str) -> str:
 class UsageError(ValueError):
     """Options that cannot run together (a method without the file it needs); raised before
     any file is read, and printed as one line."""
+
+
+def add_layout_arguments(parser: argparse.ArgumentParser, split: bool = False) -> None:
+    """``--dataset`` and ``--split-by`` (and ``--split`` when ``split``), one way everywhere."""
+    parser.add_argument("--dataset", default="refcocog", choices=tuple(DATASETS),
+                        help="which dataset of the family the data root holds (default refcocog)")
+    parser.add_argument("--split-by", default=None, choices=SPLIT_BYS,
+                        help="whose split: umd or google for refcocog (default umd), unc or "
+                        "google for refcoco (default unc), unc for refcoco+")
+    if split:
+        parser.add_argument("--split", default=None, choices=ALL_SPLITS,
+                            help="split to run on (default test, or val where the dataset has "
+                            "no test split); refcoco/refcoco+ unc: train, val, testA, testB")
+
+
+def layout_from_args(args: argparse.Namespace) -> Layout:
+    """The layout the options name, checked, with ``args.split`` filled in when it has one.
+
+    Raises ``LayoutError`` before any file is read when the combination does not exist.
+    """
+    layout = get_layout(args.dataset, args.split_by)
+    args.split_by = layout.split_by
+    if hasattr(args, "split"):
+        args.split = layout.check_split(args.split or layout.default_split)
+    return layout

@@ -1,8 +1,9 @@
-"""The errors every loader of the package raises for a file it will not or cannot read."""
+"""The errors for a file the package will not or cannot read, and for an output it cannot
+write."""
 
 from __future__ import annotations
 
-__all__ = ["UnreadableFileError", "UnsafeFileError"]
+__all__ = ["OutputPathError", "UnreadableFileError", "UnsafeFileError"]
 
 
 class UnreadableFileError(ValueError):
@@ -11,3 +12,7 @@ class UnreadableFileError(ValueError):
 
 class UnsafeFileError(UnreadableFileError):
     """A file that would run code when loaded: refused, never opened with a laxer loader."""
+
+
+class OutputPathError(ValueError):
+    """An output file or folder cannot be written; raised before a run starts."""

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from refcocog_tools.core.file_errors import UnreadableFileError, UnsafeFileError
+from refcocog_tools.core.file_errors import OutputPathError, UnreadableFileError, UnsafeFileError
 
 CACHE_ENV = "REFCOCOG_TOOLS_CACHE"
 
@@ -83,8 +83,6 @@ def cache_dir() -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        from refcocog_tools.core.output_paths import OutputPathError
-
         raise OutputPathError(f"{path}: cannot create the cache folder ({err.strerror or err}); "
                               f"set {CACHE_ENV} to a writable folder") from None
     return path

@@ -33,9 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class OutputPathError(ValueError):
-    """An output file or folder cannot be written; raised before a run starts."""
+from refcocog_tools.core.file_errors import OutputPathError
+from refcocog_tools.core.files import TEMPORARY_SUFFIX
 
 
 def _probe_folder(folder: Path, what: str) -> None:
@@ -276,8 +275,6 @@ def replacing_folder(out: Path) -> Iterator[Path]:
 def foreign_files(folder: Path, own: Iterable[str]) -> list[Path]:
     """What in ``folder`` is neither one of the ``own`` file names nor an atomic write's
     temporary: what replacing the folder would destroy."""
-    from refcocog_tools.core.files import TEMPORARY_SUFFIX
-
     names = set(own)
     return sorted(p for p in Path(folder).iterdir()
                   if p.name not in names

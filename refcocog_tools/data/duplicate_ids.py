@@ -21,10 +21,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from refcocog_tools.data.annotations import RefRecord
+# A ref record (annotations.RefRecord, which imports this module): only its ref_id, sentences
+# and sent_id fields are read, and dataclasses.replace copies it.
+RefRecord = Any
 
 NO_SENT_ID = -1
 

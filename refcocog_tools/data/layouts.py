@@ -19,11 +19,9 @@ refcoco+  unc       ``refs(unc).p``      train, val, testA, testB
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
-__all__ = ["DATASETS", "DEFAULT_LAYOUT", "Layout", "LayoutError", "add_layout_arguments",
-           "get_layout", "layout_from_args"]
+__all__ = ["DATASETS", "DEFAULT_LAYOUT", "Layout", "LayoutError", "get_layout"]
 
 
 class LayoutError(ValueError):
@@ -98,26 +96,3 @@ def get_layout(dataset: str = "refcocog", split_by: str | None = None) -> Layout
 DEFAULT_LAYOUT = get_layout("refcocog", "umd")
 
 
-def add_layout_arguments(parser: argparse.ArgumentParser, split: bool = False) -> None:
-    """``--dataset`` and ``--split-by`` (and ``--split`` when ``split``), one way everywhere."""
-    parser.add_argument("--dataset", default="refcocog", choices=tuple(DATASETS),
-                        help="which dataset of the family the data root holds (default refcocog)")
-    parser.add_argument("--split-by", default=None, choices=SPLIT_BYS,
-                        help="whose split: umd or google for refcocog (default umd), unc or "
-                        "google for refcoco (default unc), unc for refcoco+")
-    if split:
-        parser.add_argument("--split", default=None, choices=ALL_SPLITS,
-                            help="split to run on (default test, or val where the dataset has "
-                            "no test split); refcoco/refcoco+ unc: train, val, testA, testB")
-
-
-def layout_from_args(args: argparse.Namespace) -> Layout:
-    """The layout the options name, checked, with ``args.split`` filled in when it has one.
-
-    Raises ``LayoutError`` before any file is read when the combination does not exist.
-    """
-    layout = get_layout(args.dataset, args.split_by)
-    args.split_by = layout.split_by
-    if hasattr(args, "split"):
-        args.split = layout.check_split(args.split or layout.default_split)
-    return layout

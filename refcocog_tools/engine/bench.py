@@ -29,8 +29,6 @@ names RN50x16): the cost of the full test split on a GPU. On a CPU it is very sl
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
 import statistics
 import sys
@@ -41,37 +39,28 @@ from typing import Any
 
 import torch
 
-from refcocog_tools.cli.evaluate import (
-    add_common_arguments,
-    check_method_arguments,
-    check_results_file,
-    detector_options,
-    method_options,
-    uses_debias_pool,
-)
-from refcocog_tools.data.dataset import RefCOCOg, RefItem, is_synthetic, load_rgb_image
-from refcocog_tools.data.layouts import layout_from_args
-from refcocog_tools.engine.evaluate import check_proposer, evaluate_groups, group_by_image
+from refcocog_tools.data.dataset import RefItem, load_rgb_image
+from refcocog_tools.engine.evaluate import evaluate_groups
 from refcocog_tools.methods.interface import BatchedMethod, GroundingMethod
 from refcocog_tools.methods.red_circle import RedCircle
-from refcocog_tools.methods.registry import NEEDS_CLIP, make_method
-from refcocog_tools.models.backbones import ClipBackbone, load_clips
+from refcocog_tools.methods.registry import make_method
+from refcocog_tools.models.backbones import ClipBackbone
 from refcocog_tools.models.prompt_cache import EmbeddingCache
 from refcocog_tools.prompts.render import RENDER_BACKENDS, input_difference
 from refcocog_tools.prompts.visual_prompts import render_variant
-from refcocog_tools.proposals.proposers import Proposals, Proposer, make_proposer
+from refcocog_tools.proposals.structures import Proposals, Proposer
 
 
-def _rate(count: int, seconds: float) -> float | None:
+def per_second(count: int, seconds: float) -> float | None:
     return round(count / seconds, 3) if seconds > 0 else None
 
 
-def _stage(seconds: float, images: int, expressions: int, **extra: Any) -> dict[str, Any]:
-    return {"seconds": round(seconds, 4), "images_per_s": _rate(images, seconds),
-            "expressions_per_s": _rate(expressions, seconds), **extra}
+def stage_timing(seconds: float, images: int, expressions: int, **extra: Any) -> dict[str, Any]:
+    return {"seconds": round(seconds, 4), "images_per_s": per_second(images, seconds),
+            "expressions_per_s": per_second(expressions, seconds), **extra}
 
 
-def _peak_memory() -> dict[str, Any]:
+def peak_memory() -> dict[str, Any]:
     """Peak resident memory of this process and of its finished children (DataLoader workers),
     in MiB (``ru_maxrss`` is in KiB on Linux), and the CUDA peak when a GPU was used."""
     self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -109,7 +98,7 @@ def bench_backends(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
             picked = [row["chosen"] for row in rows]
             if chosen.setdefault(backend, picked) != picked:
                 raise RuntimeError(f"render backend {backend} chose differently on a rerun")
-    result: dict[str, Any] = {backend: _stage(statistics.median(runs), n_img, n_expr,
+    result: dict[str, Any] = {backend: stage_timing(statistics.median(runs), n_img, n_expr,
                                               runs=[round(t, 4) for t in runs])
                               for backend, runs in seconds.items()}
     result["same_choices"] = chosen["torch"] == chosen["pil"]
@@ -199,11 +188,11 @@ def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
     stages: dict[str, Any] = {}
     started = time.perf_counter()
     images = [load_rgb_image(items[0].record.image_path) for items in groups]
-    stages["decode"] = _stage(time.perf_counter() - started, n_img, n_expr)
+    stages["decode"] = stage_timing(time.perf_counter() - started, n_img, n_expr)
     started = time.perf_counter()
     # Timed apart from decoding: the proposer gets the images decoded above.
     proposals: list[Proposals] = proposer.propose_many([items[0] for items in groups], images)
-    stages["proposals"] = _stage(time.perf_counter() - started, n_img, n_expr)
+    stages["proposals"] = stage_timing(time.perf_counter() - started, n_img, n_expr)
     method: GroundingMethod = make()
     batched = isinstance(method, BatchedMethod)
     if batched:
@@ -214,7 +203,7 @@ def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
         inputs = {r: torch.cat([q.draw(r, range(len(q.keys)), method.backbones[0].device)
                                 for q in requests]) for r in resolutions}
         n_inputs = sum(len(q.keys) for q in requests)
-        stages["render"] = _stage(time.perf_counter() - started, n_img, n_expr,
+        stages["render"] = stage_timing(time.perf_counter() - started, n_img, n_expr,
                                   visual_prompts=n_inputs,
                                   note="declared inputs drawn and preprocessed to model inputs")
         started = time.perf_counter()
@@ -223,14 +212,14 @@ def bench_stages(groups: Sequence[Sequence[RefItem]], proposer: Proposer,
             vectors = backbone.encode_images(inputs[backbone.input_resolution], batch_size)
             method.cache.put_images(backbone, keys, vectors)
         seconds = time.perf_counter() - started
-        stages["encode"] = _stage(seconds, n_img, n_expr,
-                                  visual_prompts_per_s=_rate(n_inputs, seconds))
+        stages["encode"] = stage_timing(seconds, n_img, n_expr,
+                                  visual_prompts_per_s=per_second(n_inputs, seconds))
     else:
         stages["render"] = stages["encode"] = None  # done inside predict for other methods
     started = time.perf_counter()
     for image, props, items in zip(images, proposals, groups, strict=True):
         method.predict(image, [it.sentence for it in items], props)
-    stages["score"] = _stage(time.perf_counter() - started, n_img, n_expr,
+    stages["score"] = stage_timing(time.perf_counter() - started, n_img, n_expr,
                              note="predict on cache hits (text encoding included)"
                              if batched else "predict, all work included")
     return stages
@@ -269,7 +258,7 @@ def encoder_ceiling(backbone: ClipBackbone, batch_size: int, batches: int = 3
     seconds = time.perf_counter() - started
     return {"backbone": backbone.name, "batch_size": batch_size, "prompts": batch_size * batches,
             "seconds": round(seconds, 4), "warmup_seconds": round(warmup, 4),
-            "visual_prompts_per_s": _rate(batch_size * batches, seconds)}
+            "visual_prompts_per_s": per_second(batch_size * batches, seconds)}
 
 
 def _synchronize(device: str | torch.device) -> None:
@@ -356,133 +345,14 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
         in_flight.result()
     _synchronize(device)
     seconds = time.perf_counter() - started
-    rate = _rate(encoded, seconds)
+    rate = per_second(encoded, seconds)
     return {"images": n_images, "proposals_per_image": n_proposals, "visual_prompts": encoded,
             "image_size": [640, 480], "architecture": architecture_name,
             "random_weights": backbone.untrained, "resolution": resolution,
             "compile": compile_mode,
             "seconds": round(seconds, 3), "visual_prompts_per_s": rate,
-            "images_per_s": _rate(n_images, seconds), "encoder_ceiling": ceiling,
+            "images_per_s": per_second(n_images, seconds), "encoder_ceiling": ceiling,
             "share_of_ceiling": (round(rate / ceiling["visual_prompts_per_s"], 3)
                                  if rate and ceiling["visual_prompts_per_s"] else None)}
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from refcocog_tools.data.minidata import default_data_root
-
-    check_method_arguments(args)
-    layout = layout_from_args(args)
-    data_root = args.data_root or default_data_root()
-    dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
-                       split_by=layout.split_by)
-    proposer = make_proposer(args.proposals, device=args.device, **detector_options(args))
-    check_proposer(proposer, dataset)
-    backbones = load_clips(args.clip, device=args.device) if args.clip else []
-    for backbone in backbones if args.compile else ():
-        compile_image_encoder(backbone, args.compile)
-    if args.method in NEEDS_CLIP and not backbones:
-        raise SystemExit(f"method {args.method} needs --clip")
-    debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
-                            split_by=layout.split_by).sentences()
-                   if uses_debias_pool(args) else ())
-    # The debias texts are encoded once into this cache; every timed method starts from a copy
-    # holding only them (memory only, no disk-cache hits).
-    text_cache = EmbeddingCache(None, batch_size=args.batch_size)
-
-    def make() -> GroundingMethod:
-        return make_method(args.method, backbones, options=method_options(args),
-                           cache=text_cache.texts_only_copy(), debias_pool=debias_pool,
-                           seed=args.seed)
-
-    text_method = make_method(args.method, backbones, options=method_options(args),
-                              cache=text_cache, debias_pool=debias_pool, seed=args.seed)
-    groups = group_by_image(dataset, args.limit)
-    n_img, n_expr = len(groups), sum(len(g) for g in groups)
-    report: dict[str, Any] = {
-        "method": args.method, "clip": [b.name for b in backbones], "device": args.device,
-        "proposals": proposer.name, "images": n_img, "expressions": n_expr,
-        "batch_size": args.batch_size, "workers": args.workers, "compile": args.compile,
-        "torch_threads": torch.get_num_threads(),
-        "untrained": any(b.untrained for b in backbones), "data_root": str(data_root),
-        # Throughput does not depend on trained weights, but say what ran all the same.
-        "synthetic_data": is_synthetic(data_root),
-    }
-    report["stages"] = bench_stages(groups, proposer, make, args.batch_size)
-
-    method = make()
-    started = time.perf_counter()
-    engine_rows = evaluate_groups(groups, method, proposer, batch_size=args.batch_size,
-                                  workers=args.workers)
-    report["end_to_end"] = _stage(time.perf_counter() - started, n_img, n_expr)
-    method = make()
-    started = time.perf_counter()
-    plain_rows = evaluate_groups(groups, method, proposer)  # the plain loop
-    report["end_to_end_unbatched"] = _stage(time.perf_counter() - started, n_img, n_expr,
-                                            same_predictions=plain_rows == engine_rows)
-    if isinstance(method, BatchedMethod):
-        prompts = report["stages"]["render"]["visual_prompts"]
-        ceiling = encoder_ceiling(method.backbones[0], args.batch_size)
-        pipeline = _rate(prompts, report["end_to_end"]["seconds"])
-        report["encoder_ceiling"] = ceiling
-        report["pipeline"] = {
-            "visual_prompts": prompts, "visual_prompts_per_s": pipeline,
-            "expressions_per_s": report["end_to_end"]["expressions_per_s"],
-            "share_of_ceiling": (round(pipeline / ceiling["visual_prompts_per_s"], 3)
-                                 if pipeline and ceiling["visual_prompts_per_s"] else None)}
-    if isinstance(text_method, RedCircle):
-        def with_backend(backend: str) -> GroundingMethod:
-            return make_method(args.method, backbones, options=method_options(args),
-                               cache=text_cache.texts_only_copy(), debias_pool=debias_pool,
-                               seed=args.seed, render_backend=backend)
-
-        report["render_backends"] = bench_backends(groups, proposer, with_backend,
-                                                   args.batch_size, args.workers)
-        started = time.perf_counter()
-        chosen = study_pattern(groups, proposer, text_method)
-        seconds = time.perf_counter() - started
-        report["study_pattern"] = _stage(
-            seconds, n_img, n_expr,
-            same_choices=chosen == [row["chosen"] for row in engine_rows],
-            engine_speedup=round(seconds / report["end_to_end"]["seconds"], 2)
-            if report["end_to_end"]["seconds"] > 0 else None)
-    if args.synthetic_workload:
-        report["synthetic_workload"] = synthetic_workload(
-            args.synthetic_workload, backbones, args.device, args.batch_size, args.seed,
-            compile_mode=args.compile)
-    report["memory"] = _peak_memory()
-    return report
-
-
-def _run(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
-    from refcocog_tools.core.output_paths import output_lock
-
-    check_results_file(args, "bench report")  # before the timing runs, not after them
-    with output_lock(args.out, "bench report") if args.out is not None else nullcontext():
-        report = run_bench(args)
-        text = json.dumps(report, indent=2)
-        print(text)
-        if args.out is not None:
-            from refcocog_tools.core.files import atomic_write_json
-
-            atomic_write_json(args.out, report)
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench", help="throughput of each stage and end to end, peak memory (JSON)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--synthetic-workload", metavar="IMAGES,PROPOSALS", default=None,
-                        help="also time encoding IMAGES x PROPOSALS x 2 random visual prompts "
-                        "with the RN50x16 architecture (e.g. 2600,10 on a GPU; slow on a CPU)")
-    parser.add_argument("--compile", choices=COMPILE_MODES, default=None, metavar="MODE",
-                        help="wrap the CLIP image towers in torch.compile(mode=MODE) first: "
-                        f"{', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs on a GPU); "
-                        "default off")
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    parser.add_argument("--force", action="store_true",
-                        help="overwrite an existing --out (never one of the run's own inputs)")
-    parser.set_defaults(func=_run)

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from refcocog_tools.core.boxes import box_iou_pairs
+from refcocog_tools.core.devices import concatenate_for
 from refcocog_tools.core.masks import MASKS_FROM_BOXES, mask_fallbacks
 from refcocog_tools.data.annotations import DatasetError
 from refcocog_tools.data.dataset import RefCOCOg, RefItem
@@ -33,8 +34,7 @@ from refcocog_tools.methods.prediction import Prediction
 from refcocog_tools.methods.scoring import crop_request, request_embeddings
 from refcocog_tools.models.backbones import ClipBackbone, QueuedEmbeddings
 from refcocog_tools.models.prompt_cache import EmbeddingCache, fingerprints_remembered
-from refcocog_tools.prompts.render import concatenate_for
-from refcocog_tools.proposals.proposers import Proposals, Proposer
+from refcocog_tools.proposals.structures import Proposals, Proposer
 
 
 def group_by_image(dataset: RefCOCOg, limit: int = 0) -> list[list[RefItem]]:

@@ -13,7 +13,7 @@ from refcocog_tools.methods.prediction import Prediction
 from refcocog_tools.methods.scoring import crop_request, ensemble_similarity
 from refcocog_tools.models.backbones import ClipBackbone
 from refcocog_tools.models.prompt_cache import EmbeddingCache
-from refcocog_tools.proposals.proposers import Proposals
+from refcocog_tools.proposals.structures import Proposals
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from refcocog_tools.prompts.render import (
     pil_preprocess,
 )
 from refcocog_tools.prompts.visual_prompts import BoxLike, as_box, as_rgb, crop, window_mask
-from refcocog_tools.proposals.proposers import Proposals
+from refcocog_tools.proposals.structures import Proposals
 
 # ----------------------------------------------------------------------------------------------
 # 6.1.1: position coded as a background colour

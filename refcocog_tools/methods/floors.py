@@ -16,7 +16,7 @@ from PIL import Image
 from refcocog_tools.methods.prediction import Prediction
 
 if TYPE_CHECKING:
-    from refcocog_tools.proposals.proposers import Proposals
+    from refcocog_tools.proposals.structures import Proposals
 
 
 def _same_for_every_expression(scores: torch.Tensor, expressions: Sequence[str]) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torchvision.transforms import functional as TF
 from refcocog_tools.methods.prediction import Prediction
 from refcocog_tools.models.backbones import ClipBackbone
 from refcocog_tools.prompts.render import CLIP_MEAN, CLIP_STD
-from refcocog_tools.proposals.proposers import Proposals
+from refcocog_tools.proposals.structures import Proposals
 
 
 def _input_tensor(image: Image.Image, resolution: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from PIL import Image
 from refcocog_tools.methods.prediction import Prediction
 from refcocog_tools.models.backbones import ClipBackbone
 from refcocog_tools.models.prompt_cache import EmbeddingCache
-from refcocog_tools.proposals.proposers import Proposals
+from refcocog_tools.proposals.structures import Proposals
 
 
 class GroundingMethod(Protocol):

@@ -10,7 +10,7 @@ import torch
 from refcocog_tools.core.boxes import as_boxes
 
 if TYPE_CHECKING:  # proposals.py imports the dataset and models; keep this module light
-    from refcocog_tools.proposals.proposers import Proposals
+    from refcocog_tools.proposals.structures import Proposals
 
 
 @dataclass

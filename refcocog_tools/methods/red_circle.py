@@ -65,7 +65,7 @@ from refcocog_tools.prompts.visual_prompts import (
     WINDOW_SHAPES,
     render_variants,
 )
-from refcocog_tools.proposals.proposers import Proposals
+from refcocog_tools.proposals.structures import Proposals
 
 DEBIAS_AT_ZERO = ("none", "own-prompts")
 VARIANT_FUSIONS = ("max", "mean")

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from refcocog_tools.core.devices import host_to_device
 from refcocog_tools.core.files import (
     CACHE_ENV,
     UnreadableFileError,
@@ -54,7 +55,6 @@ from refcocog_tools.models.untrained_models import (
     TINY_CLIP_CONFIGS,
     tiny_clip_checkpoint,
 )
-from refcocog_tools.prompts.render import host_to_device
 
 __all__ = [
     "TOY_CLIPS",

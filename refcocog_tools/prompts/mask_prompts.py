@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from refcocog_tools.core.devices import host_to_device
+
 MASK_WINDOW = "mask"  # the window value: sharp inside the mask
 MASK_MARKER = "mask-contour"  # the marker value: the ring just outside the mask
 MaskInput = torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray]
@@ -104,7 +106,6 @@ def paint_contours(prompts: torch.Tensor, masks: torch.Tensor, stroke: int,
                    colour: tuple[int, int, int]) -> None:
     """In place: each proposal's mask contour (``contour_masks``) painted in ``colour`` on
     every variant of ``prompts`` ``(P, V, 3, H, W)``."""
-    from refcocog_tools.prompts.render import host_to_device  # render imports this module
 
     ring = contour_masks(masks, stroke)[:, None, None].to(torch.uint8)  # (P, 1, 1, H, W)
     paint = host_to_device(torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1), masks.device)
@@ -125,7 +126,6 @@ def resize_masks(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
     (``nearest_indices``), on the masks' device; the indices are moved there, never read."""
     if tuple(masks.shape[-2:]) == (height, width):
         return masks
-    from refcocog_tools.prompts.render import host_to_device  # render imports this module
 
     rows = host_to_device(nearest_indices(masks.shape[-2], height), masks.device)
     columns = host_to_device(nearest_indices(masks.shape[-1], width), masks.device)

@@ -48,7 +48,7 @@ from refcocog_tools.core.masks import MaskError, as_rle, with_box_fallback
 from refcocog_tools.core.masks import decode as decode_mask
 from refcocog_tools.data.annotations import DatasetError, RefRecord
 from refcocog_tools.data.dataset import RefItem
-from refcocog_tools.proposals.proposers import Proposals
+from refcocog_tools.proposals.structures import Proposals
 
 __all__ = ["COCO_CATEGORIES", "Detection", "DetectionsError", "DetectionsProposer",
            "load_detections"]

@@ -15,14 +15,12 @@ instead (a detection checkpoint, ``masks=True``): its "masks" would all be boxes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
 
-from refcocog_tools.core.boxes import as_boxes
 from refcocog_tools.core.masks import MaskError, with_box_fallback
 from refcocog_tools.core.masks import decode as decode_mask
 from refcocog_tools.data.annotations import INSTANCES_FILE, DatasetError, Instance, RefRecord
@@ -30,6 +28,8 @@ from refcocog_tools.data.dataset import RefItem
 from refcocog_tools.models.backbones import BackboneError
 from refcocog_tools.models.untrained_models import EMBEDDED_YOLO
 from refcocog_tools.models.yolo_models import load_yolo, yolo_checksum, yolo_untrained
+from refcocog_tools.proposals.detections import DetectionsProposer
+from refcocog_tools.proposals.structures import Proposals, Proposer
 
 if TYPE_CHECKING:
     from ultralytics.engine.results import Results
@@ -43,72 +43,6 @@ __all__ = [
     "make_proposer",
     "study_detector_settings",
 ]
-
-
-@dataclass
-class Proposals:
-    """Candidate boxes of one image, and their masks when the proposer was asked for them."""
-
-    boxes: torch.Tensor  # (P, 4) float32 xyxy pixels, P >= 1
-    labels: list[str | None]  # class name per box when the proposer has one
-    scores: torch.Tensor | None = None  # (P,) detector confidence
-    masks: torch.Tensor | None = None  # (P, H, W) bool, image pixels; None: boxes only
-    masks_from_boxes: int = 0  # how many of ``masks`` are boxes rasterised (no mask known)
-
-    def __post_init__(self) -> None:
-        self.boxes = as_boxes(self.boxes, torch.float32)
-        if len(self.boxes) == 0:
-            raise ValueError("Proposals must hold at least one box (use Proposals.whole_image)")
-        if len(self.labels) != len(self.boxes):
-            raise ValueError(f"{len(self.labels)} labels for {len(self.boxes)} boxes")
-        if self.scores is not None:
-            self.scores = torch.as_tensor(self.scores, dtype=torch.float32).reshape(-1)
-            if len(self.scores) != len(self.boxes):
-                raise ValueError(f"{len(self.scores)} scores for {len(self.boxes)} boxes")
-        if self.masks is None:
-            if self.masks_from_boxes:
-                raise ValueError(f"masks_from_boxes {self.masks_from_boxes} without masks")
-            return
-        masks = torch.as_tensor(self.masks)
-        if masks.dtype != torch.bool:
-            raise TypeError(f"masks must be torch.bool, got {masks.dtype}")
-        if masks.dim() != 3 or len(masks) != len(self.boxes):
-            raise ValueError(f"masks of shape {tuple(masks.shape)} for {len(self.boxes)} "
-                             "boxes: expected (P, H, W)")
-        if not 0 <= self.masks_from_boxes <= len(masks):
-            raise ValueError(f"masks_from_boxes {self.masks_from_boxes} outside 0..{len(masks)}")
-        self.masks = masks
-
-    @classmethod
-    def whole_image(cls, size: tuple[int, int], masks: bool = False) -> Proposals:
-        """One box covering the image ``(width, height)``, without a label; ``masks``: with
-        the whole image as its mask (counted as from its box)."""
-        width, height = size
-        if not masks:
-            return cls(torch.tensor([[0.0, 0.0, float(width), float(height)]]), [None])
-        return cls(torch.tensor([[0.0, 0.0, float(width), float(height)]]), [None],
-                   masks=torch.ones(1, height, width, dtype=torch.bool), masks_from_boxes=1)
-
-    @property
-    def mask_size(self) -> tuple[int, int] | None:
-        """``(width, height)`` of the masks, None without masks."""
-        return None if self.masks is None else (self.masks.shape[2], self.masks.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-
-@runtime_checkable
-class Proposer(Protocol):
-    """Anything that turns a dataset item into proposals."""
-
-    name: str
-    untrained: bool
-
-    def __call__(self, item: RefItem, image: Image.Image | None = None) -> Proposals: ...
-
-    def propose_many(self, items: Sequence[RefItem],
-                     images: Sequence[Image.Image] | None = None) -> list[Proposals]: ...
 
 
 def _instances_file(record: RefRecord) -> Path:
@@ -329,9 +263,6 @@ def make_proposer(spec: str, device: str | torch.device = "cpu", **options: Any)
                             f"got {sorted(options)}")
         if spec == "gt":
             return GroundTruthProposer(masks=masks)
-        from refcocog_tools.proposals.detections import (
-            DetectionsProposer,  # it builds on Proposals, defined here
-        )
 
         return DetectionsProposer(spec[len("dets:"):], masks=masks)
     if spec == "yolo":

@@ -64,7 +64,7 @@ from refcocog_tools.methods.relations.scene_graph import (
     centroids,
     pairwise_relation,
 )
-from refcocog_tools.proposals.proposers import Proposals
+from refcocog_tools.proposals.structures import Proposals
 
 if TYPE_CHECKING:  # plotting types, and the options the registry builds this method from
     from matplotlib.axes import Axes
