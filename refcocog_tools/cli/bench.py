@@ -61,7 +61,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                    if uses_debias_pool(args) else ())
     # The debias texts are encoded once into this cache; every timed method starts from a copy
     # holding only them (memory only, no disk-cache hits).
-    text_cache = EmbeddingCache(None, batch_size=args.batch_size)
+    text_cache = EmbeddingCache(None)
 
     def make() -> GroundingMethod:
         return make_method(args.method, backbones, options=method_options(args),

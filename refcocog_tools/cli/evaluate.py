@@ -240,7 +240,7 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
         raise SystemExit(f"method {args.method} needs --clip")
     rank = int(os.environ.get("RANK", "0"))
     cache = EmbeddingCache(None if args.no_cache else cache_dir() / "embeddings",
-                           batch_size=args.batch_size, shard=f"rank{rank}" if rank else "")
+                           shard=f"rank{rank}" if rank else "")
     debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
                             split_by=layout.split_by, keep_first_duplicates=keep_first
                             ).sentences()

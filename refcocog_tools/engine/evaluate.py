@@ -153,11 +153,14 @@ class _Encoding:
         bounding the GPU) rather than in host memory (in the DataLoader workers, if any)."""
         return request.on_device and self.on_gpu
 
-    def queue(self, prepared: Sequence[dict[str, Any]], batch_size: int
+    def queue(self, prepared: Sequence[dict[str, Any]]
               ) -> list[tuple[ClipBackbone, list[str], QueuedEmbeddings]]:
         """Encode the prepared inputs of many images in shared batches, without waiting for
         the images' embeddings (``store`` puts them into the cache). The texts are encoded
-        first, at once: waiting for them then waits only for work queued before."""
+        first, at once: waiting for them then waits only for work queued before. Every
+        forward pass has the backbone's ``fixed_batch`` inputs (the last one padded): which
+        inputs share a batch depends on ``--batch-size`` and ``--workers``, and a kernel's
+        float sums on the batch's shape, so an embedding would otherwise too."""
         texts = list(dict.fromkeys(t for p in prepared for t in p["texts"]))
         for backbone in self.backbones if texts else ():
             self.cache.texts(backbone, texts)  # every distinct prompt in one text batch
@@ -168,7 +171,8 @@ class _Encoding:
             pixels = [p["pixels"][which] for p in prepared if p["pixels"][which] is not None]
             if pixels:
                 inputs = concatenate_for(pixels, backbone.device)
-                queued.append((backbone, keys, backbone.queue_images(inputs, batch_size)))
+                queued.append((backbone, keys, backbone.queue_images(
+                    inputs, backbone.fixed_batch, pad_last=True)))
         for p in prepared:
             p["pixels"] = None  # the queued batch holds its own copy: free these meanwhile
         return queued
@@ -302,9 +306,11 @@ def evaluate_groups(
     ground-truth crops of the crop-cosine metric) are drawn: in those workers, except inputs
     drawn by tensor operations (``EncodeRequest.on_device``) for models on a GPU, which the
     main process draws there from the decoded image. The main
-    process encodes them in batches of ``batch_size`` across images, filling the caches,
-    before ``predict`` runs on cache hits; while a GPU encodes one batch, the main process
-    already draws the next and predicts the last. The rows are the same either way.
+    process encodes them in batches of about ``batch_size`` inputs across images, filling the
+    caches, before ``predict`` runs on cache hits; while a GPU encodes one batch, the main
+    process already draws the next and predicts the last. Each batch runs as forward passes
+    of the backbone's ``fixed_batch`` inputs, so the rows are byte-identical whatever
+    ``batch_size`` and ``workers`` are, and the same as the plain loop's.
     ``predict`` is called once per referred object (``predict_per_ref``). ``metric_cache``:
     where the metric's crop embeddings go; by default the method's cache when it declares
     one (a ``BatchedMethod``), so a crop the method encodes (the baseline encodes every
@@ -398,7 +404,7 @@ def evaluate_groups(
             prepared = [s["prepared"][k] for s in pending if "prepared" in s]
             if encoding is metric:
                 prepared += predicted_crops
-            queued.append(encoding.queue(prepared, batch))
+            queued.append(encoding.queue(prepared))
         ready = list(waiting)  # their predicted crops are in this batch
         waiting.clear()
         predicted_crops.clear()

@@ -122,6 +122,24 @@ def _to_device(batch: torch.Tensor, device: torch.device, dtype: torch.dtype) ->
     return batch.to(dtype).contiguous(memory_format=torch.channels_last)
 
 
+# Rows of every forward pass whose embeddings must not depend on a run's settings (the prompt
+# cache's and the evaluation engine's: ``ClipBackbone.fixed_batch``). CPU and GPU kernels
+# choose their blocking, and so the order of their float sums, by the batch's shape: an input
+# encoded beside 1 other and beside 15 others gets embeddings that differ in the last bits
+# (one row's result does not depend on which inputs share its batch, only on how many).
+# A constant per device type, never a setting: a CPU encodes as fast in batches of 16 as of
+# 64, and 64 fills a GPU with RN50x16.
+FIXED_BATCH_CPU = 16
+FIXED_BATCH_ACCELERATOR = 64
+
+
+def _filled(batch: torch.Tensor, rows: int) -> torch.Tensor:
+    """``batch`` with copies of its last input appended up to ``rows`` inputs."""
+    if len(batch) >= rows:
+        return batch
+    return torch.cat([batch, batch[-1:].expand(rows - len(batch), *batch.shape[1:])])
+
+
 class QueuedEmbeddings:
     """Embeddings queued on a device, on their way back to host memory.
 
@@ -202,6 +220,12 @@ class ClipBackbone:
         """Dimension of the joint image/text embedding space."""
         return int(self.model.text_projection.shape[1])
 
+    @property
+    def fixed_batch(self) -> int:
+        """Rows of every forward pass the prompt cache and the evaluation engine run (with
+        ``pad_last``), so an embedding never depends on ``--batch-size`` or ``--workers``."""
+        return FIXED_BATCH_CPU if self.device.type == "cpu" else FIXED_BATCH_ACCELERATOR
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """The precision context every forward pass of this model runs in.
 
@@ -230,18 +254,21 @@ class ClipBackbone:
 
     def encode_images(
         self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
-        normalize: bool = True,
+        normalize: bool = True, *, pad_last: bool = False,
     ) -> torch.Tensor:
         """(N, D) float32 CPU embeddings, L2-normalised (raw with ``normalize=False``).
 
         ``images`` are PIL images (preprocessed here) or an already-preprocessed batch.
+        ``pad_last``: the last batch is filled to ``batch_size`` inputs (copies of its last
+        one, whose embeddings are dropped), so every forward pass has the same shape and an
+        input's embedding is the same however many inputs share the call.
         """
-        return self.queue_images(images, batch_size, normalize).result()
+        return self.queue_images(images, batch_size, normalize, pad_last=pad_last).result()
 
     @torch.no_grad()
     def queue_images(
         self, images: Sequence[Image.Image] | torch.Tensor, batch_size: int = 64,
-        normalize: bool = True,
+        normalize: bool = True, *, pad_last: bool = False,
     ) -> QueuedEmbeddings:
         """``encode_images`` without waiting for the device: the batches are queued, and so is
         the copy of their embeddings back to host memory; ``.result()`` waits for them. The
@@ -251,7 +278,10 @@ class ClipBackbone:
         out = []
         with self.autocast():
             for batch in self._image_batches(images, batch_size):
-                feats = self.model.encode_image(_to_device(batch, self.device, dtype)).float()
+                inputs = _to_device(batch, self.device, dtype)
+                if pad_last and len(batch) < batch_size:  # filled on the device: no more copied
+                    inputs = _to_device(_filled(inputs, batch_size), self.device, dtype)
+                feats = self.model.encode_image(inputs)[:len(batch)].float()
                 out.append(F.normalize(feats, dim=-1) if normalize else feats)
         if not out:
             return QueuedEmbeddings(torch.empty(0, self.embed_dim))
@@ -259,10 +289,11 @@ class ClipBackbone:
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256,
-                     normalize: bool = True) -> torch.Tensor:
+                     normalize: bool = True, *, pad_last: bool = False) -> torch.Tensor:
         """(N, D) float32 CPU embeddings, L2-normalised (raw with ``normalize=False``).
 
-        Texts longer than the context (77 tokens) are truncated, never an error.
+        Texts longer than the context (77 tokens) are truncated, never an error. ``pad_last``:
+        as for ``encode_images``, every forward pass gets ``batch_size`` texts.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
         out = []
@@ -273,7 +304,10 @@ class ClipBackbone:
                     context_length=self.model.context_length,
                     truncate=True,
                 )
-                feats = self.model.encode_text(tokens.to(self.device)).float()
+                count = len(tokens)
+                if pad_last:
+                    tokens = _filled(tokens, batch_size)
+                feats = self.model.encode_text(tokens.to(self.device))[:count].float()
                 out.append((F.normalize(feats, dim=-1) if normalize else feats).cpu())
         if not out:
             return torch.empty(0, self.embed_dim)

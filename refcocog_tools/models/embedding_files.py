@@ -35,12 +35,14 @@ class Encoder(Protocol):
 
     name: str
     checksum: str
+    # Inputs per forward pass of the prompt cache (ClipBackbone.fixed_batch).
+    fixed_batch: int
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = ...,
-                     normalize: bool = ...) -> torch.Tensor: ...
+                     normalize: bool = ..., *, pad_last: bool = ...) -> torch.Tensor: ...
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = ...,
-                      normalize: bool = ...) -> torch.Tensor: ...
+                      normalize: bool = ..., *, pad_last: bool = ...) -> torch.Tensor: ...
 
 
 def load_embedding_file(path: str | Path, expected_format: int | str, checksum: str, *,

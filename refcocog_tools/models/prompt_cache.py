@@ -84,8 +84,8 @@ def params_key(**params: Any) -> str:
 class EmbeddingCache:
     """Memory cache of L2-normalised embeddings, optionally persisted under ``directory``."""
 
-    def __init__(self, directory: str | Path | None = None, batch_size: int = 64,
-                 shard: str = "", autosave_s: float = 60.0) -> None:
+    def __init__(self, directory: str | Path | None = None, shard: str = "",
+                 autosave_s: float = 60.0) -> None:
         """``shard``: a name for this process's files when several processes share the
         directory (e.g. ``"rank1"`` under torchrun). Each process writes only its own files,
         ``<kind>.pt`` for the unnamed shard and ``<kind>.<shard>.pt`` otherwise; every process
@@ -93,11 +93,14 @@ class EmbeddingCache:
         both keep their entries: a save merges what is on disk under a lock.
 
         ``autosave_s``: new entries are written at most this many seconds after they were
-        computed, so a run killed near its end resumes from what it encoded."""
+        computed, so a run killed near its end resumes from what it encoded.
+
+        Everything is encoded in forward passes of the backbone's ``fixed_batch`` inputs (the
+        last one padded), so an embedding is the same whatever else is encoded with it: a
+        run's results do not depend on its batch size or worker count."""
         self.directory = Path(directory) if directory is not None else None
         self.autosave_s = autosave_s
         self._last_save = time.monotonic()
-        self.batch_size = batch_size
         self.shard = shard
         self._store: dict[tuple[str, str], dict[Hashable, torch.Tensor]] = {}
         self._dirty: set[tuple[str, str]] = set()
@@ -203,7 +206,7 @@ class EmbeddingCache:
         self.hits += len(texts) - len(missing)
         self.misses += len(missing)
         if missing:
-            vectors = backbone.encode_texts(missing)
+            vectors = backbone.encode_texts(missing, backbone.fixed_batch, pad_last=True)
             table.update(zip(missing, vectors.float(), strict=True))
             self._added(backbone.checksum, "text", missing)
         return torch.stack([table[t] for t in texts]) if texts else torch.zeros(0, 0)
@@ -223,7 +226,7 @@ class EmbeddingCache:
         if missing:
             first_index = {k: i for i, k in reversed(list(enumerate(keys)))}
             images = render([first_index[k] for k in missing])
-            vectors = backbone.encode_images(images, batch_size=self.batch_size)
+            vectors = backbone.encode_images(images, backbone.fixed_batch, pad_last=True)
             table.update(zip(missing, vectors.float(), strict=True))
             self._added(backbone.checksum, "image", missing)
         return torch.stack([table[k] for k in keys])
@@ -246,7 +249,7 @@ class EmbeddingCache:
     def texts_only_copy(self) -> EmbeddingCache:
         """A memory-only cache holding a copy of this cache's text embeddings and nothing else
         (a benchmark starts every timed run from the same encoded texts)."""
-        copy = EmbeddingCache(None, batch_size=self.batch_size)
+        copy = EmbeddingCache(None)
         copy._store = {key: dict(table) for key, table in self._store.items()
                        if key[1] == "text"}
         return copy
