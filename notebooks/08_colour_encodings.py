@@ -28,8 +28,19 @@
 # Both are implemented in `refcocog_tools.colour_encodings` (the pictures, the prompts and both
 # methods), on the crops of `refcocog_tools.visual_prompts`.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill notebooks/08_colour_encodings.ipynb out.ipynb \
+#     -p data_root /data/refcocog -p clip RN50x16 -p proposals yolov8s -p device cuda
+# papermill --help-notebook notebooks/08_colour_encodings.ipynb
+# make book CHAPTERS=08_colour_encodings
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.minidata)

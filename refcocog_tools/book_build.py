@@ -43,11 +43,20 @@ from .chapter_files import (
     toc_chapters,
 )
 from .dataset import is_synthetic as dataset_is_synthetic
+from .execution_cache import (
+    RESULTS_ENV,
+    changed_inputs,
+    chapter_hash,
+    chapter_inputs,
+    hash_path,
+    inputs_path,
+    is_current,
+    package_fingerprint,
+    run_path,
+    upstream_runs,
+)
 
 PAIRING = "ipynb,py:percent"
-# A folder for the chapters' results files that overrides results/ of the book root when a
-# chapter's results_dir parameter is empty (the nbval runs and baselines use fresh ones).
-RESULTS_ENV = "REFCOCOG_TOOLS_RESULTS"
 # What the book keeps of papermill's record of a run (not its paths).
 _RUN_RECORD = ("start_time", "end_time", "duration", "exception", "parameters")
 # Deterministic kernels unless the caller (the Makefile) already chose.
@@ -104,55 +113,6 @@ def clean_executed(nb: Any, pair: bool) -> Any:
     return nb
 
 
-def package_fingerprint() -> str:
-    """SHA-256 of the package's sources and version: any change to the code chapters call."""
-    import hashlib
-
-    from . import __version__
-
-    digest = hashlib.sha256(__version__.encode())
-    package = Path(__file__).resolve().parent
-    for path in sorted(package.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _reads_results(source: str) -> bool:
-    """Whether a chapter reads the results files other chapters write (chapter 10)."""
-    return ".stored_results(" in source
-
-
-def chapter_hash(root: Path, name: str, parameters: dict[str, Any],
-                 package: str | None = None) -> str:
-    """What an executed chapter depends on: its source, its parameters and the package, plus
-    the results files when it reads them. Equal hashes: nothing to re-execute."""
-    import hashlib
-    import json
-
-    source = chapter_source(root, name).read_text(encoding="utf-8")
-    digest = hashlib.sha256()
-    for part in (source, json.dumps(parameters, sort_keys=True, default=str),
-                 package or package_fingerprint()):
-        digest.update(part.encode() + b"\0")
-    if _reads_results(source):
-        results_dir = Path(parameters.get("results_dir") or root / "results")
-        for path in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def hash_path(out_dir: Path, name: str) -> Path:
-    """The hash kept beside an executed notebook: ``<name>.ipynb.sha256``."""
-    return out_dir / f"{name}.ipynb.sha256"
-
-
-def is_current(out_dir: Path, name: str, digest: str) -> bool:
-    """Whether ``out_dir/<name>.ipynb`` was executed from exactly these inputs."""
-    stamp = hash_path(out_dir, name)
-    return ((out_dir / f"{name}.ipynb").is_file() and stamp.is_file()
-            and stamp.read_text(encoding="utf-8").strip() == digest)
-
-
 def _footer_cell(root: Path, name: str, nb: Any) -> Any:
     """The last cell of a page in the book: when, how long, with what it was executed."""
     import nbformat
@@ -184,6 +144,9 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
     is not executed again, unless it is named in ``force``. ``record``: keep papermill's run
     record, the build's commit and version and a footer cell in each executed notebook.
     """
+    import json
+    import uuid
+
     import nbformat
 
     from . import __version__
@@ -195,15 +158,20 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
     done = []
     for index, name in enumerate(names, 1):
         path = out_dir / f"{name}.ipynb"
-        digest = chapter_hash(root, name, parameters.get(name, {}), package)
+        params = parameters.get(name, {})
+        upstream = upstream_runs(root, name, out_dir)
+        parts = chapter_inputs(root, name, params, package, upstream)
+        digest = chapter_hash(root, name, params, package, upstream)
         if incremental and name not in force and is_current(out_dir, name, digest):
             print(f"[{index}/{len(names)}] {name}: up to date (source, parameters and "
                   "package unchanged)", file=log, flush=True)
             done.append(path)
             continue
+        reason = ("named on the command line" if name in force else
+                  ", ".join(changed_inputs(out_dir, name, parts)) or "--force")
         hash_path(out_dir, name).unlink(missing_ok=True)
         started = time.perf_counter()
-        path = execute_chapter(root, name, parameters.get(name, {}), out_dir)
+        path = execute_chapter(root, name, params, out_dir)
         nb = clean_executed(nbformat.read(path, as_version=4), pair=False)
         if record:
             nb.metadata["refcocog_tools"] = {"version": __version__, "commit": commit,
@@ -212,12 +180,16 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
         else:
             nb.metadata.pop("papermill", None)
         nbformat.write(nb, path)
+        run_path(out_dir, name).write_text(uuid.uuid4().hex + "\n", encoding="utf-8")
         # Hashed after the run: a chapter that reads results files sees the ones just written.
+        parts = chapter_inputs(root, name, params, package, upstream)
+        inputs_path(out_dir, name).write_text(json.dumps(parts, indent=1, sort_keys=True),
+                                              encoding="utf-8")
         hash_path(out_dir, name).write_text(
-            chapter_hash(root, name, parameters.get(name, {}), package) + "\n",
-            encoding="utf-8")
+            chapter_hash(root, name, params, package, upstream) + "\n", encoding="utf-8")
         print(f"[{index}/{len(names)}] {name}: executed in "
-              f"{time.perf_counter() - started:.1f} s", file=log, flush=True)
+              f"{time.perf_counter() - started:.1f} s (why: {reason})",
+              file=log, flush=True)
         done.append(path)
     return done
 
