@@ -124,10 +124,16 @@ def _footer_cell(root: Path, name: str, nb: Any) -> Any:
     status = "failed" if record.get("exception") else "completed"
     seconds = record.get("duration")
     took = f" in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+    source = f"{SOURCE_DIR.as_posix()}/{name}.py"
+    # The jupytext source is the page's source: a download from the build, and the file in
+    # the repository when one is configured.
+    url = repository_url(root)
+    in_repository = (f" ([in the repository]({url}/blob/{_repository_branch(root)}/{source}))"
+                     if url else "")
     text = (f"```{{admonition}} How this page was made\n:class: dropdown\n"
             f"Executed by papermill{took} ({status}), started "
             f"{str(record.get('start_time', '?'))[:19].replace('T', ' ')} UTC, from "
-            f"`{SOURCE_DIR.as_posix()}/{name}.py` with refcocog-tools "
+            f"{{download}}`{source} <../../{source}>`{in_repository} with refcocog-tools "
             f"{build.get('version', '?')}, commit `{(build.get('commit') or 'unknown')[:12]}`. "
             f"Parameters: {shown}. The record of every chapter is on the page "
             "{doc}`../provenance`.\n```")
@@ -218,7 +224,7 @@ def write_provenance_page(root: Path, names: Sequence[str], out_dir: Path) -> Pa
 
     lines = ["# How this book was built", "",
              f"Built on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from commit "
-             f"`{git_commit() or 'unknown (not a git checkout)'}` with refcocog-tools "
+             f"{commit_text(root, git_commit())} with refcocog-tools "
              f"{__version__}. Each chapter was executed by papermill from its source in "
              "`notebooks/`; `make book` re-executes a chapter only when its source, its "
              "parameters or the package changed, so a chapter's run can be older than the "
@@ -245,8 +251,8 @@ def write_provenance_page(root: Path, names: Sequence[str], out_dir: Path) -> Pa
 def book_config(root: Path, defaults: bool) -> Path:
     """The book's ``_config.yml`` with this build's banner and footer, written into the build
     area: the announcement when the build ran on the embedded defaults, and the commit,
-    version and date at the foot of every page (plus the repository button when the checkout
-    has an ``origin`` remote)."""
+    version and date at the foot of every page (plus the repository button and the commit as a
+    link when a repository is configured, ``repository_url``)."""
     import yaml
 
     from . import __version__
@@ -260,24 +266,56 @@ def book_config(root: Path, defaults: bool) -> Path:
             "synthetic world or untrained models): no number computed in this book is a "
             "RefCOCOg result. The study's numbers are quoted as reported.")
     commit = git_commit()
+    url = repository_url(root)
+    shown = f"<code>{(commit or 'unknown')[:12]}</code>"
+    if url and commit:
+        shown = f'<a href="{url}/commit/{commit}">{shown}</a>'
     html["extra_footer"] = (
         f"<p>Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with refcocog-tools "
-        f"{__version__} from commit <code>{(commit or 'unknown')[:12]}</code>; each chapter's "
-        "record is on the page <em>How this book was built</em>.</p>")
-    try:
-        remote = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
-                                capture_output=True, text=True, timeout=5, check=True)
-        url = remote.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        url = ""
-    if url.startswith(("https://", "http://")):
-        config["repository"] = {"url": url.removesuffix(".git"), "branch": "main"}
+        f"{__version__} from commit {shown}; each chapter's record is on the page "
+        "<em>How this book was built</em>.</p>")
+    if url:
+        config["repository"] = {**(config.get("repository") or {}), "url": url,
+                                "branch": _repository_branch(root)}
         html["use_repository_button"] = True
         html["use_edit_page_button"] = False
     path = root / CHAPTER_DIR / "_config.build.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def repository_url(root: Path) -> str:
+    """The repository the pages link to: ``repository.url`` of ``_config.yml``, else the
+    checkout's ``origin`` remote when it is an http(s) URL, else "" (no repository links)."""
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8")) or {}
+    url = str((config.get("repository") or {}).get("url") or "")
+    if not url:
+        try:
+            url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
+                                 capture_output=True, text=True, timeout=5,
+                                 check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            url = ""
+    return url.removesuffix(".git").rstrip("/") if url.startswith(("https://", "http://")) else ""
+
+
+def _repository_branch(root: Path) -> str:
+    import yaml
+
+    config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8")) or {}
+    return str((config.get("repository") or {}).get("branch") or "main")
+
+
+def commit_text(root: Path, commit: str | None) -> str:
+    """The build's commit for the build page: a link to ``<repository>/commit/<sha>`` when a
+    repository is configured, else the plain hash."""
+    if not commit:
+        return "`unknown (not a git checkout)`"
+    url = repository_url(root)
+    return f"[`{commit}`]({url}/commit/{commit})" if url else f"`{commit}`"
 
 
 def build_book(root: Path, config: Path | None = None) -> None:

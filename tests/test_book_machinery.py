@@ -235,3 +235,66 @@ def test_a_double_build_executes_nothing_and_a_writer_rerun_reruns_its_reader(
     assert "why: results (w.json), upstream (01_w)" in out
     assert report.main(build) == 0
     assert executed() == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The page checker
+# ----------------------------------------------------------------------------------------------
+_PIXEL = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4"
+          "//8/AAX+Av4N70a4AAAAAElFTkSuQmCC")
+_PAGES = {
+    "clean.html": f'<p id="top">Text.</p><img src="{_PIXEL}" alt="A bar chart of accuracy">'
+                  '<a href="tex.html">next</a> <a href="#top">top</a>'
+                  '<div class="cell"><div class="cell_input"><pre>show_table(t)</pre></div>'
+                  '<div class="cell_output"><table><tr><td>1</td></tr></table></div></div>',
+    "overflow.html": '<table style="width: 3000px"><tr><td>wide</td></tr></table>',
+    "alt.html": f'<img src="{_PIXEL}"><img src="{_PIXEL}" alt="figures/chart.png">',
+    "plumbing.html": '<div class="cell"><div class="cell_input"><pre>x = 1</pre></div>'
+                     '<div class="cell_output"><pre>1</pre></div></div>',
+    "console.html": '<script>console.error("boom")</script><p>Text.</p>',
+    "tex.html": r"<p>The rule \(P(i) = 1\) is shown raw.</p>",
+    "link.html": '<a href="missing.html">gone</a> <a href="clean.html#nowhere">no anchor</a>',
+    "external.html": '<script src="https://cdn.invalid/mathjax.js"></script><p>Text.</p>',
+}
+
+
+def _write_pages(folder: Path) -> Path:
+    folder.mkdir()
+    for name, body in _PAGES.items():
+        (folder / name).write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8">'
+                                   f'<title>{name}</title></head><body><main>'
+                                   f'<article class="bd-article">{body}</article></main>'
+                                   f'</body></html>', encoding="utf-8")
+    (folder / "_static").mkdir()
+    (folder / "_static" / "asset.html").write_text("<p>\\(not a page\\)</p>")
+    return folder
+
+
+def test_the_checker_reports_each_defect_and_passes_the_clean_page(tmp_path: Path) -> None:
+    from refcocog_tools import book_check
+
+    chromium = book_check.find_chromium()
+    if chromium is None:
+        pytest.skip(book_check.INSTALL_HINT)
+    folder = _write_pages(tmp_path / "html")
+    defects = book_check.check_book(folder, chromium)
+    kinds = {(d.page, d.kind) for d in defects}
+    assert {page for page, _ in kinds} == set(_PAGES) - {"clean.html"}
+    assert {("overflow.html", "overflow"), ("plumbing.html", "plumbing"),
+            ("console.html", "console"), ("tex.html", "tex"), ("link.html", "link"),
+            ("external.html", "external")} <= kinds
+    alt = sorted(d.detail for d in defects if d.page == "alt.html" and d.kind == "alt")
+    assert alt == ["alt text is a file name", "no alt text"]
+    links = sorted(d.element for d in defects if d.kind == "link")
+    assert links == ["clean.html#nowhere", "missing.html"]
+
+
+def test_the_checker_without_chromium_says_how_to_install_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from refcocog_tools import book_check
+
+    folder = _write_pages(tmp_path / "html")
+    monkeypatch.setattr(book_check, "find_chromium", lambda: None)
+    assert book_check.main([str(folder)]) == 2
+    assert "apt-get install chromium" in capsys.readouterr().err
+    assert [p.name for p in book_check.pages(folder)] == sorted(_PAGES)  # _static left out
