@@ -298,3 +298,61 @@ def test_the_checker_without_chromium_says_how_to_install_it(
     assert book_check.main([str(folder)]) == 2
     assert "apt-get install chromium" in capsys.readouterr().err
     assert [p.name for p in book_check.pages(folder)] == sorted(_PAGES)  # _static left out
+
+
+# ----------------------------------------------------------------------------------------------
+# The book's configuration
+# ----------------------------------------------------------------------------------------------
+def _config_book(tmp_path: Path, url: str) -> Path:
+    import shutil
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["repository"]["url"] = url
+    (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(ROOT / "_toc.yml", tmp_path / "_toc.yml")
+    return tmp_path
+
+
+def test_a_configured_repository_links_the_commit_the_source_and_the_button(
+        tmp_path: Path) -> None:
+    import yaml
+
+    root = _config_book(tmp_path, "https://example.org/group/refcocog-tools.git")
+    assert book_build.repository_url(root) == "https://example.org/group/refcocog-tools"
+    assert book_build.commit_text(root, "abc123") == (
+        "[`abc123`](https://example.org/group/refcocog-tools/commit/abc123)")
+    config = yaml.safe_load(book_build.book_config(root, defaults=False).read_text())
+    assert config["html"]["use_repository_button"] is True
+    assert config["repository"]["url"] == "https://example.org/group/refcocog-tools"
+    nb = nbformat.v4.new_notebook(metadata={"papermill": {"duration": 1.0}})
+    footer = book_build._footer_cell(root, "09_red_circle", nb).source
+    assert "{download}`notebooks/09_red_circle.py <../../notebooks/09_red_circle.py>`" in footer
+    assert ("(https://example.org/group/refcocog-tools/blob/main/notebooks/09_red_circle.py)"
+            in footer)
+
+
+def test_without_a_repository_the_commit_is_plain_text(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _config_book(tmp_path, "")  # tmp_path is no git checkout: no origin remote either
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert book_build.repository_url(root) == ""
+    assert book_build.commit_text(root, "abc123") == "`abc123`"
+    assert book_build.commit_text(root, None) == "`unknown (not a git checkout)`"
+    nb = nbformat.v4.new_notebook(metadata={"papermill": {}})
+    footer = book_build._footer_cell(root, "01_dataset", nb).source
+    assert "{download}`notebooks/01_dataset.py" in footer and "/blob/" not in footer
+
+
+def test_maths_offline_and_figures_numbered_per_chapter() -> None:
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
+    assert config["sphinx"]["config"]["numfig"] is True
+    assert config["sphinx"]["config"]["numfig_secnum_depth"] == 1
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    numbered = [f["file"] for part in toc["parts"] if part.get("numbered")
+                for f in part["chapters"]]
+    assert [f.rsplit("/", 1)[1] for f in numbered] == CHAPTERS
