@@ -21,7 +21,8 @@
 # **Running this chapter on real data** (RefCOCOg, umd split):
 #
 # ```bash
-# OMP_NUM_THREADS=1 papermill notebooks/01_dataset.ipynb out.ipynb \
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/01_dataset.ipynb out.ipynb \
 #     -p data_root /data/refcocog
 # papermill --help-notebook notebooks/01_dataset.ipynb
 # make book CHAPTERS=01_dataset

@@ -29,7 +29,8 @@
 # **Running this chapter on real data** (RefCOCOg, umd split):
 #
 # ```bash
-# OMP_NUM_THREADS=1 papermill notebooks/03_bottleneck_regressor.ipynb out.ipynb \
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/03_bottleneck_regressor.ipynb out.ipynb \
 #     -p data_root /data/refcocog -p clip RN50x16 -p device cuda
 # papermill --help-notebook notebooks/03_bottleneck_regressor.ipynb
 # make book CHAPTERS=03_bottleneck_regressor

@@ -28,7 +28,8 @@
 # **Running this chapter on real data** (RefCOCOg, umd split):
 #
 # ```bash
-# OMP_NUM_THREADS=1 papermill notebooks/04_large_regressor.ipynb out.ipynb \
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/04_large_regressor.ipynb out.ipynb \
 #     -p data_root /data/refcocog -p clip RN50x16 -p device cuda
 # papermill --help-notebook notebooks/04_large_regressor.ipynb
 # make book CHAPTERS=04_large_regressor

@@ -26,7 +26,8 @@
 # **Running this chapter on real data** (RefCOCOg, umd split):
 #
 # ```bash
-# OMP_NUM_THREADS=1 papermill notebooks/06_language.ipynb out.ipynb \
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/06_language.ipynb out.ipynb \
 #     -p data_root /data/refcocog
 # papermill --help-notebook notebooks/06_language.ipynb
 # make book CHAPTERS=06_language

@@ -29,7 +29,8 @@
 # **Running this chapter on real data** (RefCOCOg, umd split):
 #
 # ```bash
-# OMP_NUM_THREADS=1 papermill notebooks/07_scene_graph.ipynb out.ipynb \
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/07_scene_graph.ipynb out.ipynb \
 #     -p data_root /data/refcocog
 # papermill --help-notebook notebooks/07_scene_graph.ipynb
 # make book CHAPTERS=07_scene_graph

@@ -31,8 +31,11 @@
 # **Running this chapter on real data** (RefCOCOg, umd split):
 #
 # ```bash
-# OMP_NUM_THREADS=1 papermill notebooks/09_red_circle.ipynb out.ipynb \
-#     -p data_root /data/refcocog -p clip RN50x16 -p proposals yolov8s -p device cuda
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/09_red_circle.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
 # papermill --help-notebook notebooks/09_red_circle.ipynb
 # make book CHAPTERS=09_red_circle
 # ```

@@ -45,8 +45,11 @@
 # **Running this chapter on real data** (RefCOCOg, umd split):
 #
 # ```bash
-# OMP_NUM_THREADS=1 papermill notebooks/11_relations.ipynb out.ipynb \
-#     -p data_root /data/refcocog -p clip RN50x16 -p proposals yolov8s -p device cuda
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/11_relations.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
 # papermill --help-notebook notebooks/11_relations.ipynb
 # make book CHAPTERS=11_relations
 # ```

@@ -34,8 +34,11 @@
 # **Running this chapter on real data** (RefCOCOg, umd split):
 #
 # ```bash
-# OMP_NUM_THREADS=1 papermill notebooks/12_toy_world.ipynb out.ipynb \
-#     -p data_root /data/refcocog -p clip RN50x16 -p proposals yolov8s -p device cuda
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/12_toy_world.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
 # papermill --help-notebook notebooks/12_toy_world.ipynb
 # make book CHAPTERS=12_toy_world
 # ```

@@ -288,10 +288,7 @@ def book_config(root: Path, defaults: bool) -> Path:
 def repository_url(root: Path) -> str:
     """The repository the pages link to: ``repository.url`` of ``_config.yml``, else the
     checkout's ``origin`` remote when it is an http(s) URL, else "" (no repository links)."""
-    import yaml
-
-    config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8")) or {}
-    url = str((config.get("repository") or {}).get("url") or "")
+    url = str(_repository_config(root).get("url") or "")
     if not url:
         try:
             url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
@@ -302,11 +299,17 @@ def repository_url(root: Path) -> str:
     return url.removesuffix(".git").rstrip("/") if url.startswith(("https://", "http://")) else ""
 
 
-def _repository_branch(root: Path) -> str:
+def _repository_config(root: Path) -> dict[str, Any]:
+    """``repository`` of the book's ``_config.yml`` ({} without one)."""
     import yaml
 
-    config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8")) or {}
-    return str((config.get("repository") or {}).get("branch") or "main")
+    path = root / "_config.yml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return (config or {}).get("repository") or {}
+
+
+def _repository_branch(root: Path) -> str:
+    return str(_repository_config(root).get("branch") or "main")
 
 
 def commit_text(root: Path, commit: str | None) -> str:

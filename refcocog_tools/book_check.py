@@ -3,8 +3,8 @@ what a reader would trip over.
 
 A page fails on
 
-* **overflow**: a table, figure, image, code block or cell output wider than the content
-  column (its box, or its scrolled content, is wider than the column);
+* **overflow**: a table, figure, image or code block (a cell's output too) wider than the
+  content column, or whose content is wider than its own box (a code line cut off);
 * **alt**: an ``img`` without alt text, or whose alt text is a file name or path;
 * **plumbing**: a code cell whose input is shown on the page (not removed by ``remove-input``
   nor folded by ``hide-input``) and whose output holds no table, figure, image or markdown
@@ -62,16 +62,19 @@ _PAGE_CHECKS = r"""
     return true;
   };
   for (const el of column.querySelectorAll(
-      'table, figure, img, svg, pre, div.highlight, div.cell_output, iframe')) {
-    // The outermost box only (a <pre> in its div.highlight is one defect), no typeset maths.
+      'table, figure, img, svg, pre, iframe')) {
+    // The outermost box only (an image in its figure is one defect), no typeset maths.
     const outer = el.parentElement && el.parentElement.closest(
-      'table, figure, pre, div.highlight, div.cell_output, mjx-container');
+      'table, figure, pre, mjx-container');
     if (!visible(el) || outer) continue;
     const box = el.getBoundingClientRect().width;
-    const inner = el.scrollWidth;
-    if (box > width + 1 || inner > width + 1)
-      out.push(['overflow', describe(el), `${Math.max(box, inner).toFixed(0)} px in a ` +
-                `${width} px column`]);
+    // Wider than the column, or content wider than its own box (a code line cut off in a
+    // scrolling block, even inside an admonition narrower than the column).
+    if (box > width + 1)
+      out.push(['overflow', describe(el), `${box.toFixed(0)} px in a ${width} px column`]);
+    else if (el.scrollWidth > el.clientWidth + 1 && el.clientWidth > 0)
+      out.push(['overflow', describe(el), `content ${el.scrollWidth} px in a ` +
+                `${el.clientWidth} px box`]);
   }
   for (const img of document.querySelectorAll('img')) {
     const alt = (img.getAttribute('alt') || '').trim();
@@ -162,6 +165,15 @@ def broken_links(page: Path, hrefs: Sequence[str], html_dir: Path,
     return broken
 
 
+def _redirect(page: Path) -> str | None:
+    """The target of a page that only redirects (``<meta http-equiv="refresh">``), else None."""
+    import re
+
+    found = re.search(r'<meta[^>]+http-equiv="refresh"[^>]+url=([^"\s>]+)',
+                      page.read_text(encoding="utf-8", errors="replace"), flags=re.IGNORECASE)
+    return found.group(1) if found else None
+
+
 def check_book(html_dir: Path, chromium: str,
                screenshots: Path | None = None) -> list[Defect]:
     """Every defect of every page under ``html_dir``."""
@@ -175,6 +187,11 @@ def check_book(html_dir: Path, chromium: str,
         try:
             for path in pages(html_dir):
                 name = path.relative_to(html_dir).as_posix()
+                redirect = _redirect(path)
+                if redirect is not None:  # index.html: only its target is checked
+                    defects += [Defect(name, "link", href, why) for href, why in
+                                broken_links(path, [redirect], html_dir, anchors)]
+                    continue
                 found: list[tuple[str, str, str]] = []
                 page = browser.new_page(viewport=VIEWPORT)
                 page.on("console", lambda m, f=found: m.type == "error" and f.append(

@@ -248,6 +248,8 @@ _PAGES = {
                   '<div class="cell"><div class="cell_input"><pre>show_table(t)</pre></div>'
                   '<div class="cell_output"><table><tr><td>1</td></tr></table></div></div>',
     "overflow.html": '<table style="width: 3000px"><tr><td>wide</td></tr></table>',
+    "codeline.html": '<div style="width: 300px"><pre style="overflow: auto">'
+                     + "x = 1  # " + "a long line " * 30 + "</pre></div>",
     "alt.html": f'<img src="{_PIXEL}"><img src="{_PIXEL}" alt="figures/chart.png">',
     "plumbing.html": '<div class="cell"><div class="cell_input"><pre>x = 1</pre></div>'
                      '<div class="cell_output"><pre>1</pre></div></div>',
@@ -280,7 +282,8 @@ def test_the_checker_reports_each_defect_and_passes_the_clean_page(tmp_path: Pat
     defects = book_check.check_book(folder, chromium)
     kinds = {(d.page, d.kind) for d in defects}
     assert {page for page, _ in kinds} == set(_PAGES) - {"clean.html"}
-    assert {("overflow.html", "overflow"), ("plumbing.html", "plumbing"),
+    assert {("overflow.html", "overflow"), ("codeline.html", "overflow"),
+            ("plumbing.html", "plumbing"),
             ("console.html", "console"), ("tex.html", "tex"), ("link.html", "link"),
             ("external.html", "external")} <= kinds
     alt = sorted(d.detail for d in defects if d.page == "alt.html" and d.kind == "alt")
