@@ -23,7 +23,7 @@ PROPOSALS ?= yolov8s
 DEVICE ?= cuda
 LIMIT ?= 0
 
-.PHONY: all install test unit nbval nbval-generic-cpu embedded-models lint book reproduce regen-baselines gpu-check clean
+.PHONY: all install test unit nbval nbval-generic-cpu embedded-models lint book book-check reproduce regen-baselines gpu-check clean
 
 all: test
 
@@ -87,6 +87,13 @@ CHAPTERS ?=
 FORCE ?=
 book: $(STAMP)
 	$(BIN)/python -m refcocog_tools.cli.book build $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(FORCE),--force)
+
+# Every built page in headless Chromium at 1280x900 (refcocog_tools.report.book_check): overflowing
+# tables and figures, images without alt text, plumbing code shown, console errors, requests
+# off the machine, raw TeX, broken internal links. Needs Debian's chromium (apt-get install
+# chromium); no browser is downloaded.
+book-check: $(STAMP)
+	$(BIN)/python -m refcocog_tools.cli.book_check book/_build/html
 
 reproduce: $(STAMP)
 	@test -n "$(DATA_ROOT)" || { echo "usage: make reproduce DATA_ROOT=/data/refcocog [CLIP=RN50x16] [PROPOSALS=yolov8s] [DEVICE=cuda] [LIMIT=0]"; exit 2; }

@@ -17,8 +17,20 @@
 # and the expression. This chapter looks at the data a run uses: how large each split is, how
 # crowded the images are, which categories are referred to, and what the expressions look like.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/01_dataset.ipynb out.ipynb \
+#     -p data_root /data/refcocog
+# papermill --help-notebook notebooks/01_dataset.ipynb
+# make book CHAPTERS=01_dataset
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)

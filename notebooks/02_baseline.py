@@ -23,8 +23,22 @@
 # proposal, the largest one, the one nearest the centre). A method that does not beat them has
 # learned nothing from CLIP.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/02_baseline.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
+# papermill --help-notebook notebooks/02_baseline.ipynb
+# make book CHAPTERS=02_baseline
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)

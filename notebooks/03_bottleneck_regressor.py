@@ -26,8 +26,20 @@
 # IoU loss whose intersection was computed with the wrong corner, and a random seed that was
 # never applied.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/03_bottleneck_regressor.ipynb out.ipynb \
+#     -p data_root /data/refcocog -p clip RN50x16 -p device cuda
+# papermill --help-notebook notebooks/03_bottleneck_regressor.ipynb
+# make book CHAPTERS=03_bottleneck_regressor
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 #
 # The CLIP embeddings of each split are computed once and cached; the same training is
 # available on the command line as

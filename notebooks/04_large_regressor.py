@@ -24,8 +24,20 @@
 # why an MSE on pixel coordinates depends on the size of the images and drowns the IoU term of
 # the mixed loss.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/04_large_regressor.ipynb out.ipynb \
+#     -p data_root /data/refcocog -p clip RN50x16 -p device cuda
+# papermill --help-notebook notebooks/04_large_regressor.ipynb
+# make book CHAPTERS=04_large_regressor
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 #
 # The command-line equivalent of one run is
 # `python -m refcocog_tools train-regressor --head large --loss mix`.

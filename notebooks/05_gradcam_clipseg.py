@@ -26,8 +26,22 @@
 # can be rechecked with pretrained weights. CLIPSeg, the study's second idea of this kind, is
 # described at the end but not run.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/05_gradcam_clipseg.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
+# papermill --help-notebook notebooks/05_gradcam_clipseg.ipynb
+# make book CHAPTERS=05_gradcam_clipseg
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 from refcocog_tools.methods.gradcam import GradCamOptions  # the method's defaults

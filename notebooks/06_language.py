@@ -22,8 +22,20 @@
 # phrases are, and which words they use. It uses `refcocog_tools.data.language`, a small rule-based
 # reader that needs no model: good enough for statistics, not a parser to ground with.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/06_language.ipynb out.ipynb \
+#     -p data_root /data/refcocog
+# papermill --help-notebook notebooks/06_language.ipynb
+# make book CHAPTERS=06_language
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)

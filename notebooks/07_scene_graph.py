@@ -26,8 +26,20 @@
 # any learning: for expressions of the form "the *category* on the left / right / at the top /
 # at the bottom", the candidate of that category that lies in that relation to all the others.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/07_scene_graph.ipynb out.ipynb \
+#     -p data_root /data/refcocog
+# papermill --help-notebook notebooks/07_scene_graph.ipynb
+# make book CHAPTERS=07_scene_graph
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)

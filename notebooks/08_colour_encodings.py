@@ -29,8 +29,22 @@
 # both
 # methods), on the crops of `refcocog_tools.prompts.visual_prompts`.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/08_colour_encodings.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
+# papermill --help-notebook notebooks/08_colour_encodings.ipynb
+# make book CHAPTERS=08_colour_encodings
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)

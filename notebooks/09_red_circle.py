@@ -27,8 +27,22 @@
 #    CLIP backbones and **debiased** (below);
 # 4. a proposal's score is its best variant; the expression's answer is the best proposal.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/09_red_circle.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
+# papermill --help-notebook notebooks/09_red_circle.ipynb
+# make book CHAPTERS=09_red_circle
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 #
 # On the full test split the ablations evaluate the method 16 times;
 # `-p ablations False` skips them.

@@ -26,8 +26,22 @@
 #   and say nothing about RefCOCOg; no row of this page puts a toy-world number in the study's
 #   column or the other way round.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/10_results.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
+# papermill --help-notebook notebooks/10_results.ipynb
+# make book CHAPTERS=10_results
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)

@@ -42,8 +42,22 @@
 #    ReCLIP's vocabulary (`scene_graph.pairwise_relation`: left of, right of, above, below,
 #    bigger, smaller, inside, near; `between_tensor` for "between").
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/11_relations.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
+# papermill --help-notebook notebooks/11_relations.ipynb
+# make book CHAPTERS=11_relations
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 #
 # The table by expression type needs the embedded dataset, whose generator knows what each
 # expression says; on RefCOCOg the page shows spatial against non-spatial expressions instead.

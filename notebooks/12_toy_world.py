@@ -30,8 +30,22 @@
 # RefCOCOg result**. They show, in miniature, which method can use what a CLIP has learnt;
 # they say nothing about how the methods do with a pretrained CLIP on photographs.
 #
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/12_toy_world.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
+# papermill --help-notebook notebooks/12_toy_world.ipynb
+# make book CHAPTERS=12_toy_world
+# ```
+#
 # ```{include} ../_real_data.md
 # ```
+# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)

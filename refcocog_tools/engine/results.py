@@ -3,8 +3,9 @@
 Every method's numbers travel in one JSON document, whoever computed them (``evaluate``, a
 trained regressor through ``regressors.results_on_split``, the command line, a chapter)::
 
-    {"schema": "refcocog-tools/results/1",
-     "metrics": {...},      # refcocog_tools.engine.metrics.summarize of the predictions
+    {"schema": "refcocog-tools/results/2",
+     "metrics": {...},      # refcocog_tools.engine.metrics.summarize of the predictions, plus
+                            # "intervals": 95% image-bootstrap intervals (uncertainty.summary)
      "config": {...},       # the method, proposals, CLIP names, split, limit, threshold, ...
      "provenance": {...},   # package version, git commit, torch, data root, split, whether the
                             # data is synthetic and the weights untrained, checkpoint checksums
@@ -39,7 +40,10 @@ from refcocog_tools import __version__
 from refcocog_tools.core.files import atomic_write_json, read_json
 from refcocog_tools.data.dataset import is_synthetic
 
-SCHEMA = "refcocog-tools/results/1"
+SCHEMA = "refcocog-tools/results/2"
+# Schema 1 is schema 2 without metrics["intervals"]: still read (uncertainty.document_intervals
+# computes its intervals from its predictions).
+READABLE_SCHEMAS = ("refcocog-tools/results/1", SCHEMA)
 REQUIRED = ("metrics", "config", "provenance", "predictions")
 NOT_REFCOCOG = "not a RefCOCOg result"
 GROUND_TRUTH_PROPOSALS = "ground-truth boxes: an upper bound, not the study's detector setting"
@@ -119,12 +123,16 @@ def results_document(rows: list[dict[str, Any]], *, config: dict[str, Any],
                      training: dict[str, Any] | None = None,
                      problems: Sequence[str] | None = None) -> dict[str, Any]:
     """The one builder of a results document: metrics summarised from ``rows`` (one per
-    expression) at the IoU ``threshold``, with the config and provenance given. ``problems``:
-    the data problems the run went past (the metrics cover the rows only: a skipped
-    expression is in neither)."""
+    expression) at the IoU ``threshold``, with their 95% intervals by bootstrap over images
+    (``metrics["intervals"]``), and the config and provenance given. ``problems``: the data
+    problems the run went past (the metrics cover the rows only: a skipped expression is in
+    neither)."""
     from refcocog_tools.engine.metrics import summarize
+    from refcocog_tools.engine.uncertainty import summary as interval_summary
 
-    document: dict[str, Any] = {"schema": SCHEMA, "metrics": summarize(rows, threshold=threshold),
+    metrics = summarize(rows, threshold=threshold)
+    metrics["intervals"] = interval_summary(rows, threshold=threshold)
+    document: dict[str, Any] = {"schema": SCHEMA, "metrics": metrics,
                                 "config": config, "provenance": provenance}
     if timing is not None:
         document["timing"] = timing
@@ -339,9 +347,9 @@ def read_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     document = read_json(path, "results file", ResultsError)
     if not isinstance(document, dict):
         raise ResultsError(f"{path}: a results file holds a JSON object")
-    if document.get("schema") != SCHEMA:
+    if document.get("schema") not in READABLE_SCHEMAS:
         raise ResultsError(f"{path}: field 'schema' is {document.get('schema')!r}, "
-                           f"expected {SCHEMA!r}")
+                           f"expected one of {', '.join(map(repr, READABLE_SCHEMAS))}")
     for key in REQUIRED:
         if key not in document:
             raise ResultsError(f"{path}: field {key!r} is missing")

@@ -43,11 +43,20 @@ from refcocog_tools.report.chapter_files import (
     source_to_notebook,
     toc_chapters,
 )
+from refcocog_tools.report.execution_cache import (
+    RESULTS_ENV,
+    changed_inputs,
+    chapter_hash,
+    chapter_inputs,
+    hash_path,
+    inputs_path,
+    is_current,
+    package_fingerprint,
+    run_path,
+    upstream_runs,
+)
 
 PAIRING = "ipynb,py:percent"
-# A folder for the chapters' results files that overrides results/ of the book root when a
-# chapter's results_dir parameter is empty (the nbval runs and baselines use fresh ones).
-RESULTS_ENV = "REFCOCOG_TOOLS_RESULTS"
 # What the book keeps of papermill's record of a run (not its paths).
 _RUN_RECORD = ("start_time", "end_time", "duration", "exception", "parameters")
 # Deterministic kernels unless the caller (the Makefile) already chose.
@@ -104,56 +113,6 @@ def clean_executed(nb: Any, pair: bool) -> Any:
     return nb
 
 
-def package_fingerprint() -> str:
-    """SHA-256 of the package's sources and version: any change to the code chapters call."""
-    import hashlib
-
-    from refcocog_tools import __version__
-
-    digest = hashlib.sha256(__version__.encode())
-    package = Path(__file__).resolve().parents[1]
-    for path in sorted(package.rglob("*.py")):
-        name = path.relative_to(package).as_posix()
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def _reads_results(source: str) -> bool:
-    """Whether a chapter reads the results files other chapters write (chapter 10)."""
-    return ".stored_results(" in source
-
-
-def chapter_hash(root: Path, name: str, parameters: dict[str, Any],
-                 package: str | None = None) -> str:
-    """What an executed chapter depends on: its source, its parameters and the package, plus
-    the results files when it reads them. Equal hashes: nothing to re-execute."""
-    import hashlib
-    import json
-
-    source = chapter_source(root, name).read_text(encoding="utf-8")
-    digest = hashlib.sha256()
-    for part in (source, json.dumps(parameters, sort_keys=True, default=str),
-                 package or package_fingerprint()):
-        digest.update(part.encode() + b"\0")
-    if _reads_results(source):
-        results_dir = Path(parameters.get("results_dir") or root / "results")
-        for path in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def hash_path(out_dir: Path, name: str) -> Path:
-    """The hash kept beside an executed notebook: ``<name>.ipynb.sha256``."""
-    return out_dir / f"{name}.ipynb.sha256"
-
-
-def is_current(out_dir: Path, name: str, digest: str) -> bool:
-    """Whether ``out_dir/<name>.ipynb`` was executed from exactly these inputs."""
-    stamp = hash_path(out_dir, name)
-    return ((out_dir / f"{name}.ipynb").is_file() and stamp.is_file()
-            and stamp.read_text(encoding="utf-8").strip() == digest)
-
-
 def _footer_cell(root: Path, name: str, nb: Any) -> Any:
     """The last cell of a page in the book: when, how long, with what it was executed."""
     import nbformat
@@ -165,10 +124,16 @@ def _footer_cell(root: Path, name: str, nb: Any) -> Any:
     status = "failed" if record.get("exception") else "completed"
     seconds = record.get("duration")
     took = f" in {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+    source = f"{SOURCE_DIR.as_posix()}/{name}.py"
+    # The jupytext source is the page's source: a download from the build, and the file in
+    # the repository when one is configured.
+    url = repository_url(root)
+    in_repository = (f" ([in the repository]({url}/blob/{_repository_branch(root)}/{source}))"
+                     if url else "")
     text = (f"```{{admonition}} How this page was made\n:class: dropdown\n"
             f"Executed by papermill{took} ({status}), started "
             f"{str(record.get('start_time', '?'))[:19].replace('T', ' ')} UTC, from "
-            f"`{SOURCE_DIR.as_posix()}/{name}.py` with refcocog-tools "
+            f"{{download}}`{source} <../../{source}>`{in_repository} with refcocog-tools "
             f"{build.get('version', '?')}, commit `{(build.get('commit') or 'unknown')[:12]}`. "
             f"Parameters: {shown}. The record of every chapter is on the page "
             "{doc}`../provenance`.\n```")
@@ -185,6 +150,9 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
     is not executed again, unless it is named in ``force``. ``record``: keep papermill's run
     record, the build's commit and version and a footer cell in each executed notebook.
     """
+    import json
+    import uuid
+
     import nbformat
 
     from refcocog_tools import __version__
@@ -196,15 +164,20 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
     done = []
     for index, name in enumerate(names, 1):
         path = out_dir / f"{name}.ipynb"
-        digest = chapter_hash(root, name, parameters.get(name, {}), package)
+        params = parameters.get(name, {})
+        upstream = upstream_runs(root, name, out_dir)
+        parts = chapter_inputs(root, name, params, package, upstream)
+        digest = chapter_hash(root, name, params, package, upstream)
         if incremental and name not in force and is_current(out_dir, name, digest):
             print(f"[{index}/{len(names)}] {name}: up to date (source, parameters and "
                   "package unchanged)", file=log, flush=True)
             done.append(path)
             continue
+        reason = ("named on the command line" if name in force else
+                  ", ".join(changed_inputs(out_dir, name, parts)) or "--force")
         hash_path(out_dir, name).unlink(missing_ok=True)
         started = time.perf_counter()
-        path = execute_chapter(root, name, parameters.get(name, {}), out_dir)
+        path = execute_chapter(root, name, params, out_dir)
         nb = clean_executed(nbformat.read(path, as_version=4), pair=False)
         if record:
             nb.metadata["refcocog_tools"] = {"version": __version__, "commit": commit,
@@ -213,12 +186,16 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
         else:
             nb.metadata.pop("papermill", None)
         nbformat.write(nb, path)
+        run_path(out_dir, name).write_text(uuid.uuid4().hex + "\n", encoding="utf-8")
         # Hashed after the run: a chapter that reads results files sees the ones just written.
+        parts = chapter_inputs(root, name, params, package, upstream)
+        inputs_path(out_dir, name).write_text(json.dumps(parts, indent=1, sort_keys=True),
+                                              encoding="utf-8")
         hash_path(out_dir, name).write_text(
-            chapter_hash(root, name, parameters.get(name, {}), package) + "\n",
-            encoding="utf-8")
+            chapter_hash(root, name, params, package, upstream) + "\n", encoding="utf-8")
         print(f"[{index}/{len(names)}] {name}: executed in "
-              f"{time.perf_counter() - started:.1f} s", file=log, flush=True)
+              f"{time.perf_counter() - started:.1f} s (why: {reason})",
+              file=log, flush=True)
         done.append(path)
     return done
 
@@ -247,7 +224,7 @@ def write_provenance_page(root: Path, names: Sequence[str], out_dir: Path) -> Pa
 
     lines = ["# How this book was built", "",
              f"Built on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from commit "
-             f"`{git_commit() or 'unknown (not a git checkout)'}` with refcocog-tools "
+             f"{commit_text(root, git_commit())} with refcocog-tools "
              f"{__version__}. Each chapter was executed by papermill from its source in "
              "`notebooks/`; `make book` re-executes a chapter only when its source, its "
              "parameters or the package changed, so a chapter's run can be older than the "
@@ -274,8 +251,8 @@ def write_provenance_page(root: Path, names: Sequence[str], out_dir: Path) -> Pa
 def book_config(root: Path, defaults: bool) -> Path:
     """The book's ``_config.yml`` with this build's banner and footer, written into the build
     area: the announcement when the build ran on the embedded defaults, and the commit,
-    version and date at the foot of every page (plus the repository button when the checkout
-    has an ``origin`` remote)."""
+    version and date at the foot of every page (plus the repository button and the commit as a
+    link when a repository is configured, ``repository_url``)."""
     import yaml
 
     from refcocog_tools import __version__
@@ -289,24 +266,59 @@ def book_config(root: Path, defaults: bool) -> Path:
             "synthetic world or untrained models): no number computed in this book is a "
             "RefCOCOg result. The study's numbers are quoted as reported.")
     commit = git_commit()
+    url = repository_url(root)
+    shown = f"<code>{(commit or 'unknown')[:12]}</code>"
+    if url and commit:
+        shown = f'<a href="{url}/commit/{commit}">{shown}</a>'
     html["extra_footer"] = (
         f"<p>Built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with refcocog-tools "
-        f"{__version__} from commit <code>{(commit or 'unknown')[:12]}</code>; each chapter's "
-        "record is on the page <em>How this book was built</em>.</p>")
-    try:
-        remote = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
-                                capture_output=True, text=True, timeout=5, check=True)
-        url = remote.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        url = ""
-    if url.startswith(("https://", "http://")):
-        config["repository"] = {"url": url.removesuffix(".git"), "branch": "main"}
+        f"{__version__} from commit {shown}; each chapter's record is on the page "
+        "<em>How this book was built</em>.</p>")
+    if url:
+        config["repository"] = {**(config.get("repository") or {}), "url": url,
+                                "branch": _repository_branch(root)}
         html["use_repository_button"] = True
         html["use_edit_page_button"] = False
     path = root / CHAPTER_DIR / "_config.build.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def repository_url(root: Path) -> str:
+    """The repository the pages link to: ``repository.url`` of ``_config.yml``, else the
+    checkout's ``origin`` remote when it is an http(s) URL, else "" (no repository links)."""
+    url = str(_repository_config(root).get("url") or "")
+    if not url:
+        try:
+            url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
+                                 capture_output=True, text=True, timeout=5,
+                                 check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            url = ""
+    return url.removesuffix(".git").rstrip("/") if url.startswith(("https://", "http://")) else ""
+
+
+def _repository_config(root: Path) -> dict[str, Any]:
+    """``repository`` of the book's ``_config.yml`` ({} without one)."""
+    import yaml
+
+    path = root / "_config.yml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return (config or {}).get("repository") or {}
+
+
+def _repository_branch(root: Path) -> str:
+    return str(_repository_config(root).get("branch") or "main")
+
+
+def commit_text(root: Path, commit: str | None) -> str:
+    """The build's commit for the build page: a link to ``<repository>/commit/<sha>`` when a
+    repository is configured, else the plain hash."""
+    if not commit:
+        return "`unknown (not a git checkout)`"
+    url = repository_url(root)
+    return f"[`{commit}`]({url}/commit/{commit})" if url else f"`{commit}`"
 
 
 def build_book(root: Path, config: Path | None = None) -> None:

@@ -72,14 +72,22 @@ def _annotation_text(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")  # list[float], typing.Optional[float]
 
 
-def _bound_by_import(name: str, value: Any) -> bool:
+def _bound_by_import(name: str, value: Any, namespace: dict[str, Any]) -> bool:
     """Whether ``value`` is the very object a loaded module holds under ``name``: a constant the
     header cell imported (``from refcocog_tools.data.dataset import SPLITS``), not a parameter. (The
-    kernel's cell history ``In`` cannot tell: nbval executes cells without storing history.)"""
+    kernel's cell history ``In`` cannot tell: nbval executes cells without storing history.)
+
+    The chapter's own namespace is no such module, under whatever name it is registered: a
+    kernel's ``__main__``, and ``__mp_main__``, the alias ``multiprocessing`` registers when a
+    chapter's cell imports it first (chapter 09: every name papermill injected looked imported,
+    so a misspelt parameter ran silently)."""
     for module_name, module in list(sys.modules.items()):
         if module_name == "__main__" or module is None:
             continue
-        held = getattr(module, "__dict__", {}).get(name, _NOT_HELD)
+        held_names = getattr(module, "__dict__", {})
+        if held_names is namespace:
+            continue
+        held = held_names.get(name, _NOT_HELD)
         if held is value:
             return True
     return False
@@ -88,13 +96,23 @@ def _bound_by_import(name: str, value: Any) -> bool:
 _NOT_HELD = object()
 
 
+class ParameterError(ReportError):
+    """A chapter parameter that is not declared or has the wrong type. In a kernel it shows as
+    its one-line message (IPython's ``_render_traceback_`` hook): the reader's mistake, not a
+    traceback through the package."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
 def check_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
     """The chapter's parameters from its namespace, checked against its parameters cell.
 
     Every parameter is declared with a type hint (``limit: int = 0``), so the declared names and
     types are the namespace's ``__annotations__``. A name that is defined but not declared (a
     misspelt ``-p limt 5`` injected by papermill) or a value of the wrong type (``-p limit ten``)
-    raises ReportError naming the parameter, before the chapter does any work.
+    raises ParameterError (a ReportError) naming the parameter, before the chapter does any
+    work.
     """
     declared = {name: _annotation_text(a)
                 for name, a in namespace.get("__annotations__", {}).items()}
@@ -105,19 +123,19 @@ def check_parameters(namespace: dict[str, Any]) -> dict[str, Any]:
         name for name, value in namespace.items()
         if not name.startswith("_") and name not in _KERNEL_NAMES and name not in declared
         and not callable(value) and not isinstance(value, types.ModuleType)
-        and not _bound_by_import(name, value)
+        and not _bound_by_import(name, value, namespace)
     )
     if unknown:
-        raise ReportError(f"unknown parameter(s) {', '.join(unknown)}: this chapter's parameters "
-                          f"are {', '.join(declared)}")
+        raise ParameterError(f"unknown parameter(s) {', '.join(unknown)}: this chapter's "
+                             f"parameters are {', '.join(declared)}")
     values = {}
     for name, annotation in declared.items():
         if name not in namespace:
-            raise ReportError(f"parameter {name} is declared but has no value")
+            raise ParameterError(f"parameter {name} is declared but has no value")
         value = namespace[name]
         if not _type_accepts(annotation, value):
-            raise ReportError(f"parameter {name} must be {annotation}, got {value!r} "
-                              f"({type(value).__name__})")
+            raise ParameterError(f"parameter {name} must be {annotation}, got {value!r} "
+                                 f"({type(value).__name__})")
         values[name] = value
     return values
 
