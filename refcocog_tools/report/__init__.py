@@ -5,6 +5,12 @@ What a chapter calls is importable from here (``from refcocog_tools.report impor
 open_chapter, glue``). May import: ``toy``, ``engine`` and everything below it.
 """
 
-from refcocog_tools.report.chapter import glue, glue_figure, open_chapter, show_figure
+from refcocog_tools.report.chapter import (
+    glue,
+    glue_figure,
+    glue_verdict,
+    open_chapter,
+    show_figure,
+)
 
-__all__ = ["glue", "glue_figure", "open_chapter", "show_figure"]
+__all__ = ["glue", "glue_figure", "glue_verdict", "open_chapter", "show_figure"]

@@ -296,6 +296,28 @@ def glue(name: str, value: Any, digits: int = 3, significant: int | None = None)
     myst_glue(name, value, display=False)
 
 
+VERDICT_KEY = "verdict"
+
+
+def glue_verdict(question: str, answer: str, study: str, name: str = VERDICT_KEY) -> None:
+    """Glue a chapter's verdict box as Markdown: the question it asks, the answer of this build
+    in one sentence (made from the numbers and their intervals, e.g. by
+    ``engine.uncertainty.comparison_sentence``), and what the study reported, with its scope.
+
+    The chapter's first cell shows it (glue resolves names defined further down the page):
+
+        ```{glue:md} verdict
+        :format: myst
+        ```
+    """
+    from IPython.display import Markdown
+    from myst_nb import glue as myst_glue
+
+    text = (f"**Question.** {question}\n\n**This build.** {answer}\n\n"
+            f"**The study.** {study}")
+    myst_glue(name, Markdown(text), display=False)
+
+
 def glue_figure(name: str, fig: Any, dpi: int = 100) -> None:
     """Glue a matplotlib figure as a PNG under ``name`` and close it.
 
