@@ -76,7 +76,7 @@ nbval-generic-cpu: $(STAMP)
 # The embedded checkpoints (untrained tiny models generated, the shipped toy CLIP unpacked),
 # written once into the cache before anything runs in parallel.
 embedded-models: $(STAMP)
-	$(BIN)/python -c "from refcocog_tools.models.backbones import load_clip; \
+	$(BIN)/python -c "from refcocog_tools.models.clip_loading import load_clip; \
 	from refcocog_tools.models.yolo_models import load_yolo; \
 	[load_clip(name) for name in ('tiny-rn', 'tiny-vit', 'toy-rn')]; load_yolo('tiny-yolov8s')"
 

@@ -83,13 +83,9 @@ from refcocog_tools.methods.regressor.heads import (
     plain_iou_loss,
     study_iou_loss_with_corner_bug,
 )
+from refcocog_tools.methods.regressor.history import plot_history
 from refcocog_tools.methods.regressor.method import RegressorMethod, RegressorOptions
-from refcocog_tools.methods.regressor.training import (
-    TrainConfig,
-    evaluate_head,
-    plot_history,
-    train_regressor,
-)
+from refcocog_tools.methods.regressor.training import TrainConfig, evaluate_head, train_regressor
 from refcocog_tools.proposals.proposers import make_proposer
 from refcocog_tools.report import glue, glue_figure, open_chapter
 from refcocog_tools.report.figures import reported_caption, show_table, table_source

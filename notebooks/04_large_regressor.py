@@ -73,10 +73,10 @@ from refcocog_tools.engine.regressor_results import results_on_split
 from refcocog_tools.engine.results import clip_provenance, honesty_text, reading_note
 from refcocog_tools.methods.regressor.data import split_data
 from refcocog_tools.methods.regressor.heads import BoxLoss, head_widths, iou_loss, make_head
+from refcocog_tools.methods.regressor.history import plot_history
 from refcocog_tools.methods.regressor.training import (
     TrainConfig,
     evaluate_head,
-    plot_history,
     predict_boxes,
     train_regressor,
 )

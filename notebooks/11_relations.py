@@ -86,7 +86,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from refcocog_tools.data.dataset import is_synthetic
-from refcocog_tools.data.minidata import expression_audit, expression_type
+from refcocog_tools.data.mini_expressions import expression_audit, expression_type
 from refcocog_tools.engine.evaluate import evaluate, group_by_image
 from refcocog_tools.engine.results import honesty_text, reading_note
 from refcocog_tools.methods.registry import make_method

@@ -206,7 +206,7 @@ def device_precision(device: str) -> dict[str, Any]:
     from refcocog_tools.data.dataset import RefCOCOg
     from refcocog_tools.data.minidata import default_data_root
     from refcocog_tools.methods.gradcam import gradcam_map
-    from refcocog_tools.models.backbones import load_clip
+    from refcocog_tools.models.clip_loading import load_clip
 
     items = list(RefCOCOg(default_data_root(), "test", view="expression"))[:8]
     images = [item.image for item in items]
@@ -238,7 +238,7 @@ def agreement(device: str) -> dict[str, Any]:
     from refcocog_tools.data.minidata import default_data_root
     from refcocog_tools.engine.bench import choice_agreement
     from refcocog_tools.engine.evaluate import group_by_image
-    from refcocog_tools.models.backbones import load_clip
+    from refcocog_tools.models.clip_loading import load_clip
     from refcocog_tools.prompts.render import PREPROCESS_MODES, input_difference
     from refcocog_tools.proposals.proposers import GroundTruthProposer
     from refcocog_tools.report.figures import ultralytics_photo

@@ -32,14 +32,14 @@ def mini_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_rn(session_cache: Path):
-    from refcocog_tools.models.backbones import load_clip
+    from refcocog_tools.models.clip_loading import load_clip
 
     return load_clip("tiny-rn", cache=session_cache)
 
 
 @pytest.fixture(scope="session")
 def tiny_vit(session_cache: Path):
-    from refcocog_tools.models.backbones import load_clip
+    from refcocog_tools.models.clip_loading import load_clip
 
     return load_clip("tiny-vit", cache=session_cache)
 

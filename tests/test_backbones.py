@@ -15,13 +15,8 @@ import torch
 from PIL import Image
 
 from refcocog_tools.core.files import sha256_file
-from refcocog_tools.models.backbones import (
-    BackboneError,
-    ClipBackbone,
-    clip,
-    load_clip,
-    load_clips,
-)
+from refcocog_tools.models.backbones import BackboneError, ClipBackbone, clip
+from refcocog_tools.models.clip_loading import load_clip, load_clips
 from refcocog_tools.models.untrained_models import (
     EMBEDDED_CLIPS,
     EMBEDDED_YOLO,
@@ -94,7 +89,7 @@ def test_generated_checkpoints_are_byte_identical(tiny, tmp_path):
 
 _GENERATE_AND_HASH = """
 import json, sys
-from refcocog_tools.models.backbones import load_clip
+from refcocog_tools.models.clip_loading import load_clip
 from refcocog_tools.models.yolo_models import yolo_checksum
 from refcocog_tools.models.untrained_models import EMBEDDED_CLIPS, EMBEDDED_YOLO
 sums = {name: load_clip(name, cache=sys.argv[1]).checksum for name in EMBEDDED_CLIPS}

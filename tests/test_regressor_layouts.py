@@ -54,7 +54,7 @@ class CountingEncoder:
 
 def test_train_regressor_on_refcoco_unc_testa(unc_root: Path, tmp_path: Path, isolated_cache,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    from refcocog_tools.models.backbones import load_clips
+    from refcocog_tools.models.clip_loading import load_clips
 
     out, cache = tmp_path / "run", tmp_path / "emb"
     assert main(["train-regressor", "--data-root", str(unc_root), "--dataset", "refcoco",

@@ -14,6 +14,7 @@ from torchvision.ops import box_iou
 from refcocog_tools.data.dataset import RefCOCOg, load_rgb_image
 from refcocog_tools.data.minidata import write_mini_dataset
 from refcocog_tools.engine.metrics import summarize
+from refcocog_tools.engine.uncertainty import summary as interval_summary
 from refcocog_tools.methods.regressor.data import RegressionData, split_data
 from refcocog_tools.methods.regressor.heads import (
     BoxLoss,
@@ -23,12 +24,12 @@ from refcocog_tools.methods.regressor.heads import (
     plain_iou_loss,
     study_iou_loss_with_corner_bug,
 )
+from refcocog_tools.methods.regressor.history import plot_history
 from refcocog_tools.methods.regressor.method import RegressorMethod, RegressorOptions
 from refcocog_tools.methods.regressor.training import (
     TrainConfig,
     evaluate_head,
     load_checkpoint,
-    plot_history,
     predict_boxes,
     train_regressor,
 )
@@ -337,7 +338,7 @@ def test_method_refuses_other_backbones(tmp_path: Path) -> None:
 def test_train_regressor_cli_end_to_end(mini_root: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     from refcocog_tools.cli.main import main
-    from refcocog_tools.models.backbones import load_clips
+    from refcocog_tools.models.clip_loading import load_clips
 
     out = tmp_path / "run"
     argv = ["train-regressor", "--data-root", str(mini_root), "--clip", "tiny-rn",
@@ -356,9 +357,10 @@ def test_train_regressor_cli_end_to_end(mini_root: Path, tmp_path: Path,
     assert results["metrics"]["n"] == len(test) == len(results["predictions"])
     assert 0 <= results["metrics"]["miou"] <= 1
     # The same metrics, computed the same way, as every other method's results file.
-    assert results["metrics"] == summarize(results["predictions"])
+    assert results["metrics"] == {**summarize(results["predictions"]),
+                                  "intervals": interval_summary(results["predictions"])}
     assert set(results["metrics"]) == {"n", "miou", "accuracy", "cosine", "by_spatial",
-                                       "by_category"}
+                                       "by_category", "intervals"}
     assert results["metrics"]["cosine"] is None
     categories = {r["category"] for r in results["predictions"]}
     assert set(results["metrics"]["by_category"]) == categories and None not in categories

@@ -11,13 +11,13 @@ from PIL import Image
 
 from refcocog_tools.data.annotations import INSTANCES_FILE
 from refcocog_tools.data.dataset import RefCOCOg
-from refcocog_tools.data.minidata import (
+from refcocog_tools.data.mini_expressions import (
     EXPRESSION_TYPES,
     expression_type,
     fitting_objects,
-    generate,
     scene_objects,
 )
+from refcocog_tools.data.minidata import generate
 from refcocog_tools.methods.registry import RelationsOptions, make_method
 from refcocog_tools.methods.relations.reference_parser import parse_reference
 from refcocog_tools.methods.relations.resolver import (
@@ -241,7 +241,7 @@ def test_cli_runs_relations(mini_data: Path, isolated_cache: Path, tmp_path: Pat
 def test_audit_type_table_and_figure(mini_data: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from refcocog_tools.data.minidata import expression_audit
+    from refcocog_tools.data.mini_expressions import expression_audit
     from refcocog_tools.engine.evaluate import evaluate
     from refcocog_tools.methods.relations.resolver import draw_resolution
     from refcocog_tools.report.figures import expression_type_table

@@ -34,7 +34,7 @@ SETTINGS = [(0, 64), (2, 2), (0, 3)]
 def toy_rn(session_cache: Path):
     """The toy CLIP: on the embedded test split, before fixed-shape forward passes, its
     Grad-CAM crop cosines moved with the batch size (tiny-rn's: colour-overlay's only)."""
-    from refcocog_tools.models.backbones import load_clip
+    from refcocog_tools.models.clip_loading import load_clip
 
     return load_clip("toy-rn", cache=session_cache)
 

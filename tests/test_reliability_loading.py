@@ -30,7 +30,8 @@ from refcocog_tools.core.torchscript_archive import (
     is_torchscript_archive,
     read_torchscript_state_dict,
 )
-from refcocog_tools.models.backbones import BackboneError, load_clip
+from refcocog_tools.models.backbones import BackboneError
+from refcocog_tools.models.clip_loading import load_clip
 from refcocog_tools.models.openai_clip import clip
 from refcocog_tools.models.untrained_models import tiny_clip_checkpoint
 

@@ -11,7 +11,7 @@ from refcocog_tools.data.dataset import RefCOCOg
 from refcocog_tools.data.minidata import default_data_root
 from refcocog_tools.engine.bench import choice_agreement
 from refcocog_tools.engine.evaluate import group_by_image
-from refcocog_tools.prompts import render
+from refcocog_tools.prompts import render, tensor_filters
 from refcocog_tools.prompts.visual_prompts import render_variants
 from refcocog_tools.proposals.proposers import GroundTruthProposer
 from refcocog_tools.report.figures import ultralytics_photo
@@ -32,9 +32,9 @@ def test_blur_is_pillows_three_box_blurs_bit_for_bit(radius: float) -> None:
     expected = np.asarray(image.filter(ImageFilter.GaussianBlur(radius)))
     pixels = render.image_tensor(image)
     # The tensor operations (what a GPU runs) and the CPU's per-plane Pillow call, both exact.
-    assert np.array_equal(_array(render.box_blur_ops(pixels, radius)), expected)
-    assert np.array_equal(_array(render.pillow_gaussian_blur(pixels, radius)), expected)
-    stacked = render.pillow_gaussian_blur(torch.stack([pixels, pixels.flip(-1)]), radius)
+    assert np.array_equal(_array(tensor_filters.box_blur_ops(pixels, radius)), expected)
+    assert np.array_equal(_array(tensor_filters.pillow_gaussian_blur(pixels, radius)), expected)
+    stacked = tensor_filters.pillow_gaussian_blur(torch.stack([pixels, pixels.flip(-1)]), radius)
     assert np.array_equal(_array(stacked[0]), expected)  # batches keep every plane apart
     # ... and it is not a true Gaussian: torchvision's differs by several levels.
     if 2 <= radius <= 7.3:  # (its kernel must fit the image)
@@ -49,7 +49,8 @@ def test_blur_is_pillows_three_box_blurs_bit_for_bit(radius: float) -> None:
 def test_grayscale_is_pillows() -> None:
     image = _noise(3)
     expected = np.asarray(image.convert("L").convert("RGB"))
-    assert np.array_equal(_array(render.pillow_grayscale(render.image_tensor(image))), expected)
+    grey = tensor_filters.pillow_grayscale(render.image_tensor(image))
+    assert np.array_equal(_array(grey), expected)
 
 
 BOXES = torch.tensor([[3.4, 2.7, 30.6, 25.2], [0.0, 0.0, 52.9, 40.9], [-5.0, 10.2, 12.5, 60.0],

@@ -12,8 +12,10 @@ from refcocog_tools.cli.main import main
 from refcocog_tools.core.files import sha256_file
 from refcocog_tools.data.minidata import generate
 from refcocog_tools.engine.results import honesty_label
-from refcocog_tools.models.backbones import load_clip, toy_metadata
-from refcocog_tools.toy.toy_clip import TOY_LABEL, ToyClipConfig, build_pairs, train_toy_clip
+from refcocog_tools.models.clip_loading import load_clip, toy_metadata
+from refcocog_tools.toy.config import ToyClipConfig
+from refcocog_tools.toy.toy_clip import TOY_LABEL, train_toy_clip
+from refcocog_tools.toy.training_pairs import build_pairs
 
 # A few seconds: 8 generated images, 3 steps of 8 pairs.
 SMALL = ToyClipConfig(data_images=8, data_seed=5, captions_per_image=2, steps=3, batch_size=8,

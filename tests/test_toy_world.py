@@ -54,12 +54,13 @@ import pytest
 import torch
 
 from refcocog_tools.data.dataset import RefCOCOg
-from refcocog_tools.data.minidata import EXPRESSION_TYPES, write_mini_dataset
+from refcocog_tools.data.mini_expressions import EXPRESSION_TYPES
+from refcocog_tools.data.minidata import write_mini_dataset
 from refcocog_tools.engine.evaluate import evaluate
 from refcocog_tools.methods.gradcam import GradCam, GradCamOptions
 from refcocog_tools.methods.prediction import Prediction
 from refcocog_tools.methods.registry import make_method
-from refcocog_tools.models.backbones import load_clips
+from refcocog_tools.models.clip_loading import load_clips
 from refcocog_tools.models.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals.proposers import Proposals, make_proposer
 from refcocog_tools.report.figures import expression_type_table

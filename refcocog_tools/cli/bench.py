@@ -36,7 +36,7 @@ from refcocog_tools.engine.evaluate import check_proposer, evaluate_groups, grou
 from refcocog_tools.methods.interface import BatchedMethod, GroundingMethod
 from refcocog_tools.methods.red_circle import RedCircle
 from refcocog_tools.methods.registry import NEEDS_CLIP, make_method
-from refcocog_tools.models.backbones import load_clips
+from refcocog_tools.models.clip_loading import load_clips
 from refcocog_tools.models.prompt_cache import EmbeddingCache
 from refcocog_tools.proposals.proposers import make_proposer
 

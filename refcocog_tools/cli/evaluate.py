@@ -48,7 +48,8 @@ from refcocog_tools.methods.registry import (
     make_method,
 )
 from refcocog_tools.methods.regressor.method import RegressorOptions
-from refcocog_tools.models.backbones import ClipBackbone, load_clips
+from refcocog_tools.models.backbones import ClipBackbone
+from refcocog_tools.models.clip_loading import load_clips
 from refcocog_tools.models.prompt_cache import EmbeddingCache
 from refcocog_tools.prompts.mask_prompts import mask_options
 from refcocog_tools.prompts.render import PREPROCESS_MODES, RENDER_BACKENDS

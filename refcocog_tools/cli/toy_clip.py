@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 from refcocog_tools.engine.results import TOY_LABEL
-from refcocog_tools.toy.toy_clip import ToyClipConfig, build_pairs, train_toy_clip, write_checkpoint
+from refcocog_tools.toy.config import ToyClipConfig
+from refcocog_tools.toy.toy_clip import train_toy_clip, write_checkpoint
+from refcocog_tools.toy.training_pairs import build_pairs
 
 
 # ----------------------------------------------------------------------------------------------

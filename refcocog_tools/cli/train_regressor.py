@@ -159,7 +159,7 @@ def _train_into(run_dir: Path, args: argparse.Namespace, layout: Layout,
                 data_root: Path) -> str:
     """Train, evaluate and write the run's files into ``run_dir`` (``--out`` or the folder
     that replaces it); paths are recorded and reported as ``--out``'s. Returns the summary."""
-    from refcocog_tools.models.backbones import load_clips
+    from refcocog_tools.models.clip_loading import load_clips
 
     config = TrainConfig(head=args.head, loss=args.loss, iou_variant=args.iou_variant,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,

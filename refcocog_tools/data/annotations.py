@@ -22,10 +22,7 @@ annotations, refs, sentences) are problems of their own kind: a run may go past 
 from __future__ import annotations
 
 import functools
-import io
-import pickle
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,91 +30,17 @@ from typing import Any
 from refcocog_tools.core.files import NotRegularFileError, check_regular_file, read_json
 from refcocog_tools.data.duplicate_ids import unique_refs
 from refcocog_tools.data.layouts import DEFAULT_LAYOUT, Layout
+from refcocog_tools.data.records import (
+    Box,
+    DatasetError,
+    DuplicateIdError,
+    Instance,
+    RefRecord,
+    xywh_to_xyxy,
+)
+from refcocog_tools.data.refs_pickle import load_refs_pickle
 
 INSTANCES_FILE = "instances.json"
-
-Box = tuple[float, float, float, float]
-
-
-class DatasetError(ValueError):
-    """A RefCOCOg file is missing or malformed; the message names the file and the field."""
-
-
-class DuplicateIdError(DatasetError):
-    """The only problems of the annotation files are repeated ids (see ``duplicate_ids``)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Safe pickle loading
-# ----------------------------------------------------------------------------------------------
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Admits only what pickle encodes without a global: dicts, lists, tuples, str, numbers."""
-
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
-        raise pickle.UnpicklingError(
-            f"refusing to load global {module}.{name}: the refs file may only hold plain "
-            "containers and scalars"
-        )
-
-
-def load_refs_pickle(path: str | Path) -> list[dict[str, Any]]:
-    """Load ``refs(umd).p`` without executing code: any class or callable in it is refused."""
-    path = Path(path)
-    try:
-        check_regular_file(path)  # a FIFO would block the read forever
-        data = path.read_bytes()
-    except OSError as err:
-        raise DatasetError(f"{path}: cannot read the refs file ({err.strerror or err})") from None
-    try:
-        refs = _PlainDataUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as err:
-        raise DatasetError(f"{path}: unsafe or corrupt pickle: {err}") from err
-    except (EOFError, ValueError, IndexError, TypeError) as err:
-        raise DatasetError(f"{path}: not a readable pickle: {err}") from err
-    if not isinstance(refs, list):
-        raise DatasetError(f"{path}: expected a list of ref records, got {type(refs).__name__}")
-    return refs
-
-
-def xywh_to_xyxy(box: Sequence[float]) -> Box:
-    """COCO ``[x, y, width, height]`` to ``(x1, y1, x2, y2)``."""
-    x, y, w, h = (float(v) for v in box)
-    return (x, y, x + w, y + h)
-
-
-
-# ----------------------------------------------------------------------------------------------
-# Records
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Instance:
-    """One COCO instance of an image: a possible answer, or a distractor."""
-
-    ann_id: int
-    category_id: int
-    category: str
-    box: Box
-    # instances.json's raw ``segmentation`` (polygons or RLE), kept as read and decoded only
-    # when a method asks for masks (``masks``), so a box-only run never pays for it.
-    segmentation: Any = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class RefRecord:
-    """Everything about one referred object except its pixels."""
-
-    ref_id: int
-    ann_id: int
-    image_id: int
-    category_id: int
-    category: str
-    split: str
-    image_path: Path
-    image_size: tuple[int, int]
-    box: Box
-    sentences: tuple[str, ...]
-    sent_ids: tuple[int, ...]
-    instances: tuple[Instance, ...]
 
 
 # ----------------------------------------------------------------------------------------------

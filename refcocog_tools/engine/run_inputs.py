@@ -66,7 +66,8 @@ def check_run_inputs(data_root: Path, layout: Layout, clip: str) -> None:
     a model this tool can load; checked without loading anything, so that a run that replaces
     an earlier one fails on a misspelt name or a missing folder before it starts."""
     from refcocog_tools.data.annotations import DatasetError, _annotation_files
-    from refcocog_tools.models.backbones import TOY_CLIPS, BackboneError
+    from refcocog_tools.models.backbones import BackboneError
+    from refcocog_tools.models.clip_loading import TOY_CLIPS
     from refcocog_tools.models.openai_clip import clip as openai_clip
     from refcocog_tools.models.untrained_models import EMBEDDED_CLIPS, TINY_CLIP_CONFIGS
 

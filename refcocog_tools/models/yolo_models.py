@@ -25,12 +25,8 @@ import torch
 
 from refcocog_tools.core.files import sha256_file
 from refcocog_tools.core.torchscript_archive import is_torchscript_archive
-from refcocog_tools.models.backbones import (
-    BackboneError,
-    fetch_or_fail,
-    resolve_cache,
-    untrained_marker,
-)
+from refcocog_tools.models.backbones import BackboneError
+from refcocog_tools.models.clip_loading import fetch_or_fail, resolve_cache, untrained_marker
 from refcocog_tools.models.untrained_models import (
     EMBEDDED_YOLO,
     EMBEDDED_YOLOS,

@@ -33,19 +33,23 @@ Boxes are ``(x1, y1, x2, y2)`` pixel coordinates, as everywhere in the package.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageColor, ImageDraw, ImageFilter
+from PIL import Image, ImageColor
 from torchvision.transforms import InterpolationMode
 
 from refcocog_tools.core.boxes import as_boxes
 from refcocog_tools.core.devices import host_to_device
 from refcocog_tools.prompts import mask_prompts
+from refcocog_tools.prompts.tensor_filters import (
+    pillow_gaussian_blur,
+    pillow_grayscale,
+)
+from refcocog_tools.prompts.tensor_shapes import ellipse_mask, masks_to_device, rectangle_masks
 from refcocog_tools.prompts.visual_prompts import (
     DEFAULT_BLUR_RADIUS,
     DEFAULT_COLOUR,
@@ -67,7 +71,6 @@ DEFAULT_RENDER_BACKEND = "torch"
 # CLIP's normalisation (openai/CLIP clip.py).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-BLUR_PASSES = 3  # Pillow's GaussianBlur: three box-blur passes
 
 
 def check_preprocess(mode: str) -> str:
@@ -102,153 +105,6 @@ def pil_inputs(images: Iterable[Image.Image], transform: Callable[[Image.Image],
 def to_pil(image: torch.Tensor) -> Image.Image:
     """A ``(3, H, W)`` uint8 tensor as a Pillow image (for figures and comparisons)."""
     return Image.fromarray(image.permute(1, 2, 0).contiguous().cpu().numpy(), "RGB")
-
-
-# ----------------------------------------------------------------------------------------------
-# Pillow's blur and grayscale, exactly
-# ----------------------------------------------------------------------------------------------
-def pillow_box_radius(radius: float, passes: int = BLUR_PASSES) -> float:
-    """The fractional box radius Pillow uses for a Gaussian of ``radius`` in ``passes`` passes
-    (Pillow's ``_gaussian_blur_radius``, in its single precision)."""
-    f32 = np.float32
-    sigma2 = f32(radius) * f32(radius) / f32(passes)
-    big_l = f32(math.sqrt(12.0 * float(sigma2) + 1.0))
-    small_l = f32(math.floor((float(big_l) - 1.0) / 2.0))
-    a = (f32(2) * small_l + f32(1)) * (small_l * (small_l + f32(1)) - f32(3) * sigma2)
-    a = a / (f32(6) * (sigma2 - (small_l + f32(1)) * (small_l + f32(1))))
-    return float(small_l + a)
-
-
-def _box_blur_pass(x: torch.Tensor, box_radius: float) -> torch.Tensor:
-    """One pass of Pillow's extended box blur of int32 pixels along the first dimension.
-
-    Output ``i`` is ``round((sum_{|k|<=r} x[i+k] * ww + (x[i-r-1] + x[i+r+1]) * fw) / 2**24)``
-    with indices clamped to the line, ``r = int(radius)``, ``ww`` the weight of the whole
-    window pixels and ``fw`` the weight of the two fractional ends (Pillow's BoxBlur.c).
-    Lines along the first dimension keep every slice below contiguous (fast on a CPU).
-    """
-    r = int(box_radius)
-    ww = int(np.float32(1 << 24) / (np.float32(box_radius) * np.float32(2) + np.float32(1)))
-    fw = ((1 << 24) - (2 * r + 1) * ww) // 2
-    n = x.shape[0]
-    # Replicated edges, r + 1 pixels each side, and a leading zero for the running sum.
-    edge = (r + 1, *x.shape[1:])
-    padded = torch.cat([x[:1].expand(edge), x, x[-1:].expand(edge)])
-    cumulative = torch.cat([torch.zeros_like(x[:1]), padded.cumsum(0)])
-    window = (cumulative[2 * r + 2:2 * r + 2 + n] - cumulative[1:1 + n]).to(torch.int64)
-    window.mul_(ww).add_((padded[:n] + padded[2 * r + 2:]).to(torch.int64).mul_(fw))
-    return window.add_(1 << 23).bitwise_right_shift_(24).to(torch.int32)
-
-
-def pillow_gaussian_blur(images: torch.Tensor, radius: float) -> torch.Tensor:
-    """``ImageFilter.GaussianBlur(radius)`` of uint8 ``(..., H, W)`` images, bit-identical,
-    on the images' device: Pillow itself on the CPU (its C loop is the fastest form of these
-    integers there), ``box_blur_ops`` elsewhere."""
-    if radius <= 0:
-        return images.clone()
-    if images.device.type != "cpu":
-        return box_blur_ops(images, radius)
-    planes = images.reshape(-1, *images.shape[-2:])
-    blur = ImageFilter.GaussianBlur(radius)
-    out = torch.empty_like(planes)
-    written = out.numpy()  # a view: Pillow's bytes are copied straight into ``out``
-    for k, plane in enumerate(planes.numpy()):
-        # Pillow blurs every band alike, so one "L" image per plane gives the RGB result.
-        written[k] = np.asarray(Image.fromarray(plane, "L").filter(blur))
-    return out.reshape(images.shape)
-
-
-def box_blur_ops(images: torch.Tensor, radius: float) -> torch.Tensor:
-    """Pillow's ``GaussianBlur(radius)`` of uint8 ``(..., H, W)`` images as integer tensor
-    operations (any device), bit-identical.
-
-    Three horizontal passes, then three vertical ones, each rounded to integers, as Pillow
-    does. A true Gaussian of the same radius differs from it by a few grey levels.
-    """
-    if radius <= 0:
-        return images.clone()
-    box_radius = pillow_box_radius(radius)
-    for dim in (-1, -2):
-        # The blurred dimension first: every pass then works on contiguous rows.
-        # int32 running sums are exact (at most 255 x (H + 2r + 2)); the weighting is int64.
-        x = images.movedim(dim, 0).to(torch.int32).contiguous()
-        for _ in range(BLUR_PASSES):
-            x = _box_blur_pass(x, box_radius)
-        images = x.to(torch.uint8).movedim(0, dim)
-    return images.contiguous()
-
-
-def pillow_grayscale(images: torch.Tensor) -> torch.Tensor:
-    """Pillow's ``convert("L").convert("RGB")`` of uint8 ``(..., 3, H, W)`` images."""
-    # In place on one int32 plane: each full-image temporary costs as much as the arithmetic.
-    luma = images[..., 0, :, :].to(torch.int32).mul_(19595)
-    luma.add_(images[..., 1, :, :].to(torch.int32).mul_(38470))
-    luma.add_(images[..., 2, :, :].to(torch.int32).mul_(7471))
-    luma = luma.add_(0x8000).bitwise_right_shift_(16).to(torch.uint8)
-    return luma.unsqueeze(-3).expand_as(images).contiguous()
-
-
-# ----------------------------------------------------------------------------------------------
-# Masks of P boxes on an H x W grid
-# ----------------------------------------------------------------------------------------------
-def _grid(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ys = torch.arange(height, device=device).view(1, height, 1)
-    xs = torch.arange(width, device=device).view(1, 1, width)
-    return ys, xs
-
-
-def _corners(boxes: torch.Tensor) -> list[torch.Tensor]:
-    # Pillow's drawing converts coordinates with a C cast: truncation toward zero.
-    corners = boxes.to(torch.float64).trunc().to(torch.int64)
-    return [corners[:, i].view(-1, 1, 1) for i in range(4)]
-
-
-def rectangle_masks(boxes: torch.Tensor, height: int, width: int,
-                    stroke: int | None = None) -> torch.Tensor:
-    """``(P, H, W)`` bool: the filled rectangles (``stroke=None``) or their outlines of
-    ``stroke`` pixels, rasterised as Pillow's ``rectangle``.
-
-    Pillow draws an outline as ``stroke`` horizontal lines down from the top edge and up from
-    the bottom edge, and vertical lines in from the sides from row ``y0 + stroke`` towards
-    ``y1 - stroke + 1``; on a box thinner than two strokes these lines leave the box, and so
-    do they here.
-    """
-    ys, xs = _grid(height, width, boxes.device)
-    x0, y0, x1, y1 = _corners(boxes)
-    if stroke is None:
-        return (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
-    rows = ((ys >= y0) & (ys < y0 + stroke)) | ((ys > y1 - stroke) & (ys <= y1))
-    columns = ((xs >= x0) & (xs < x0 + stroke)) | ((xs > x1 - stroke) & (xs <= x1))
-    # Pillow's vertical lines run from y0 + stroke towards y1 - stroke + 1, that end excluded.
-    start, end = y0 + stroke, y1 - stroke + 1
-    top, bottom = torch.where(start <= end, start, end + 1), torch.maximum(start, end)
-    return (rows & (xs >= x0) & (xs <= x1)) | (columns & (ys >= top) & (ys <= bottom))
-
-
-def ellipse_mask(box: Sequence[int], height: int, width: int, stroke: int | None = None
-                 ) -> torch.Tensor:
-    """``(H, W)`` bool in host memory: the ellipse inscribed in the integer ``box``, filled or
-    as an outline ``stroke`` pixels wide, drawn by Pillow's own rasteriser into a mask of this
-    (small, region-sized) grid. Pillow's scan conversion of ellipses has no simple closed
-    form; drawing only the mask keeps every pixel identical to the reference while the
-    image-sized work stays on the device."""
-    # An "L" grid: the same scan conversion as a "1" one, and read out without unpacking bits.
-    mask = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(mask)
-    if stroke is None:
-        draw.ellipse(tuple(box), fill=1)
-    else:
-        draw.ellipse(tuple(box), outline=1, width=stroke)
-    return torch.from_numpy(np.asarray(mask) != 0)
-
-
-def _masks_to_device(masks: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Host masks on ``device`` in one copy (one transfer per image, not one per proposal)."""
-    if device.type == "cpu" or not masks:
-        return masks
-    flat = host_to_device(torch.cat([m.reshape(-1) for m in masks]), device)
-    return [part.view(m.shape) for part, m in zip(flat.split([m.numel() for m in masks]), masks,
-                                                  strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -346,7 +202,7 @@ def render_prompts(
                                          stroke=stroke)[0])
         plans.append((p, (top, bottom, left, right), window_box, keep, draw))
     # ... then the masks go to the device in one copy, and the drawing is queued there.
-    masks = _masks_to_device(masks, image.device)
+    masks = masks_to_device(masks, image.device)
     for p, (top, bottom, left, right), window_box, keep, draw in plans:
         region = out[p, :, :, top:bottom, left:right]  # (V, 3, h, w) view
         if window_box is not None:

@@ -204,7 +204,7 @@ def on_embedded_defaults(parameters: dict[str, Any]) -> bool:
     """Whether a chapter's parameters select the embedded synthetic data or an embedded model:
     an untrained ``tiny-*`` backbone or detector, or a toy CLIP trained on the synthetic world
     (``toy-rn``). Either way its numbers are not RefCOCOg results, whatever the data."""
-    from refcocog_tools.models.backbones import TOY_CLIPS
+    from refcocog_tools.models.clip_loading import TOY_CLIPS
     from refcocog_tools.models.untrained_models import TINY_CLIP_CONFIGS
 
     data_root = parameters.get("data_root", "")

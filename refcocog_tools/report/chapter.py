@@ -231,7 +231,7 @@ def open_chapter(namespace: dict[str, Any], *,
     split here.
     """
     from refcocog_tools.engine.evaluate import check_proposer
-    from refcocog_tools.models.backbones import load_clips
+    from refcocog_tools.models.clip_loading import load_clips
     from refcocog_tools.proposals.proposers import make_proposer
 
     params = check_parameters(namespace)

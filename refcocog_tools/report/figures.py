@@ -241,9 +241,9 @@ def show_table(frame: pd.DataFrame, caption: str = "") -> Table:
 def expression_type_table(results: Mapping[str, Mapping[str, Any]],
                           root: str | Path) -> pd.DataFrame:
     """Accuracy (IoU >= 0.5) per method and per expression type of the embedded dataset
-    (``minidata.expression_type``: plain / position / size / relation), one column per type,
+    (``mini_expressions.expression_type``: plain / position / size / relation), one column per type,
     with ``n`` per type in the first row label and the source of every row."""
-    from refcocog_tools.data.minidata import EXPRESSION_TYPES, expression_audit
+    from refcocog_tools.data.mini_expressions import EXPRESSION_TYPES, expression_audit
 
     rows, counts = [], {}
     for label, doc in results.items():

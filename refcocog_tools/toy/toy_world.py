@@ -2,7 +2,7 @@
 type.
 
 The embedded world's expressions are of four types, read back from the generator's templates
-(``minidata.expression_type``): a **relation** to another object ("red car to the left of the
+(``expression_type``): a **relation** to another object ("red car to the left of the
 blue dog"), a **position** ("the car on the left", "at the top", "in the middle"), a **size**
 ("the bigger car") or **plain** colour and category ("the red car"). With the toy
 CLIP (``toy-rn``, trained by ``toy_clip`` on another seed's train split) the methods can be
@@ -83,7 +83,7 @@ def random_floor_sd(rows: Iterable[Mapping[str, Any]]) -> float:
 def training_curve(name: str = "toy-rn", window: int = 25) -> pd.DataFrame:
     """The shipped toy model's contrastive loss per step (from its metadata, no retraining)
     and its running mean over ``window`` steps."""
-    from refcocog_tools.models.backbones import toy_metadata
+    from refcocog_tools.models.clip_loading import toy_metadata
 
     loss = pd.Series(toy_metadata(name)["history"]["loss_per_step"], name="loss")
     loss.index.name = "step"
@@ -96,9 +96,10 @@ def training_examples(name: str = "toy-rn", images: int = 1
     """The training pairs of the shipped toy model's first ``images`` train images, rebuilt
     from its recorded configuration: (what the model saw at its input resolution, the pair's
     kind, a caption: the first, or for a painted pair the one naming its background)."""
-    from refcocog_tools.models.backbones import toy_metadata
+    from refcocog_tools.models.clip_loading import toy_metadata
     from refcocog_tools.prompts.render import model_view
-    from refcocog_tools.toy.toy_clip import ToyClipConfig, build_pairs
+    from refcocog_tools.toy.config import ToyClipConfig
+    from refcocog_tools.toy.training_pairs import build_pairs
 
     pairs = build_pairs(ToyClipConfig.from_dict(toy_metadata(name)["config"]), images=images)
     return [(model_view(pixels), kind, captions[1] if kind == "painted" else captions[0])
@@ -122,7 +123,7 @@ def evaluate_toy_methods(
     from refcocog_tools.data.dataset import RefCOCOg
     from refcocog_tools.engine.evaluate import evaluate
     from refcocog_tools.methods.registry import make_method
-    from refcocog_tools.models.backbones import load_clips
+    from refcocog_tools.models.clip_loading import load_clips
     from refcocog_tools.models.prompt_cache import EmbeddingCache
     from refcocog_tools.proposals.proposers import make_proposer
 
@@ -159,7 +160,7 @@ def evaluate_toy_regressors(
     from refcocog_tools.methods.regressor.data import split_data
     from refcocog_tools.methods.regressor.method import results_on_split
     from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
-    from refcocog_tools.models.backbones import load_clips
+    from refcocog_tools.models.clip_loading import load_clips
 
     backbones = load_clips(clip, device=device, cache=model_cache)
     data = {split: split_data(data_root, split, backbones) for split in ("train", "val", "test")}

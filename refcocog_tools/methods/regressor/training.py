@@ -12,7 +12,6 @@ Checkpoints are plain data (``torch.save`` of a dict with a format field), writt
 from __future__ import annotations
 
 import copy
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -26,16 +25,16 @@ from refcocog_tools.core.boxes import box_iou_pairs
 from refcocog_tools.core.files import (
     UnreadableFileError,
     atomic_torch_save,
-    atomic_write_bytes,
     atomic_write_json,
     load_torch_file,
 )
 from refcocog_tools.data.layouts import DEFAULT_LAYOUT, Layout
 from refcocog_tools.methods.regressor.data import RegressionData, to_pixels
 from refcocog_tools.methods.regressor.heads import HEADS, BoxLoss, decode_boxes, make_head
+from refcocog_tools.methods.regressor.history import write_history
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
 
 # The study's learning rates: 0.01 for the bottleneck, 0.001 for the large head.
 STUDY_LR = {"bottleneck": 1e-2, "large": 1e-3}
@@ -394,34 +393,3 @@ def _save_last(out: Path, head: nn.Module, optimizer: torch.optim.Optimizer,
     write_history(out, progress.history)
 
 
-# ----------------------------------------------------------------------------------------------
-# Curves
-# ----------------------------------------------------------------------------------------------
-def plot_history(history: Sequence[dict[str, float]]) -> Figure:
-    """Loss and mean IoU per epoch, train and validation, side by side."""
-    from matplotlib.figure import Figure  # lazily: matplotlib is slow to import
-
-    fig = Figure(figsize=(9, 3.5), layout="constrained")
-    ax_loss, ax_iou = fig.subplots(1, 2)
-    epochs = [h["epoch"] for h in history]
-    for key, label in (("train", "train"), ("val", "validation")):
-        ax_loss.plot(epochs, [h[f"{key}_loss"] for h in history], marker=".", label=label)
-        ax_iou.plot(epochs, [h[f"{key}_miou"] for h in history], marker=".", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_iou.set(xlabel="epoch", ylabel="mean IoU (pixels)", title="mean IoU", ylim=(0, 1))
-    losses = [h[k] for h in history for k in ("train_loss", "val_loss")]
-    if losses and min(losses) > 0 and max(losses) / min(losses) > 100:
-        ax_loss.set_yscale("log")  # pixel MSE spans orders of magnitude
-    for ax in (ax_loss, ax_iou):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return fig
-
-
-def write_history(out_dir: str | Path, history: Sequence[dict[str, float]]) -> None:
-    """``history.json`` and ``curves.png`` in ``out_dir``, atomically."""
-    out = Path(out_dir)
-    atomic_write_json(out / "history.json", list(history))
-    buffer = io.BytesIO()
-    plot_history(history).savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(out / "curves.png", buffer.getvalue())
