@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refcocog_tools import __version__
-from refcocog_tools.cli import bench, evaluate, toy_clip, train_regressor
+from refcocog_tools.cli import bench, evaluate, ground, toy_clip, train_regressor
 from refcocog_tools.cli.options import (
     UsageError,
     add_layout_arguments,
@@ -27,6 +27,7 @@ from refcocog_tools.data.annotations import DatasetError
 from refcocog_tools.data.dataset import split_stats, validate
 from refcocog_tools.data.layouts import LayoutError
 from refcocog_tools.data.minidata import is_mini_dataset, write_mini_dataset
+from refcocog_tools.engine.run import RunSpecError
 from refcocog_tools.engine.run_inputs import command_inputs
 from refcocog_tools.methods.regressor.training import RegressorError
 from refcocog_tools.models.backbones import BackboneError
@@ -115,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each command module registers its parser, in the order `--help` lists them.
-    for add in (add_parser, evaluate.add_parser, train_regressor.add_parser, bench.add_parser,
-                toy_clip.add_parser):
+    for add in (add_parser, evaluate.add_parser, ground.add_parser, train_regressor.add_parser,
+                bench.add_parser, toy_clip.add_parser):
         add(subparsers)
     return parser
 
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Errors a user can fix (a bad file, a bad path, a missing checkpoint) end in one line.
     expected = (BackboneError, DatasetError, EmbeddingCacheError, LayoutError, OutputPathError,
-                RegressorError, UnreadableFileError, UsageError)
+                RegressorError, RunSpecError, UnreadableFileError, UsageError)
     try:
         return int(args.func(args) or 0)
     except expected as err:
