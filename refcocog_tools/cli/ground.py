@@ -63,10 +63,20 @@ def draw_grounding(found: Grounding) -> Any:
         draw.rectangle(row["box"], outline=colour, width=width)
         score = "" if row["score"] is None else f" ({row['score']:.3f})"
         text = f"{k + 1}: {row['expression']}{score}"
-        x, y = row["box"][0], max(0.0, row["box"][1] - font_size - 4)
+        y = max(0.0, row["box"][1] - font_size - 4)
+        text_width = draw.textlength(text, font=font)
+        # Kept inside the photo: a box at the right edge gets its label moved left.
+        x = max(0.0, min(row["box"][0], picture.width - text_width - 3))
         left, top, right, bottom = draw.textbbox((x, y), text, font=font)
         draw.rectangle((left - 2, top - 1, right + 2, bottom + 1), fill=colour)
         draw.text((x, y), text, fill="white", font=font)
+    if found.label:
+        # The picture says what its numbers are, as the text output does.
+        note = found.label.strip(" []")
+        bottom = picture.height - font_size - 6
+        left, top, right, low = draw.textbbox((4, bottom), note, font=font)
+        draw.rectangle((0, top - 3, picture.width, picture.height), fill="black")
+        draw.text((4, bottom), note, fill="white", font=font)
     return picture
 
 
