@@ -31,3 +31,11 @@ def test_the_check_sees_a_circle(tmp_path, monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(tmp_path))
     circles = [sorted(circle) for circle in import_circles("circular_pkg")]
     assert circles == [["circular_pkg.a", "circular_pkg.b"]]
+
+
+def test_every_public_name_is_importable_from_the_package() -> None:
+    import refcocog_tools
+
+    for name in refcocog_tools.__all__:
+        assert getattr(refcocog_tools, name) is not None, name
+    assert refcocog_tools.ground.__module__ == "refcocog_tools.engine.ground"
