@@ -5,21 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from refcocog_tools.cli.evaluate import (
-    add_common_arguments,
-    check_method_arguments,
-    check_results_file,
-    detector_options,
-    method_options,
-    uses_debias_pool,
-)
-from refcocog_tools.cli.options import layout_from_args
-from refcocog_tools.data.dataset import RefCOCOg, is_synthetic
+from refcocog_tools.cli.evaluate import add_common_arguments, check_results_file, run_spec
+from refcocog_tools.core.files import atomic_write_json
+from refcocog_tools.core.output_paths import output_lock
+from refcocog_tools.data.dataset import is_synthetic
 from refcocog_tools.engine.bench import (
     COMPILE_MODES,
     bench_backends,
@@ -32,44 +27,28 @@ from refcocog_tools.engine.bench import (
     study_pattern,
     synthetic_workload,
 )
-from refcocog_tools.engine.evaluate import check_proposer, evaluate_groups, group_by_image
+from refcocog_tools.engine.evaluate import evaluate_groups, group_by_image
+from refcocog_tools.engine.run import build_run
 from refcocog_tools.methods.interface import BatchedMethod, GroundingMethod
 from refcocog_tools.methods.red_circle import RedCircle
-from refcocog_tools.methods.registry import NEEDS_CLIP, make_method
-from refcocog_tools.models.clip_loading import load_clips
-from refcocog_tools.models.prompt_cache import EmbeddingCache
-from refcocog_tools.proposals.proposers import make_proposer
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    from refcocog_tools.data.minidata import default_data_root
-
-    check_method_arguments(args)
-    layout = layout_from_args(args)
-    data_root = args.data_root or default_data_root()
-    dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
-                       split_by=layout.split_by)
-    proposer = make_proposer(args.proposals, device=args.device, **detector_options(args))
-    check_proposer(proposer, dataset)
-    backbones = load_clips(args.clip, device=args.device) if args.clip else []
+    # The run as evaluate builds it (engine.run), without a disk cache: the debias texts are
+    # encoded once into the run's memory cache; every timed method starts from a copy holding
+    # only them (no disk-cache hits).
+    spec = replace(run_spec(args), cache_dir=None, cache_shard="",
+                   keep_first_duplicates=False)
+    run = build_run(spec)
+    dataset, proposer, backbones, data_root = (run.dataset, run.proposer, run.backbones,
+                                               spec.resolved_root())
     for backbone in backbones if args.compile else ():
         compile_image_encoder(backbone, args.compile)
-    if args.method in NEEDS_CLIP and not backbones:
-        raise SystemExit(f"method {args.method} needs --clip")
-    debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
-                            split_by=layout.split_by).sentences()
-                   if uses_debias_pool(args) else ())
-    # The debias texts are encoded once into this cache; every timed method starts from a copy
-    # holding only them (memory only, no disk-cache hits).
-    text_cache = EmbeddingCache(None)
+    text_cache, text_method = run.cache, run.method
 
     def make() -> GroundingMethod:
-        return make_method(args.method, backbones, options=method_options(args),
-                           cache=text_cache.texts_only_copy(), debias_pool=debias_pool,
-                           seed=args.seed)
+        return run.make_method(cache=text_cache.texts_only_copy())
 
-    text_method = make_method(args.method, backbones, options=method_options(args),
-                              cache=text_cache, debias_pool=debias_pool, seed=args.seed)
     groups = group_by_image(dataset, args.limit)
     n_img, n_expr = len(groups), sum(len(g) for g in groups)
     report: dict[str, Any] = {
@@ -105,9 +84,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                                  if pipeline and ceiling["visual_prompts_per_s"] else None)}
     if isinstance(text_method, RedCircle):
         def with_backend(backend: str) -> GroundingMethod:
-            return make_method(args.method, backbones, options=method_options(args),
-                               cache=text_cache.texts_only_copy(), debias_pool=debias_pool,
-                               seed=args.seed, render_backend=backend)
+            return run.make_method(cache=text_cache.texts_only_copy(), render_backend=backend)
 
         report["render_backends"] = bench_backends(groups, proposer, with_backend,
                                                    args.batch_size, args.workers)
@@ -130,16 +107,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from refcocog_tools.core.output_paths import output_lock
-
     check_results_file(args, "bench report")  # before the timing runs, not after them
     with output_lock(args.out, "bench report") if args.out is not None else nullcontext():
         report = run_bench(args)
         text = json.dumps(report, indent=2)
         print(text)
         if args.out is not None:
-            from refcocog_tools.core.files import atomic_write_json
-
             atomic_write_json(args.out, report)
     return 0
 

@@ -27,34 +27,32 @@ from refcocog_tools.cli.options import (
     variants_type,
 )
 from refcocog_tools.core.files import atomic_write_json, cache_dir
-from refcocog_tools.core.output_paths import OutputPathError, check_output_folder
+from refcocog_tools.core.output_paths import (
+    OutputPathError,
+    check_output,
+    check_output_folder,
+    output_lock,
+)
 from refcocog_tools.data.annotations import DatasetError, DuplicateIdError
 from refcocog_tools.data.dataset import RefCOCOg, image_problems
-from refcocog_tools.engine.evaluate import (
-    check_proposer,
-    distributed_context,
-    evaluate,
-    group_by_image,
-)
+from refcocog_tools.engine.evaluate import distributed_context, evaluate, group_by_image
 from refcocog_tools.engine.results import honesty_label
+from refcocog_tools.engine.run import RunSpec, build_run
+from refcocog_tools.engine.run_inputs import command_inputs
 from refcocog_tools.methods.interface import GroundingMethod
 from refcocog_tools.methods.red_circle import DEBIAS_AT_ZERO, VARIANT_FUSIONS, RedCircleOptions
 from refcocog_tools.methods.registry import (
     ENTITY_SCORERS,
     METHODS,
-    NEEDS_CLIP,
     RelationsOptions,
     canonical_method,
-    make_method,
 )
 from refcocog_tools.methods.regressor.method import RegressorOptions
 from refcocog_tools.models.backbones import ClipBackbone
-from refcocog_tools.models.clip_loading import load_clips
 from refcocog_tools.models.prompt_cache import EmbeddingCache
-from refcocog_tools.prompts.mask_prompts import mask_options
 from refcocog_tools.prompts.render import PREPROCESS_MODES, RENDER_BACKENDS
 from refcocog_tools.prompts.visual_prompts import MARKER_SHAPES, WINDOW_SHAPES
-from refcocog_tools.proposals.proposers import Proposer, make_proposer
+from refcocog_tools.proposals.structures import Proposer
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +60,25 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, default=None,
                         help="RefCOCOg root (default: the embedded synthetic dataset)")
     add_layout_arguments(parser, split=True)
+    add_model_arguments(parser)
+    parser.add_argument("--limit", type=non_negative_int, default=0,
+                        help="first N expressions (0 = all)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="CLIP image batch size; red-circle batches visual prompts across "
+                        "images")
+    parser.add_argument("--workers", type=non_negative_int, default=0,
+                        help="DataLoader worker processes for image decoding, ground-truth "
+                        "proposals and visual-prompt rendering (0 = in the main process)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint", type=Path, help="regressor checkpoint (method regressor)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="do not read or write the on-disk embedding cache")
+    add_method_option_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method``, ``--proposals``, ``--clip``, the detector options and ``--device``
+    (``evaluate``, ``bench``, ``ground``)."""
     parser.add_argument("--method", default="red-circle", choices=tuple(METHODS),
                         type=canonical_method, help="colour-* is accepted for color-*")
     parser.add_argument("--proposals", default="gt",
@@ -82,18 +99,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     detector.add_argument("--iou", type=float_in(0.0, 1.0), default=None, help="NMS IoU threshold")
     detector.add_argument("--max-det", type=positive_int, default=None, help="most boxes per image")
     parser.add_argument("--device", default="cpu", type=device_type)
-    parser.add_argument("--limit", type=non_negative_int, default=0,
-                        help="first N expressions (0 = all)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
-                        help="CLIP image batch size; red-circle batches visual prompts across "
-                        "images")
-    parser.add_argument("--workers", type=non_negative_int, default=0,
-                        help="DataLoader worker processes for image decoding, ground-truth "
-                        "proposals and visual-prompt rendering (0 = in the main process)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--checkpoint", type=Path, help="regressor checkpoint (method regressor)")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="do not read or write the on-disk embedding cache")
+
+
+def add_method_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """The red-circle and relations option groups (``evaluate``, ``bench``, ``ground``)."""
     red_circle = RedCircleOptions  # the defaults below are the options object's
     red = parser.add_argument_group("red-circle options")
     red.add_argument("--variants", default=",".join(red_circle.variants), type=variants_type)
@@ -151,13 +160,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                      choices=("exclusive", "reclip"))
 
 
-def uses_debias_pool(args: argparse.Namespace) -> bool:
-    """Whether the method runs red-circle (itself, or as the relations method's entity scorer),
-    which draws its debiasing sample from the training expressions."""
-    return args.method == "red-circle" or (args.method == "relations"
-                                           and args.entity_scorer == "red-circle")
-
-
 def method_options(args: argparse.Namespace) -> Any:
     """The options object of ``args.method`` from the command line (see ``registry``)."""
     if args.method == "red-circle":
@@ -205,62 +207,46 @@ def check_method_arguments(args: argparse.Namespace) -> None:
                          "`refcocog-tools train-regressor` run wrote)")
 
 
+def run_spec(args: argparse.Namespace) -> RunSpec:
+    """The run the shared command-line options describe (``engine.run.RunSpec``); a bad
+    combination fails here, before any file is read."""
+    check_method_arguments(args)
+    layout = layout_from_args(args)  # a combination the family lacks fails before any loading
+    detector = detector_options(args)  # a misplaced flag fails before any loading
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device == "cuda":
+        # torchrun: one GPU per local rank.
+        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    rank = int(os.environ.get("RANK", "0"))
+    return RunSpec(
+        data_root=args.data_root, layout=layout, split=args.split, method=args.method,
+        options=method_options(args), proposals=args.proposals, detector=detector,
+        clip=args.clip, device=args.device, seed=args.seed,
+        cache_dir=None if args.no_cache else cache_dir() / "embeddings",
+        cache_shard=f"rank{rank}" if rank else "",
+        keep_first_duplicates=bool(getattr(args, "warn_data_problems", False)))
+
+
 def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer,
                                              list[ClipBackbone], EmbeddingCache]:
-    """Dataset, method, proposer, backbones and cache from the shared command-line options.
+    """Dataset, method, proposer, backbones and cache from the shared command-line options
+    (``run_spec`` then ``engine.run.build_run``).
 
     With ``--warn-data-problems`` a repeated id keeps the first record of the id (the
     dataset's ``problems`` name each repeat); otherwise it refuses the run.
     """
-    from refcocog_tools.data.minidata import default_data_root
-
-    check_method_arguments(args)
-    layout = layout_from_args(args)  # a combination the family lacks fails before any loading
-    detector = detector_options(args)  # a misplaced flag fails before any loading
-    data_root = args.data_root or default_data_root()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.device == "cuda":
-        # torchrun: one GPU per local rank.
-        args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    keep_first = bool(getattr(args, "warn_data_problems", False))
+    spec = run_spec(args)
     try:
-        dataset = RefCOCOg(data_root, args.split, view="expression", dataset=layout.dataset,
-                           split_by=layout.split_by, keep_first_duplicates=keep_first)
+        run = build_run(spec)
     except DuplicateIdError as err:
         raise DuplicateIdError(f"{err}; pass --warn-data-problems to keep the first record "
                                "of each id and drop the later ones") from None
+    dataset = run.dataset
+    assert dataset is not None  # a spec's split, not records given directly
     if dataset.problems:
         print(f"warning: {len(dataset.problems)} repeated id(s); evaluating anyway "
               "(--warn-data-problems):\n  " + "\n  ".join(dataset.problems[:20]),
               file=sys.stderr)
-    proposer = make_proposer(args.proposals, device=args.device, **detector)
-    check_proposer(proposer, dataset)
-    check_mask_prompts(args, proposer, dataset)
-    needs_clip = args.method in NEEDS_CLIP
-    backbones = load_clips(args.clip, device=args.device) if args.clip else []
-    if needs_clip and not backbones:
-        raise SystemExit(f"method {args.method} needs --clip")
-    rank = int(os.environ.get("RANK", "0"))
-    cache = EmbeddingCache(None if args.no_cache else cache_dir() / "embeddings",
-                           shard=f"rank{rank}" if rank else "")
-    debias_pool = (RefCOCOg(data_root, "train", view="expression", dataset=layout.dataset,
-                            split_by=layout.split_by, keep_first_duplicates=keep_first
-                            ).sentences()
-                   if uses_debias_pool(args) else ())
-    method = make_method(args.method, backbones, options=method_options(args), cache=cache,
-                         debias_pool=debias_pool, seed=args.seed)
-    return dataset, method, proposer, backbones, cache
-
-
-def check_mask_prompts(args: argparse.Namespace, proposer: Proposer, dataset: RefCOCOg) -> None:
-    """A mask prompt (``--window mask``, ``--marker mask-contour``) asked of a proposer whose
-    proposals carry no masks is refused on the split's first item, before any model loads."""
-    options = red_circle_options(args)
-    if not uses_debias_pool(args) or not options.uses_masks or len(dataset) == 0:
-        return
-    item = dataset[0]
-    if getattr(proposer(item, item.image), "masks", None) is None:
-        raise SystemExit(f"{mask_options(options.marker, options.window)}: --proposals "
-                         f"{args.proposals} gives no segmentation masks")
+    return dataset, run.method, run.proposer, run.backbones, run.cache
 
 
 def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache,
@@ -297,8 +283,6 @@ def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache
 def command_inputs_of(args: argparse.Namespace) -> Any:
     """The files and folders an ``evaluate`` / ``bench`` run reads: what its output may never
     replace (``output_paths.command_inputs``)."""
-    from refcocog_tools.engine.run_inputs import command_inputs
-
     layout = layout_from_args(args)
     # No --data-root: the embedded data root, which lies in the cache command_inputs guards.
     return command_inputs(data_root=args.data_root,
@@ -308,16 +292,12 @@ def command_inputs_of(args: argparse.Namespace) -> Any:
 
 def check_results_file(args: argparse.Namespace, what: str) -> None:
     """``--out`` passes the output door (``output_paths.check_output``) before any work."""
-    from refcocog_tools.core.output_paths import check_output
-
     if args.out is not None:
         check_output(args.out, what, command_inputs_of(args), force=args.force)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
-
-    from refcocog_tools.core.output_paths import output_lock
 
     check_method_arguments(args)  # before anything is created or read
     # The results file and the cache folder are checked before any work, not after it.

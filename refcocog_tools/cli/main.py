@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from refcocog_tools.cli import bench, evaluate, toy_clip, train_regressor
+from refcocog_tools import __version__
+from refcocog_tools.cli import bench, evaluate, ground, toy_clip, train_regressor
 from refcocog_tools.cli.options import (
     UsageError,
     add_layout_arguments,
     layout_from_args,
     positive_int,
 )
-from refcocog_tools.core.output_paths import OutputPathError
+from refcocog_tools.core.files import UnreadableFileError
+from refcocog_tools.core.output_paths import OutputPathError, check_output, output_lock
+from refcocog_tools.data.annotations import DatasetError
+from refcocog_tools.data.dataset import split_stats, validate
 from refcocog_tools.data.layouts import LayoutError
+from refcocog_tools.data.minidata import is_mini_dataset, write_mini_dataset
+from refcocog_tools.engine.run import RunSpecError
+from refcocog_tools.engine.run_inputs import command_inputs
+from refcocog_tools.methods.regressor.training import RegressorError
+from refcocog_tools.models.backbones import BackboneError
+from refcocog_tools.models.embedding_files import EmbeddingCacheError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -54,10 +65,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _make_mini_dataset(args: argparse.Namespace) -> int:
-    from refcocog_tools.core.output_paths import check_output, output_lock
-    from refcocog_tools.data.minidata import is_mini_dataset, write_mini_dataset
-    from refcocog_tools.engine.run_inputs import command_inputs
-
     layout = layout_from_args(args)
     out = args.out_dir
     existing = [p for p in (out / "annotations", out / "images")
@@ -76,8 +83,6 @@ def _make_mini_dataset(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from refcocog_tools.data.dataset import split_stats
-
     stats = split_stats(args.data_root, layout=layout_from_args(args))
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
@@ -92,8 +97,6 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from refcocog_tools.data.dataset import validate
-
     problems = validate(args.data_root, check_images=not args.skip_images,
                         layout=layout_from_args(args))
     for problem in problems:
@@ -106,8 +109,6 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from refcocog_tools import __version__
-
     parser = argparse.ArgumentParser(
         prog="refcocog-tools",
         description="Training-free visual grounding with CLIP on RefCOCOg.",
@@ -115,25 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each command module registers its parser, in the order `--help` lists them.
-    for add in (add_parser, evaluate.add_parser, train_regressor.add_parser, bench.add_parser,
-                toy_clip.add_parser):
+    for add in (add_parser, evaluate.add_parser, ground.add_parser, train_regressor.add_parser,
+                bench.add_parser, toy_clip.add_parser):
         add(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from refcocog_tools.core.files import UnreadableFileError
-    from refcocog_tools.data.annotations import DatasetError
-    from refcocog_tools.methods.regressor.training import RegressorError
-    from refcocog_tools.models.backbones import BackboneError
-    from refcocog_tools.models.embedding_files import EmbeddingCacheError
-
     args = build_parser().parse_args(argv)
     # Errors a user can fix (a bad file, a bad path, a missing checkpoint) end in one line.
     expected = (BackboneError, DatasetError, EmbeddingCacheError, LayoutError, OutputPathError,
-                RegressorError, UnreadableFileError, UsageError)
+                RegressorError, RunSpecError, UnreadableFileError, UsageError)
     try:
         return int(args.func(args) or 0)
     except expected as err:
         print(f"refcocog-tools: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`refcocog-tools stats | head`): stop quietly, as Unix tools do;
+        # stdout is pointed at /dev/null so the interpreter's final flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Callable
 
 from refcocog_tools.data.layouts import ALL_SPLITS, DATASETS, SPLIT_BYS, Layout, get_layout
+from refcocog_tools.prompts.visual_prompts import VARIANTS
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -91,8 +92,6 @@ def colour_type(text: str) -> str:
 
 def variants_type(text: str) -> str:
     """A comma-separated, non-empty list of visual-prompt variants."""
-    from refcocog_tools.prompts.visual_prompts import VARIANTS
-
     names = [v.strip() for v in text.split(",") if v.strip()]
     unknown = [v for v in names if v not in VARIANTS]
     if not names or unknown:

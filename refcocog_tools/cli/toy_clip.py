@@ -7,7 +7,10 @@ import dataclasses
 import time
 from pathlib import Path
 
+from refcocog_tools.cli.options import float_in, int_at_least, non_negative_int, positive_int
+from refcocog_tools.core.output_paths import check_output, output_lock
 from refcocog_tools.engine.results import TOY_LABEL
+from refcocog_tools.engine.run_inputs import command_inputs
 from refcocog_tools.toy.config import ToyClipConfig
 from refcocog_tools.toy.toy_clip import train_toy_clip, write_checkpoint
 from refcocog_tools.toy.training_pairs import build_pairs
@@ -17,9 +20,6 @@ from refcocog_tools.toy.training_pairs import build_pairs
 # Command line
 # ----------------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
-    from refcocog_tools.core.output_paths import check_output, output_lock
-    from refcocog_tools.engine.run_inputs import command_inputs
-
     out = Path(args.out)
     sidecar = Path(str(out) + ".json")
     inputs = command_inputs()  # the tool's caches and embedded weights
@@ -31,8 +31,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from refcocog_tools.cli.options import float_in, int_at_least, non_negative_int, positive_int
-
     defaults = ToyClipConfig()
     parser = subparsers.add_parser(
         "train-toy-clip", help="train a small CLIP on the embedded world's train split",

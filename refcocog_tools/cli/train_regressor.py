@@ -18,12 +18,23 @@ from refcocog_tools.cli.options import (
     positive_int,
 )
 from refcocog_tools.core.files import atomic_write_json
+from refcocog_tools.core.output_paths import (
+    OutputPathError,
+    check_output,
+    check_output_folder,
+    foreign_files,
+    output_lock,
+    recover_interrupted_swap,
+    replacing_folder,
+)
 from refcocog_tools.data.layouts import Layout
+from refcocog_tools.data.minidata import default_data_root
 from refcocog_tools.engine.regressor_results import results_on_split
 from refcocog_tools.engine.results import (
     clip_provenance,
     honesty_label,
 )
+from refcocog_tools.engine.run_inputs import check_run_inputs, command_inputs
 from refcocog_tools.methods.regressor.data import split_data
 from refcocog_tools.methods.regressor.heads import HEADS, IOU_VARIANTS, LOSSES
 from refcocog_tools.methods.regressor.training import (
@@ -35,7 +46,9 @@ from refcocog_tools.methods.regressor.training import (
     train_regressor,
     trained_on,
 )
+from refcocog_tools.models.clip_loading import load_clips
 from refcocog_tools.models.embedding_files import EmbeddingCacheError
+from refcocog_tools.models.split_embeddings import default_cache_root
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -101,18 +114,6 @@ def _train_regressor(args: argparse.Namespace) -> int:
     so. The folder's lock (``output_paths.output_lock``) is held throughout: a second run into
     the same folder is refused, naming the holder's pid.
     """
-    from refcocog_tools.core.output_paths import (
-        OutputPathError,
-        check_output_folder,
-        foreign_files,
-        output_lock,
-        recover_interrupted_swap,
-        replacing_folder,
-    )
-    from refcocog_tools.data.minidata import default_data_root
-    from refcocog_tools.engine.run_inputs import check_run_inputs, command_inputs
-    from refcocog_tools.models.split_embeddings import default_cache_root
-
     # A dataset / split-by / split the family lacks fails before anything is read or loaded.
     layout = layout_from_args(args)
     if args.resume and args.force:
@@ -146,8 +147,6 @@ def _train_regressor(args: argparse.Namespace) -> int:
 
 def _claim_run_folder(args: argparse.Namespace, inputs: Any) -> list[Path]:
     """The earlier run's files in ``--out``, once ``--out`` has passed the output door."""
-    from refcocog_tools.core.output_paths import check_output
-
     earlier = [args.out / name for name in RUN_FILES if (args.out / name).exists()]
     check_output(args.out, "output folder", inputs, force=args.force or args.resume,
                  folder=True, earlier=earlier, already="an earlier training run",
@@ -159,8 +158,6 @@ def _train_into(run_dir: Path, args: argparse.Namespace, layout: Layout,
                 data_root: Path) -> str:
     """Train, evaluate and write the run's files into ``run_dir`` (``--out`` or the folder
     that replaces it); paths are recorded and reported as ``--out``'s. Returns the summary."""
-    from refcocog_tools.models.clip_loading import load_clips
-
     config = TrainConfig(head=args.head, loss=args.loss, iou_variant=args.iou_variant,
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                          weight_decay=args.weight_decay,

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from refcocog_tools.core.files import check_regular_file
+from refcocog_tools.core.masks import instance_mask_problems
 from refcocog_tools.data.annotations import (
     INSTANCES_FILE,
     DatasetError,
@@ -183,8 +184,6 @@ def validate(root: str | Path, check_images: bool = True,
     Instance masks are checked too: a ``segmentation`` that cannot be decoded, or whose pixels
     leave the instance's box by more than 2 px (``masks.segmentation_problem``).
     """
-    from refcocog_tools.core.masks import instance_mask_problems
-
     try:
         records, problems = parse_refcocog(root, layout=layout)
     except DatasetError as err:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from refcocog_tools.data.annotations import INSTANCES_FILE
+from refcocog_tools.core.files import read_json
+from refcocog_tools.data.annotations import INSTANCES_FILE, DatasetError
 from refcocog_tools.data.minidata import CATEGORIES, COLOURS, BoxGeometry
 
 ExpressionType = Literal["plain", "position", "size", "relation"]
@@ -141,9 +142,6 @@ def expression_audit(root: str | Path, rows: list[dict[str, Any]]) -> Any:
     On a data root that is not generated, ``type`` is "other" and the counts are missing.
     """
     import pandas as pd
-
-    from refcocog_tools.core.files import read_json
-    from refcocog_tools.data.annotations import DatasetError
 
     instances = read_json(Path(root) / "annotations" / INSTANCES_FILE, "annotation file",
                           DatasetError)

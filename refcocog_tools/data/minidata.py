@@ -28,9 +28,10 @@ import numpy as np
 import pycocotools.mask as coco_mask
 from PIL import Image, ImageDraw
 
-from refcocog_tools.core.files import atomic_write_bytes
+from refcocog_tools.core.files import atomic_write_bytes, cache_dir
 from refcocog_tools.core.masks import encode as encode_mask
 from refcocog_tools.data.annotations import INSTANCES_FILE
+from refcocog_tools.data.dataset import is_synthetic
 from refcocog_tools.data.layouts import DEFAULT_LAYOUT, Layout
 
 # Real COCO category ids and names, so label handling is exercised as on the real data.
@@ -344,15 +345,11 @@ def write_mini_dataset(out_dir: str | Path, n_images: int = 30, seed: int = 0,
 def is_mini_dataset(root: str | Path) -> bool:
     """A folder ``write_mini_dataset`` wrote: it carries the marker, or (written before the
     marker existed) its instances.json says it is synthetic."""
-    from refcocog_tools.data.dataset import is_synthetic
-
     return (Path(root) / MINI_DATASET_MARKER).is_file() or is_synthetic(root)
 
 
 def default_data_root() -> Path:
     """The embedded dataset in the project cache, generated on first use."""
-    from refcocog_tools.core.files import cache_dir
-
     root = cache_dir() / "mini-refcocog"
     instances = root / "annotations" / INSTANCES_FILE
     # A copy an older generator wrote (version 1: box-shaped segmentations) is written again;

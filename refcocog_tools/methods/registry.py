@@ -2,9 +2,10 @@
 
 ``METHODS`` maps a method name to its entry: the class, the frozen dataclass of its options
 (whose defaults are the one place a method's default is written: the command line and the
-chapters' parameters read them) and whether it needs CLIP. ``make_method`` is the one
-constructor the engine, the CLI and the chapters use. A method never loads a model: it receives
-backbones (and, for red-circle, the training expressions it draws debias prompts from).
+chapters' parameters read them) and what it needs, declared here once: a CLIP, a debias pool
+(the training expressions red-circle draws debias prompts from) and proposals with masks, the
+last two as functions of its options. ``make_method`` is the one constructor; the run builder
+(``engine.run``) reads the needs. A method never loads a model: it receives backbones.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from refcocog_tools.methods.relations.options import (
 from refcocog_tools.methods.relations.resolver import RelationsMethod
 from refcocog_tools.models.backbones import ClipBackbone
 from refcocog_tools.models.prompt_cache import EmbeddingCache
+from refcocog_tools.prompts.mask_prompts import mask_options
 
 # The book writes "colour", the method names say "color": both spellings name the same method.
 SPELLINGS = {"colour-background": "color-background", "colour-overlay": "color-overlay"}
@@ -51,15 +53,41 @@ class MethodInputs:
     seed: int = 0
 
 
+def _needs_nothing(options: Any) -> bool:
+    return False
+
+
+def _no_prompts(options: Any) -> RedCircleOptions | None:
+    return None
+
+
 @dataclass(frozen=True)
 class MethodEntry:
-    """A method in the registry: its class, its options type, whether it needs CLIP, and how
-    it is built from its inputs and options."""
+    """A method in the registry: its class, its options type, what it needs, and how it is
+    built from its inputs and options.
+
+    ``prompt_options``: the red-circle options its visual prompts are drawn with (None for a
+    method that draws none), from which ``needs_masks`` follows; ``needs_debias_pool``: whether
+    it draws debias prompts from the training expressions.
+    """
 
     cls: type
     options: type
     needs_clip: bool
     build: Callable[[MethodInputs, Any], GroundingMethod]
+    needs_debias_pool: Callable[[Any], bool] = _needs_nothing
+    prompt_options: Callable[[Any], RedCircleOptions | None] = _no_prompts
+
+    def needs_masks(self, options: Any) -> bool:
+        """Whether the method's prompts are drawn from the proposals' masks (FGVP's window
+        and contour: ``prompts.mask_prompts.uses_masks``)."""
+        drawn = self.prompt_options(options)
+        return drawn is not None and drawn.uses_masks
+
+    def mask_options(self, options: Any) -> str:
+        """The options that ask for masks, as the command line names them ("" for none)."""
+        drawn = self.prompt_options(options)
+        return mask_options(drawn.marker, drawn.window) if drawn is not None else ""
 
 
 def _red_circle(inputs: MethodInputs, options: RedCircleOptions) -> RedCircle:
@@ -71,6 +99,25 @@ def _relations(inputs: MethodInputs, options: RelationsOptions) -> RelationsMeth
     return RelationsMethod(
         make_entity_scorer(options.entity_scorer, inputs, options.scorer_options), options,
         scorer_name=options.entity_scorer)
+
+
+def _red_circle_debiases(options: RedCircleOptions) -> bool:
+    return options.n_debias > 0  # n_debias 0 draws nothing: the pool would go unread
+
+
+def _relations_prompts(options: RelationsOptions) -> RedCircleOptions | None:
+    """The red-circle options of a relations scorer that draws visual prompts (red-circle,
+    ReCLIP's blur), its defaults when none are given."""
+    if options.entity_scorer not in ("red-circle", "blur"):
+        return None
+    return (options.scorer_options if options.scorer_options is not None
+            else scorer_options_from(options.entity_scorer, {}))
+
+
+def _relations_debiases(options: RelationsOptions) -> bool:
+    # ReCLIP's blur isolation never debiases (make_entity_scorer gives it no pool).
+    drawn = _relations_prompts(options)
+    return options.entity_scorer == "red-circle" and drawn is not None and drawn.n_debias > 0
 
 
 def _floor(cls: type) -> Callable[[MethodInputs, NoOptions], GroundingMethod]:
@@ -89,14 +136,18 @@ METHODS: dict[str, MethodEntry] = {
     "color-overlay": MethodEntry(
         ColourOverlay, NoOptions, True,
         lambda inputs, options: ColourOverlay(inputs.backbones, inputs.cache)),
-    "red-circle": MethodEntry(RedCircle, RedCircleOptions, True, _red_circle),
+    "red-circle": MethodEntry(RedCircle, RedCircleOptions, True, _red_circle,
+                              needs_debias_pool=_red_circle_debiases,
+                              prompt_options=lambda options: options),
     "gradcam": MethodEntry(
         GradCam, GradCamOptions, True,
         lambda inputs, options: GradCam(inputs.backbones, options)),
     "regressor": MethodEntry(
         RegressorMethod, RegressorOptions, True,
         lambda inputs, options: RegressorMethod(inputs.backbones, options)),
-    "relations": MethodEntry(RelationsMethod, RelationsOptions, True, _relations),
+    "relations": MethodEntry(RelationsMethod, RelationsOptions, True, _relations,
+                             needs_debias_pool=_relations_debiases,
+                             prompt_options=_relations_prompts),
     **{name: MethodEntry(cls, NoOptions, False, _floor(cls)) for name, cls in FLOORS.items()},
 }
 NEEDS_CLIP = frozenset(name for name, entry in METHODS.items() if entry.needs_clip)
@@ -115,6 +166,28 @@ def method_entry(name: str) -> MethodEntry:
     return entry
 
 
+def resolved_options(name: str, options: Any = None, **settings: Any) -> Any:
+    """Method ``name``'s options object: ``options`` (default: its type's defaults), checked
+    to be of its type, with ``settings`` replacing single options."""
+    entry = method_entry(name)
+    if options is None:
+        options = entry.options()
+    elif not isinstance(options, entry.options):
+        raise TypeError(f"method {canonical_method(name)} takes {entry.options.__name__}, "
+                        f"got {type(options).__name__}")
+    return with_settings(f"method {canonical_method(name)}", options, settings)
+
+
+def without_debiasing(name: str, options: Any) -> Any:
+    """``options`` with red-circle's debias sample off (``n_debias`` 0) wherever the method
+    draws one: for a run with no training split to draw it from (``ground`` on one photo)."""
+    if canonical_method(name) == "red-circle":
+        return replace(options, n_debias=0)
+    if canonical_method(name) == "relations" and _relations_debiases(options):
+        return replace(options, scorer_options=replace(_relations_prompts(options), n_debias=0))
+    return options
+
+
 def make_method(
     name: str,
     backbones: Sequence[ClipBackbone] = (),
@@ -129,12 +202,7 @@ def make_method(
     with ``settings`` replacing single options (``make_method("red-circle", backbones,
     n_debias=0)``). ``seed`` seeds red-circle's debias sample and the random floor."""
     entry = method_entry(name)
-    if options is None:
-        options = entry.options()
-    elif not isinstance(options, entry.options):
-        raise TypeError(f"method {canonical_method(name)} takes {entry.options.__name__}, "
-                        f"got {type(options).__name__}")
-    options = with_settings(f"method {canonical_method(name)}", options, settings)
+    options = resolved_options(name, options, **settings)
     return entry.build(MethodInputs(list(backbones), cache, debias_pool, seed), options)
 
 

@@ -61,6 +61,7 @@ from refcocog_tools.prompts.visual_prompts import (
     VARIANTS,
     WINDOW_SHAPES,
     Colour,
+    render_variants,
 )
 
 Preprocess = Literal["center-crop", "square"]
@@ -317,8 +318,6 @@ def prompt_inputs(
         return model_inputs(flat, resolution, preprocess)
     if backend != "pil":
         raise ValueError(f"render backend must be one of {RENDER_BACKENDS}, got {backend!r}")
-    from refcocog_tools.prompts.visual_prompts import render_variants
-
     if isinstance(image, torch.Tensor):
         image = to_pil(image)
     transform = pil_preprocess(resolution, preprocess)

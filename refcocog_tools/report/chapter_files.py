@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from refcocog_tools.data.minidata import default_data_root
+
 CHAPTER_DIR = Path("book") / "chapters"  # the build area, relative to the book root
 SOURCE_DIR = Path("notebooks")
 KERNEL = "python3"
@@ -144,7 +146,5 @@ def declared_defaults(root: Path, name: str) -> dict[str, Any]:
 def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path:
     """The data root a chapter uses: the embedded synthetic dataset when empty."""
     if not data_root:
-        from refcocog_tools.data.minidata import default_data_root
-
         return default_data_root()
     return Path(data_root).expanduser()

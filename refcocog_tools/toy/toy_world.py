@@ -120,24 +120,21 @@ def evaluate_toy_methods(
     """Results documents of ``methods`` (label, method name, options) on ``split`` with
     ground-truth proposals; red-circle's debiasing sentences come from the train split.
     ``model_cache``: where the CLIP checkpoints live (default: the project cache)."""
-    from refcocog_tools.data.dataset import RefCOCOg
     from refcocog_tools.engine.evaluate import evaluate
-    from refcocog_tools.methods.registry import make_method
+    from refcocog_tools.engine.run import RunSpec, build_run
     from refcocog_tools.models.clip_loading import load_clips
-    from refcocog_tools.models.prompt_cache import EmbeddingCache
-    from refcocog_tools.proposals.proposers import make_proposer
 
-    dataset = RefCOCOg(data_root, split, view="expression")
-    backbones = load_clips(clip, device=device, cache=model_cache)
-    proposer = make_proposer("gt")
-    cache = EmbeddingCache()  # in memory only: the methods share the text and crop embeddings
-    pool = RefCOCOg(data_root, "train", view="expression").sentences()
+    methods = list(methods)
+    # One run (dataset, ground-truth proposer, backbones, one in-memory cache that the methods
+    # share for the text and crop embeddings); each method is built on it by the run builder,
+    # which reads the debias pool from the train split once, for the methods that draw one.
+    run = build_run(RunSpec(data_root=Path(data_root), split=split, method=methods[0][1],
+                            options=None, proposals="gt", clip=clip, device=device, seed=seed),
+                    backbones=load_clips(clip, device=device, cache=model_cache))
     out: dict[str, dict[str, Any]] = {}
     for label, name, options in methods:
-        method = make_method(name, backbones, cache=cache,
-                             debias_pool=pool if name in ("red-circle", "relations") else (),
-                             seed=seed, **dict(options))
-        out[label] = evaluate(dataset, method, proposer, backbones,
+        method = run.make_method(name, **dict(options))
+        out[label] = evaluate(run.dataset, method, run.proposer, run.backbones,
                               config={"label": label, "clip_spec": clip, "seed": seed})
     return out
 

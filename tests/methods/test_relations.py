@@ -268,17 +268,19 @@ def test_audit_type_table_and_figure(mini_data: Path) -> None:
 
 
 def test_evaluate_and_bench_draw_the_debias_pool_for_a_red_circle_scorer(tmp_path: Path) -> None:
-    from refcocog_tools.cli.evaluate import uses_debias_pool
+    from refcocog_tools.cli.evaluate import method_options
     from refcocog_tools.cli.main import build_parser
+    from refcocog_tools.methods.registry import method_entry
 
-    def parsed(*extra: str):
-        return build_parser().parse_args(["evaluate", "--out", str(tmp_path / "r.json"),
+    def needs_pool(*extra: str) -> bool:
+        args = build_parser().parse_args(["evaluate", "--out", str(tmp_path / "r.json"),
                                           *extra])
+        return method_entry(args.method).needs_debias_pool(method_options(args))
 
-    assert uses_debias_pool(parsed("--method", "relations"))
-    assert not uses_debias_pool(parsed("--method", "relations", "--entity-scorer", "crop"))
-    assert uses_debias_pool(parsed("--method", "red-circle"))
-    assert not uses_debias_pool(parsed("--method", "baseline"))
+    assert needs_pool("--method", "relations")
+    assert not needs_pool("--method", "relations", "--entity-scorer", "crop")
+    assert needs_pool("--method", "red-circle")
+    assert not needs_pool("--method", "baseline")
 
 
 @pytest.mark.parametrize("scorer", ["red-circle", "crop"])

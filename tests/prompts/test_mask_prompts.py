@@ -9,10 +9,8 @@ import torch
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from refcocog_tools.cli.evaluate import check_mask_prompts, red_circle_options
+from refcocog_tools.cli.evaluate import red_circle_options
 from refcocog_tools.cli.main import build_parser
-from refcocog_tools.data.dataset import RefCOCOg
-from refcocog_tools.data.minidata import default_data_root
 from refcocog_tools.methods.red_circle import RedCircle, RedCircleOptions
 from refcocog_tools.methods.registry import make_method
 from refcocog_tools.models.prompt_cache import EmbeddingCache
@@ -256,13 +254,15 @@ def test_both_backends_choose_alike_with_mask_prompts(tiny_rn) -> None:
 
 
 def test_the_command_line_refuses_mask_prompts_of_box_proposals_before_loading() -> None:
+    from refcocog_tools.engine.run import RunSpecError, check_masks
+
     args = build_parser().parse_args(["evaluate", "--method", "red-circle", "--variants", "blur",
                                       "--window", "mask", "--out", "unused.json"])
     options = red_circle_options(args)
     assert (options.window, options.marker, options.variants) == ("mask", "ellipse", ("blur",))
-    dataset = RefCOCOg(default_data_root(), "test", view="expression")
-    with pytest.raises(SystemExit, match="--window mask: --proposals gt gives no segmentation"):
-        check_mask_prompts(args, GroundTruthProposer(), dataset)
+    with pytest.raises(RunSpecError, match="--window mask: --proposals gt gives no segmentation"):
+        check_masks("red-circle", options, GroundTruthProposer(), "gt")
+    check_masks("red-circle", options, GroundTruthProposer(masks=True), "gt")  # masks: fine
     boxes_only = build_parser().parse_args(["evaluate", "--method", "red-circle",
                                           "--out", "unused.json"])
-    check_mask_prompts(boxes_only, GroundTruthProposer(), dataset)  # nothing to refuse
+    check_masks("red-circle", red_circle_options(boxes_only), GroundTruthProposer(), "gt")

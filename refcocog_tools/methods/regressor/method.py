@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from refcocog_tools.core.files import sha256_file
+from refcocog_tools.methods.prediction import Prediction
 from refcocog_tools.methods.regressor.data import to_pixels
 from refcocog_tools.methods.regressor.heads import decode_boxes
 from refcocog_tools.methods.regressor.training import (
@@ -83,8 +84,6 @@ class RegressorMethod:
     @torch.no_grad()
     def predict(self, image: Any, expressions: Sequence[str], proposals: Any = None) -> Any:
         """Boxes (E, 4) in pixels clipped to the image; ``chosen`` is -1 (no proposal)."""
-        from refcocog_tools.methods.prediction import Prediction
-
         n = len(expressions)
         normalize = not self.train_config.raw_embeddings  # the inputs it was trained on
         image_emb = torch.cat([b.encode_images([image], normalize=normalize)
