@@ -54,3 +54,34 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_cach
     shutil.copytree(session_cache, cache, dirs_exist_ok=True)
     monkeypatch.setenv("REFCOCOG_TOOLS_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def test_split(mini_data: Path):
+    """The embedded dataset's test split, expression view."""
+    from refcocog_tools.data.dataset import RefCOCOg
+
+    return RefCOCOg(mini_data, "test")
+
+
+@pytest.fixture
+def data(mini_data: Path, tmp_path: Path) -> Path:
+    """A private copy of the embedded dataset that a test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(mini_data, tmp_path / "data"))
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    """The file a planted code-running payload would create: it must never appear."""
+    return tmp_path / "PWNED"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ is marked ``integration`` (slow, end to end):
+    ``pytest -m "not integration"`` runs the fast ones alone; ``make test`` runs all."""
+    integration = Path(__file__).parent / "integration"
+    for item in items:
+        if integration in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)

@@ -99,12 +99,12 @@ def test_train_regressor_on_refcoco_unc_testa(unc_root: Path, tmp_path: Path, is
 def test_a_split_the_layout_lacks_fails_before_anything_loads(
         unc_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str], options: list[str], message: str) -> None:
-    import refcocog_tools.models.backbones
+    import refcocog_tools.cli.train_regressor
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(refcocog_tools.models.backbones, "load_clips", no_model)
+    monkeypatch.setattr(refcocog_tools.cli.train_regressor, "load_clips", no_model)
     out, cache = tmp_path / "run", tmp_path / "emb"
     assert main(["train-regressor", "--data-root", str(unc_root), *options, "--embedding-cache",
                  str(cache), "--out", str(out)]) == 2

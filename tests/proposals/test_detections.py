@@ -21,11 +21,6 @@ from refcocog_tools.proposals.detections import (
 from refcocog_tools.proposals.proposers import GroundTruthProposer, make_proposer
 
 
-@pytest.fixture(scope="module")
-def test_split(mini_data: Path) -> RefCOCOg:
-    return RefCOCOg(mini_data, "test")
-
-
 def _mattnet_dets(split: RefCOCOg) -> list[dict]:
     """The split's ground-truth instances written as MAttNet writes detections."""
     dets, seen = [], set()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import shutil
 import subprocess
 import sys
 import threading
@@ -22,35 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from annotation_files import read_instances, read_refs, write_instances, write_refs
 
 from refcocog_tools.cli.main import main as cli_main
 from refcocog_tools.data.annotations import INSTANCES_FILE, DatasetError, DuplicateIdError
 from refcocog_tools.data.dataset import REFS_FILE, RefCOCOg, load_rgb_image, validate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEEP = "[" * 100_000 + "]" * 100_000
-
-
-@pytest.fixture
-def data(mini_data: Path, tmp_path: Path) -> Path:
-    """A private copy of the embedded dataset that a test may damage."""
-    return Path(shutil.copytree(mini_data, tmp_path / "data"))
-
-
-def _instances(root: Path) -> dict:
-    return json.loads((root / "annotations" / INSTANCES_FILE).read_text())
-
-
-def _write_instances(root: Path, data: dict) -> None:
-    (root / "annotations" / INSTANCES_FILE).write_text(json.dumps(data))
-
-
-def _refs(root: Path) -> list[dict]:
-    return pickle.loads((root / "annotations" / REFS_FILE).read_bytes())
-
-
-def _write_refs(root: Path, refs: list[dict]) -> None:
-    (root / "annotations" / REFS_FILE).write_bytes(pickle.dumps(refs, protocol=2))
 
 
 def _evaluate(root: Path, out: Path, *extra: str, method: str = "baseline") -> int:
@@ -69,7 +46,7 @@ def _one_line_error(err: str) -> str:
 
 def _two_refs_of_one_test_image(root: Path) -> tuple[int, int]:
     """Indices in the refs file of two test refs of the same image."""
-    refs = _refs(root)
+    refs = read_refs(root)
     seen: dict[int, int] = {}
     for i, ref in enumerate(refs):
         if ref["split"] == "test":
@@ -119,7 +96,7 @@ def _cli(*argv: str, cache: Path, timeout: float = 300) -> subprocess.CompletedP
 def test_repeated_ref_id_is_listed_refused_and_never_changes_another_answer(
         data, tmp_path, isolated_cache, capsys) -> None:
     first, second = _two_refs_of_one_test_image(data)
-    refs = _refs(data)
+    refs = read_refs(data)
     kept_id, dropped_id = refs[first]["ref_id"], refs[second]["ref_id"]
     dropped_sent_ids = {s["sent_id"] for s in refs[second]["sentences"]}
     red_circle = ("--n-debias", "0", "--debias-at-zero", "own-prompts")  # debiased per ref
@@ -128,7 +105,7 @@ def test_repeated_ref_id_is_listed_refused_and_never_changes_another_answer(
     capsys.readouterr()
 
     refs[second]["ref_id"] = kept_id
-    _write_refs(data, refs)
+    write_refs(data, refs)
     expected = f"{data / 'annotations' / REFS_FILE}: ref_id {kept_id} appears 2 times " \
                f"(refs[{first}], refs[{second}])"
     assert expected in validate(data, check_images=False)
@@ -153,11 +130,11 @@ def test_repeated_ref_id_is_listed_refused_and_never_changes_another_answer(
 def test_repeated_sent_id_is_listed_refused_and_the_later_sentence_dropped(
         data, tmp_path, isolated_cache, capsys) -> None:
     first, second = _two_refs_of_one_test_image(data)
-    refs = _refs(data)
+    refs = read_refs(data)
     repeated = refs[first]["sentences"][0]["sent_id"]
     lost = refs[second]["sentences"][0]["sent"]
     refs[second]["sentences"][0]["sent_id"] = repeated
-    _write_refs(data, refs)
+    write_refs(data, refs)
     expected = (f"{data / 'annotations' / REFS_FILE}: field 'sentences[].sent_id' {repeated} "
                 f"appears 2 times (ref_id {refs[first]['ref_id']}, "
                 f"ref_id {refs[second]['ref_id']})")
@@ -182,10 +159,10 @@ def test_repeated_sent_id_is_listed_refused_and_the_later_sentence_dropped(
 
 def test_repeated_image_and_annotation_ids_are_refused_by_evaluate(
         data, tmp_path, isolated_cache, capsys) -> None:
-    instances = _instances(data)
+    instances = read_instances(data)
     instances["images"].append({**instances["images"][1], "id": instances["images"][0]["id"]})
     instances["annotations"].append(dict(instances["annotations"][0]))
-    _write_instances(data, instances)
+    write_instances(data, instances)
     path = data / "annotations" / INSTANCES_FILE
     image_problem = (f"{path}: images[{len(instances['images']) - 1}]: field 'id' "
                      f"{instances['images'][0]['id']} duplicates images[0]")
@@ -207,10 +184,10 @@ def test_repeated_image_and_annotation_ids_are_refused_by_evaluate(
 
 def test_other_problems_are_still_refused_with_the_flag(data, tmp_path, isolated_cache,
                                                         capsys) -> None:
-    refs = _refs(data)
+    refs = read_refs(data)
     refs[1]["ref_id"] = refs[0]["ref_id"]
     refs[2]["split"] = "nowhere"  # not a repeated id: --warn-data-problems does not cover it
-    _write_refs(data, refs)
+    write_refs(data, refs)
     assert _evaluate(data, tmp_path / "r.json", "--warn-data-problems") == 2
     assert "field 'split' is 'nowhere'" in _one_line_error(capsys.readouterr().err)
 
@@ -225,7 +202,7 @@ def _fifo_in_place_of(path: Path) -> Path:
 
 
 def test_fifo_image_is_refused_without_blocking(data) -> None:
-    image = data / "images" / _instances(data)["images"][0]["file_name"]
+    image = data / "images" / read_instances(data)["images"][0]["file_name"]
     fifo = _fifo_in_place_of(image)
     with pytest.raises(DatasetError, match="image unreadable: a named pipe"):
         _returns_within(lambda: load_rgb_image(fifo), fifo)

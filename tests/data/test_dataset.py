@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from annotation_files import read_instances, read_refs, write_instances, write_refs
 from PIL import Image
 
 from refcocog_tools.cli.main import main as cli_main
@@ -41,22 +42,6 @@ def broken_root(mini_root: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(mini_root, tmp_path / "copy"))
 
 
-def _refs(root: Path) -> list[dict]:
-    return pickle.loads((root / "annotations" / REFS_FILE).read_bytes())
-
-
-def _write_refs(root: Path, refs: list[dict]) -> None:
-    (root / "annotations" / REFS_FILE).write_bytes(pickle.dumps(refs, protocol=2))
-
-
-def _instances(root: Path) -> dict:
-    return json.loads((root / "annotations" / INSTANCES_FILE).read_text())
-
-
-def _write_instances(root: Path, data: dict) -> None:
-    (root / "annotations" / INSTANCES_FILE).write_text(json.dumps(data))
-
-
 # -- counts and contents -----------------------------------------------------------------------
 def test_counts_per_split_match_what_was_generated(mini_root: Path) -> None:
     refs, instances, _ = generate(12, seed=3)
@@ -73,7 +58,7 @@ def test_counts_per_split_match_what_was_generated(mini_root: Path) -> None:
 
 
 def test_every_sentence_of_a_ref_comes_back(mini_root: Path) -> None:
-    refs = {r["ref_id"]: r for r in _refs(mini_root)}
+    refs = {r["ref_id"]: r for r in read_refs(mini_root)}
     by_ref = RefCOCOg(mini_root, "train", view="ref")
     by_expr = RefCOCOg(mini_root, "train", view="expression")
     for item in by_ref:
@@ -87,7 +72,7 @@ def test_every_sentence_of_a_ref_comes_back(mini_root: Path) -> None:
 
 
 def test_item_fields_boxes_and_instances(mini_root: Path) -> None:
-    instances = _instances(mini_root)
+    instances = read_instances(mini_root)
     anns = {a["id"]: a for a in instances["annotations"]}
     item = RefCOCOg(mini_root, "test", view="expression")[0]
     ann = anns[item.ann_id]
@@ -139,11 +124,11 @@ def test_generator_is_byte_identical_for_a_seed(tmp_path: Path) -> None:
 
 
 def test_generated_records_have_the_real_fields(mini_root: Path) -> None:
-    ref = _refs(mini_root)[0]
+    ref = read_refs(mini_root)[0]
     assert set(ref) == {"ref_id", "ann_id", "image_id", "split", "category_id", "file_name",
                         "sent_ids", "sentences"}
     assert set(ref["sentences"][0]) == {"sent", "raw", "tokens", "sent_id"}
-    data = _instances(mini_root)
+    data = read_instances(mini_root)
     assert {"images", "annotations", "categories"} <= set(data)
     ann = data["annotations"][0]
     assert {"bbox", "area", "image_id", "category_id", "id"} <= set(ann)
@@ -191,17 +176,17 @@ def test_missing_root_and_files(tmp_path: Path, broken_root: Path) -> None:
 
 
 def test_ref_whose_ann_id_has_no_instance(broken_root: Path) -> None:
-    refs = _refs(broken_root)
+    refs = read_refs(broken_root)
     refs[0]["ann_id"] = 999999
-    _write_refs(broken_root, refs)
+    write_refs(broken_root, refs)
     with pytest.raises(DatasetError, match=r"refs\(umd\)\.p: ref_id 0: field 'ann_id' 999999"):
         RefCOCOg(broken_root, refs[0]["split"])
 
 
 def test_ref_without_sentences(broken_root: Path) -> None:
-    refs = _refs(broken_root)
+    refs = read_refs(broken_root)
     refs[1]["sentences"] = []
-    _write_refs(broken_root, refs)
+    write_refs(broken_root, refs)
     with pytest.raises(DatasetError, match=r"ref_id 1: field 'sentences' is empty"):
         RefCOCOg(broken_root)
 
@@ -222,12 +207,12 @@ def test_missing_and_unreadable_images(broken_root: Path) -> None:
 
 
 def test_degenerate_and_out_of_image_boxes(broken_root: Path) -> None:
-    data = _instances(broken_root)
+    data = read_instances(broken_root)
     width = {im["id"]: im["width"] for im in data["images"]}
     data["annotations"][0]["bbox"][2] = 0  # zero width
     ann = data["annotations"][1]
     ann["bbox"][0] = width[ann["image_id"]] - 5  # runs past the right edge
-    _write_instances(broken_root, data)
+    write_instances(broken_root, data)
     problems = validate(broken_root, check_images=False)
     assert any(f"annotation id {data['annotations'][0]['id']}: field 'bbox'" in p
                and "degenerate" in p for p in problems)
@@ -242,11 +227,11 @@ def test_degenerate_and_out_of_image_boxes(broken_root: Path) -> None:
 
 
 def test_validate_lists_every_problem_at_once(broken_root: Path) -> None:
-    refs = _refs(broken_root)
+    refs = read_refs(broken_root)
     refs[0]["sentences"] = []
     refs[2]["ann_id"] = 424242
     del refs[3]["split"]
-    _write_refs(broken_root, refs)
+    write_refs(broken_root, refs)
     problems = validate(broken_root, check_images=False)
     assert len(problems) == 3
     assert any("field 'split' missing" in p for p in problems)
@@ -294,16 +279,16 @@ def test_unreadable_image_is_reported_even_after_ultralytics_patched_pil(tmp_pat
 
 
 def test_a_bad_box_no_ref_points_to_is_dropped_with_a_warning(broken_root: Path) -> None:
-    referred = {r["ann_id"] for r in _refs(broken_root)}
-    data = _instances(broken_root)
+    referred = {r["ann_id"] for r in read_refs(broken_root)}
+    data = read_instances(broken_root)
     distractor = next(a for a in data["annotations"] if a["id"] not in referred)
     distractor["bbox"][3] = 0  # zero height
-    _write_instances(broken_root, data)
-    refs_of_image = [r for r in _refs(broken_root) if r["image_id"] == distractor["image_id"]]
+    write_instances(broken_root, data)
+    refs_of_image = [r for r in read_refs(broken_root) if r["image_id"] == distractor["image_id"]]
     split = refs_of_image[0]["split"]
     with pytest.warns(UserWarning, match=rf"annotation id {distractor['id']}: field 'bbox'"):
         dataset = RefCOCOg(broken_root, split, view="ref")
-    assert len(dataset) == sum(r["split"] == split for r in _refs(broken_root))
+    assert len(dataset) == sum(r["split"] == split for r in read_refs(broken_root))
     item = next(i for i in dataset if i.image_id == distractor["image_id"])
     assert distractor["id"] not in {inst.ann_id for inst in item.instances}
     problems = validate(broken_root, check_images=False)
@@ -311,10 +296,10 @@ def test_a_bad_box_no_ref_points_to_is_dropped_with_a_warning(broken_root: Path)
 
 
 def test_a_ref_to_a_rejected_instance_names_both(broken_root: Path) -> None:
-    ref = _refs(broken_root)[0]
-    data = _instances(broken_root)
+    ref = read_refs(broken_root)[0]
+    data = read_instances(broken_root)
     next(a for a in data["annotations"] if a["id"] == ref["ann_id"])["bbox"][2] = -4
-    _write_instances(broken_root, data)
+    write_instances(broken_root, data)
     with pytest.raises(DatasetError, match=rf"ref_id {ref['ref_id']}: field 'ann_id' "
                                            rf"{ref['ann_id']} refers to a rejected instance"):
         RefCOCOg(broken_root)
@@ -322,8 +307,8 @@ def test_a_ref_to_a_rejected_instance_names_both(broken_root: Path) -> None:
 
 def test_a_changed_annotation_file_is_read_again(broken_root: Path) -> None:
     before = len(RefCOCOg(broken_root, "train", view="ref"))
-    refs = _refs(broken_root)
+    refs = read_refs(broken_root)
     first_train = next(i for i, r in enumerate(refs) if r["split"] == "train")
     del refs[first_train]
-    _write_refs(broken_root, refs)
+    write_refs(broken_root, refs)
     assert len(RefCOCOg(broken_root, "train", view="ref")) == before - 1

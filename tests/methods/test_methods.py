@@ -26,11 +26,6 @@ CLIP_METHODS = ("baseline", "color-background", "color-overlay", "red-circle", "
 
 
 @pytest.fixture(scope="module")
-def test_split(mini_data) -> RefCOCOg:
-    return RefCOCOg(mini_data, "test")
-
-
-@pytest.fixture(scope="module")
 def pool(mini_data) -> list[str]:
     return RefCOCOg(mini_data, "train").sentences()
 

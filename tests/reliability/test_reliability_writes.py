@@ -49,12 +49,6 @@ def _train(root: Path, out: Path, emb: Path, *extra: str) -> int:
                      "--epochs", "1", "--embedding-cache", str(emb), "--out", str(out), *extra])
 
 
-@pytest.fixture
-def data(mini_data: Path, tmp_path: Path) -> Path:
-    """A private copy of the embedded dataset."""
-    return Path(shutil.copytree(mini_data, tmp_path / "data"))
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, session_cache: Path, tiny_rn,
             mini_data: Path) -> tuple[Path, Path]:

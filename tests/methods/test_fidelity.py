@@ -20,11 +20,6 @@ from refcocog_tools.proposals.proposers import GroundTruthProposer
 
 
 @pytest.fixture(scope="module")
-def test_split(mini_data) -> RefCOCOg:
-    return RefCOCOg(mini_data, "test")
-
-
-@pytest.fixture(scope="module")
 def train_expressions(mini_data) -> list[str]:
     return RefCOCOg(mini_data, "train").sentences()
 

@@ -36,11 +36,6 @@ def plant_hostile(path: Path, marker: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def marker(tmp_path: Path) -> Path:
-    return tmp_path / "PWNED"
-
-
 def test_the_planted_payload_is_live(tmp_path: Path, marker: Path) -> None:
     """Control: the file really runs its payload when loaded without weights_only."""
     path = plant_hostile(tmp_path / "evil.pt", marker)

@@ -27,7 +27,7 @@ from refcocog_tools.report.chapter_files import (
     toc_chapters,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = toc_chapters(ROOT)
 
 
@@ -184,7 +184,7 @@ def test_reproduce_path_runs_a_real_chapter_with_parameters(tmp_path: Path, mini
     would pass for RefCOCOg, here pointed at a generated dataset and the tiny models."""
     import json
 
-    source = Path(__file__).resolve().parents[1] / "notebooks" / "02_baseline.py"
+    source = ROOT / "notebooks" / "02_baseline.py"
     root = _toy_book(tmp_path, "")
     (root / "notebooks" / "99_toy.py").write_text(source.read_text())
     code = book_command.main(["build", "--root", str(root), "--no-book",

@@ -148,9 +148,6 @@ def images_of_mini(mini_data):
 # ----------------------------------------------------------------------------------------------
 # Archives that would run code, or are not archives at all
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def marker(tmp_path: Path) -> Path:
-    return tmp_path / "PWNED"
 
 
 def plant_torchscript(path: Path, marker: Path) -> Path:

@@ -27,14 +27,8 @@ from refcocog_tools.models.yolo_models import yolo_checksum
 
 
 @pytest.fixture(scope="session")
-def cache(session_cache):
-    # conftest's per-session cache: the embedded models are generated once for the whole run.
-    return session_cache
-
-
-@pytest.fixture(scope="session")
-def tiny(cache) -> dict[str, ClipBackbone]:
-    return {b.name: b for b in load_clips(",".join(EMBEDDED_CLIPS), cache=cache)}
+def tiny(session_cache) -> dict[str, ClipBackbone]:
+    return {b.name: b for b in load_clips(",".join(EMBEDDED_CLIPS), cache=session_cache)}
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +92,7 @@ print(json.dumps(sums))
 """
 
 
-def test_generation_does_not_depend_on_cpu_kernels(tiny, cache, tmp_path):
+def test_generation_does_not_depend_on_cpu_kernels(tiny, session_cache, tmp_path):
     """PyTorch's generic kernels and two threads give the same files as this process.
 
     ``ATEN_CPU_CAPABILITY=default`` changes the last bits of float32 results the way another
@@ -110,7 +104,7 @@ def test_generation_does_not_depend_on_cpu_kernels(tiny, cache, tmp_path):
                           capture_output=True, text=True, check=True, timeout=300)
     generic = json.loads(done.stdout.strip().splitlines()[-1])
     here = {name: tiny[name].checksum for name in EMBEDDED_CLIPS}
-    here[EMBEDDED_YOLO] = yolo_checksum(EMBEDDED_YOLO, cache=cache)
+    here[EMBEDDED_YOLO] = yolo_checksum(EMBEDDED_YOLO, cache=session_cache)
     assert generic == here
 
 
@@ -251,8 +245,8 @@ def test_bad_specs(tmp_path):
         load_clips(" , ")
 
 
-def test_load_clips_keeps_order(cache):
-    backbones = load_clips(["tiny-vit", "tiny-rn"], cache=cache)
+def test_load_clips_keeps_order(session_cache):
+    backbones = load_clips(["tiny-vit", "tiny-rn"], cache=session_cache)
     assert [b.name for b in backbones] == ["tiny-vit", "tiny-rn"]
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import shutil
 import struct
 import time
 import zlib
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from annotation_files import read_instances, read_refs, write_instances, write_refs
 from PIL import Image
 
 from refcocog_tools.cli.main import main as cli_main
@@ -24,32 +23,10 @@ from refcocog_tools.data.annotations import INSTANCES_FILE, DatasetError
 from refcocog_tools.data.dataset import REFS_FILE, RefCOCOg, validate
 
 
-@pytest.fixture
-def data(mini_data: Path, tmp_path: Path) -> Path:
-    """A private copy of the embedded dataset that a test may damage."""
-    return Path(shutil.copytree(mini_data, tmp_path / "data"))
-
-
-def _instances(root: Path) -> dict:
-    return json.loads((root / "annotations" / INSTANCES_FILE).read_text())
-
-
-def _write_instances(root: Path, data: dict) -> None:
-    (root / "annotations" / INSTANCES_FILE).write_text(json.dumps(data))
-
-
-def _refs(root: Path) -> list[dict]:
-    return pickle.loads((root / "annotations" / REFS_FILE).read_bytes())
-
-
-def _write_refs(root: Path, refs: list[dict]) -> None:
-    (root / "annotations" / REFS_FILE).write_bytes(pickle.dumps(refs, protocol=2))
-
-
 def _test_image(root: Path) -> tuple[dict, Path]:
     """The instances.json record and path of the first image of the test split."""
     image_id = next(r.image_id for r in RefCOCOg(root, "test").records)
-    record = next(im for im in _instances(root)["images"] if im["id"] == image_id)
+    record = next(im for im in read_instances(root)["images"] if im["id"] == image_id)
     return record, root / "images" / record["file_name"]
 
 
@@ -88,10 +65,10 @@ def test_image_size_differing_from_instances_is_refused(data, tmp_path, isolated
 
 
 def test_duplicate_image_and_annotation_ids_are_reported(data) -> None:
-    instances = _instances(data)
+    instances = read_instances(data)
     instances["images"].append({**instances["images"][1], "id": instances["images"][0]["id"]})
     instances["annotations"].append(dict(instances["annotations"][0]))
-    _write_instances(data, instances)
+    write_instances(data, instances)
     problems = validate(data, check_images=False)
     n_images, n_anns = len(instances["images"]) - 1, len(instances["annotations"]) - 1
     assert any(f"images[{n_images}]: field 'id'" in p and "duplicates images[0]" in p
@@ -104,9 +81,9 @@ def test_duplicate_image_and_annotation_ids_are_reported(data) -> None:
 
 @pytest.mark.parametrize("file_name", ["/etc/hostname", "../outside.jpg", "a/../../b.jpg"])
 def test_file_name_outside_the_root_is_refused(data, file_name) -> None:
-    instances = _instances(data)
+    instances = read_instances(data)
     instances["images"][0]["file_name"] = file_name
-    _write_instances(data, instances)
+    write_instances(data, instances)
     problems = validate(data, check_images=False)
     assert any("images[0]: field 'file_name'" in p and "outside" in p for p in problems)
 
@@ -127,20 +104,20 @@ def _png_claiming_size(path: Path, width: int, height: int) -> None:
 
 
 def test_broken_images_and_records_are_all_listed(data, monkeypatch) -> None:
-    images = _instances(data)["images"]
+    images = read_instances(data)["images"]
     bomb = data / "images" / images[0]["file_name"]
     _png_claiming_size(bomb, 30000, 30000)
     truncated = data / "images" / images[1]["file_name"]
     whole = truncated.read_bytes()
     truncated.write_bytes(whole[:len(whole) * 2 // 3])  # Image.verify() passes this one
-    instances = _instances(data)
+    instances = read_instances(data)
     instances["images"].append(7)
-    _write_instances(data, instances)
-    refs = _refs(data)
+    write_instances(data, instances)
+    refs = read_refs(data)
     other_image = next(a for a in instances["annotations"] if a["image_id"] != refs[0]["image_id"])
     refs[0]["ann_id"] = other_image["id"]
     refs[1]["sentences"][0]["sent_id"] = "seven"
-    _write_refs(data, refs)
+    write_refs(data, refs)
     problems = validate(data)
     text = "\n".join(problems)
     assert f"{bomb}: image unreadable" in text and "decompression bomb" in text
@@ -245,11 +222,11 @@ def test_cache_problems_are_found_before_the_run(tmp_path, mini_data, isolated_c
 
 
 def test_empty_split_is_a_clear_error(data, tmp_path, isolated_cache, capsys) -> None:
-    refs = _refs(data)
+    refs = read_refs(data)
     for ref in refs:
         if ref["split"] == "test":
             ref["split"] = "train"
-    _write_refs(data, refs)
+    write_refs(data, refs)
     assert _evaluate(data, tmp_path / "r.json") == 2
     assert "the test split has no expressions" in capsys.readouterr().err
     assert cli_main(["train-regressor", "--data-root", str(data), "--epochs", "1",
@@ -355,7 +332,7 @@ def _sanitize(text: str) -> str:
 
     from nbval.plugin import get_sanitize_patterns
 
-    config = Path(__file__).with_name("nbval_sanitize.cfg").read_text()
+    config = (Path(__file__).parents[1] / "nbval_sanitize.cfg").read_text()
     for regex, replace in get_sanitize_patterns(config):
         text = re.sub(regex, replace, text)
     return text

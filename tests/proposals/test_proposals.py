@@ -29,12 +29,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> RefCOCOg:
     return RefCOCOg(root, split="train", view="ref")
 
 
-@pytest.fixture(scope="session")
-def cache(session_cache):
-    # conftest's per-session cache: the embedded models are generated once for the whole run.
-    return session_cache
-
-
 def _without_instances(item: RefItem) -> RefItem:
     record = dataclasses.replace(item.record, instances=())
     return RefItem(record, item.sentences, item.sent_ids)
@@ -85,18 +79,18 @@ def test_missing_yolo_name_fails_fast(tmp_path):
         make_proposer(str(tmp_path / "nowhere" / "best.pt"))
 
 
-def test_tiny_yolo_offline_quiet_and_contract(dataset, cache, capfd, monkeypatch, tmp_path):
+def test_tiny_yolo_offline_quiet_and_contract(dataset, session_cache, capfd, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # anything Ultralytics might write relative to the cwd lands here
     def no_network(*args, **kwargs):
         raise AssertionError("network access attempted")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    proposer = make_proposer("yolo", cache=cache, max_det=5)
+    proposer = make_proposer("yolo", cache=session_cache, max_det=5)
     assert isinstance(proposer, YoloProposer)
     assert proposer.name == EMBEDDED_YOLO and proposer.untrained is True
     assert yolo_untrained(proposer.model)
-    checkpoint = cache / "yolo" / f"{EMBEDDED_YOLO}.pt"
+    checkpoint = session_cache / "yolo" / f"{EMBEDDED_YOLO}.pt"
     assert proposer.checksum == sha256_file(checkpoint)
     assert proposer.names[0] == "person" and len(proposer.names) == 80
     config = proposer.config()
@@ -127,7 +121,7 @@ def test_tiny_yolo_offline_quiet_and_contract(dataset, cache, capfd, monkeypatch
             assert (props.scores >= 0.25).all()
             assert all(label in proposer.names.values() for label in props.labels)
     captured = capfd.readouterr()
-    assert str(cache) not in captured.out + captured.err
+    assert str(session_cache) not in captured.out + captured.err
     assert not (tmp_path / "runs").exists()
 
     # Detections (which the untrained model does not produce) are converted without a second

@@ -18,7 +18,7 @@ from refcocog_tools.report.chapter_files import (
     toc_chapters,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = toc_chapters(ROOT)
 # A misspelt name, and a value of the wrong type for a parameter every chapter declares.
 BAD_PARAMETERS = {"limt": ({"limt": 5}, "limt"), "limit ten": ({"limit": "ten"}, "limit")}
