@@ -8,7 +8,7 @@ Every number in these sentences and tables is read from a results document or fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -31,18 +31,26 @@ from refcocog_tools.report.reported import SCOPES, reported_rows
 INTERVAL_NOTE = "mean IoU and accuracy with 95% intervals (bootstrap over images)"
 
 
-def compare_documents(document_a: Mapping[str, Any],
-                      document_b: Mapping[str, Any]) -> Comparison:
+Row = Mapping[str, Any]
+
+
+def compare_documents(document_a: Mapping[str, Any], document_b: Mapping[str, Any],
+                      subset: Callable[[Row], bool] | None = None) -> Comparison:
     """Method A's results document against method B's on the same expressions (paired
-    differences A - B with image-bootstrap intervals, McNemar's exact test)."""
-    return compare(document_a["predictions"], document_b["predictions"])
+    differences A - B with image-bootstrap intervals, McNemar's exact test); ``subset`` keeps
+    the prediction rows it accepts (e.g. the spatial expressions)."""
+    def kept(document: Mapping[str, Any]) -> list[Row]:
+        return [row for row in document["predictions"] if subset is None or subset(row)]
+
+    return compare(kept(document_a), kept(document_b))
 
 
 def comparison_answer(name_a: str, document_a: Mapping[str, Any], name_b: str,
-                      document_b: Mapping[str, Any], metric: str = "accuracy") -> str:
-    """The verdict sentence of A against B, e.g. "baseline beats floor: largest on
+                      document_b: Mapping[str, Any], metric: str = "accuracy",
+                      subset: Callable[[Row], bool] | None = None) -> str:
+    """The verdict sentence of A against B, e.g. "the baseline beats the largest floor on
     accuracy@0.5: +0.12 [+0.05, +0.20], McNemar p = 0.003 (n = 43 expressions, 8 images)."."""
-    found = compare_documents(document_a, document_b)
+    found = compare_documents(document_a, document_b, subset)
     return comparison_sentence(name_a, name_b, found, metric=metric) + "."
 
 
