@@ -157,7 +157,7 @@ def evaluate_toy_regressors(
     ``train_options`` says otherwise; the best validation epoch is evaluated."""
     from refcocog_tools.engine.results import clip_provenance
     from refcocog_tools.methods.regressor.data import split_data
-    from refcocog_tools.methods.regressor.method import results_on_split
+    from refcocog_tools.engine.regressor_results import results_on_split
     from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
     from refcocog_tools.models.backbones import load_clips
 
