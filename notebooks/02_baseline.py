@@ -119,7 +119,6 @@ by_spatial = spatial_table({"baseline": runs["baseline"],
                             **{f"floor: {n}": runs[n] for n in ("random", "largest", "center")}})
 chart = by_spatial.assign(method=by_spatial["method"] + ", " + by_spatial["expressions"])
 glue_figure("fig-baseline-spatial", metric_bar_chart(chart, ("miou", "accuracy")))
-show_table(by_spatial, f"{table_source([runs['baseline']])}.")
 spatial = runs["baseline"]["metrics"]["by_spatial"]
 glue("spatial_n", spatial["spatial"]["n"])
 glue("non_spatial_n", spatial["non_spatial"]["n"])
@@ -127,6 +126,7 @@ glue("spatial_miou", spatial["spatial"]["miou"] or 0.0)
 glue("non_spatial_miou", spatial["non_spatial"]["miou"] or 0.0)
 glue("spatial_direction", "lower" if (spatial["spatial"]["miou"] or 0.0)
      < (spatial["non_spatial"]["miou"] or 0.0) else "not lower")
+show_table(by_spatial, f"{table_source([runs['baseline']])}.")
 
 # %% [markdown]
 # ```{glue:figure} fig-baseline-spatial

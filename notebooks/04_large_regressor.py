@@ -73,9 +73,6 @@ chapter.note
 reported = reported_results()
 reported = reported[(reported["key"] == "large_regressor") & (reported["metric"] == "miou")]
 study = dict(zip(reported["split"], reported["value"], strict=True))
-show_table(regressor_runs.loss_runs_table(runs, study),
-           f"The large regressor ({clip} in this build). {reported_caption(['large_regressor'])}; "
-           f"{answers.method_caption({k: r.test for k, r in runs.items()})}")
 for (loss, unit), run in runs.items():
     glue(f"large_{loss}_{unit}_best_epoch", run.result.best_epoch)
     glue(f"large_{loss}_{unit}_test_miou", run.test["metrics"]["miou"])
@@ -95,6 +92,9 @@ glue_verdict(
     f"With pixel targets, {mix_vs_mse} With the MSE loss, {normalised_vs_pixels}",
     "The study reported, for its " + answers.study_report("large_regressor")
     + " Its prose says MSE alone did better than the mix.")
+show_table(regressor_runs.loss_runs_table(runs, study),
+           f"The large regressor ({clip} in this build). {reported_caption(['large_regressor'])}; "
+           f"{answers.method_caption({k: r.test for k, r in runs.items()})}")
 
 # %% [markdown]
 # Paired on the same test expressions, with pixel targets: {glue:text}`mix_vs_mse` With the

@@ -84,8 +84,6 @@ with_word = resolution[resolution["position_word"]]
 glue("resolved_share", float(with_word["correct"].mean()) if len(with_word) else 0.0)
 glue("position_word_share", float(resolution["position_word"].mean()))
 summary.index = summary.index.map({False: "no", True: "yes"}).rename("position word")
-show_table(summary, "What the graph alone answers, by whether the expression holds a position "
-           "word it reads (shares of the expressions).")
 # The verdict box at the top; the interval resamples images (95%, bootstrap).
 resolved = intervals([{"iou": float(r["correct"]), "image_id": r["image_id"]}
                       for r in with_word.to_dict("records")])
@@ -99,6 +97,8 @@ glue_verdict(
     + " the graph alone, on ground-truth boxes and labels, returns the referred object.",
     "The study built the graph (an m x m adjacency matrix of the four relations over the "
     "proposals) and reported no number: its graph network was never trained.")
+show_table(summary, "What the graph alone answers, by whether the expression holds a position "
+           "word it reads (shares of the expressions).")
 
 # %% [markdown]
 # On this run's expressions of the evaluated split, {glue:text}`position_word_share:.1%`

@@ -338,9 +338,12 @@ def metric_bar_chart(table: pd.DataFrame, metrics: Sequence[str] = ("miou", "acc
                                                                                    strict=True)]]
         bars = ax.barh(offsets, values.fillna(0), height=step, label=name, color=f"C{k}",
                        xerr=errors, error_kw={"ecolor": "0.25", "capsize": 2, "linewidth": 1})
-        for bar, value in zip(bars, values, strict=True):
+        # Each value is written past its bar and its error bar, so neither hides it.
+        ends = values.fillna(0).tolist() if errors is None else [
+            v + high for v, high in zip(values.fillna(0), errors[1], strict=True)]
+        for bar, value, end in zip(bars, values, ends, strict=True):
             if not pd.isna(value):
-                ax.text(min(bar.get_width(), 1.0) + 0.01, bar.get_y() + bar.get_height() / 2,
+                ax.text(min(end, 1.0) + 0.01, bar.get_y() + bar.get_height() / 2,
                         f"{value:.3f}", va="center", fontsize=8)
         if reference and metric in reference:
             ax.axvline(reference[metric], color=f"C{k}", linestyle=":", linewidth=1)
