@@ -119,8 +119,8 @@ glue_verdict(
     f"{sentences['color-overlay']}",
     "The study reported, for its " + answers.study_report("colour_background",
                                                           split="not stated")
-    + " Against its baseline's " + answers.study_report("baseline", metrics=("miou",),
-                                                        split="not stated"))
+    + " Its baseline: " + answers.study_report("baseline", metrics=("miou",),
+                                               split="not stated"))
 
 # %% [markdown]
 # The study reported about {glue:text}`reported_colour_miou` mean IoU for the colour-coded

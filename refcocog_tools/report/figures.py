@@ -216,9 +216,11 @@ def _is_interval(value: Any) -> bool:
         isinstance(value, Mapping) and {"estimate", "low", "high"} <= set(value))
 
 
-def _formatted(frame: pd.DataFrame) -> pd.DataFrame:
+def _formatted(frame: pd.DataFrame, html: bool = False) -> pd.DataFrame:
     """Every cell as the text a reader sees, under readable column headers. An interval cell
-    (``engine.uncertainty.Interval``) reads ``0.698 [0.55, 0.83]``."""
+    (``engine.uncertainty.Interval``) reads ``0.698 [0.55, 0.83]``; in ``html`` its spaces do
+    not break, so a narrow column wraps its words, never an estimate apart from its bounds."""
+    space = "\u00a0" if html else " "
     shown = {}
     for name in frame.columns:
         column = frame[name]
@@ -227,7 +229,7 @@ def _formatted(frame: pd.DataFrame) -> pd.DataFrame:
         elif pd.api.types.is_float_dtype(column):
             text = [MISSING if pd.isna(v) else f"{v:.{DECIMALS}f}" for v in column]
         else:
-            text = [format_interval(v, DECIMALS) if _is_interval(v)
+            text = [format_interval(v, DECIMALS).replace(" ", space) if _is_interval(v)
                     else f"{v:.{DECIMALS}f}" if isinstance(v, float) and not pd.isna(v)
                     else MISSING if v is None or v is pd.NA or (isinstance(v, float)
                                                                 and pd.isna(v))
@@ -250,7 +252,7 @@ class Table:
     def _repr_html_(self) -> str:
         import html
 
-        body = _formatted(self.frame).to_html(index=False, escape=True, border=0,
+        body = _formatted(self.frame, html=True).to_html(index=False, escape=True, border=0,
                                               classes="dataframe refcocog-table")
         caption = f"<caption>{html.escape(self.caption)}</caption>"
         return body.replace(">\n", f">\n{caption}\n", 1) if self.caption else body
