@@ -11,34 +11,9 @@
 # %% [markdown]
 # # The baseline: crop and match
 #
-# The simplest way to ground an expression with CLIP needs no training at all. A detector
-# proposes candidate boxes; each candidate is cut out of the image and embedded by CLIP's image
-# encoder; the expression is embedded by the text encoder; the candidate whose crop is closest
-# to the expression (cosine similarity) is the answer. Every other method of this report is
-# measured against this one.
-#
-# This chapter evaluates the baseline on a split, sets it beside the number the original study
-# reported, splits the result by whether the expression talks about position, shows a few
-# predictions, and adds three *floors*: methods that look at no pixel and no word (a random
-# proposal, the largest one, the one nearest the centre). A method that does not beat them has
-# learned nothing from CLIP.
-#
-# ````{tip}
-# **Running this chapter on real data** (RefCOCOg, umd split):
-#
-# ```bash
-# OMP_NUM_THREADS=1 papermill \
-#     notebooks/02_baseline.ipynb out.ipynb \
-#     -p data_root /data/refcocog \
-#     -p clip RN50x16 -p proposals yolov8s \
-#     -p device cuda
-# papermill --help-notebook notebooks/02_baseline.ipynb
-# make book CHAPTERS=02_baseline
+# ```{glue:md} verdict
+# :format: myst
 # ```
-#
-# ```{include} ../_real_data.md
-# ```
-# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
@@ -57,100 +32,78 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 import random
 
 from refcocog_tools.engine.evaluate import evaluate, group_by_image
-from refcocog_tools.engine.results import honesty_text, reading_note
 from refcocog_tools.methods.registry import make_method
-from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report import chapter_answers as answers
+from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figures import (
-    comparison_table,
     metric_bar_chart,
     prediction_grid,
-    results_table,
     show_table,
     spatial_table,
     table_source,
 )
-from refcocog_tools.report.reported import reported_value
 
 chapter = open_chapter(globals())
-root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
-                                      chapter.proposer)
-baseline = evaluate(dataset, make_method("baseline", backbones), proposer, backbones, limit=limit)
-chapter.save_results("baseline", baseline)
+dataset, backbones, proposer = chapter.dataset, chapter.backbones, chapter.proposer
+runs = {name: evaluate(dataset, make_method(name, backbones, seed=seed), proposer, backbones,
+                       limit=limit) for name in ("baseline", "random", "largest", "center")}
+for name, document in runs.items():
+    chapter.save_results(name, document)
 chapter.note
 
 # %% [markdown]
-# ## Baseline against the study
+# ## The baseline against the floors
 #
-# The first row is the study's baseline as it reported it (RN50x16 backbone, torch-hub YOLOv5s
-# proposals; its table states no split or sample count, and the only printed outputs of its cell
-# are batch-0 numbers, quoted in the reported table under `baseline_batch0`); the second is what
-# this build computed with the parameters of this run. The `numbers` column says which is which,
-# and this run's numbers carry its label, *{glue:text}`baseline_label`*: unless the box at the
-# top of the page says this build ran on RefCOCOg with pretrained weights, the two rows are not
-# comparable.
-
-# %% tags=["hide-input"]
-show_table(*comparison_table(["baseline"], {"baseline (crop and match)": baseline}))
+# A *floor* is a method that looks at no pixel and no word: a random proposal, the largest
+# one, the one nearest the centre. A baseline that cannot clear them has learnt nothing usable
+# from CLIP. With ground-truth proposals every candidate is a real object, so the floors are
+# far higher than with a detector's proposals. {numref}`fig-baseline-floors` draws the table.
 
 # %% tags=["remove-input"]
-metrics = baseline["metrics"]
-glue("baseline_miou", metrics["miou"])
-glue("baseline_accuracy", metrics["accuracy"])
-glue("baseline_n", metrics["n"])
-glue("baseline_label", honesty_text(baseline["provenance"]))
-glue("baseline_reading", reading_note(baseline["provenance"]))
-glue("reported_miou", reported_value("baseline", "miou"))
-glue("reported_accuracy", reported_value("baseline", "accuracy"))
-glue("reported_cosine", reported_value("baseline", "cosine"))
-
-# %% [markdown]
-# The study's results table gives a mean IoU of {glue:text}`reported_miou:.3f`, an accuracy of
-# {glue:text}`reported_accuracy:.3f` and a crop cosine similarity of
-# {glue:text}`reported_cosine:.3f` for its baseline, without saying which split or how many
-# expressions it covers. This run computed a mean IoU of {glue:text}`baseline_miou:.3f` and an
-# accuracy of {glue:text}`baseline_accuracy:.3f` over {glue:text}`baseline_n` expressions,
-# under the configuration in the box at the top of the page.
-#
-# ## Floors
-#
-# What the proposals are worth on their own: each floor ignores the expression. With
-# ground-truth proposals every candidate is a real object, so the floors are far higher than
-# with a detector's proposals. A baseline that cannot clear them has learnt nothing usable from
-# CLIP; whether it does depends on the weights in the box at the top, not on the code.
-# {numref}`fig-baseline-floors` compares them.
-
-# %% tags=["hide-input"]
-floors = {name: evaluate(dataset, make_method(name, backbones, seed=seed), proposer, backbones,
-                         limit=limit)
-          for name in ("random", "largest", "center")}
-for name, doc in floors.items():
-    chapter.save_results(name, doc)
-with_floors = results_table({"baseline (crop and match)": baseline,
-                             **{f"floor: {name}": doc for name, doc in floors.items()}})
-fig = metric_bar_chart(with_floors, ("miou", "accuracy"),
-                       title="baseline and floors (this build; see the box above)")
-glue_figure("fig-baseline-floors", fig)
-show_table(with_floors, f"{table_source([baseline, *floors.values()])}.")
-best_floor = max(floors, key=lambda name: floors[name]["metrics"]["accuracy"])
-glue("best_floor", best_floor)
-glue("best_floor_accuracy", floors[best_floor]["metrics"]["accuracy"])
-glue("baseline_vs_floors", "above" if metrics["accuracy"] > floors[best_floor]["metrics"]
-     ["accuracy"] else "not above")
+labelled = {"baseline (crop and match)": runs["baseline"],
+            **{f"floor: {name}": runs[name] for name in ("random", "largest", "center")}}
+table = answers.method_table(labelled)
+chart = table.assign(miou=[c.estimate for c in table["miou"]],
+                     accuracy=[c.estimate for c in table["accuracy"]])
+glue_figure("fig-baseline-floors", metric_bar_chart(
+    chart, ("miou", "accuracy"), intervals=answers.chart_intervals(labelled)))
+show_table(table, answers.method_caption(labelled))
 
 # %% [markdown]
 # ```{glue:figure} fig-baseline-floors
 # ---
 # name: fig-baseline-floors
 # alt: >-
-#   Horizontal bars of mean IoU and accuracy for the baseline and the three floors.
+#   Horizontal bars, one per method, of the baseline and the three floors, each with its
+#   value and a 95% interval as an error bar.
 # ---
-# Mean IoU and accuracy of the baseline and of the three floors that ignore the expression (this
-# build, configuration in the box at the top).
+# The baseline and the three floors that ignore the expression, with 95% intervals.
 # ```
+
+# %% tags=["remove-input"]
+best_floor = max(("random", "largest", "center"),
+                 key=lambda name: runs[name]["metrics"]["accuracy"])
+glue("best_floor", best_floor)
+against_floor = answers.comparison_answer("the baseline", runs["baseline"],
+                                          f"the {best_floor} floor", runs[best_floor])
+glue("baseline_vs_floor", against_floor)
+
+# %% [markdown]
+# Against the best floor (*{glue:text}`best_floor`*), paired on the same expressions:
+# {glue:text}`baseline_vs_floor` The interval is over images, since the expressions of one
+# image share its picture and its proposals; McNemar's test counts the expressions one method
+# gets right and the other wrong.
 #
-# In this run the baseline's accuracy, {glue:text}`baseline_accuracy:.3f`, is
-# {glue:text}`baseline_vs_floors` that of the best floor (*{glue:text}`best_floor`*,
-# {glue:text}`best_floor_accuracy:.3f`). {glue:text}`baseline_reading`
+# ## The baseline against the study
+#
+# The study's row is its baseline as it reported it (RN50x16, torch-hub YOLOv5s proposals; its
+# table states no split or sample count; the only printed outputs of its cell are batch-0
+# numbers, quoted in the reported table under `baseline_batch0`). The two rows are comparable
+# only when the box at the top says this build ran on RefCOCOg with pretrained weights.
+
+# %% tags=["remove-input"]
+show_table(*answers.study_and_build_table(["baseline"],
+                                          {"baseline (crop and match)": runs["baseline"]}))
 
 # %% [markdown]
 # ## Spatial and non-spatial expressions
@@ -158,59 +111,51 @@ glue("baseline_vs_floors", "above" if metrics["accuracy"] > floors[best_floor]["
 # The study's central observation about the baseline is that a crop has lost its place in the
 # image: two identical objects give nearly identical crops, so "the one on the left" cannot
 # be told from "the one on the right". If that is the weakness, the baseline should do worse
-# on expressions that mention a position (`refcocog_tools.data.language.is_spatial`) than on the
-# others. The table and chart split this run's result that way (numbers from this build only).
-# {numref}`fig-baseline-spatial` shows the split.
-
-# %% tags=["hide-input"]
-by_spatial = spatial_table({"baseline": baseline, **{f"floor: {n}": d for n, d in floors.items()}})
-chart = by_spatial.assign(method=by_spatial["method"] + ", " + by_spatial["expressions"])
-fig = metric_bar_chart(chart, ("miou", "accuracy"),
-                       title="spatial vs non-spatial expressions (this build)")
-glue_figure("fig-baseline-spatial", fig)
-show_table(by_spatial, f"{table_source([baseline])}.")
-
-# %% [markdown]
-# ```{glue:figure} fig-baseline-spatial
-# ---
-# name: fig-baseline-spatial
-# alt: >-
-#   Horizontal bars of mean IoU and accuracy on spatial and non-spatial expressions, for the
-#   baseline and each floor.
-# ---
-# The baseline and the floors on spatial and on non-spatial expressions (this build).
-# ```
+# on expressions that mention a position (`refcocog_tools.data.language.is_spatial`) than on
+# the others. {numref}`fig-baseline-spatial` splits this build's result that way.
 
 # %% tags=["remove-input"]
-spatial = metrics["by_spatial"]
+by_spatial = spatial_table({"baseline": runs["baseline"],
+                            **{f"floor: {n}": runs[n] for n in ("random", "largest", "center")}})
+chart = by_spatial.assign(method=by_spatial["method"] + ", " + by_spatial["expressions"])
+glue_figure("fig-baseline-spatial", metric_bar_chart(chart, ("miou", "accuracy")))
+spatial = runs["baseline"]["metrics"]["by_spatial"]
 glue("spatial_n", spatial["spatial"]["n"])
 glue("non_spatial_n", spatial["non_spatial"]["n"])
 glue("spatial_miou", spatial["spatial"]["miou"] or 0.0)
 glue("non_spatial_miou", spatial["non_spatial"]["miou"] or 0.0)
 glue("spatial_direction", "lower" if (spatial["spatial"]["miou"] or 0.0)
      < (spatial["non_spatial"]["miou"] or 0.0) else "not lower")
+show_table(by_spatial, f"{table_source([runs['baseline']])}.")
 
 # %% [markdown]
+# ```{glue:figure} fig-baseline-spatial
+# ---
+# name: fig-baseline-spatial
+# alt: >-
+#   Horizontal bars for the baseline and each floor, once on spatial and once on non-spatial
+#   expressions.
+# ---
+# The baseline and the floors on spatial and on non-spatial expressions.
+# ```
+#
 # In this run {glue:text}`spatial_n` expressions are spatial and {glue:text}`non_spatial_n`
 # are not; the baseline's mean IoU is {glue:text}`spatial_miou:.3f` on the former and
 # {glue:text}`non_spatial_miou:.3f` on the latter: {glue:text}`spatial_direction` on the
-# expressions that need position. A crop that has lost its place should make it lower, but the
-# two groups of a split of a few dozen expressions also differ in other ways (categories,
-# colours, how many look-alikes an image holds), so one run cannot prove the cause, and with
-# untrained weights any gap is chance. The study made its observation by inspecting pretrained-model
-# outputs on RefCOCOg.
+# expressions that need position. The two groups also differ in other ways (categories,
+# colours, how many look-alikes an image holds), so one run cannot prove the cause. The study
+# made its observation by inspecting pretrained-model outputs on RefCOCOg.
 #
 # ## Predictions
 #
 # A few expressions with the ground-truth box (green, solid) and the baseline's prediction
 # (red, dashed); the title is the expression and the IoU of the prediction. The expressions
-# are a random sample (the `seed` parameter), not a selection of successes or failures, and the
-# model that chose the boxes is the one named in the box at the top of the page.
-# {numref}`fig-baseline-predictions` shows some.
+# are a random sample (the `seed` parameter), not a selection of successes or failures.
+# {numref}`fig-baseline-predictions` shows them.
 
 # %% tags=["remove-input"]
 images = {items[0].image_id: items[0].image for items in group_by_image(dataset, limit)}
-rows = baseline["predictions"]
+rows = runs["baseline"]["predictions"]
 shown = random.Random(seed).sample(rows, k=min(n_examples, len(rows)))
 glue_figure("fig-baseline-predictions", prediction_grid(images, shown))
 
@@ -223,5 +168,39 @@ glue_figure("fig-baseline-predictions", prediction_grid(images, shown))
 #   expression and the IoU.
 # ---
 # Predictions of the baseline: ground truth in green, prediction dashed in red, with the
-# expression and the IoU above each image (this build).
+# expression and the IoU above each image.
 # ```
+
+# %% tags=["remove-input"]
+glue_verdict(
+    "Does matching crops of the proposals with CLIP pick the referred object more often than "
+    "a rule that ignores the expression?",
+    against_floor[0].upper() + against_floor[1:],
+    "The study reported, for its " + answers.study_report("baseline", split="not stated")
+    + " It reported no floor.")
+
+# %% [markdown]
+# ## Background
+#
+# The simplest way to ground an expression with CLIP needs no training at all. A detector
+# proposes candidate boxes; each candidate is cut out of the image and embedded by CLIP's image
+# encoder; the expression is embedded by the text encoder; the candidate whose crop is closest
+# to the expression (cosine similarity) is the answer. Every other method of this report is
+# measured against this one.
+#
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/02_baseline.ipynb out.ipynb \
+#     -p data_root /data/refcocog \
+#     -p clip RN50x16 -p proposals yolov8s \
+#     -p device cuda
+# papermill --help-notebook notebooks/02_baseline.ipynb
+# make book CHAPTERS=02_baseline
+# ```
+#
+# ```{include} ../_real_data.md
+# ```
+# ````

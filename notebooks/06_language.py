@@ -11,31 +11,9 @@
 # %% [markdown]
 # # The language of referring expressions
 #
-# The original study proposed to read the expression before looking at the image: parse it
-# into noun phrases and the relations between them, match each noun phrase to an object
-# proposal, and let the relations decide between candidates. It did not implement the idea and
-# named two obstacles: objects that differ only by position cannot be told apart once cropped,
-# and the expressions are seldom complete sentences, which trips up off-the-shelf parsers.
-#
-# This chapter measures what such a parser would face on the data of this run: how many
-# expressions depend on position, how long they are, what their head nouns and relation
-# phrases are, and which words they use. It uses `refcocog_tools.data.language`, a small rule-based
-# reader that needs no model: good enough for statistics, not a parser to ground with.
-#
-# ````{tip}
-# **Running this chapter on real data** (RefCOCOg, umd split):
-#
-# ```bash
-# OMP_NUM_THREADS=1 papermill \
-#     notebooks/06_language.ipynb out.ipynb \
-#     -p data_root /data/refcocog
-# papermill --help-notebook notebooks/06_language.ipynb
-# make book CHAPTERS=06_language
+# ```{glue:md} verdict
+# :format: myst
 # ```
-#
-# ```{include} ../_real_data.md
-# ```
-# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
@@ -61,7 +39,7 @@ from refcocog_tools.data.language import (
     word_frequencies,
 )
 from refcocog_tools.data.layouts import get_layout
-from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figures import show_table
 
 chapter = open_chapter(globals(), models=())
@@ -84,6 +62,17 @@ glue("evaluated_split", evaluated)
 glue("median_words", float(table["n_words"].median()))
 glue("head_is_category", float(table["head_is_category"].mean()))
 glue("no_relation_share", float((table["n_relations"] == 0).mean()))
+glue_verdict(
+    "What would a parser of the expressions face: how many depend on position, how long are "
+    "they, and how many name a relation?",
+    f"{table['spatial'].mean():.1%} of the {len(table):,} expressions mention a position or a "
+    f"relative size ({test['spatial'].mean() if len(test) else 0.0:.1%} on the {evaluated} "
+    f"split); half have at most {table['n_words'].median():.0f} words, and "
+    f"{(table['n_relations'] == 0).mean():.1%} hold no relation phrase the rule-based reader "
+    "recognises.",
+    "The study reported no numbers for this idea: it proposed parsing the expressions, named "
+    "two obstacles (objects that differ only by position, expressions that are seldom complete "
+    "sentences) and did not implement it.")
 
 # %% [markdown]
 # ## Spatial and non-spatial expressions
@@ -95,20 +84,19 @@ glue("no_relation_share", float((table["n_relations"] == 0).mean()))
 # methods are evaluated on). These are the expressions a
 # crop-and-match method is structurally unable to resolve when the image holds look-alikes.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 spatial = (
     table.groupby("split", sort=False)
     .agg(expressions=("sentence", "size"), spatial=("spatial", "sum"),
          spatial_share=("spatial", "mean"), parsed_spatial_share=("parsed_spatial", "mean"))
 )
-show_table(spatial,
-           "Computed here from this run's data root (see the box at the top).")
+show_table(spatial, "Spatial expressions per split (by the word list, and by the parser).")
 
 # %% [markdown]
 # {numref}`fig-spatial-by-category` shows the share of spatial expressions per category of
 # the referred object.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 by_category = (
     table.groupby("category")
     .agg(expressions=("sentence", "size"), spatial_share=("spatial", "mean"))
@@ -121,7 +109,7 @@ ax.set_ylim(0, 1)
 ax.set_ylabel("share of spatial expressions")
 ax.set_title("spatial expressions per category of the referred object")
 glue_figure("fig-spatial-by-category", fig)
-show_table(by_category, "Computed here from this run's data root (see the box at the top).")
+show_table(by_category, "Spatial expressions per category of the referred object.")
 
 # %% [markdown]
 # ```{glue:figure} fig-spatial-by-category
@@ -130,8 +118,7 @@ show_table(by_category, "Computed here from this run's data root (see the box at
 # alt: >-
 #   Bars of the share of spatial expressions for each category of referred object.
 # ---
-# Share of spatial expressions per category of the referred object (computed here from this run's
-# data root).
+# Share of spatial expressions per category of the referred object.
 # ```
 
 # %% [markdown]
@@ -141,7 +128,7 @@ show_table(by_category, "Computed here from this run's data root (see the box at
 # phrases without a verb are the norm, which is one reason the study expected a
 # general-purpose parser to struggle. {numref}`fig-expression-length` compares the lengths.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 fig, ax = plt.subplots(figsize=(6, 3))
 bins = range(int(table["n_words"].min()), int(table["n_words"].max()) + 2)
 for flag, label in ((False, "non-spatial"), (True, "spatial")):
@@ -152,8 +139,10 @@ ax.set_ylabel("expressions")
 ax.legend()
 ax.set_title("expression length")
 glue_figure("fig-expression-length", fig)
-show_table(table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%", "max"]],
-           "Computed here from this run's data root (see the box at the top).")
+lengths = table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%", "max"]]
+lengths.index = lengths.index.map({False: "non-spatial", True: "spatial"}).rename("expressions")
+show_table(lengths.rename(columns={"count": "n", "50%": "median"}),
+           "Expression length in words.")
 
 # %% [markdown]
 # ```{glue:figure} fig-expression-length
@@ -162,7 +151,7 @@ show_table(table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%
 # alt: >-
 #   Histograms of expression length in words, spatial and non-spatial expressions overlaid.
 # ---
-# Expression length in words, spatial against non-spatial expressions (computed here).
+# Expression length in words, spatial against non-spatial expressions.
 # ```
 
 # %% [markdown]
@@ -172,7 +161,7 @@ show_table(table.groupby("spatial")["n_words"].describe()[["count", "mean", "50%
 # and its last content word as the *head*, then collects each relation phrase ("left of",
 # "next to", "holding", ...) with the words that follow it. A few parses:
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 examples = table.sample(n=min(n_parsed_examples, len(table)), random_state=seed)
 rows = []
 for sentence in examples["sentence"]:
@@ -185,7 +174,7 @@ for sentence in examples["sentence"]:
                                for r in parsed.relations),
         "colours": ", ".join(parsed.colours),
     })
-pd.DataFrame(rows)
+show_table(pd.DataFrame(rows), "A random sample of parsed expressions (the seed parameter).")
 
 # %% [markdown]
 # For {glue:text}`head_is_category:.1%` of the expressions the head word names the referred
@@ -193,9 +182,9 @@ pd.DataFrame(rows)
 # {glue:text}`no_relation_share:.1%` contain no relation phrase at all. The relation phrases
 # found, and whether each is about position:
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 relations = relation_counts(table)
-show_table(relations, "Computed here from this run's data root (see the box at the top).")
+show_table(relations, "Relation phrases found, and whether each is about position.")
 
 # %% [markdown]
 # ## Words
@@ -203,7 +192,7 @@ show_table(relations, "Computed here from this run's data root (see the box at t
 # The most frequent content words (function words removed), over all expressions and split by
 # whether the expression is spatial. {numref}`fig-frequent-words` lists the most frequent ones.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 words = word_frequencies(table["sentence"], top=top_words)
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.barh(words["word"][::-1], words["count"][::-1])
@@ -218,7 +207,7 @@ show_table(pd.concat(
         .reset_index(drop=True),
     },
     axis=1,
-), "Computed here from this run's data root (see the box at the top).")
+), "The most frequent content words of spatial and of non-spatial expressions.")
 
 # %% [markdown]
 # ```{glue:figure} fig-frequent-words
@@ -227,7 +216,7 @@ show_table(pd.concat(
 # alt: >-
 #   Horizontal bars of the most frequent content words of the expressions.
 # ---
-# The most frequent content words of the expressions (computed here).
+# The most frequent content words of the expressions.
 # ```
 
 # %% [markdown]
@@ -240,4 +229,33 @@ show_table(pd.concat(
 # scene graphs of the next chapter encode. On the embedded synthetic dataset all of this is easy
 # by construction: its expressions come from a handful of templates. Real RefCOCOg expressions
 # are longer, freer and often ungrammatical, so the shares above should be recomputed on real
-# data (see the note at the top) before drawing any conclusion.
+# data before drawing any conclusion.
+
+# %% [markdown]
+# ## Background
+#
+# The original study proposed to read the expression before looking at the image: parse it
+# into noun phrases and the relations between them, match each noun phrase to an object
+# proposal, and let the relations decide between candidates. It did not implement the idea and
+# named two obstacles: objects that differ only by position cannot be told apart once cropped,
+# and the expressions are seldom complete sentences, which trips up off-the-shelf parsers.
+#
+# This chapter measured what such a parser would face on the data of this run: how many
+# expressions depend on position, how long they are, what their head nouns and relation
+# phrases are, and which words they use. It uses `refcocog_tools.data.language`, a small rule-based
+# reader that needs no model: good enough for statistics, not a parser to ground with.
+#
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/06_language.ipynb out.ipynb \
+#     -p data_root /data/refcocog
+# papermill --help-notebook notebooks/06_language.ipynb
+# make book CHAPTERS=06_language
+# ```
+#
+# ```{include} ../_real_data.md
+# ```
+# ````

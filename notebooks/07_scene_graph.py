@@ -11,35 +11,9 @@
 # %% [markdown]
 # # Spatial scene graphs
 #
-# The study's fifth idea was to describe the layout of a scene explicitly: one node per object
-# proposal and, for every ordered pair of proposals, an edge that says whether the first lies
-# left of, right of, above or below the second, computed from the box centroids and stored as
-# a number in an m x m adjacency matrix. A graph neural network would then learn to pick the
-# node an expression refers to, given CLIP's embedding of the expression. The study built the
-# graph and stopped there, for lack of compute and because it expected the graph to help only
-# with spatial expressions.
-#
-# This chapter builds the graph with `refcocog_tools.methods.relations.scene_graph` on the
-# ground-truth boxes of
-# an image (so the proposals are perfect and the graph is the only thing under test), draws it
-# over the image and as a heatmap, and checks what the graph can decide on its own, without
-# any learning: for expressions of the form "the *category* on the left / right / at the top /
-# at the bottom", the candidate of that category that lies in that relation to all the others.
-#
-# ````{tip}
-# **Running this chapter on real data** (RefCOCOg, umd split):
-#
-# ```bash
-# OMP_NUM_THREADS=1 papermill \
-#     notebooks/07_scene_graph.ipynb out.ipynb \
-#     -p data_root /data/refcocog
-# papermill --help-notebook notebooks/07_scene_graph.ipynb
-# make book CHAPTERS=07_scene_graph
+# ```{glue:md} verdict
+# :format: myst
 # ```
-#
-# ```{include} ../_real_data.md
-# ```
-# ````
 
 # %% tags=["parameters", "hide-input"]
 data_root: str = ""  # empty: the embedded synthetic dataset (refcocog_tools.data.minidata)
@@ -59,6 +33,7 @@ import pandas as pd
 
 from refcocog_tools.data.language import tokenize
 from refcocog_tools.data.layouts import get_layout
+from refcocog_tools.engine.uncertainty import format_interval, intervals
 from refcocog_tools.methods.relations.scene_graph import (
     EXTREME_WORDS,
     RELATIONS,
@@ -67,7 +42,7 @@ from refcocog_tools.methods.relations.scene_graph import (
     plot_relation_heatmap,
     resolve_by_position,
 )
-from refcocog_tools.report import glue, glue_figure, open_chapter
+from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figures import show_table
 
 chapter = open_chapter(globals(), models=())
@@ -76,13 +51,74 @@ evaluated = get_layout(dataset, split_by or None).default_split  # test, else va
 chapter.note
 
 # %% [markdown]
+# ## What the graph decides on its own
+#
+# Without any learning, the graph can already answer one family of expressions: those naming a
+# category and an extreme position ("the cat on the left", "the bottle at the top"). Take the
+# nodes of the referred object's category (ground-truth labels here), read the first position
+# word of the expression, and return the candidate in that relation to every other candidate.
+# Expressions without such a word, or whose candidates have no extreme (a "middle" object),
+# get no answer: that is where a learned model would have to take over.
+
+# %% tags=["remove-input"]
+test_items = chapter.open_split(evaluated)
+n = len(test_items) if not limit else min(limit, len(test_items))
+rows = []
+for i in range(n):
+    expr = test_items[i]
+    g = build_scene_graph([inst.box for inst in expr.instances], expr.image_size,
+                          [inst.category for inst in expr.instances], margin=margin)
+    truth = next(k for k, inst in enumerate(expr.instances) if inst.ann_id == expr.ann_id)
+    has_word = any(word in EXTREME_WORDS for word in tokenize(expr.sentence))
+    answer = resolve_by_position(g, expr.sentence, expr.category)
+    rows.append({"sentence": expr.sentence, "position_word": has_word, "image_id": expr.image_id,
+                 "answered": answer is not None, "correct": answer == truth})
+resolution = pd.DataFrame(rows)
+summary = (
+    resolution.groupby("position_word")
+    .agg(expressions=("sentence", "size"), answered=("answered", "mean"),
+         correct=("correct", "mean"))
+    .round(3)
+)
+with_word = resolution[resolution["position_word"]]
+glue("resolved_share", float(with_word["correct"].mean()) if len(with_word) else 0.0)
+glue("position_word_share", float(resolution["position_word"].mean()))
+summary.index = summary.index.map({False: "no", True: "yes"}).rename("position word")
+# The verdict box at the top; the interval resamples images (95%, bootstrap).
+resolved = intervals([{"iou": float(r["correct"]), "image_id": r["image_id"]}
+                      for r in with_word.to_dict("records")])
+glue_verdict(
+    "Can the scene graph alone, with no learning, pick the referred object of an expression "
+    "that names its category and an extreme position?",
+    f"{len(with_word):,} of the {len(resolution):,} expressions of the {evaluated} split hold a "
+    "position word the graph reads; for "
+    + (f"{format_interval(resolved['accuracy'])} of them (95% interval over images)"
+       if resolved else "none of them")
+    + " the graph alone, on ground-truth boxes and labels, returns the referred object.",
+    "The study built the graph (an m x m adjacency matrix of the four relations over the "
+    "proposals) and reported no number: its graph network was never trained.")
+show_table(summary, "What the graph alone answers, by whether the expression holds a position "
+           "word it reads (shares of the expressions).")
+
+# %% [markdown]
+# On this run's expressions of the evaluated split, {glue:text}`position_word_share:.1%`
+# contain a position word the graph understands, and for {glue:text}`resolved_share:.1%` of
+# those the graph alone, on ground-truth boxes and labels, returns the referred object. On the
+# embedded synthetic dataset this is high by construction (its expressions are generated from
+# exactly these relations), so it demonstrates the mechanism, not its value on RefCOCOg, where
+# expressions combine position with appearance and relations to other objects, and proposals
+# come from a detector.
+# The study's planned graph network, which would weigh such relations against CLIP's reading of
+# the expression, is not built here either.
+
+# %% [markdown]
 # ## The graph of one image
 #
 # The nodes are the annotated objects of an image of the evaluated split (test, or val where
 # a dataset has none); their labels are the ground-truth
 # categories, standing in for a detector's labels.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 refs = chapter.open_split(evaluated, view="ref")
 image_ids = refs.image_ids
 image_id = image_ids[image_index % len(image_ids)]
@@ -93,9 +129,8 @@ graph = build_scene_graph(boxes, item.image_size, labels, margin=margin)
 referred = next(i for i, inst in enumerate(item.instances) if inst.ann_id == item.ann_id)
 glue("n_nodes", len(graph))
 glue("n_edges", len(graph.edges()))
-print(f"{len(graph)} nodes; referred object: node {referred} ({labels[referred]})")
-for sentence in item.sentences:
-    print(f"  - {sentence}")
+show_table(pd.DataFrame({"expression": item.sentences}),
+           f"The expressions of the referred object: node {referred} ({labels[referred]}).")
 
 # %% [markdown]
 # The graph has {glue:text}`n_nodes` nodes and {glue:text}`n_edges` directed edges over the
@@ -121,7 +156,7 @@ glue_figure("fig-scene-graph", fig)
 # ---
 # The scene graph of one image of the evaluated split, one relation per panel: an arrow from
 # i to j means i is in that relation to j; the referred object is outlined in red (computed
-# here from the ground-truth boxes).
+# from the ground-truth boxes).
 # ```
 
 # %% [markdown]
@@ -134,13 +169,13 @@ glue_figure("fig-scene-graph", fig)
 # of edge weight a graph network could use to favour near neighbours. {numref}`fig-adjacency`
 # shows both.
 
-# %% tags=["hide-input"]
+# %% tags=["remove-input"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 5.2))
 plot_relation_heatmap(axes[0], graph, matrix="codes")
 plot_relation_heatmap(axes[1], graph, matrix="weights")
 fig.tight_layout()
 glue_figure("fig-adjacency", fig)
-show_table(graph.to_frame(), "Computed here from the ground-truth boxes of the image drawn above.")
+show_table(graph.to_frame(), "The edges of the image drawn above, one row per ordered pair.")
 
 # %% [markdown]
 # ```{glue:figure} fig-adjacency
@@ -151,51 +186,38 @@ show_table(graph.to_frame(), "Computed here from the ground-truth boxes of the i
 #   closeness weights in colour.
 # ---
 # The graph as matrices: the edge code of every ordered pair (bit flags of the four relations) and
-# the closeness weight (computed here).
+# the closeness weight.
 # ```
 
 # %% [markdown]
-# ## What the graph decides on its own
+# ## Background
 #
-# Without any learning, the graph can already answer one family of expressions: those naming a
-# category and an extreme position ("the cat on the left", "the bottle at the top"). Take the
-# nodes of the referred object's category (ground-truth labels here), read the first position
-# word of the expression, and return the candidate in that relation to every other candidate.
-# Expressions without such a word, or whose candidates have no extreme (a "middle" object),
-# get no answer: that is where a learned model would have to take over.
-
-# %% tags=["hide-input"]
-test_items = chapter.open_split(evaluated)
-n = len(test_items) if not limit else min(limit, len(test_items))
-rows = []
-for i in range(n):
-    expr = test_items[i]
-    g = build_scene_graph([inst.box for inst in expr.instances], expr.image_size,
-                          [inst.category for inst in expr.instances], margin=margin)
-    truth = next(k for k, inst in enumerate(expr.instances) if inst.ann_id == expr.ann_id)
-    has_word = any(word in EXTREME_WORDS for word in tokenize(expr.sentence))
-    answer = resolve_by_position(g, expr.sentence, expr.category)
-    rows.append({"sentence": expr.sentence, "position_word": has_word,
-                 "answered": answer is not None, "correct": answer == truth})
-resolution = pd.DataFrame(rows)
-summary = (
-    resolution.groupby("position_word")
-    .agg(expressions=("sentence", "size"), answered=("answered", "mean"),
-         correct=("correct", "mean"))
-    .round(3)
-)
-with_word = resolution[resolution["position_word"]]
-glue("resolved_share", float(with_word["correct"].mean()) if len(with_word) else 0.0)
-glue("position_word_share", float(resolution["position_word"].mean()))
-show_table(summary, "Computed here from this run's data root (see the box at the top).")
-
-# %% [markdown]
-# On this run's expressions of the evaluated split, {glue:text}`position_word_share:.1%`
-# contain a position word the graph understands, and for {glue:text}`resolved_share:.1%` of
-# those the graph alone, on ground-truth boxes and labels, returns the referred object. On the
-# embedded synthetic dataset this is high by construction (its expressions are generated from
-# exactly these relations), so it demonstrates the mechanism, not its value on RefCOCOg, where
-# expressions combine position with appearance and relations to other objects, and proposals
-# come from a detector.
-# The study's planned graph network, which would weigh such relations against CLIP's reading of
-# the expression, is not built here either.
+# The study's fifth idea was to describe the layout of a scene explicitly: one node per object
+# proposal and, for every ordered pair of proposals, an edge that says whether the first lies
+# left of, right of, above or below the second, computed from the box centroids and stored as
+# a number in an m x m adjacency matrix. A graph neural network would then learn to pick the
+# node an expression refers to, given CLIP's embedding of the expression. The study built the
+# graph and stopped there, for lack of compute and because it expected the graph to help only
+# with spatial expressions.
+#
+# This chapter built the graph with `refcocog_tools.methods.relations.scene_graph` on the
+# ground-truth boxes of
+# an image (so the proposals are perfect and the graph is the only thing under test), draws it
+# over the image and as a heatmap, and checks what the graph can decide on its own, without
+# any learning: for expressions of the form "the *category* on the left / right / at the top /
+# at the bottom", the candidate of that category that lies in that relation to all the others.
+#
+# ````{tip}
+# **Running this chapter on real data** (RefCOCOg, umd split):
+#
+# ```bash
+# OMP_NUM_THREADS=1 papermill \
+#     notebooks/07_scene_graph.ipynb out.ipynb \
+#     -p data_root /data/refcocog
+# papermill --help-notebook notebooks/07_scene_graph.ipynb
+# make book CHAPTERS=07_scene_graph
+# ```
+#
+# ```{include} ../_real_data.md
+# ```
+# ````

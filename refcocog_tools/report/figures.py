@@ -9,29 +9,41 @@ to three decimals, counts as integers, no index and one mark for a missing value
 
 from __future__ import annotations
 
-import importlib.util
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
-from PIL import Image
 
 from refcocog_tools.engine.results import build_source
+from refcocog_tools.engine.uncertainty import Interval, format_interval
+from refcocog_tools.report import figure_panels as _panels
 from refcocog_tools.report.reported import reported_results
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 METRICS = ("miou", "accuracy", "cosine")
 MISSING = "–"  # the one mark of a value that is missing or was not reported
 DECIMALS = 3
-GT_COLOUR = "limegreen"
-PREDICTION_COLOUR = "red"
+# What a reader sees as a column header for the names the tables use; any other snake_case
+# name is shown with spaces.
+METRIC_NAMES = {"miou": "mean IoU", "accuracy": "accuracy@0.5", "cosine": "crop cosine"}
+HEADER_WORDS = {**METRIC_NAMES, "n": "n", "spatial_share": "spatial share",
+                "objects_per_image": "objects per image"}
 
+# The pictures live in figure_panels; the chapters import them from here too.
+GT_COLOUR = _panels.GT_COLOUR
+PREDICTION_COLOUR = _panels.PREDICTION_COLOUR
+draw_box = _panels.draw_box
+heatmap_grid = _panels.heatmap_grid
+lut_figure = _panels.lut_figure
+prediction_grid = _panels.prediction_grid
+preprocess_views = _panels.preprocess_views
+side_by_side = _panels.side_by_side
+tensor_variants = _panels.tensor_variants
+ultralytics_photo = _panels.ultralytics_photo
 
 # ----------------------------------------------------------------------------------------------
 # Sources
@@ -189,8 +201,26 @@ def _is_count_column(name: str, column: pd.Series) -> bool:
         len(values) and (values.astype(float) % 1 == 0).all())
 
 
-def _formatted(frame: pd.DataFrame) -> pd.DataFrame:
-    """Every cell as the text a reader sees."""
+def header_text(name: Any) -> str:
+    """A column header as a reader reads it: "mean IoU" for ``miou``, spaces for underscores;
+    a name that is already words is kept (``test miou`` -> ``test mean IoU``)."""
+    text = str(name)
+    if text in HEADER_WORDS:
+        return HEADER_WORDS[text]
+    return " ".join("mean IoU" if word == "miou" else word
+                    for word in text.replace("_", " ").split(" "))
+
+
+def _is_interval(value: Any) -> bool:
+    return isinstance(value, Interval) or (
+        isinstance(value, Mapping) and {"estimate", "low", "high"} <= set(value))
+
+
+def _formatted(frame: pd.DataFrame, html: bool = False) -> pd.DataFrame:
+    """Every cell as the text a reader sees, under readable column headers. An interval cell
+    (``engine.uncertainty.Interval``) reads ``0.698 [0.55, 0.83]``; in ``html`` its spaces do
+    not break, so a narrow column wraps its words, never an estimate apart from its bounds."""
+    space = "\u00a0" if html else " "
     shown = {}
     for name in frame.columns:
         column = frame[name]
@@ -199,10 +229,13 @@ def _formatted(frame: pd.DataFrame) -> pd.DataFrame:
         elif pd.api.types.is_float_dtype(column):
             text = [MISSING if pd.isna(v) else f"{v:.{DECIMALS}f}" for v in column]
         else:
-            text = [MISSING if v is None or (isinstance(v, float) and pd.isna(v)) else str(v)
-                    for v in column]
-        shown[name] = text
-    return pd.DataFrame(shown, columns=frame.columns)
+            text = [format_interval(v, DECIMALS).replace(" ", space) if _is_interval(v)
+                    else f"{v:.{DECIMALS}f}" if isinstance(v, float) and not pd.isna(v)
+                    else MISSING if v is None or v is pd.NA or (isinstance(v, float)
+                                                                and pd.isna(v))
+                    else str(v) for v in column]
+        shown[header_text(name)] = text
+    return pd.DataFrame(shown, columns=[header_text(n) for n in frame.columns])
 
 
 class Table:
@@ -219,7 +252,7 @@ class Table:
     def _repr_html_(self) -> str:
         import html
 
-        body = _formatted(self.frame).to_html(index=False, escape=True, border=0,
+        body = _formatted(self.frame, html=True).to_html(index=False, escape=True, border=0,
                                               classes="dataframe refcocog-table")
         caption = f"<caption>{html.escape(self.caption)}</caption>"
         return body.replace(">\n", f">\n{caption}\n", 1) if self.caption else body
@@ -262,200 +295,67 @@ def expression_type_table(results: Mapping[str, Mapping[str, Any]],
 # ----------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------
+def _same_values(table: pd.DataFrame, metrics: Sequence[str]) -> bool:
+    """Whether every metric column holds the same numbers (mean IoU equals accuracy when every
+    proposal is a ground-truth box: each IoU is 1 or well below 0.5)."""
+    first = table[metrics[0]].astype(float)
+    return len(metrics) > 1 and all(
+        ((table[m].astype(float) - first).abs() < 1e-9).all() for m in metrics[1:])
+
+
 def metric_bar_chart(table: pd.DataFrame, metrics: Sequence[str] = ("miou", "accuracy"),
                      label: str = "method", title: str = "", width: float = 7.0,
-                     reference: Mapping[str, float] | None = None) -> Figure:
-    """Grouped horizontal bars: one group per row of ``table``, one bar per metric.
+                     reference: Mapping[str, float] | None = None,
+                     intervals: Mapping[str, Sequence[Interval | None]] | None = None) -> Figure:
+    """Grouped horizontal bars: one group per row of ``table``, one bar per metric, labelled
+    with its value.
 
-    ``reference`` draws a dotted vertical line per metric (e.g. a floor), labelled.
+    Metrics whose columns are equal on every row are drawn once, named together ("mean IoU =
+    accuracy@0.5"), so no number is shown twice. ``intervals`` maps a metric to one interval
+    per row, drawn as error bars; ``reference`` draws a dotted vertical line per metric (e.g.
+    a floor).
     """
     import matplotlib.pyplot as plt
 
     if table.empty:
         raise ValueError("metric_bar_chart needs at least one row")
+    metrics = list(metrics)
+    names = [METRIC_NAMES.get(m, m) for m in metrics]
+    if _same_values(table, metrics):
+        metrics, names = metrics[:1], [" = ".join(names)]
     labels = [textwrap.shorten(str(v), 52) for v in table[label]]
-    height = max(2.0, 0.28 * len(labels) * len(metrics) + 0.8)
+    height = max(2.0, 0.3 * len(labels) * len(metrics) + 1.0)
     fig, ax = plt.subplots(figsize=(width, height))
     step = 0.8 / len(metrics)
     positions = range(len(labels))
-    for k, metric in enumerate(metrics):
+    for k, (metric, name) in enumerate(zip(metrics, names, strict=True)):
         offsets = [p - 0.4 + step * (k + 0.5) for p in positions]
-        ax.barh(offsets, table[metric].astype(float), height=step, label=metric,
-                color=f"C{k}")
+        values = table[metric].astype(float)
+        errors = None
+        if intervals and metric in intervals:
+            found = list(intervals[metric])
+            errors = [[0.0 if i is None else max(v - i.low, 0.0) for v, i in zip(values, found,
+                                                                                  strict=True)],
+                      [0.0 if i is None else max(i.high - v, 0.0) for v, i in zip(values, found,
+                                                                                   strict=True)]]
+        bars = ax.barh(offsets, values.fillna(0), height=step, label=name, color=f"C{k}",
+                       xerr=errors, error_kw={"ecolor": "0.25", "capsize": 2, "linewidth": 1})
+        # Each value is written past its bar and its error bar, so neither hides it.
+        ends = values.fillna(0).tolist() if errors is None else [
+            v + high for v, high in zip(values.fillna(0), errors[1], strict=True)]
+        for bar, value, end in zip(bars, values, ends, strict=True):
+            if not pd.isna(value):
+                ax.text(min(end, 1.0) + 0.01, bar.get_y() + bar.get_height() / 2,
+                        f"{value:.3f}", va="center", fontsize=8)
         if reference and metric in reference:
             ax.axvline(reference[metric], color=f"C{k}", linestyle=":", linewidth=1)
     ax.set_yticks(list(positions), labels)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("value")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel(names[0] if len(names) == 1 else "score (0 to 1)")
+    if len(names) > 1:
+        ax.legend(loc="lower right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def side_by_side(images: Sequence[Image.Image], titles: Sequence[str] | None = None,
-                 width: float = 3.2, columns: int | None = None) -> Figure:
-    """A matplotlib figure showing ``images`` in a row (or a grid of ``columns``).
-
-    Each image gets a thin grey frame, so that a white or pale picture keeps its edges on a
-    white page.
-    """
-    import matplotlib.pyplot as plt  # lazy: plotting is only needed for the book
-
-    if not images:
-        raise ValueError("side_by_side needs at least one image")
-    if titles is not None and len(titles) != len(images):
-        raise ValueError(f"{len(titles)} titles for {len(images)} images")
-    columns = min(columns or len(images), len(images))
-    rows = -(-len(images) // columns)
-    aspect = max(im.size[1] / im.size[0] for im in images)
-    # Room for the longest title (two lines at least) above every row, so titles never cover
-    # the images of the row above.
-    lines = max(2, *(title.count("\n") + 1 for title in titles)) if titles is not None else 0
-    title_room = 0.225 * lines * rows if titles is not None else 0.2
-    fig, axes = plt.subplots(rows, columns,
-                             figsize=(width * columns, width * aspect * rows + title_room),
-                             squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        if k >= len(images):
-            ax.axis("off")
-            continue
-        ax.imshow(images[k])
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_edgecolor("0.55")
-            spine.set_linewidth(1.0)
-        if titles is not None:
-            ax.set_title(titles[k], fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def draw_box(ax: Axes, box: Sequence[float] | torch.Tensor, colour: str,
-             linestyle: str = "-", linewidth: float = 2.0) -> None:
-    """An unfilled xyxy rectangle on a matplotlib image axis."""
-    from matplotlib.patches import Rectangle
-
-    x1, y1, x2, y2 = (float(v) for v in (box.tolist() if isinstance(box, torch.Tensor) else box))
-    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour,
-                           linestyle=linestyle, linewidth=linewidth))
-
-
-def prediction_grid(images: Mapping[int, Image.Image], rows: Sequence[Mapping[str, Any]],
-                    columns: int = 3, width: float = 3.6) -> Figure:
-    """Predictions against ground truth: green ground-truth box, red predicted box.
-
-    ``rows`` are ``evaluate`` prediction rows (``image_id``, ``box``, ``gt_box``, ``sentence``,
-    ``iou``); ``images`` maps image ids to the decoded images. The expression and the IoU are
-    the panel's title.
-    """
-    import matplotlib.pyplot as plt
-
-    if not rows:
-        raise ValueError("prediction_grid needs at least one prediction row")
-    columns = min(columns, len(rows))
-    n_rows = -(-len(rows) // columns)
-    fig, axes = plt.subplots(n_rows, columns, figsize=(width * columns, width * n_rows),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for ax, row in zip(axes.flat, rows, strict=False):
-        ax.imshow(images[row["image_id"]])
-        draw_box(ax, row["gt_box"], GT_COLOUR)
-        draw_box(ax, row["box"], PREDICTION_COLOUR, linestyle="--")
-        title = textwrap.fill(textwrap.shorten(str(row["sentence"]), 70), 36)
-        ax.set_title(f"{title}\nIoU {float(row['iou']):.2f}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def lut_figure(grid: Sequence[Sequence[str]], rgb: Mapping[str, Sequence[int]],
-               x_cuts: Sequence[float], y_cuts: Sequence[float]) -> Figure:
-    """The 3x3 colour look-up table drawn over the unit square, cells at their true cuts."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    xs = [0.0, *x_cuts, 1.0]
-    ys = [0.0, *y_cuts, 1.0]
-    fig, ax = plt.subplots(figsize=(4, 3.2))
-    for r, row in enumerate(grid):
-        for c, name in enumerate(row):
-            colour = tuple(v / 255 for v in rgb[name])
-            ax.add_patch(Rectangle((xs[c], ys[r]), xs[c + 1] - xs[c], ys[r + 1] - ys[r],
-                                   facecolor=colour, edgecolor="grey"))
-            luminance = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2]
-            ax.text((xs[c] + xs[c + 1]) / 2, (ys[r] + ys[r + 1]) / 2, name, ha="center",
-                    va="center", color="black" if luminance > 0.5 else "white", fontsize=9)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(1, 0)  # image coordinates: y grows downwards
-    ax.set_xticks(xs)
-    ax.set_yticks(ys)
-    ax.set_xlabel("normalised x of the proposal's centroid")
-    ax.set_ylabel("normalised y")
-    ax.set_title("colour look-up table", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def heatmap_grid(image: Image.Image, heatmaps: torch.Tensor, boxes: torch.Tensor,
-                 gt_boxes: Sequence[Sequence[float]], titles: Sequence[str],
-                 width: float = 3.6, alpha: float = 0.5) -> Figure:
-    """One panel per heat map: the image, the map on top (``jet``), the box thresholded from
-    the map (red, dashed) and the ground-truth box (green)."""
-    import matplotlib.pyplot as plt
-
-    if not (len(heatmaps) == len(boxes) == len(gt_boxes) == len(titles)):
-        raise ValueError("need one box, ground-truth box and title per heat map")
-    n = len(heatmaps)
-    fig, axes = plt.subplots(1, n, figsize=(width * n, width), squeeze=False)
-    for ax, heat, box, gt, title in zip(axes.flat, heatmaps, boxes, gt_boxes, titles,
-                                        strict=True):
-        ax.set_axis_off()
-        ax.imshow(image)
-        ax.imshow(heat.numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1)
-        draw_box(ax, gt, GT_COLOUR)
-        draw_box(ax, box, PREDICTION_COLOUR, linestyle="--")
-        ax.set_title(textwrap.fill(textwrap.shorten(title, 60), 30), fontsize=11)
-    fig.tight_layout()
-    return fig
-
-
-def ultralytics_photo(name: str) -> Path:
-    """A photograph shipped inside the ultralytics package (``bus.jpg``, ``zidane.jpg``).
-
-    Found without importing ultralytics: importing it outside ``load_yolo`` would create its
-    settings file in the user's home and print that into a notebook's output.
-    """
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the ultralytics package is not installed")
-    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not among the photographs ultralytics ships")
-    return path
-
-
-def tensor_variants(image: Image.Image, boxes: Sequence[Sequence[float]] | torch.Tensor,
-                    variants: Sequence[str], **render_params: Any) -> list[list[Image.Image]]:
-    """``result[i][j]``: proposal ``i`` in ``variants[j]``, drawn by the tensor renderer the
-    engine uses (``render.render_prompts``), as Pillow images for ``side_by_side``."""
-    from refcocog_tools.prompts.render import image_tensor, render_prompts, to_pil
-
-    drawn = render_prompts(image_tensor(image), torch.as_tensor(boxes, dtype=torch.float32),
-                           variants, **render_params)
-    return [[to_pil(prompt) for prompt in row] for row in drawn]
-
-
-def preprocess_views(image: Image.Image, box: Sequence[float], resolution: int = 224,
-                     variant: str = "blur", **render_params: Any) -> dict[str, Image.Image]:
-    """What CLIP sees of one proposal's visual prompt in each ``--preprocess`` mode: the
-    model input (``render.prompt_inputs``, torch backend) turned back into an image."""
-    from refcocog_tools.prompts.render import PREPROCESS_MODES, model_view, prompt_inputs
-
-    boxes = torch.tensor([list(box)], dtype=torch.float32)
-    return {mode: model_view(prompt_inputs(image, boxes, (variant,), resolution,
-                                           preprocess=mode, **render_params)[0])
-            for mode in PREPROCESS_MODES}

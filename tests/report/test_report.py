@@ -200,8 +200,8 @@ def test_reproduce_path_runs_a_real_chapter_with_parameters(tmp_path: Path, mini
     assert ("this build: synthetic dataset (test), tiny-rn (untrained), proposals gt "
             "(ground-truth boxes: an upper bound, not the study's detector setting)"
             ) in text.replace("\\'", "'")
-    # The prose's label and reading are chosen from the run's provenance, not the default's.
-    assert results.reading_note({"untrained": True}) in text
+    # The page's one provenance statement is chosen from the run's models, not the default's.
+    assert results.provenance_note(True, backbones_untrained=True).title in text
     assert "toy weights trained on the synthetic world" not in text
 
 

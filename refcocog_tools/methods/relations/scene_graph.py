@@ -255,6 +255,7 @@ def draw_scene_graph(ax: Axes, image: Image.Image, graph: SceneGraph, relation: 
     Every edge is drawn (faintly), not a reduced set, so the picture shows the whole matrix.
     ``fontsize`` (points) of the node labels; the title is one point larger.
     """
+    from matplotlib import patheffects
     from matplotlib.patches import FancyArrowPatch, Rectangle
 
     ax.imshow(image)
@@ -266,9 +267,11 @@ def draw_scene_graph(ax: Axes, image: Image.Image, graph: SceneGraph, relation: 
         ax.text(x1 + 2, y1 + 2, f"{i}: {graph.labels[i]}", va="top", fontsize=fontsize,
                 color="black", bbox={"facecolor": colour, "alpha": 0.8, "pad": 1})
     for i, j, _ in graph.edges(relation):
+        # Dark blue edged in white: visible on a grey background and on a pale one.
         arrow = FancyArrowPatch(tuple(c[i].tolist()), tuple(c[j].tolist()), arrowstyle="-|>",
-                                mutation_scale=12, color="white", alpha=0.8, linewidth=1.5,
-                                connectionstyle="arc3,rad=0.15")
+                                mutation_scale=16, color="#1f3fbf", linewidth=2.0,
+                                connectionstyle="arc3,rad=0.15", path_effects=[
+                                    patheffects.withStroke(linewidth=4, foreground="white")])
         ax.add_patch(arrow)
     ax.scatter(c[:, 0], c[:, 1], s=18, color="black", zorder=3)
     ax.set_title(f"i -> j: i is {relation.replace('_', ' ')} j", fontsize=fontsize + 1)
