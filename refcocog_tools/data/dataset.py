@@ -103,10 +103,13 @@ def image_problem(path: Path, expected_size: tuple[int, int], decode: bool = Tru
     try:
         check_regular_file(path)  # before Pillow opens it: a FIFO would block forever
         with open_image(path) as image:
-            if decode or _exif_needs_pixels(image, path):
+            decoded = decode or _exif_needs_pixels(image, path)
+            if decoded:
                 image.load()
             width, height = image.size
-            if image.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
+            # A PNG without an eXIf chunk has no orientation; asking for it would decode it.
+            exif_free = image.format == "PNG" and "exif" not in image.info and not decoded
+            if not exif_free and image.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
     except FileNotFoundError:
         return f"{path}: image file not found"
