@@ -34,8 +34,12 @@ from refcocog_tools.core.output_paths import (
     output_lock,
 )
 from refcocog_tools.data.annotations import DatasetError, DuplicateIdError
-from refcocog_tools.data.dataset import RefCOCOg, image_problems
-from refcocog_tools.engine.evaluate import distributed_context, evaluate, group_by_image
+from refcocog_tools.data.dataset import RefCOCOg, RefItem, image_problems
+from refcocog_tools.engine.evaluate import (
+    distributed_context,
+    evaluate,
+    group_by_image,
+)
 from refcocog_tools.engine.results import honesty_label
 from refcocog_tools.engine.run import RunSpec, build_run
 from refcocog_tools.engine.run_inputs import command_inputs
@@ -250,12 +254,15 @@ def setup(args: argparse.Namespace) -> tuple[RefCOCOg, GroundingMethod, Proposer
 
 
 def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache,
-              backbones: Sequence[ClipBackbone]) -> list[str]:
+              backbones: Sequence[ClipBackbone],
+              groups: Sequence[Sequence[RefItem]] | None = None) -> list[str]:
     """What can be checked before the run: the cache files, a split with expressions, and
-    every image the run touches (fully decoded, size after EXIF orientation against
-    instances.json, as ``validate`` does). Image problems refuse the run, or with
-    ``--warn-data-problems`` are printed as warnings and returned (for the results'
-    ``problems``): an image that cannot be decoded is then skipped by the run."""
+    every image the run touches (``groups``: the run's image groups, ``group_by_image`` of
+    the split by default): its header read, not its pixels (the engine decodes each image
+    once and names one that fails to decode), its size after EXIF orientation against
+    instances.json. Image problems refuse the run, or with ``--warn-data-problems`` are
+    printed as warnings and returned (for the results' ``problems``): an image that cannot
+    be read is then skipped by the run."""
     for backbone in backbones:
         for path in cache.paths(backbone.checksum):
             if path.exists() and not path.is_file():
@@ -265,8 +272,10 @@ def preflight(args: argparse.Namespace, dataset: RefCOCOg, cache: EmbeddingCache
     if len(dataset) == 0:
         raise DatasetError(f"{dataset.root}: the {dataset.split} split has no expressions; "
                            "nothing to evaluate")
-    records = [items[0].record for items in group_by_image(dataset, args.limit)]
-    problems = image_problems(records, workers=max(4, args.workers))
+    if groups is None:
+        groups = group_by_image(dataset, args.limit)
+    records = [items[0].record for items in groups]
+    problems = image_problems(records, workers=max(4, args.workers), decode=False)
     if not problems:
         return []
     listing = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more"
@@ -313,14 +322,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_and_write(args: argparse.Namespace, rank: int, world: int) -> int:
     try:
         dataset, method, proposer, backbones, cache = setup(args)
-        found = preflight(args, dataset, cache, backbones)
+        groups = group_by_image(dataset, args.limit)  # once: the check and the run share it
+        found = preflight(args, dataset, cache, backbones, groups)
         progress = rank == 0 and not args.quiet and sys.stderr.isatty()
         results = evaluate(dataset, method, proposer, backbones, limit=args.limit,
                            progress=progress, batch_size=args.batch_size, workers=args.workers,
                            config={"device": args.device, "batch_size": args.batch_size,
                                    "seed": args.seed, "clip_spec": args.clip},
                            skip_unreadable_images=args.warn_data_problems,
-                           data_problems=found)
+                           data_problems=found, groups=groups)
     finally:
         if world > 1:
             import torch.distributed as dist

@@ -10,6 +10,7 @@ problem of a data root, its images included.
 
 from __future__ import annotations
 
+import struct
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -91,22 +92,29 @@ def load_rgb_image(path: str | Path) -> Image.Image:
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
-def image_problem(path: Path, expected_size: tuple[int, int]) -> str | None:
-    """Decode the whole image and compare its size, after EXIF orientation (what every method
-    sees), with the annotation's; the problem found, or None.
+def image_problem(path: Path, expected_size: tuple[int, int], decode: bool = True) -> str | None:
+    """Compare the image's size, after EXIF orientation (what every method sees), with the
+    annotation's; the problem found, or None.
 
-    A full decode, not ``Image.verify()``: a truncated JPEG passes verify and fails later.
+    ``decode``: decode the whole image (``validate``: a truncated JPEG passes ``Image.verify()``
+    and fails later). Without it only the header is read (the size, the orientation, a
+    decompression bomb), so the image is decoded once per evaluation, by the engine, which
+    names an image that fails to decode then.
     """
     try:
         check_regular_file(path)  # before Pillow opens it: a FIFO would block forever
         with open_image(path) as image:
-            image.load()
+            decoded = decode or _exif_needs_pixels(image, path)
+            if decoded:
+                image.load()
             width, height = image.size
-            if image.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
+            # A PNG without an eXIf chunk has no orientation; asking for it would decode it.
+            exif_free = image.format == "PNG" and "exif" not in image.info and not decoded
+            if not exif_free and image.getexif().get(0x0112) in _TRANSPOSING_ORIENTATIONS:
                 width, height = height, width
     except FileNotFoundError:
         return f"{path}: image file not found"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error,
             Image.DecompressionBombError) as err:
         return f"{path}: image unreadable: {err}"
     if (width, height) != tuple(expected_size):
@@ -116,8 +124,31 @@ def image_problem(path: Path, expected_size: tuple[int, int]) -> str | None:
     return None
 
 
-def image_problems(records: Sequence[RefRecord], workers: int = 4) -> list[str]:
-    """``image_problem`` of each distinct image of ``records``, in record order.
+def _exif_needs_pixels(image: Image.Image, path: Path) -> bool:
+    """Whether reading the image's EXIF means decoding it: a PNG may carry its eXIf chunk
+    after the pixel data, where Pillow finds it only by decoding (``getexif`` then loads the
+    image). The chunk headers are scanned instead, skipping the data; only a PNG that has a
+    late eXIf chunk is decoded."""
+    if image.format != "PNG" or "exif" in image.info:
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(8)  # the PNG signature
+        while header := handle.read(8):
+            if len(header) < 8:
+                return False
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"eXIf":
+                return True
+            if kind == b"IEND":
+                return False
+            handle.seek(length + 4, 1)  # the chunk's data and CRC
+    return False
+
+
+def image_problems(records: Sequence[RefRecord], workers: int = 4,
+                   decode: bool = True) -> list[str]:
+    """``image_problem`` of each distinct image of ``records``, in record order; ``decode``:
+    a full decode of each (``validate``), or the headers only (the check before a run).
 
     Decoding releases the GIL, so a few threads check a split several times faster.
     """
@@ -125,7 +156,8 @@ def image_problems(records: Sequence[RefRecord], workers: int = 4) -> list[str]:
 
     first = {r.image_path: r for r in records}
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = pool.map(lambda r: image_problem(r.image_path, r.image_size), first.values())
+        found = pool.map(lambda r: image_problem(r.image_path, r.image_size, decode),
+                         first.values())
         return [problem for problem in found if problem]
 
 

@@ -44,10 +44,16 @@ from refcocog_tools.engine.evaluate import evaluate_groups
 from refcocog_tools.methods.interface import BatchedMethod, GroundingMethod
 from refcocog_tools.methods.red_circle import RedCircle
 from refcocog_tools.methods.registry import make_method
-from refcocog_tools.models.backbones import ClipBackbone
+from refcocog_tools.models.backbones import ClipBackbone, prepare_for_device
+from refcocog_tools.models.openai_clip import clip
 from refcocog_tools.models.prompt_cache import EmbeddingCache
-from refcocog_tools.prompts.render import RENDER_BACKENDS, input_difference
-from refcocog_tools.prompts.visual_prompts import render_variant
+from refcocog_tools.prompts.render import (
+    RENDER_BACKENDS,
+    input_difference,
+    pil_preprocess,
+    prompt_inputs,
+)
+from refcocog_tools.prompts.visual_prompts import STUDY_VARIANTS, render_variant
 from refcocog_tools.proposals.structures import Proposals, Proposer
 
 
@@ -290,11 +296,6 @@ def synthetic_workload(spec: str, backbones: Sequence[ClipBackbone], device: str
     tower built here (see ``compile_image_encoder``; a backbone passed in is compiled by
     ``run_bench``).
     """
-    from refcocog_tools.models.backbones import prepare_for_device
-    from refcocog_tools.models.openai_clip import clip
-    from refcocog_tools.prompts.render import pil_preprocess, prompt_inputs
-    from refcocog_tools.prompts.visual_prompts import STUDY_VARIANTS
-
     n_images, n_proposals = (int(v) for v in spec.split(","))
     backbone = next((b for b in backbones if b.name == architecture_name), None)
     if backbone is None:

@@ -39,6 +39,9 @@ from typing import Any
 from refcocog_tools import __version__
 from refcocog_tools.core.files import atomic_write_json, read_json
 from refcocog_tools.data.dataset import is_synthetic
+from refcocog_tools.data.layouts import DEFAULT_LAYOUT, dataset_title
+from refcocog_tools.engine.metrics import summarize
+from refcocog_tools.engine.uncertainty import summary as interval_summary
 
 SCHEMA = "refcocog-tools/results/2"
 # Schema 1 is schema 2 without metrics["intervals"]: still read (uncertainty.document_intervals
@@ -89,8 +92,6 @@ def provenance(data_root: str | os.PathLike[str], split: str, backbones: Sequenc
     dataset of the family and its split-by (``layouts.Layout``; RefCOCOg umd when None)."""
     import torch
 
-    from refcocog_tools.data.layouts import DEFAULT_LAYOUT
-
     layout = layout or DEFAULT_LAYOUT
 
     ground_truth = proposer is not None and proposer.name == "gt"
@@ -127,9 +128,6 @@ def results_document(rows: list[dict[str, Any]], *, config: dict[str, Any],
     (``metrics["intervals"]``), and the config and provenance given. ``problems``: the data
     problems the run went past (the metrics cover the rows only: a skipped expression is in
     neither)."""
-    from refcocog_tools.engine.metrics import summarize
-    from refcocog_tools.engine.uncertainty import summary as interval_summary
-
     metrics = summarize(rows, threshold=threshold)
     metrics["intervals"] = interval_summary(rows, threshold=threshold)
     document: dict[str, Any] = {"schema": SCHEMA, "metrics": metrics,
@@ -150,8 +148,6 @@ def results_document(rows: list[dict[str, Any]], *, config: dict[str, Any],
 def data_words(synthetic: bool, dataset: str = "refcocog") -> str:
     """The data a number was computed on: "synthetic dataset", or the dataset's name
     ("RefCOCOg", "RefCOCO", "RefCOCO+")."""
-    from refcocog_tools.data.layouts import dataset_title
-
     return "synthetic dataset" if synthetic else dataset_title(dataset)
 
 

@@ -6,8 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from refcocog_tools.core.files import cache_dir
 from refcocog_tools.core.output_paths import ProtectedPaths
+from refcocog_tools.data.annotations import INSTANCES_FILE, DatasetError, _annotation_files
 from refcocog_tools.data.layouts import Layout
+from refcocog_tools.models.backbones import BackboneError
+from refcocog_tools.models.clip_loading import TOY_CLIPS
+from refcocog_tools.models.openai_clip import clip as openai_clip
+from refcocog_tools.models.untrained_models import EMBEDDED_CLIPS, TINY_CLIP_CONFIGS
 
 # The tool's own folders in the cache: weights, embeddings and the embedded data root.
 CACHE_FOLDERS = ("clip", "yolo", "embeddings", "regressor-embeddings", "mini-refcocog")
@@ -21,9 +27,6 @@ def command_inputs(data_root: Path | None = None, refs_file: str | None = None,
     Always protected: the tool's cache folders (``CACHE_FOLDERS`` under ``cache_dir()``) and the
     embedded weights shipped in the package.
     """
-    from refcocog_tools.core.files import cache_dir
-    from refcocog_tools.data.annotations import INSTANCES_FILE
-
     inputs = ProtectedPaths()
     if data_root is not None:
         root = Path(data_root).expanduser()
@@ -65,12 +68,6 @@ def check_run_inputs(data_root: Path, layout: Layout, clip: str) -> None:
     """The data root's annotation files are there and readable, and every ``clip`` spec names
     a model this tool can load; checked without loading anything, so that a run that replaces
     an earlier one fails on a misspelt name or a missing folder before it starts."""
-    from refcocog_tools.data.annotations import DatasetError, _annotation_files
-    from refcocog_tools.models.backbones import BackboneError
-    from refcocog_tools.models.clip_loading import TOY_CLIPS
-    from refcocog_tools.models.openai_clip import clip as openai_clip
-    from refcocog_tools.models.untrained_models import EMBEDDED_CLIPS, TINY_CLIP_CONFIGS
-
     for path in _annotation_files(Path(data_root).expanduser(), layout):
         if not os.access(path, os.R_OK):
             raise DatasetError(f"{path}: annotation file not readable (permission denied)")

@@ -45,6 +45,13 @@ class CropMatching:
 
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
-        request = self.encode_request(image, expressions, proposals)
-        scores = ensemble_similarity(self.backbones, self.cache, request.texts, request)
+        return self.predict_from_request(self.encode_request(image, expressions, proposals),
+                                         image, expressions, proposals)
+
+    def predict_from_request(self, request: EncodeRequest, image: Image.Image,
+                             expressions: Sequence[str], proposals: Proposals) -> Prediction:
+        """``predict`` from this image's crop request, already built (the engine builds it
+        once per image)."""
+        texts = [self.prefix + e for e in expressions]
+        scores = ensemble_similarity(self.backbones, self.cache, texts, request)
         return Prediction.from_scores(scores, proposals)

@@ -3,7 +3,9 @@
 All methods share ``predict(image, expressions, proposals) -> Prediction`` and ``config()``.
 A method never loads a model: it receives backbones (and, for red-circle, debias sentences).
 CLIP methods also declare, per image, what they need encoded (``encode_request``): the engine
-encodes it for many images at once and ``predict`` then finds every embedding cached.
+encodes it for many images at once and ``predict`` then finds every embedding cached. A method
+that can predict from that request (``PredictsFromRequest``) is handed it, so the request of an
+image is built once however many referred objects the image has.
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ class EncodeRequest:
     its work with tensor operations on the device it is given, so for models on a GPU the
     engine draws these inputs there, in the main process; otherwise (Pillow drawing) it
     draws them in host memory, in its DataLoader workers when it has any.
+    ``proposal_indices``: which proposals the inputs are of, for a method that keeps only
+    some (red-circle's area filter); None: every proposal.
     """
 
     keys: list[str]
     draw: Callable[[int, Sequence[int], str | torch.device], torch.Tensor]
     texts: list[str] = field(default_factory=list)
     on_device: bool = False
+    proposal_indices: torch.Tensor | None = None
 
 
 @runtime_checkable
@@ -63,3 +68,18 @@ class BatchedMethod(Protocol):
 
     def encode_request(self, image: Image.Image, expressions: Sequence[str],
                        proposals: Proposals) -> EncodeRequest: ...
+
+
+@runtime_checkable
+class PredictsFromRequest(BatchedMethod, Protocol):
+    """A batched method that predicts from a request already built for the image (optional).
+
+    ``request`` is ``encode_request(image, E, proposals)`` for any expressions ``E`` of the
+    image (the engine passes all of them, once per image); the method reads its image inputs
+    (keys, ``draw``, ``proposal_indices``) and makes its text prompts from ``expressions``, so
+    the answer is the one ``predict(image, expressions, proposals)`` gives.
+    """
+
+    def predict_from_request(self, request: EncodeRequest, image: Image.Image,
+                             expressions: Sequence[str], proposals: Proposals
+                             ) -> Prediction: ...

@@ -297,27 +297,34 @@ class RedCircle:
 
     def encode_request(self, image: Image.Image, expressions: Sequence[str],
                        proposals: Proposals) -> EncodeRequest:
-        """The visual prompts of the kept proposals (key order) and the expressions' prompts."""
+        """The visual prompts of the kept proposals (key order; which they are:
+        ``proposal_indices``) and the expressions' prompts."""
         keep = self.kept_proposals(image.size, proposals.boxes)
         boxes, masks = proposals.boxes[keep], self.proposal_masks(proposals, keep)
         return EncodeRequest(
             self.visual_prompt_keys(image, boxes, masks),
             lambda resolution, idx, device="cpu": self.prompt_inputs(image, boxes, resolution,
                                                                      idx, device, masks),
-            [self.prefix + e for e in expressions],
-            on_device=self.render_backend == "torch")
+            self.text_prompts(expressions),
+            on_device=self.render_backend == "torch", proposal_indices=keep)
 
-    def scores(self, image: Image.Image, expressions: Sequence[str],
-               proposals: Proposals) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_prompts(self, expressions: Sequence[str]) -> list[str]:
+        """The "This is ..." prompts of ``expressions``."""
+        return [self.prefix + e for e in expressions]
+
+    def scores(self, image: Image.Image, expressions: Sequence[str], proposals: Proposals,
+               request: EncodeRequest | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(E, P_kept) final scores and the kept proposal indices.
 
         ``expressions`` are the expressions of one referred object: the debiasing column mean
-        runs over their prompts (and the debias samples), as in the study.
+        runs over their prompts (and the debias samples), as in the study. ``request``: this
+        image's ``encode_request`` (for any of its expressions), when already built.
         """
-        keep = self.kept_proposals(image.size, proposals.boxes)
-        boxes = proposals.boxes[keep]
-        request = self.encode_request(image, expressions, proposals)
-        texts = request.texts
+        if request is None:
+            request = self.encode_request(image, expressions, proposals)
+        keep = request.proposal_indices
+        assert keep is not None, "a red-circle request names its kept proposals"
+        texts = self.text_prompts(expressions)
         total = None
         for backbone, debias_mean in zip(self.backbones, self.debias_means, strict=True):
             visual = request_embeddings(self.cache, backbone, request)
@@ -328,7 +335,7 @@ class RedCircle:
             sim = self.debias(sim, visual, debias_mean)
             total = sim if total is None else total + sim
         assert total is not None
-        return self.fuse_variants(total, len(texts), len(boxes)), keep
+        return self.fuse_variants(total, len(texts), len(keep)), keep
 
     def debias(self, sim: torch.Tensor, visual: torch.Tensor,
                debias_mean: torch.Tensor | None) -> torch.Tensor:
@@ -366,7 +373,13 @@ class RedCircle:
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
         """One box per expression; ``expressions`` are those of one referred object."""
-        reduced, keep = self.scores(image, expressions, proposals)
+        return self.predict_from_request(self.encode_request(image, expressions, proposals),
+                                         image, expressions, proposals)
+
+    def predict_from_request(self, request: EncodeRequest, image: Image.Image,
+                             expressions: Sequence[str], proposals: Proposals) -> Prediction:
+        """``predict`` from this image's request, already built (``PredictsFromRequest``)."""
+        reduced, keep = self.scores(image, expressions, proposals, request)
         # Report scores over all proposals; filtered ones get -inf so they are never chosen.
         full = torch.full((len(expressions), len(proposals)), float("-inf"))
         full[:, keep] = reduced

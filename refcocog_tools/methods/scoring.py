@@ -24,6 +24,20 @@ def box_key(box: torch.Tensor | Sequence[float]) -> str:
     return ",".join(f"{float(v):.2f}" for v in box)
 
 
+def crop_inputs(image: Image.Image, boxes: torch.Tensor | Sequence[torch.Tensor],
+                indices: Sequence[int], resolution: int, device: str | torch.device = "cpu"
+                ) -> torch.Tensor:
+    """CLIP inputs ``(len(indices), 3, R, R)`` of the crops of ``boxes[i]`` (CLIP's own
+    preprocessing)."""
+    return pil_inputs((crop(image, boxes[i]) for i in indices), pil_preprocess(resolution),
+                      device)
+
+
+def crop_key(fingerprint: str, box: torch.Tensor | Sequence[float]) -> str:
+    """The cache key of the crop of ``box`` in the image of ``fingerprint``."""
+    return f"crop:{fingerprint}:{box_key(box)}"
+
+
 def crop_request(image: Image.Image, boxes: torch.Tensor, texts: Sequence[str] = ()
                  ) -> EncodeRequest:
     """The crops of ``boxes`` as CLIP inputs (CLIP's own preprocessing): the baseline's inputs
@@ -32,10 +46,9 @@ def crop_request(image: Image.Image, boxes: torch.Tensor, texts: Sequence[str] =
 
     def draw(resolution: int, indices: Sequence[int], device: str | torch.device = "cpu"
              ) -> torch.Tensor:
-        return pil_inputs((crop(image, boxes[i]) for i in indices), pil_preprocess(resolution),
-                          device)
+        return crop_inputs(image, boxes, indices, resolution, device)
 
-    return EncodeRequest([f"crop:{fingerprint}:{box_key(b)}" for b in boxes], draw, list(texts))
+    return EncodeRequest([crop_key(fingerprint, b) for b in boxes], draw, list(texts))
 
 
 def request_embeddings(cache: EmbeddingCache, backbone: ClipBackbone, request: EncodeRequest

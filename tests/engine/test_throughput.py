@@ -77,8 +77,8 @@ def _draw_as_on_a_gpu(monkeypatch) -> None:
     """Make the engine lay out its work as it does for models on a GPU (tensor-drawn inputs
     in the main process from the images the workers decode, Pillow-drawn ones in the
     workers), here on the CPU."""
-    from refcocog_tools.engine import evaluate
-    monkeypatch.setattr(evaluate._Encoding, "on_gpu", property(lambda self: True))
+    from refcocog_tools.engine import encoding
+    monkeypatch.setattr(encoding.Encoding, "on_gpu", property(lambda self: True))
 
 
 @pytest.mark.parametrize("options", [{"batch_size": 1}, {"batch_size": 64},
