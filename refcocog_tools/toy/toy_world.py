@@ -155,9 +155,9 @@ def evaluate_toy_regressors(
     ``clip``'s embeddings of the train split with ``regressors.TrainConfig``'s defaults (the
     study's: MSE on pixel boxes, its learning rate per head, 30 epochs) unless
     ``train_options`` says otherwise; the best validation epoch is evaluated."""
+    from refcocog_tools.engine.regressor_results import results_on_split
     from refcocog_tools.engine.results import clip_provenance
     from refcocog_tools.methods.regressor.data import split_data
-    from refcocog_tools.methods.regressor.method import results_on_split
     from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
     from refcocog_tools.models.backbones import load_clips
 
