@@ -11,12 +11,13 @@ computed here and written there, so a build on real data computes nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from refcocog_tools.data.dataset import RefCOCOg
+from refcocog_tools.data.minidata import expression_type
 from refcocog_tools.engine.evaluate import evaluate, group_by_image
 from refcocog_tools.engine.regressor_results import results_on_split
 from refcocog_tools.engine.uncertainty import Comparison, compare, comparison_sentence
@@ -150,14 +151,26 @@ def stored_or_trained_regressors(chapter: Any, root: Path, backbones: list[Any],
     return computed, recomputed
 
 
-def paired(document_a: Mapping[str, Any], document_b: Mapping[str, Any]) -> Comparison:
-    """Method A against method B on the same expressions (``uncertainty.compare``)."""
-    return compare(document_a["predictions"], document_b["predictions"])
+def paired(document_a: Mapping[str, Any], document_b: Mapping[str, Any],
+           keep: Callable[[Mapping[str, Any]], bool] | None = None) -> Comparison:
+    """Method A against method B on the same expressions (``uncertainty.compare``), on the
+    rows ``keep`` accepts (all of them without it)."""
+    rows_a, rows_b = document_a["predictions"], document_b["predictions"]
+    if keep is not None:
+        rows_a, rows_b = [r for r in rows_a if keep(r)], [r for r in rows_b if keep(r)]
+    return compare(rows_a, rows_b)
+
+
+def of_expression_type(kind: str) -> Callable[[Mapping[str, Any]], bool]:
+    """A ``keep`` for ``paired``: rows whose sentence the generator wrote as ``kind``
+    (``minidata.expression_type``: relation, position, size or plain)."""
+    return lambda row: expression_type(str(row.get("sentence", ""))) == kind
 
 
 def verdict_sentence(name_a: str, name_b: str, document_a: Mapping[str, Any],
-                     document_b: Mapping[str, Any], metric: str = "accuracy"
+                     document_b: Mapping[str, Any], metric: str = "accuracy",
+                     keep: Callable[[Mapping[str, Any]], bool] | None = None,
                      ) -> tuple[str, Comparison]:
     """The one-sentence verdict of A against B (``comparison_sentence``) and the comparison."""
-    comparison = paired(document_a, document_b)
+    comparison = paired(document_a, document_b, keep)
     return comparison_sentence(name_a, name_b, comparison, metric) + ".", comparison

@@ -115,10 +115,12 @@ def evaluate_toy_methods(
     seed: int = 0,
     device: str = "cpu",
     model_cache: str | Path | None = None,
+    limit: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Results documents of ``methods`` (label, method name, options) on ``split`` with
-    ground-truth proposals; red-circle's debiasing sentences come from the train split.
-    ``model_cache``: where the CLIP checkpoints live (default: the project cache)."""
+    """Results documents of ``methods`` (label, method name, options) on ``split`` (its first
+    ``limit`` expressions; 0: all) with ground-truth proposals; red-circle's debiasing
+    sentences come from the train split. ``model_cache``: where the CLIP checkpoints live
+    (default: the project cache)."""
     from refcocog_tools.data.dataset import RefCOCOg
     from refcocog_tools.engine.evaluate import evaluate
     from refcocog_tools.methods.registry import make_method
@@ -136,7 +138,7 @@ def evaluate_toy_methods(
         method = make_method(name, backbones, cache=cache,
                              debias_pool=pool if name in ("red-circle", "relations") else (),
                              seed=seed, **dict(options))
-        out[label] = evaluate(dataset, method, proposer, backbones,
+        out[label] = evaluate(dataset, method, proposer, backbones, limit=limit,
                               config={"label": label, "clip_spec": clip, "seed": seed})
     return out
 
