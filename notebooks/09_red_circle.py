@@ -39,7 +39,7 @@ image_index: int = 0  # which image of the split the debiasing example uses
 results_dir: str = ""  # folder of the <method>.json results files (empty: results/ of the book)
 dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
 split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
-verdict_images: int = 0  # > 0: the verdict's world of that many images (the book build: 600)
+verdict_images: int = 0  # > 0: the verdict's world of that many images (the book build: 400)
 
 # %% tags=["remove-input"]
 from refcocog_tools.report import ablations as study_ablations

@@ -51,7 +51,7 @@ results_dir: str = ""  # folder of the <method>.json results files (empty: resul
 dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
 split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 regressor_epochs: int = 30  # the study trained both regressors for 30 epochs
-verdict_images: int = 0  # > 0: the verdict's world of that many images (the book build: 600)
+verdict_images: int = 0  # > 0: the verdict's world of that many images (the book build: 400)
 
 # %% tags=["remove-input"]
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter

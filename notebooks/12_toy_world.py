@@ -58,7 +58,7 @@ device: str = "cpu"
 limit: int = 0  # evaluate the first N expressions of the split (0: all)
 seed: int = 0
 split: str = "test"
-verdict_images: int = 0  # > 0: the table on a generated world of that many images (book: 600)
+verdict_images: int = 0  # > 0: the table on a generated world of that many images (book: 400)
 
 # %% tags=["remove-input"]
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter

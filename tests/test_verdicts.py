@@ -61,6 +61,8 @@ def test_the_verdict_page_holds_a_table_and_a_figure(tmp_path: Path) -> None:
     text = page.read_text(encoding="utf-8")
     assert "{doc}`chapters/12_toy_world`" in text
     assert "A does not beat B \\| sometimes." in text  # a pipe would end the cell
+    assert verdicts.headline("A beats B: +0.1 [0.05, 0.2] (n = 9). On the world.") == (
+        "A beats B: +0.1 [0.05, 0.2] (n = 9).")
     assert "```{figure} _verdicts.png" in text and ":alt:" in text
     assert (tmp_path / verdicts.VERDICT_FIGURE).read_bytes().startswith(b"\x89PNG")
 

@@ -322,8 +322,8 @@ def glue_verdict(question: str, answer: str, study: str, name: str = VERDICT_KEY
     from IPython.display import Markdown
     from myst_nb import glue as myst_glue
 
-    text = (f"**Question.** {question}\n\n**This build.** {answer}\n\n"
-            f"**The study.** {study}")
+    text = (f":::{{admonition}} Verdict\n:class: tip\n**Question.** {question}\n\n"
+            f"**This build.** {answer}\n\n**The study.** {study}\n:::")
     myst_glue(name, Markdown(text), display=False)
     myst_glue(RECORD_NAME, RecordText(verdict_record(question, answer, study, difference,
                                                      compared)),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,19 @@ def _cell(text: str) -> str:
     return " ".join(text.replace("|", "\\|").split())
 
 
+def headline(answer: str) -> str:
+    """An answer's first sentence (its verdict and numbers); the chapter's box has the rest."""
+    found = re.match(r"(.+?\.)(\s|$)", answer.strip(), flags=re.S)
+    return found.group(1) if found else answer
+
+
 def verdict_table(verdicts: Sequence[Verdict]) -> str:
-    """The intro's table: chapter, question, answer of this build (MyST Markdown)."""
+    """The intro's table: chapter, question, the first sentence of this build's answer (MyST
+    Markdown)."""
     lines = ["| chapter | question | this build's answer |", "|---|---|---|"]
     for found in verdicts:
         lines.append(f"| {{doc}}`chapters/{found.chapter}` | {_cell(found.question)} | "
-                     f"{_cell(found.answer)} |")
+                     f"{_cell(headline(found.answer))} |")
     return "\n".join(lines)
 
 
