@@ -11,20 +11,16 @@
 # %% [markdown]
 # # Results
 #
-# This page keeps two kinds of numbers strictly apart.
+# ```{glue:md} verdict
+# :format: myst
+# ```
 #
-# * **Reported by the original study.** Quoted as the study printed them, with the section of
-#   its notebook each one comes from and what each was computed over (the `scope` column of the
-#   reported table: a stated split, a 118-expression run, the first expression of each ref, or
-#   "not stated"). They were obtained on RefCOCOg (umd split) with pretrained CLIP models, and
-#   YOLO proposals where a method uses proposals; this project has not recomputed them.
-# * **Computed by this build.** Whatever the chapters of this book computed, under the
-#   configuration stated in each chapter's box, and labelled with it: in this run,
-#   *{glue:text}`results_label`*. On the embedded defaults these are **toy-world numbers**: the
-#   small CLIP `toy-rn` trained here on the synthetic world (chapter 12) grounding the
-#   synthetic test split among its ground-truth boxes. They tell the methods apart in miniature
-#   and say nothing about RefCOCOg; no row of this page puts a toy-world number in the study's
-#   column or the other way round.
+# This page keeps two kinds of numbers apart: those **reported by the original study**, quoted
+# with the section of its notebook each comes from and what it was computed over (the `scope`
+# column: a stated split, a 118-expression run, the first expression of each ref, or "not
+# stated"; on RefCOCOg with pretrained CLIP models, never recomputed here), and those
+# **computed by this build**, under the configuration of the box below. No row puts one kind
+# in the other's column.
 #
 # ````{tip}
 # **Running this chapter on real data** (RefCOCOg, umd split):
@@ -55,31 +51,59 @@ results_dir: str = ""  # folder of the <method>.json results files (empty: resul
 dataset: str = "refcocog"  # refcocog, refcoco or refcoco+ (the data root's dataset of the family)
 split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refcocog)
 regressor_epochs: int = 30  # the study trained both regressors for 30 epochs
+verdict_images: int = 0  # > 0: the verdict's world of that many images (the book build: 400)
 
 # %% tags=["remove-input"]
-from IPython.display import Markdown, display
-
-from refcocog_tools.engine.evaluate import evaluate
-from refcocog_tools.engine.regressor_results import results_on_split
-from refcocog_tools.engine.results import honesty_text, reading_note
-from refcocog_tools.methods.registry import make_method
-from refcocog_tools.methods.regressor.data import split_data
-from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
-from refcocog_tools.report import glue, glue_figure, open_chapter
-from refcocog_tools.report.figures import (
-    metric_bar_chart,
-    results_table,
-    show_table,
-    study_vs_build,
-    study_vs_build_chart,
-    table_source,
-)
-from refcocog_tools.report.reported import STUDY, reported_results, reported_value
+from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
+from refcocog_tools.report import method_runs as runs
+from refcocog_tools.report.figures import show_table, table_source
 
 chapter = open_chapter(globals())
-root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
-                                      chapter.proposer)
+page = runs.MethodRunner(chapter.dataset, chapter.backbones, chapter.proposer,
+                         chapter.open_split("train").sentences(), seed, limit)
 chapter.note
+
+# %% [markdown]
+# ## What carries the high scores
+#
+# The verdict above compares, on {glue:text}`verdict_world`, the methods whose scores lead
+# with the crop-and-match baseline, each paired with it on the same expressions. The two
+# relations rows are given each ground-truth proposal's **category label**: with ground-truth
+# boxes that label names the referred object's category outright, and labels with box geometry
+# alone, no CLIP at all, already reach most of the score (chapter 11 shows why).
+
+# %% tags=["remove-input"]
+from refcocog_tools.report.ablations import paired_table
+from refcocog_tools.report.reported import reported_value
+
+judged = runs.verdict_runner(chapter, verdict_images)
+LEADERS = {"baseline (crop and match)": ("baseline", {}),
+           "red ellipse + blur (final proposal)": ("red-circle", {}),
+           "relations: red-circle scores + labels": ("relations", {}),
+           "relations: labels + geometry alone": ("relations", {"entity_scorer": "none"})}
+leaders = {label: judged.run(name, **options) for label, (name, options) in LEADERS.items()}
+base = leaders["baseline (crop and match)"]
+sentences = {label: runs.verdict_sentence(label, "the crop baseline", doc, base)
+             for label, doc in leaders.items() if doc is not base}
+best = max(sentences, key=lambda label: sentences[label][1].accuracy.estimate)
+glue_verdict(
+    "Which method grounds best in this build, and what carries its score?",
+    f"{sentences[best][0]} Labels and geometry alone, with no CLIP: "
+    f"{sentences['relations: labels + geometry alone'][0]} On {judged.world}.",
+    f"The study's best printed numbers are its final proposal's "
+    f"({reported_value('final', 'miou'):.3f} mean IoU, "
+    f"{reported_value('final', 'accuracy'):.3f} accuracy on a 118-expression run) against "
+    f"its baseline's {reported_value('baseline', 'miou'):.3f} / "
+    f"{reported_value('baseline', 'accuracy'):.3f} of unstated scope, different scopes and no "
+    f"intervals; its regressors reached {reported_value('large_regressor', 'miou', 'test'):.2f}"
+    f"-{reported_value('bottleneck', 'miou', 'test'):.2f} mean IoU on the test split "
+    "(table below).",
+    difference=sentences[best][1].accuracy,
+    compared=f"{best.split(':')[0]} - crop baseline, accuracy@0.5")
+glue("verdict_world", judged.world)
+show_table(paired_table(leaders, "baseline (crop and match)", label="method"),
+           f"{table_source(leaders.values())}. Intervals: 95%, bootstrap over images; "
+           "differences paired with the baseline.")
 
 # %% [markdown]
 # ## The study's numbers next to this build's
@@ -90,75 +114,45 @@ chapter.note
 # pretrained weights, and even then only as far as the two configurations agree.
 # {numref}`fig-study-vs-build` and the table below it put them side by side.
 #
-# Every grounding method of the report with this page's parameters (same split, proposals and
-# backbones for all rows; the red-circle method with the study's final settings, debiased with
-# 5000 training expressions; both regressors trained with MSE on pixel targets; the relations
-# method of chapter 11, beyond the study, with its defaults: red-circle scores the noun phrases
-# and the proposals' class labels are used). The chapters that compute a method write its
-# results document to `results/<method>.json`; this page reads
+# Every grounding method of the report with this page's parameters, on this page's split (same
+# proposals and backbones for all rows; the red-circle method with the study's final settings,
+# debiased with 5000 training expressions; both regressors trained with MSE on pixel targets;
+# the relations method of chapter 11, beyond the study, with its defaults). The chapters that
+# compute a method write its results document to `results/<method>.json`; this page reads
 # those files and computes a method itself only when no chapter computed it with this
-# configuration (same data, split, CLIP checkpoints, proposals, limit and method settings), so a
-# build on real data computes nothing twice. Dataset statistics, the language analysis and the
-# scene graphs are on their own pages. Every computed row carries this run's label,
-# *{glue:text}`results_label`*. {glue:text}`results_reading`
-
-# %% tags=["hide-input"]
-debias_pool = chapter.open_split("train").sentences()
-# label: (method, its options, the key of the study's row)
-METHODS = {
-    "baseline (crop and match)": ("baseline", {}, "baseline"),
-    "colour-coded background": ("color-background", {}, "colour_background"),
-    "colour overlay": ("color-overlay", {}, None),
-    "red ellipse + blur, debiased (final proposal)": ("red-circle",
-                                                      {"debias_pool": debias_pool}, "final"),
-    "Grad-CAM box": ("gradcam", {}, None),
-    "relations (red-circle + labels; beyond the study)": ("relations",
-                                                          {"debias_pool": debias_pool}, None),
-    "floor: random proposal": ("random", {}, None),
-    "floor: largest proposal": ("largest", {}, None),
-    "floor: proposal nearest the centre": ("center", {}, None),
-}
-computed, recomputed = {}, []
-for label, (name, options, _) in METHODS.items():
-    method = make_method(name, backbones, seed=seed, **options)
-    document = chapter.stored_results(name, config={"method": method.config()})
-    if document is None:  # no chapter computed it with this configuration
-        document = evaluate(dataset, method, proposer, backbones, limit=limit)
-        chapter.save_results(name, document)
-        recomputed.append(name)
-    computed[label] = document
-
-# The two trained regressors (ideas 1 and 2) as chapters 03 and 04 trained them with the
-# study's settings (MSE, pixel targets, Adam at its learning rates, `regressor_epochs` epochs);
-# trained here only when their results files are missing or were made otherwise.
-REGRESSORS = {"regressor: bottleneck head (idea 1)": ("bottleneck", "bottleneck"),
-              "regressor: large head with dropout (idea 2)": ("large", "large_regressor")}
-data = None
-for label, (head, _) in REGRESSORS.items():
-    config = TrainConfig(head=head, loss="mse", epochs=regressor_epochs, seed=seed)
-    name = f"regressor-{head}"
-    document = chapter.stored_results(name, uses_proposals=False, config=config.to_dict())
-    if document is None:
-        data = data or {split: split_data(root, split, backbones).first(limit)
-                        for split in ("train", "val", "test")}
-        trained = train_regressor(data["train"], data["val"], config, device=device)
-        document = results_on_split(trained, data["test"], root, backbones, limit=limit)
-        chapter.save_results(name, document)
-        recomputed.append(name)
-    computed[label] = document
-baseline_provenance = computed["baseline (crop and match)"]["provenance"]
-glue("results_label", honesty_text(baseline_provenance))
-glue("results_reading", reading_note(baseline_provenance))
-display(Markdown(
-    f"Read from `{chapter.results_dir.name}/`: every method but "
-    f"{', '.join(recomputed)} (computed here: no chapter had computed them with this "
-    "configuration)." if recomputed else
-    f"Every row was read from the results files the chapters wrote (`{chapter.results_dir.name}/"
-    "<method>.json`); nothing was computed twice."))
+# configuration, so a build on real data computes nothing twice. {glue:text}`read_note`
 
 # %% tags=["remove-input"]
-SUMMARY = [(label, study_key, computed[label])
-           for label, (_, _, study_key) in METHODS.items() if not label.startswith("floor")]
+from refcocog_tools.report.method_runs import StoredMethod as Row
+
+METHODS = {
+    "baseline (crop and match)": Row("baseline", {}, "baseline"),
+    "colour-coded background": Row("color-background", {}, "colour_background"),
+    "colour overlay": Row("color-overlay"),
+    "red ellipse + blur, debiased (final proposal)": Row("red-circle", {}, "final"),
+    "Grad-CAM box": Row("gradcam"),
+    "relations (red-circle + labels; beyond the study)": Row("relations"),
+    "floor: random proposal": Row("random"),
+    "floor: largest proposal": Row("largest"),
+    "floor: proposal nearest the centre": Row("center"),
+}
+REGRESSORS = {"regressor: bottleneck head (idea 1)": ("bottleneck", "bottleneck"),
+              "regressor: large head with dropout (idea 2)": ("large", "large_regressor")}
+computed, recomputed = runs.stored_or_computed(chapter, page, METHODS)
+trained, retrained = runs.stored_or_trained_regressors(
+    chapter, chapter.root, chapter.backbones, {k: v[0] for k, v in REGRESSORS.items()},
+    epochs=regressor_epochs, seed=seed, limit=limit, device=device)
+computed.update(trained)
+glue("read_note", f"Every method but {', '.join(recomputed + retrained)} was read from the "
+     "results files the chapters wrote (those were computed here)." if recomputed + retrained
+     else "Every row was read from the results files the chapters wrote.")
+
+# %% tags=["remove-input"]
+from refcocog_tools.report.figures import study_vs_build, study_vs_build_chart
+from refcocog_tools.report.reported import STUDY, reported_results
+
+SUMMARY = [(label, row.study_key, computed[label])
+           for label, row in METHODS.items() if not label.startswith("floor")]
 SUMMARY[1:1] = [(label, study_key, computed[label])
                 for label, (_, study_key) in REGRESSORS.items()]
 summary = study_vs_build(SUMMARY)
@@ -173,22 +167,25 @@ glue_figure("fig-study-vs-build", study_vs_build_chart(summary))
 #   build's, blue, each labelled with its value or not reported.
 # ---
 # Mean IoU per method: the study's number (hatched, as reported on RefCOCOg, over the scope of
-# the reported table) next to this build's (configurations in the table below; on the
-# embedded defaults, toy-world numbers).
+# the reported table) next to this build's, on this page's split.
 # ```
 
-# %% tags=["hide-input"]
-show_table(summary, f"Mean IoU. Study: {STUDY}, as reported (test split unless the "
-                    "configuration says otherwise; what each number covers is in the `scope` "
-                    "column of the reported table below). This build: computed on the "
-                    f"configuration of each row ({honesty_text(baseline_provenance)}).")
+# %% tags=["remove-input"]
+show_table(summary.drop(columns="this build configuration"),
+           f"Mean IoU. Study: {STUDY}, as reported (what each number covers: the scope column "
+           f"of the reported table below). {table_source(computed.values())}.")
 
 # %% [markdown]
 # ## Reported by the original study (not recomputed)
 
-# %% tags=["hide-input"]
-reported = reported_results(wide=True).drop(columns="key")
-show_table(reported, f"Source: {STUDY}, as reported (not recomputed).")
+# %% tags=["remove-input"]
+study_rows = reported_results(wide=True)
+sources = "; ".join(dict.fromkeys(study_rows["source"]))
+study_rows = study_rows.assign(configuration=study_rows["backbone"] + ", proposals "
+                               + study_rows["proposals"] + ", split " + study_rows["split"])
+show_table(study_rows[["method", "configuration", "scope", "miou", "accuracy", "cosine"]]
+           .rename(columns={"miou": "mean IoU"}),
+           f"Source: {STUDY}, as reported (not recomputed), from its sections: {sources}.")
 
 # %% tags=["remove-input"]
 for key in ("baseline", "final"):
@@ -218,32 +215,28 @@ glue("reported_colour_miou", reported_value("colour_background", "miou", split="
 # All three metrics of every method this build computed, the floors included.
 # {numref}`fig-every-method` draws them.
 
-# %% tags=["hide-input"]
-computed_table = results_table(computed)
-glue_figure("fig-every-method", metric_bar_chart(computed_table, ("miou", "accuracy", "cosine"),
-                             title="every method (this build; see the box at the top)"))
-show_table(computed_table, f"{table_source(computed.values())}.")
+# %% tags=["remove-input"]
+from refcocog_tools.report.figures import interval_table, metric_bar_chart, results_table
+
+glue_figure("fig-every-method", metric_bar_chart(results_table(computed), ("accuracy",),
+                                                 title="every method, this page's split"))
+computed_table = interval_table(computed)
+glue("computed_n", int(computed_table["n"].iloc[0]))
+show_table(computed_table, f"{table_source(computed.values())}. Intervals: 95%, bootstrap over "
+                           "images.")
 
 # %% [markdown]
 # ```{glue:figure} fig-every-method
 # ---
 # name: fig-every-method
 # alt: >-
-#   Horizontal bars of mean IoU, accuracy and cosine similarity for every method computed by
-#   this build.
+#   Horizontal bars of accuracy for every method computed by this build on this page's split,
+#   the floors included.
 # ---
-# Every method of the report as this build computed it (configuration in the box at the top).
+# Accuracy at IoU 0.5 of every method of the report on this page's split.
 # ```
-
-# %% tags=["remove-input"]
-glue("computed_best", computed_table.sort_values("miou", ascending=False, kind="stable")
-     .iloc[0]["method"])
-glue("computed_n", int(computed_table["n"].iloc[0]))
-glue("computed_one_expression", 1 / max(int(computed_table["n"].iloc[0]), 1))
-
-# %% [markdown]
-# In this run, over {glue:text}`computed_n` expressions, the highest mean IoU belongs to
-# *{glue:text}`computed_best`*. One expression more or less right moves a method's accuracy by
-# {glue:text}`computed_one_expression:.3f`, so rows closer than a few times that are not told
-# apart by this run. {glue:text}`results_reading` Rerun the page with `data_root`, `clip` and
-# `proposals` set as in the tip above to get numbers that can be put next to the study's.
+#
+# Over these {glue:text}`computed_n` expressions the intervals are wide: most rows cannot be
+# told apart here, which is why the verdict at the top is computed on the larger world. Rerun
+# the page with `data_root`, `clip` and `proposals` set as in the tip above to get numbers
+# that can be put next to the study's.

@@ -29,7 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from refcocog_tools import __version__
 from refcocog_tools.data.dataset import is_synthetic as dataset_is_synthetic
+from refcocog_tools.engine.results import git_commit
+from refcocog_tools.models.clip_loading import TOY_CLIPS
+from refcocog_tools.models.untrained_models import TINY_CLIP_CONFIGS
 from refcocog_tools.report.chapter_files import (
     CHAPTER_DIR,
     KERNEL,
@@ -55,6 +59,9 @@ from refcocog_tools.report.execution_cache import (
     run_path,
     upstream_runs,
 )
+from refcocog_tools.report.repository import commit_text, repository_branch, repository_url
+from refcocog_tools.report.verdicts import write_verdict_page
+from refcocog_tools.toy.verdict_world import VERDICT_IMAGES
 
 PAIRING = "ipynb,py:percent"
 # What the book keeps of papermill's record of a run (not its paths).
@@ -128,7 +135,7 @@ def _footer_cell(root: Path, name: str, nb: Any) -> Any:
     # The jupytext source is the page's source: a download from the build, and the file in
     # the repository when one is configured.
     url = repository_url(root)
-    in_repository = (f" ([in the repository]({url}/blob/{_repository_branch(root)}/{source}))"
+    in_repository = (f" ([in the repository]({url}/blob/{repository_branch(root)}/{source}))"
                      if url else "")
     text = (f"```{{admonition}} How this page was made\n:class: dropdown\n"
             f"Executed by papermill{took} ({status}), started "
@@ -154,9 +161,6 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
     import uuid
 
     import nbformat
-
-    from refcocog_tools import __version__
-    from refcocog_tools.engine.results import git_commit
 
     log = log or sys.stdout
     package = package_fingerprint()
@@ -204,9 +208,6 @@ def on_embedded_defaults(parameters: dict[str, Any]) -> bool:
     """Whether a chapter's parameters select the embedded synthetic data or an embedded model:
     an untrained ``tiny-*`` backbone or detector, or a toy CLIP trained on the synthetic world
     (``toy-rn``). Either way its numbers are not RefCOCOg results, whatever the data."""
-    from refcocog_tools.models.clip_loading import TOY_CLIPS
-    from refcocog_tools.models.untrained_models import TINY_CLIP_CONFIGS
-
     data_root = parameters.get("data_root", "")
     if not data_root or dataset_is_synthetic(resolve_data_root(data_root)):
         return True
@@ -218,9 +219,6 @@ def on_embedded_defaults(parameters: dict[str, Any]) -> bool:
 def write_provenance_page(root: Path, names: Sequence[str], out_dir: Path) -> Path:
     """``book/provenance.md``: the execution record of every chapter of this build."""
     import nbformat
-
-    from refcocog_tools import __version__
-    from refcocog_tools.engine.results import git_commit
 
     lines = ["# How this book was built", "",
              f"Built on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from commit "
@@ -255,9 +253,6 @@ def book_config(root: Path, defaults: bool) -> Path:
     link when a repository is configured, ``repository_url``)."""
     import yaml
 
-    from refcocog_tools import __version__
-    from refcocog_tools.engine.results import git_commit
-
     config = yaml.safe_load((root / "_config.yml").read_text(encoding="utf-8"))
     html = config.setdefault("html", {})
     if defaults:
@@ -276,49 +271,13 @@ def book_config(root: Path, defaults: bool) -> Path:
         "<em>How this book was built</em>.</p>")
     if url:
         config["repository"] = {**(config.get("repository") or {}), "url": url,
-                                "branch": _repository_branch(root)}
+                                "branch": repository_branch(root)}
         html["use_repository_button"] = True
         html["use_edit_page_button"] = False
     path = root / CHAPTER_DIR / "_config.build.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
-
-
-def repository_url(root: Path) -> str:
-    """The repository the pages link to: ``repository.url`` of ``_config.yml``, else the
-    checkout's ``origin`` remote when it is an http(s) URL, else "" (no repository links)."""
-    url = str(_repository_config(root).get("url") or "")
-    if not url:
-        try:
-            url = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root,
-                                 capture_output=True, text=True, timeout=5,
-                                 check=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            url = ""
-    return url.removesuffix(".git").rstrip("/") if url.startswith(("https://", "http://")) else ""
-
-
-def _repository_config(root: Path) -> dict[str, Any]:
-    """``repository`` of the book's ``_config.yml`` ({} without one)."""
-    import yaml
-
-    path = root / "_config.yml"
-    config = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    return (config or {}).get("repository") or {}
-
-
-def _repository_branch(root: Path) -> str:
-    return str(_repository_config(root).get("branch") or "main")
-
-
-def commit_text(root: Path, commit: str | None) -> str:
-    """The build's commit for the build page: a link to ``<repository>/commit/<sha>`` when a
-    repository is configured, else the plain hash."""
-    if not commit:
-        return "`unknown (not a git checkout)`"
-    url = repository_url(root)
-    return f"[`{commit}`]({url}/commit/{commit})" if url else f"`{commit}`"
 
 
 def build_book(root: Path, config: Path | None = None) -> None:
@@ -353,7 +312,9 @@ def build(root: Path, parameters: dict[str, Any], chapters: Sequence[str] | None
     """Execute the chapters with ``parameters`` and build the book; return the HTML index.
 
     Each chapter gets the parameters it declares: ``-p ablations False`` reaches chapter 09
-    and no other. A chapter is executed only when its executed notebook is missing or out of
+    and no other; a chapter declaring ``verdict_images`` gets ``VERDICT_IMAGES`` unless given
+    (its defaults, which nbval runs, keep the small embedded dataset).
+    A chapter is executed only when its executed notebook is missing or out of
     date (``chapter_hash``), when ``force``, or when it is named in ``chapters`` (with the
     book, the other chapters are brought up to date as usual; without it, only the named
     chapters are considered).
@@ -366,12 +327,16 @@ def build(root: Path, parameters: dict[str, Any], chapters: Sequence[str] | None
     if chapters and not book:
         names = [name for name in names if name in chapters]
     per_chapter = chapter_parameters(root, names, parameters)
+    for name, given in per_chapter.items():  # the book's verdicts use the large world
+        if "verdict_images" in declared_parameters(root, name):
+            given.setdefault("verdict_images", VERDICT_IMAGES)
     out_dir = root / CHAPTER_DIR
     started = time.perf_counter()
     execute_all(root, names, per_chapter, out_dir, incremental=not force, force=chapters or (),
                 record=True)
     if book:
         write_provenance_page(root, names, out_dir)
+        write_verdict_page(root, out_dir, names)
         defaults = any(on_embedded_defaults({**declared_defaults(root, n), **per_chapter[n]})
                        for n in names)
         build_book(root, book_config(root, defaults))

@@ -22,15 +22,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from refcocog_tools.data.dataset import RefCOCOg
 from refcocog_tools.data.dataset import is_synthetic as dataset_is_synthetic
 from refcocog_tools.engine import results
+from refcocog_tools.engine.evaluate import check_proposer
 from refcocog_tools.engine.results import ProvenanceNote
+from refcocog_tools.engine.uncertainty import Interval
+from refcocog_tools.models.clip_loading import load_clips
+from refcocog_tools.proposals.proposers import make_proposer
 from refcocog_tools.report.book_build import RESULTS_ENV
 from refcocog_tools.report.chapter_files import (
     ReportError,
     find_root,
     resolve_data_root,
 )
+from refcocog_tools.report.verdicts import RECORD_NAME, RecordText, verdict_record
 
 # ----------------------------------------------------------------------------------------------
 # Chapter parameters
@@ -177,8 +183,6 @@ class Chapter:
     def open_split(self, split: str, view: str = "expression") -> Any:
         """Another split of this chapter's dataset (the ``dataset`` / ``split_by`` parameters),
         e.g. the training split whose expressions red-circle debiases with."""
-        from refcocog_tools.data.dataset import RefCOCOg
-
         return RefCOCOg(self.root, split=split, view=view,
                         dataset=self.params.get("dataset", "refcocog"),
                         split_by=self.params.get("split_by") or None)
@@ -230,10 +234,6 @@ def open_chapter(namespace: dict[str, Any], *,
     dataset of the family (see ``layouts``); a proposer that reads a file checks it against the
     split here.
     """
-    from refcocog_tools.engine.evaluate import check_proposer
-    from refcocog_tools.models.clip_loading import load_clips
-    from refcocog_tools.proposals.proposers import make_proposer
-
     params = check_parameters(namespace)
     unknown_models = set(models) - {"clip", "proposals"}
     if unknown_models:
@@ -299,23 +299,33 @@ def glue(name: str, value: Any, digits: int = 3, significant: int | None = None)
 VERDICT_KEY = "verdict"
 
 
-def glue_verdict(question: str, answer: str, study: str, name: str = VERDICT_KEY) -> None:
+def glue_verdict(question: str, answer: str, study: str, name: str = VERDICT_KEY, *,
+                 difference: Interval | None = None, compared: str = "") -> None:
     """Glue a chapter's verdict box as Markdown: the question it asks, the answer of this build
     in one sentence (made from the numbers and their intervals, e.g. by
     ``engine.uncertainty.comparison_sentence``), and what the study reported, with its scope.
+    ``difference``: the interval of the principal difference the answer rests on, and
+    ``compared`` what it compares ("red-circle - crop baseline, accuracy@0.5"), for the intro's
+    summary figure.
 
     The chapter's first cell shows it (glue resolves names defined further down the page):
 
         ```{glue:md} verdict
         :format: myst
         ```
+
+    The same verdict is glued as JSON (``verdicts.RECORD_NAME``); the book build gathers the
+    records of every chapter into the intro page (``verdicts.write_verdict_page``).
     """
     from IPython.display import Markdown
     from myst_nb import glue as myst_glue
 
-    text = (f"**Question.** {question}\n\n**This build.** {answer}\n\n"
-            f"**The study.** {study}")
+    text = (f":::{{admonition}} Verdict\n:class: tip\n**Question.** {question}\n\n"
+            f"**This build.** {answer}\n\n**The study.** {study}\n:::")
     myst_glue(name, Markdown(text), display=False)
+    myst_glue(RECORD_NAME, RecordText(verdict_record(question, answer, study, difference,
+                                                     compared)),
+              display=False)
 
 
 def glue_figure(name: str, fig: Any, dpi: int = 100) -> None:

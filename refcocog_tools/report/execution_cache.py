@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from refcocog_tools import __version__
 from refcocog_tools.report.chapter_files import CHAPTER_DIR, chapter_source, toc_chapters
 
 # A folder for the chapters' results files that overrides results/ of the book root when a
@@ -26,8 +27,6 @@ RESULTS_ENV = "REFCOCOG_TOOLS_RESULTS"
 def package_fingerprint() -> str:
     """SHA-256 of the package's sources and version: any change to the code chapters call."""
     import hashlib
-
-    from refcocog_tools import __version__
 
     digest = hashlib.sha256(__version__.encode())
     package = Path(__file__).resolve().parents[1]

@@ -10,28 +10,42 @@ to three decimals, counts as integers, no index and one mark for a missing value
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from refcocog_tools.data.mini_expressions import EXPRESSION_TYPES, expression_audit
 from refcocog_tools.engine.results import build_source
 from refcocog_tools.engine.uncertainty import Interval, format_interval
 from refcocog_tools.report import figure_panels as _panels
-from refcocog_tools.report.reported import reported_results
+from refcocog_tools.report.result_tables import (  # noqa: F401 - the chapters import them here
+    DECIMALS,
+    METRICS,
+    MISSING,
+    _metric_values,
+    comparison_table,
+    interval_table,
+    reported_caption,
+    reported_source,
+    reported_table,
+    results_table,
+    study_vs_build,
+    study_vs_build_chart,
+    table_source,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-METRICS = ("miou", "accuracy", "cosine")
-MISSING = "–"  # the one mark of a value that is missing or was not reported
-DECIMALS = 3
 # What a reader sees as a column header for the names the tables use; any other snake_case
 # name is shown with spaces.
 METRIC_NAMES = {"miou": "mean IoU", "accuracy": "accuracy@0.5", "cosine": "crop cosine"}
 HEADER_WORDS = {**METRIC_NAMES, "n": "n", "spatial_share": "spatial share",
                 "objects_per_image": "objects per image"}
+GT_COLOUR = "limegreen"
+PREDICTION_COLOUR = "red"
 
 # The pictures live in figure_panels; the chapters import them from here too.
 GT_COLOUR = _panels.GT_COLOUR
@@ -46,76 +60,8 @@ tensor_variants = _panels.tensor_variants
 ultralytics_photo = _panels.ultralytics_photo
 
 # ----------------------------------------------------------------------------------------------
-# Sources
+# Tables of results (``result_tables``, re-exported here)
 # ----------------------------------------------------------------------------------------------
-def reported_source(section: str) -> str:
-    """The source text of a number quoted from the original study."""
-    return f"reported by the original study ({section})"
-
-
-def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The three metrics as floats, NaN where a metric is missing (never zero)."""
-    return {m: float("nan") if metrics.get(m) is None else float(metrics[m]) for m in METRICS}
-
-
-# ----------------------------------------------------------------------------------------------
-# Tables
-# ----------------------------------------------------------------------------------------------
-def results_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per evaluated method: ``method``, the metrics and ``n``.
-
-    ``results`` maps a row label to an ``evaluate`` results document, in display order; the
-    source of the rows is ``table_source(results.values())``, for the caption.
-    """
-    rows = []
-    for label, doc in results.items():
-        rows.append({"method": label, **_metric_values(doc["metrics"]),
-                     "n": int(doc["metrics"]["n"])})
-    return pd.DataFrame(rows, columns=["method", *METRICS, "n"]).astype({"n": "Int64"})
-
-
-def reported_table(keys: Sequence[str] | None = None) -> pd.DataFrame:
-    """The study's numbers in the same layout as ``results_table`` (``n`` is not stated).
-
-    ``keys`` picks rows of ``reported.reported_results`` by key (default: all of them); the
-    method label names the backbone, proposals, split and scope (what the number was computed
-    over) the study shows.
-    """
-    wide = reported_results(wide=True)
-    if keys is not None:
-        missing = set(keys) - set(wide["key"])
-        if missing:
-            raise KeyError(f"no reported rows for {sorted(missing)}")
-        wide = wide[wide["key"].isin(keys)]
-    rows = []
-    for record in wide.to_dict("records"):
-        label = (f"{record['method']} [{record['backbone']}, proposals {record['proposals']}, "
-                 f"split {record['split']}, scope {record['scope']}]")
-        rows.append({"method": label,
-                     **{m: float(record.get(m, float("nan"))) for m in METRICS},
-                     "n": None})
-    return pd.DataFrame(rows, columns=["method", *METRICS, "n"]).astype({"n": "Int64"})
-
-
-def reported_caption(keys: Sequence[str]) -> str:
-    """Where the study's rows of ``keys`` come from: the study and its sections, once."""
-    wide = reported_results(wide=True)
-    sections = list(dict.fromkeys(wide[wide["key"].isin(keys)]["source"]))
-    return reported_source("; ".join(sections))
-
-
-def comparison_table(keys: Sequence[str],
-                     results: Mapping[str, Mapping[str, Any]]) -> tuple[pd.DataFrame, str]:
-    """The study's rows of ``keys`` above this build's ``results``, with a ``numbers`` column
-    ("study" or "this build") and the caption stating both sources."""
-    study = reported_table(keys).assign(numbers="study")
-    ours = results_table(results).assign(numbers="this build")
-    table = pd.concat([study, ours], ignore_index=True)
-    table = table[["numbers", "method", *METRICS, "n"]]
-    caption = f"{reported_caption(keys)}; {table_source(results.values())}."
-    return table, caption
-
-
 def spatial_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Per method, the metrics on spatial and on non-spatial expressions (source: caption)."""
     rows = []
@@ -125,67 +71,6 @@ def spatial_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
             rows.append({"method": label, "expressions": subset, "n": int(group["n"]),
                          **_metric_values(group)})
     return pd.DataFrame(rows, columns=["method", "expressions", "n", *METRICS])
-
-
-def table_source(results: Iterable[Mapping[str, Any]]) -> str:
-    """The source of a table of this build's results documents, stated once: the common
-    ``build_source`` without the expression count (a column of the table)."""
-    sources = list(dict.fromkeys(build_source(doc).rsplit(", n=", 1)[0] for doc in results))
-    return "; ".join(sources)
-
-
-def study_vs_build(rows: Sequence[tuple[str, str | None, Mapping[str, Any]]]) -> pd.DataFrame:
-    """One row per method: the study's mean IoU and configuration next to this build's.
-
-    ``rows`` are (label, key of the study's row or None when it reported no number, this
-    build's results document). The study's number is its test-split one where it has one.
-    """
-    wide = reported_results(wide=True)
-    out = []
-    for label, key, doc in rows:
-        study = wide[wide["key"] == key] if key else wide.iloc[:0]
-        if len(study) > 1 and (study["split"] == "test").any():
-            study = study[study["split"] == "test"]
-        first = study.iloc[0] if len(study) else None
-        out.append({
-            "method": label,
-            "study miou": float(first["miou"]) if first is not None else float("nan"),
-            "study configuration": (f"{first['backbone']}, proposals {first['proposals']}, "
-                                    f"{first['split']} split"
-                                    + (f", scope {first['scope']}" if "scope" in first else "")
-                                    if first is not None else None),
-            "this build miou": _metric_values(doc["metrics"])["miou"],
-            "this build accuracy": _metric_values(doc["metrics"])["accuracy"],
-            "this build configuration": build_source(doc).removeprefix("this build: "),
-        })
-    return pd.DataFrame(out)
-
-
-def study_vs_build_chart(table: pd.DataFrame, width: float = 7.5) -> Figure:
-    """Paired horizontal bars per method: the study's mean IoU (grey, hatched; absent where it
-    reported none) and this build's (blue), labelled with their values."""
-    import matplotlib.pyplot as plt
-
-    labels = [textwrap.shorten(str(v), 40) for v in table["method"]]
-    fig, ax = plt.subplots(figsize=(width, 0.55 * len(labels) + 1.2))
-    positions = range(len(labels))
-    for offset, column, style in ((-0.2, "study miou", {"color": "0.6", "hatch": "//",
-                                                        "label": "study (reported)"}),
-                                  (0.2, "this build miou", {"color": "C0",
-                                                            "label": "this build"})):
-        values = table[column].astype(float)
-        bars = ax.barh([p + offset for p in positions], values.fillna(0), height=0.38, **style)
-        for bar, value in zip(bars, values, strict=True):
-            text = "not reported" if pd.isna(value) else f"{value:.3f}"
-            ax.text(bar.get_width() + 0.01, bar.get_y() + bar.get_height() / 2, text,
-                    va="center", fontsize=9)
-    ax.set_yticks(list(positions), labels, fontsize=10)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1.15)
-    ax.set_xlabel("mean IoU", fontsize=10)
-    ax.legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,8 +161,6 @@ def expression_type_table(results: Mapping[str, Mapping[str, Any]],
     """Accuracy (IoU >= 0.5) per method and per expression type of the embedded dataset
     (``mini_expressions.expression_type``: plain / position / size / relation), one column per type,
     with ``n`` per type in the first row label and the source of every row."""
-    from refcocog_tools.data.mini_expressions import EXPRESSION_TYPES, expression_audit
-
     rows, counts = [], {}
     for label, doc in results.items():
         audit = expression_audit(root, doc["predictions"])

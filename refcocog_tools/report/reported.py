@@ -136,3 +136,49 @@ def reported_value(key: str, metric: str, split: str | None = None) -> float:
         raise KeyError(f"the study reported {metric!r} for {key!r} on several splits "
                        f"({', '.join(splits)}): name one")
     return found[0].value
+
+
+# ----------------------------------------------------------------------------------------------
+# Other work's numbers, quoted with their scope: Fine-Grained Visual Prompting (FGVP)
+# ----------------------------------------------------------------------------------------------
+FGVP = "Yang, Wang, Li, Wang, Yang, Fine-Grained Visual Prompting (NeurIPS 2023)"
+FGVP_SOURCE = ("the Results table of FGVP's official repository README "
+               "(github.com/ylingfeng/FGVP), not the paper's own table, which this project "
+               "could not read")
+FGVP_SCOPE = ("accuracy on the RefCOCOg val split (umd), zero-shot, CLIP ViT-B/32 and RN50x16 "
+              "ensembled, ReCLIP's post-processing (R), with the visual prompt named; the "
+              "README does not say which proposals (ReCLIP's code base offers ground-truth "
+              "and detected boxes)")
+
+
+@dataclass(frozen=True)
+class QuotedRow:
+    """A number another work reported, with what it was computed over."""
+
+    method: str
+    visual_prompt: str
+    value: float
+    scope: str
+    source: str
+
+
+_FGVP_ROWS: tuple[QuotedRow, ...] = (
+    QuotedRow("ReCLIP (as rerun by FGVP)", "crop and blur outside the box (P | B4)", 0.593,
+              FGVP_SCOPE, FGVP_SOURCE),
+    QuotedRow("RedCircle (as rerun by FGVP)", "red circle (P | C1)", 0.573, FGVP_SCOPE,
+              FGVP_SOURCE),
+    QuotedRow("FGVP", "blur reverse mask (P | D4)", 0.621, FGVP_SCOPE, FGVP_SOURCE),
+)
+
+
+def fgvp_rows() -> tuple[QuotedRow, ...]:
+    """FGVP's RefCOCOg numbers for the box, circle and blur-reverse-mask prompts."""
+    return _FGVP_ROWS
+
+
+def fgvp_value(method: str) -> float:
+    """One of FGVP's quoted accuracies by its method label (KeyError when none matches)."""
+    for row in _FGVP_ROWS:
+        if row.method.startswith(method):
+            return row.value
+    raise KeyError(f"no FGVP row for {method!r}")

@@ -18,6 +18,17 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from refcocog_tools.engine.evaluate import evaluate
+from refcocog_tools.engine.regressor_results import results_on_split
+from refcocog_tools.engine.results import clip_provenance
+from refcocog_tools.engine.run import RunSpec, build_run
+from refcocog_tools.methods.regressor.data import split_data
+from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
+from refcocog_tools.models.clip_loading import load_clips, toy_metadata
+from refcocog_tools.prompts.render import model_view
+from refcocog_tools.toy.config import ToyClipConfig
+from refcocog_tools.toy.training_pairs import build_pairs
+
 __all__ = [
     "FLOORS",
     "OWN_BOX",
@@ -83,8 +94,6 @@ def random_floor_sd(rows: Iterable[Mapping[str, Any]]) -> float:
 def training_curve(name: str = "toy-rn", window: int = 25) -> pd.DataFrame:
     """The shipped toy model's contrastive loss per step (from its metadata, no retraining)
     and its running mean over ``window`` steps."""
-    from refcocog_tools.models.clip_loading import toy_metadata
-
     loss = pd.Series(toy_metadata(name)["history"]["loss_per_step"], name="loss")
     loss.index.name = "step"
     return pd.DataFrame({"loss": loss,
@@ -96,11 +105,6 @@ def training_examples(name: str = "toy-rn", images: int = 1
     """The training pairs of the shipped toy model's first ``images`` train images, rebuilt
     from its recorded configuration: (what the model saw at its input resolution, the pair's
     kind, a caption: the first, or for a painted pair the one naming its background)."""
-    from refcocog_tools.models.clip_loading import toy_metadata
-    from refcocog_tools.prompts.render import model_view
-    from refcocog_tools.toy.config import ToyClipConfig
-    from refcocog_tools.toy.training_pairs import build_pairs
-
     pairs = build_pairs(ToyClipConfig.from_dict(toy_metadata(name)["config"]), images=images)
     return [(model_view(pixels), kind, captions[1] if kind == "painted" else captions[0])
             for pixels, kind, captions in zip(pairs.pixels, pairs.kinds, pairs.captions,
@@ -116,14 +120,12 @@ def evaluate_toy_methods(
     seed: int = 0,
     device: str = "cpu",
     model_cache: str | Path | None = None,
+    limit: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Results documents of ``methods`` (label, method name, options) on ``split`` with
-    ground-truth proposals; red-circle's debiasing sentences come from the train split.
-    ``model_cache``: where the CLIP checkpoints live (default: the project cache)."""
-    from refcocog_tools.engine.evaluate import evaluate
-    from refcocog_tools.engine.run import RunSpec, build_run
-    from refcocog_tools.models.clip_loading import load_clips
-
+    """Results documents of ``methods`` (label, method name, options) on ``split`` (its first
+    ``limit`` expressions; 0: all) with ground-truth proposals; red-circle's debiasing
+    sentences come from the train split. ``model_cache``: where the CLIP checkpoints live
+    (default: the project cache)."""
     methods = list(methods)
     # One run (dataset, ground-truth proposer, backbones, one in-memory cache that the methods
     # share for the text and crop embeddings); each method is built on it by the run builder,
@@ -134,7 +136,7 @@ def evaluate_toy_methods(
     out: dict[str, dict[str, Any]] = {}
     for label, name, options in methods:
         method = run.make_method(name, **dict(options))
-        out[label] = evaluate(run.dataset, method, run.proposer, run.backbones,
+        out[label] = evaluate(run.dataset, method, run.proposer, run.backbones, limit=limit,
                               config={"label": label, "clip_spec": clip, "seed": seed})
     return out
 
@@ -153,12 +155,6 @@ def evaluate_toy_regressors(
     ``clip``'s embeddings of the train split with ``regressors.TrainConfig``'s defaults (the
     study's: MSE on pixel boxes, its learning rate per head, 30 epochs) unless
     ``train_options`` says otherwise; the best validation epoch is evaluated."""
-    from refcocog_tools.engine.regressor_results import results_on_split
-    from refcocog_tools.engine.results import clip_provenance
-    from refcocog_tools.methods.regressor.data import split_data
-    from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
-    from refcocog_tools.models.clip_loading import load_clips
-
     backbones = load_clips(clip, device=device, cache=model_cache)
     data = {split: split_data(data_root, split, backbones) for split in ("train", "val", "test")}
     out: dict[str, dict[str, Any]] = {}
