@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,6 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
     check_results_file(args, "bench report")  # before the timing runs, not after them
     with output_lock(args.out, "bench report") if args.out is not None else nullcontext():
         report = run_bench(args)

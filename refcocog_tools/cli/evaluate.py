@@ -11,8 +11,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
+
+import torch.distributed as dist
 
 from refcocog_tools.cli.options import (
     UsageError,
@@ -306,8 +309,6 @@ def check_results_file(args: argparse.Namespace, what: str) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from contextlib import nullcontext
-
     check_method_arguments(args)  # before anything is created or read
     # The results file and the cache folder are checked before any work, not after it.
     check_results_file(args, "results file")
@@ -333,8 +334,6 @@ def _evaluate_and_write(args: argparse.Namespace, rank: int, world: int) -> int:
                            data_problems=found, groups=groups)
     finally:
         if world > 1:
-            import torch.distributed as dist
-
             if dist.is_initialized():
                 dist.destroy_process_group()
     # Every rank keeps the embeddings it computed, in its own shard of the cache.

@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from PIL import ImageDraw, ImageFont
+
 from refcocog_tools.cli.evaluate import (
     add_method_option_arguments,
     add_model_arguments,
@@ -49,8 +51,6 @@ def box_type(text: str) -> tuple[float, float, float, float]:
 def draw_grounding(found: Grounding) -> Any:
     """The photo with each expression's chosen box (thick, labelled with the expression and
     its score) and its runner-up (thin, dashed)."""
-    from PIL import ImageDraw, ImageFont
-
     picture = found.image.copy()
     draw = ImageDraw.Draw(picture)
     width = max(2, round(min(picture.size) / 150))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+import torch
+from PIL import ImageColor
+
 from refcocog_tools.data.layouts import ALL_SPLITS, DATASETS, SPLIT_BYS, Layout, get_layout
 from refcocog_tools.prompts.visual_prompts import VARIANTS
 
@@ -58,8 +61,6 @@ positive_float = float_in(0.0, float("inf"), low_open=True)
 
 def device_type(text: str) -> str:
     """A torch device this machine has: ``cpu``, ``cuda``, ``cuda:N`` (N < device count)."""
-    import torch
-
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
@@ -80,8 +81,6 @@ def device_type(text: str) -> str:
 
 def colour_type(text: str) -> str:
     """A colour PIL understands: a name (``red``) or ``#rrggbb``."""
-    from PIL import ImageColor
-
     try:
         ImageColor.getrgb(text)
     except ValueError:

@@ -4,12 +4,15 @@ the JSON files a user hands the tool (regular files only, depth bounded)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import pickle
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +107,6 @@ def remove_stale_temporaries(folder: str | Path, max_age_s: float = 3600.0) -> l
     Only files older than ``max_age_s`` go: a younger one may belong to a write in progress
     in another process.
     """
-    import time
-
     removed = []
     now = time.time()
     for path in Path(folder).glob(f".*{TEMPORARY_SUFFIX}"):
@@ -174,8 +175,6 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     Saving through a buffer (not a path) also keeps the archive's inner folder name constant,
     so the same object always gives the same bytes.
     """
-    import io
-
     import torch
 
     buffer = io.BytesIO()
@@ -194,8 +193,6 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
     archive's code; :func:`load_weights_file` reads one as data). A missing file raises
     ``FileNotFoundError``, a damaged one (empty, truncated, text) ``UnreadableFileError``.
     """
-    import pickle
-
     import torch
 
     # torch is imported by the reader: kept out of this module's import for light commands.

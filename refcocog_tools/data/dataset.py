@@ -14,6 +14,7 @@ import struct
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -152,8 +153,6 @@ def image_problems(records: Sequence[RefRecord], workers: int = 4,
 
     Decoding releases the GIL, so a few threads check a split several times faster.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     first = {r.image_path: r for r in records}
     with ThreadPoolExecutor(max(1, workers)) as pool:
         found = pool.map(lambda r: image_problem(r.image_path, r.image_size, decode),

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 
 def distributed_context() -> tuple[int, int]:
@@ -17,8 +18,6 @@ def distributed_context() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
@@ -34,8 +33,6 @@ def gather_rows(indexed: list[tuple[int, int, dict[str, Any]]], world: int,
     every rank's (group index, problem) pairs of skipped images, in the same order."""
     skipped = list(skipped or ())
     if world > 1:
-        import torch.distributed as dist
-
         parts: list[Any] = [None] * world
         dist.all_gather_object(parts, (indexed, skipped))
         indexed = [entry for part in parts for entry in part[0]]

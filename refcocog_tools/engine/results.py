@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from refcocog_tools import __version__
 from refcocog_tools.core.files import atomic_write_json, read_json
 from refcocog_tools.data.dataset import is_synthetic
@@ -90,8 +92,6 @@ def provenance(data_root: str | os.PathLike[str], split: str, backbones: Sequenc
     """Where a document's numbers come from. ``proposer`` None: the method uses no proposals
     (a regressor), recorded as ``{"name": "none"}`` so that tables can say so. ``layout``: the
     dataset of the family and its split-by (``layouts.Layout``; RefCOCOg umd when None)."""
-    import torch
-
     layout = layout or DEFAULT_LAYOUT
 
     ground_truth = proposer is not None and proposer.name == "gt"

@@ -25,10 +25,12 @@ YOLO detectors are loaded by ``yolo_models``, with the same cache and download r
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +88,6 @@ def _toy_marker(checkpoint: Path) -> bool:
 
 def toy_metadata(name: str) -> dict[str, Any]:
     """The shipped toy model's metadata: sha256, training configuration, loss history."""
-    from importlib import resources
-
     packed = resources.files("refcocog_tools") / "weights" / TOY_CLIPS[name]
     meta_file = packed.parent / (TOY_CLIPS[name].removesuffix(".pt.gz") + ".json")
     return json.loads(meta_file.read_text(encoding="utf-8"))
@@ -95,9 +95,6 @@ def toy_metadata(name: str) -> dict[str, Any]:
 
 def _toy_checkpoint(name: str, cache: Path) -> Path:
     """The shipped toy model unpacked into ``<cache>/clip`` (again whenever its sha256 differs)."""
-    import gzip
-    from importlib import resources
-
     path = cache / "clip" / f"{name}.pt"
     meta = toy_metadata(name)
     if not path.is_file() or sha256_file(path) != meta["sha256"]:

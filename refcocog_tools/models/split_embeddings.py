@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from refcocog_tools.core.files import atomic_torch_save, cache_dir, remove_stale_temporaries
 from refcocog_tools.data.dataset import RefCOCOg, load_rgb_image
@@ -191,8 +192,6 @@ def compute_embeddings(dataset: RefCOCOg, backbone: Encoder, image_batch: int = 
     chunks = []
     steps = range(0, len(records), image_batch)
     if progress:
-        from tqdm import tqdm
-
         steps = tqdm(steps, desc=f"{backbone.name} {dataset.split} images", unit="batch")
     for start in steps:
         # Decode a batch at a time: the whole train split does not fit in memory as PIL images.

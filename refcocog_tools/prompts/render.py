@@ -40,7 +40,14 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageColor
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import (
+    CenterCrop,
+    Compose,
+    InterpolationMode,
+    Normalize,
+    Resize,
+    ToTensor,
+)
 
 from refcocog_tools.core.boxes import as_boxes
 from refcocog_tools.core.devices import host_to_device
@@ -253,8 +260,6 @@ def pil_preprocess(resolution: int, preprocess: str = DEFAULT_PREPROCESS
 
     ``"center-crop"`` is exactly openai/CLIP's ``_transform``.
     """
-    from torchvision.transforms import CenterCrop, Compose, Normalize, Resize, ToTensor
-
     check_preprocess(preprocess)
     if preprocess == "center-crop":
         steps = [Resize(resolution, interpolation=InterpolationMode.BICUBIC),

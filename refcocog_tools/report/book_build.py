@@ -19,12 +19,14 @@ paired with their ``.py`` sources: those files are the nbval regression baseline
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -157,9 +159,6 @@ def execute_all(root: Path, names: Sequence[str], parameters: dict[str, dict[str
     is not executed again, unless it is named in ``force``. ``record``: keep papermill's run
     record, the build's commit and version and a footer cell in each executed notebook.
     """
-    import json
-    import uuid
-
     import nbformat
 
     log = log or sys.stdout

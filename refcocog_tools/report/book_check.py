@@ -23,6 +23,7 @@ one line per defect and exits 1 when there is any, 2 when no Chromium is found.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -165,8 +166,6 @@ def broken_links(page: Path, hrefs: Sequence[str], html_dir: Path,
 
 def _redirect(page: Path) -> str | None:
     """The target of a page that only redirects (``<meta http-equiv="refresh">``), else None."""
-    import re
-
     found = re.search(r'<meta[^>]+http-equiv="refresh"[^>]+url=([^"\s>]+)',
                       page.read_text(encoding="utf-8", errors="replace"), flags=re.IGNORECASE)
     return found.group(1) if found else None

@@ -22,6 +22,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from refcocog_tools.data.dataset import RefCOCOg
 from refcocog_tools.data.dataset import is_synthetic as dataset_is_synthetic
 from refcocog_tools.engine import results
@@ -266,7 +268,6 @@ def seed_everything(seed: int) -> None:
     table cells are shown whole (a source column cut with "..." would hide where a number
     comes from).
     """
-    import numpy as np
     import pandas as pd
 
     pd.set_option("display.max_colwidth", None)

@@ -9,6 +9,7 @@ parameters. Nothing here executes a chapter (``book_build`` does) or runs inside
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -130,8 +131,6 @@ def declared_parameters(root: Path, name: str) -> dict[str, str]:
 
 def declared_defaults(root: Path, name: str) -> dict[str, Any]:
     """A chapter's parameter defaults, read from its source (no code runs)."""
-    import ast
-
     nb = source_to_notebook(chapter_source(root, name))
     values = {}
     for node in ast.parse(nb.cells[parameters_cell_index(nb) or 0].source).body:

@@ -12,6 +12,8 @@ says which part changed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,6 @@ RESULTS_ENV = "REFCOCOG_TOOLS_RESULTS"
 
 def package_fingerprint() -> str:
     """SHA-256 of the package's sources and version: any change to the code chapters call."""
-    import hashlib
-
     digest = hashlib.sha256(__version__.encode())
     package = Path(__file__).resolve().parents[1]
     for path in sorted(package.rglob("*.py")):
@@ -82,9 +82,6 @@ def chapter_inputs(root: Path, name: str, parameters: dict[str, Any],
     folder the chapter reads) and the runs of the chapters before it that write them
     (``upstream_runs``, read from the build area when not given). Nothing else goes in: no
     time, no path of this machine, no cache contents."""
-    import hashlib
-    import json
-
     def sha(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()
 
@@ -106,9 +103,6 @@ def chapter_inputs(root: Path, name: str, parameters: dict[str, Any],
 def chapter_hash(root: Path, name: str, parameters: dict[str, Any],
                  package: str | None = None, upstream: dict[str, str] | None = None) -> str:
     """The digest of ``chapter_inputs``. Equal hashes: nothing to re-execute."""
-    import hashlib
-    import json
-
     parts = chapter_inputs(root, name, parameters, package, upstream)
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -133,8 +127,6 @@ def is_current(out_dir: Path, name: str, digest: str) -> bool:
 def changed_inputs(out_dir: Path, name: str, parts: dict[str, Any]) -> list[str]:
     """Which parts of a chapter's inputs differ from those of its last execution ("never
     executed" when there is no record)."""
-    import json
-
     try:
         before = json.loads(inputs_path(out_dir, name).read_text(encoding="utf-8"))
     except (OSError, ValueError):

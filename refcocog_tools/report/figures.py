@@ -9,6 +9,7 @@ to three decimals, counts as integers, no index and one mark for a missing value
 
 from __future__ import annotations
 
+import html
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -135,8 +136,6 @@ class Table:
         self.caption = caption
 
     def _repr_html_(self) -> str:
-        import html
-
         body = _formatted(self.frame, html=True).to_html(index=False, escape=True, border=0,
                                               classes="dataframe refcocog-table")
         caption = f"<caption>{html.escape(self.caption)}</caption>"

@@ -21,6 +21,8 @@ are about the synthetic world, never about RefCOCOg.
 
 from __future__ import annotations
 
+import gzip
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -205,9 +207,6 @@ def pack(checkpoint: str | Path, name: str = "toy-rn",
     """Ship ``checkpoint`` (a train-toy-clip output) as the package's ``<name>.pt.gz`` with
     ``<name>.json`` (its metadata and sha256). gzip with a zero timestamp: same bytes in,
     same bytes out. The unused token rows are zeros, so the file packs to a fraction."""
-    import gzip
-    import json
-
     checkpoint = Path(checkpoint)
     out = Path(out_dir) if out_dir is not None else Path(__file__).resolve().parents[1] / "weights"
     meta = json.loads(Path(str(checkpoint) + ".json").read_text(encoding="utf-8"))

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from refcocog_tools.engine.evaluate import evaluate
 from refcocog_tools.engine.regressor_results import results_on_split
@@ -177,9 +179,6 @@ def expression_blind_floor(rows: Iterable[Mapping[str, Any]]) -> dict[str, float
     expression a Bernoulli draw with its chance) and ``n``; expressions whose image has no
     other referred object among the rows are left out.
     """
-    import torch
-    from torchvision.ops import box_iou
-
     by_image: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_image.setdefault(int(row["image_id"]), []).append(row)
