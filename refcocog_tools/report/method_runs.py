@@ -21,14 +21,11 @@ from refcocog_tools.data.mini_expressions import expression_type
 from refcocog_tools.engine.evaluate import evaluate, group_by_image
 from refcocog_tools.engine.regressor_results import results_on_split
 from refcocog_tools.engine.uncertainty import Comparison, compare, comparison_sentence
-from refcocog_tools.methods.registry import make_method
+from refcocog_tools.methods.registry import make_method, method_entry, resolved_options
 from refcocog_tools.methods.regressor.data import split_data
 from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
 from refcocog_tools.models.prompt_cache import EmbeddingCache
 from refcocog_tools.toy.verdict_world import VERDICT_SEED, verdict_world_root
-
-# The methods that debias with, or score noun phrases with, the training split's expressions.
-NEEDS_DEBIAS_POOL = frozenset({"red-circle", "relations"})
 
 
 @dataclass
@@ -66,9 +63,11 @@ class MethodRunner:
 
     def make(self, name: str, **options: Any) -> Any:
         """The method ``name`` with ``options``, on this runner's backbones and cache."""
-        pool = self.debias_pool if name in NEEDS_DEBIAS_POOL else ()
-        return make_method(name, self.backbones, cache=self.cache, debias_pool=pool,
-                           seed=self.seed, **options)
+        chosen = resolved_options(name, None, **options)
+        # Whether it draws from the training expressions: the registry says, once per method.
+        pool = self.debias_pool if method_entry(name).needs_debias_pool(chosen) else ()
+        return make_method(name, self.backbones, options=chosen, cache=self.cache,
+                           debias_pool=pool, seed=self.seed)
 
     def run(self, name: str, proposer: Any = None, **options: Any) -> dict[str, Any]:
         """The results document of ``name`` with ``options`` (and ``proposer``, default the
