@@ -4,7 +4,8 @@ sphinx-thebe and sphinx-togglebutton add inline scripts after the HTML builder h
 script list, and Sphinx 7 then lists those twice on every page; the second copy of
 ``const THEBE_JS_URL = ...`` is a console error ("Identifier has already been declared"),
 which ``make book-check`` rightly reports. Equal scripts (same file or body, priority and
-attributes: Sphinx's own equality) are kept once, in their first place.
+attributes; an inline script's file name is ``None`` in one copy and ``""`` in the other, so
+both count as none) are kept once, in their first place.
 """
 
 from __future__ import annotations
@@ -12,9 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 
+def _script_key(script: Any) -> Any:
+    if isinstance(script, str):
+        return script
+    attributes = getattr(script, "attributes", {})
+    return (getattr(script, "filename", None) or "", getattr(script, "priority", 500),
+            tuple(sorted(attributes.items())))
+
+
 def unique_scripts(scripts: list[Any]) -> list[Any]:
-    """``scripts`` without repeats, in order (hashable Sphinx assets or plain strings)."""
-    return list(dict.fromkeys(scripts))
+    """``scripts`` without repeats, in order (Sphinx's script assets or plain strings)."""
+    seen: set[Any] = set()
+    kept = []
+    for script in scripts:
+        key = _script_key(script)
+        if key not in seen:
+            seen.add(key)
+            kept.append(script)
+    return kept
 
 
 def _dedupe(app: Any, pagename: str, templatename: str, context: dict[str, Any],
