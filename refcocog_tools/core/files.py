@@ -182,6 +182,19 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def _regular_weights_file(path: str | Path) -> Path:
+    """``path``, checked with ``os.stat`` alone to be a regular file (a FIFO would block the
+    read forever): ``FileNotFoundError`` when missing, ``UnreadableFileError`` otherwise."""
+    path = Path(path)
+    try:
+        check_regular_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as err:  # NotRegularFileError among them
+        raise UnreadableFileError(f"{path}: {err.strerror or err}") from None
+    return path
+
+
 def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)``: tensors and plain containers only, never code.
 
@@ -195,16 +208,10 @@ def load_torch_file(path: str | Path, map_location: Any = "cpu") -> Any:
     """
     import torch
 
-    # torch is imported by the reader: kept out of this module's import for light commands.
+    # The archive reader imports torch: imported here, so light commands never pay for it.
     from refcocog_tools.core.torchscript_archive import is_torchscript_archive
 
-    path = Path(path)
-    try:
-        check_regular_file(path)  # a FIFO would block torch.load forever
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    except OSError as err:  # NotRegularFileError among them
-        raise UnreadableFileError(f"{path}: {err.strerror or err}") from None
+    path = _regular_weights_file(path)
     if is_torchscript_archive(path):
         raise UnsafeFileError(f"{path}: refused to load: it is a TorchScript archive, whose code "
                               "torch.jit.load would run; only tensors and plain containers are "
@@ -244,9 +251,7 @@ def load_weights_file(path: str | Path) -> Any:
         read_torchscript_state_dict,
     )
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = _regular_weights_file(path)
     if is_torchscript_archive(path):
         return read_torchscript_state_dict(path)
     return load_torch_file(path)

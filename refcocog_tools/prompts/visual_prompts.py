@@ -95,7 +95,7 @@ def crop(image: Image.Image, box: BoxLike) -> Image.Image:
 def draw_marker(
     image: Image.Image,
     box: BoxLike,
-    shape: MarkerShape = "ellipse",
+    shape: MarkerShape = DEFAULT_MARKER,
     colour: Colour | None = DEFAULT_COLOUR,
     width: int = DEFAULT_WIDTH,
     mask: torch.Tensor | None = None,
