@@ -35,13 +35,9 @@ from refcocog_tools.engine.evaluate import evaluate, group_by_image
 from refcocog_tools.methods.registry import make_method
 from refcocog_tools.report import chapter_answers as answers
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
-from refcocog_tools.report.figures import (
-    metric_bar_chart,
-    prediction_grid,
-    show_table,
-    spatial_table,
-    table_source,
-)
+from refcocog_tools.report.figure_panels import prediction_grid
+from refcocog_tools.report.figures import metric_bar_chart, show_table, spatial_table
+from refcocog_tools.report.result_tables import table_source
 
 chapter = open_chapter(globals())
 dataset, backbones, proposer = chapter.dataset, chapter.backbones, chapter.proposer

@@ -44,8 +44,9 @@ from refcocog_tools.methods.regressor.heads import head_widths, make_head
 from refcocog_tools.methods.regressor.history import plot_history
 from refcocog_tools.report import chapter_answers as answers
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter, regressor_runs
-from refcocog_tools.report.figures import reported_caption, show_table
+from refcocog_tools.report.figures import show_table
 from refcocog_tools.report.reported import reported_results
+from refcocog_tools.report.result_tables import reported_caption
 
 chapter = open_chapter(globals(), models=("clip",))
 root, backbones = chapter.root, chapter.backbones

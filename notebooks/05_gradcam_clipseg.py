@@ -41,7 +41,8 @@ from refcocog_tools.methods.gradcam import GradCam, box_from_map
 from refcocog_tools.methods.registry import make_method
 from refcocog_tools.report import chapter_answers as answers
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
-from refcocog_tools.report.figures import heatmap_grid, metric_bar_chart, show_table
+from refcocog_tools.report.figure_panels import heatmap_grid
+from refcocog_tools.report.figures import metric_bar_chart, show_table
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,

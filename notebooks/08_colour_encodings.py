@@ -50,7 +50,8 @@ from refcocog_tools.methods.colour_encodings import (
 from refcocog_tools.methods.registry import make_method
 from refcocog_tools.report import chapter_answers as answers
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
-from refcocog_tools.report.figures import lut_figure, metric_bar_chart, show_table, side_by_side
+from refcocog_tools.report.figure_panels import lut_figure, side_by_side
+from refcocog_tools.report.figures import metric_bar_chart, show_table
 from refcocog_tools.report.reported import reported_value
 
 chapter = open_chapter(globals())

@@ -44,8 +44,10 @@ verdict_images: int = 0  # > 0: the verdict's world of that many images (the boo
 # %% tags=["remove-input"]
 from refcocog_tools.report import ablations as study_ablations
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
-from refcocog_tools.report.figures import show_table, side_by_side, table_source
+from refcocog_tools.report.figure_panels import side_by_side
+from refcocog_tools.report.figures import show_table
 from refcocog_tools.report.method_runs import MethodRunner, verdict_runner, verdict_sentence
+from refcocog_tools.report.result_tables import table_source
 
 chapter = open_chapter(globals())
 options = dict(variants=tuple(variants), blur_radius=blur_radius, stroke_width=stroke_width,
@@ -111,7 +113,7 @@ from pathlib import Path
 
 from refcocog_tools.data.dataset import load_rgb_image
 from refcocog_tools.prompts.visual_prompts import VARIANTS
-from refcocog_tools.report.figures import preprocess_views, tensor_variants, ultralytics_photo
+from refcocog_tools.report.figure_panels import preprocess_views, tensor_variants, ultralytics_photo
 
 # Hand-annotated xyxy pixel boxes (x1, y1, x2, y2) on the full-resolution photographs.
 PHOTO_BOXES = {
@@ -265,8 +267,8 @@ glue("debias_pool", len(page.debias_pool))
 # study's reported rows stand above this build's; the study gave no intervals.
 
 # %% tags=["remove-input"]
-from refcocog_tools.report.figures import comparison_table
 from refcocog_tools.report.reported import reported_value
+from refcocog_tools.report.result_tables import comparison_table
 from refcocog_tools.toy.verdict_world import half_width
 
 judged = verdict_runner(chapter, verdict_images)

@@ -56,7 +56,8 @@ verdict_images: int = 0  # > 0: the verdict's world of that many images (the boo
 # %% tags=["remove-input"]
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report import method_runs as runs
-from refcocog_tools.report.figures import show_table, table_source
+from refcocog_tools.report.figures import show_table
+from refcocog_tools.report.result_tables import table_source
 
 chapter = open_chapter(globals())
 page = runs.MethodRunner(chapter.dataset, chapter.backbones, chapter.proposer,
@@ -148,8 +149,8 @@ glue("read_note", f"Every method but {', '.join(recomputed + retrained)} was rea
      else "Every row was read from the results files the chapters wrote.")
 
 # %% tags=["remove-input"]
-from refcocog_tools.report.figures import study_vs_build, study_vs_build_chart
 from refcocog_tools.report.reported import STUDY, reported_results
+from refcocog_tools.report.result_tables import study_vs_build, study_vs_build_chart
 
 SUMMARY = [(label, row.study_key, computed[label])
            for label, row in METHODS.items() if not label.startswith("floor")]
@@ -216,7 +217,8 @@ glue("reported_colour_miou", reported_value("colour_background", "miou", split="
 # {numref}`fig-every-method` draws them.
 
 # %% tags=["remove-input"]
-from refcocog_tools.report.figures import interval_table, metric_bar_chart, results_table
+from refcocog_tools.report.figures import metric_bar_chart
+from refcocog_tools.report.result_tables import interval_table, results_table
 
 glue_figure("fig-every-method", metric_bar_chart(results_table(computed), ("accuracy",),
                                                  title="every method, this page's split"))

@@ -98,14 +98,9 @@ from refcocog_tools.methods.relations.reference_parser import parse_reference
 from refcocog_tools.methods.relations.resolver import draw_resolution
 from refcocog_tools.models.prompt_cache import EmbeddingCache
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
-from refcocog_tools.report.figures import (
-    expression_type_table,
-    results_table,
-    show_table,
-    spatial_table,
-    table_source,
-)
+from refcocog_tools.report.figures import expression_type_table, show_table, spatial_table
 from refcocog_tools.report.method_runs import verdict_sentence
+from refcocog_tools.report.result_tables import results_table, table_source
 
 chapter = open_chapter(globals())
 root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,

@@ -62,8 +62,9 @@ verdict_images: int = 0  # > 0: the table on a generated world of that many imag
 
 # %% tags=["remove-input"]
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
-from refcocog_tools.report.figures import expression_type_table, show_table, table_source
+from refcocog_tools.report.figures import expression_type_table, show_table
 from refcocog_tools.report.method_runs import of_expression_type, verdict_sentence
+from refcocog_tools.report.result_tables import table_source
 from refcocog_tools.toy import toy_world
 from refcocog_tools.toy.verdict_world import half_width, verdict_world_root
 
@@ -85,7 +86,7 @@ import textwrap
 
 from PIL import Image
 
-from refcocog_tools.report.figures import side_by_side
+from refcocog_tools.report.figure_panels import side_by_side
 
 examples = toy_world.training_examples("toy-rn", images=1)
 glue_figure("fig-toy-pairs", side_by_side(

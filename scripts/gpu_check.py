@@ -241,7 +241,7 @@ def agreement(device: str) -> dict[str, Any]:
     from refcocog_tools.models.clip_loading import load_clip
     from refcocog_tools.prompts.render import PREPROCESS_MODES, input_difference
     from refcocog_tools.proposals.proposers import GroundTruthProposer
-    from refcocog_tools.report.figures import ultralytics_photo
+    from refcocog_tools.report.figure_panels import ultralytics_photo
 
     root = default_data_root()
     groups = group_by_image(RefCOCOg(root, "test", view="expression"))

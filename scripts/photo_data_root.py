@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from refcocog_tools.report.figures import ultralytics_photo
+from refcocog_tools.report.figure_panels import ultralytics_photo
 
 OBJECTS = {  # name -> [(category_id, box xyxy, expressions)]
     "bus.jpg": [(6, (22, 231, 805, 756), ["the blue bus", "a bus behind the people"]),

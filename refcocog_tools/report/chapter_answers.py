@@ -20,13 +20,9 @@ from refcocog_tools.engine.uncertainty import (
     comparison_sentence,
     document_intervals,
 )
-from refcocog_tools.report.figures import (
-    METRIC_NAMES,
-    reported_caption,
-    reported_table,
-    table_source,
-)
+from refcocog_tools.report.figures import METRIC_NAMES
 from refcocog_tools.report.reported import SCOPES, reported_rows
+from refcocog_tools.report.result_tables import reported_caption, reported_table, table_source
 
 INTERVAL_NOTE = "mean IoU and accuracy with 95% intervals (bootstrap over images)"
 

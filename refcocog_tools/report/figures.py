@@ -1,10 +1,10 @@
 """Tables and figures the report's chapters share.
 
 A table's numbers come from one place, or from two kept apart: the study's rows (quoted from
-``refcocog_tools.report.reported``)
-and this build's. ``show_table`` displays a table with its source
-stated once, in the caption (``table_source`` writes it from the results documents), numbers
-to three decimals, counts as integers, no index and one mark for a missing value.
+``refcocog_tools.report.reported``) and this build's (``result_tables``; the pictures are
+``figure_panels``). ``show_table`` displays a table with its source stated once, in the
+caption (``table_source`` writes it from the results documents), numbers to three decimals,
+counts as integers, no index and one mark for a missing value.
 """
 
 from __future__ import annotations
@@ -20,22 +20,7 @@ import pandas as pd
 from refcocog_tools.data.mini_expressions import EXPRESSION_TYPES, expression_audit
 from refcocog_tools.engine.results import build_source
 from refcocog_tools.engine.uncertainty import Interval, format_interval
-from refcocog_tools.report import figure_panels as _panels
-from refcocog_tools.report.result_tables import (  # noqa: F401 - the chapters import them here
-    DECIMALS,
-    METRICS,
-    MISSING,
-    _metric_values,
-    comparison_table,
-    interval_table,
-    reported_caption,
-    reported_source,
-    reported_table,
-    results_table,
-    study_vs_build,
-    study_vs_build_chart,
-    table_source,
-)
+from refcocog_tools.report.result_tables import DECIMALS, METRICS, MISSING, metric_values
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,24 +30,8 @@ if TYPE_CHECKING:
 METRIC_NAMES = {"miou": "mean IoU", "accuracy": "accuracy@0.5", "cosine": "crop cosine"}
 HEADER_WORDS = {**METRIC_NAMES, "n": "n", "spatial_share": "spatial share",
                 "objects_per_image": "objects per image"}
-GT_COLOUR = "limegreen"
-PREDICTION_COLOUR = "red"
 
-# The pictures live in figure_panels; the chapters import them from here too.
-GT_COLOUR = _panels.GT_COLOUR
-PREDICTION_COLOUR = _panels.PREDICTION_COLOUR
-draw_box = _panels.draw_box
-heatmap_grid = _panels.heatmap_grid
-lut_figure = _panels.lut_figure
-prediction_grid = _panels.prediction_grid
-preprocess_views = _panels.preprocess_views
-side_by_side = _panels.side_by_side
-tensor_variants = _panels.tensor_variants
-ultralytics_photo = _panels.ultralytics_photo
 
-# ----------------------------------------------------------------------------------------------
-# Tables of results (``result_tables``, re-exported here)
-# ----------------------------------------------------------------------------------------------
 def spatial_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Per method, the metrics on spatial and on non-spatial expressions (source: caption)."""
     rows = []
@@ -70,7 +39,7 @@ def spatial_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
         for subset, key in (("spatial", "spatial"), ("non-spatial", "non_spatial")):
             group = doc["metrics"]["by_spatial"][key]
             rows.append({"method": label, "expressions": subset, "n": int(group["n"]),
-                         **_metric_values(group)})
+                         **metric_values(group)})
     return pd.DataFrame(rows, columns=["method", "expressions", "n", *METRICS])
 
 

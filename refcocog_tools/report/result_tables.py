@@ -35,7 +35,7 @@ def reported_source(section: str) -> str:
     return f"reported by the original study ({section})"
 
 
-def _metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
+def metric_values(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The three metrics as floats, NaN where a metric is missing (never zero)."""
     return {m: float("nan") if metrics.get(m) is None else float(metrics[m]) for m in METRICS}
 
@@ -51,7 +51,7 @@ def results_table(results: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """
     rows = []
     for label, doc in results.items():
-        rows.append({"method": label, **_metric_values(doc["metrics"]),
+        rows.append({"method": label, **metric_values(doc["metrics"]),
                      "n": int(doc["metrics"]["n"])})
     return pd.DataFrame(rows, columns=["method", *METRICS, "n"]).astype({"n": "Int64"})
 
@@ -147,8 +147,8 @@ def study_vs_build(rows: Sequence[tuple[str, str | None, Mapping[str, Any]]]) ->
                                     f"{first['split']} split"
                                     + (f", scope {first['scope']}" if "scope" in first else "")
                                     if first is not None else None),
-            "this build miou": _metric_values(doc["metrics"])["miou"],
-            "this build accuracy": _metric_values(doc["metrics"])["accuracy"],
+            "this build miou": metric_values(doc["metrics"])["miou"],
+            "this build accuracy": metric_values(doc["metrics"])["accuracy"],
             "this build configuration": build_source(doc).removeprefix("this build: "),
         })
     return pd.DataFrame(out)

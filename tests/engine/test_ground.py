@@ -14,7 +14,7 @@ from PIL import Image
 
 from refcocog_tools.cli.main import main
 from refcocog_tools.engine.ground import NO_DEBIAS_NOTE, GroundError, ground, ground_photo
-from refcocog_tools.report.figures import ultralytics_photo
+from refcocog_tools.report.figure_panels import ultralytics_photo
 
 # Boxes (xyxy pixels) of the photos' people and the bus, and expressions to ground among them.
 PHOTOS = {

@@ -14,7 +14,7 @@ from refcocog_tools.engine.evaluate import group_by_image
 from refcocog_tools.prompts import render, tensor_filters
 from refcocog_tools.prompts.visual_prompts import render_variants
 from refcocog_tools.proposals.proposers import GroundTruthProposer
-from refcocog_tools.report.figures import ultralytics_photo
+from refcocog_tools.report.figure_panels import ultralytics_photo
 
 
 def _noise(seed: int, size: tuple[int, int] = (53, 41)) -> Image.Image:
@@ -158,7 +158,7 @@ def test_backends_choose_the_same_boxes_on_the_embedded_test_split(tiny_rn, tiny
 
 def test_preprocess_views_show_what_clip_sees_of_an_edge_proposal() -> None:
     """Figures: the centre crop loses a proposal at the left edge, the square view keeps it."""
-    from refcocog_tools.report.figures import preprocess_views, tensor_variants
+    from refcocog_tools.report.figure_panels import preprocess_views, tensor_variants
 
     image = Image.new("RGB", (160, 90), (0, 0, 255))
     views = preprocess_views(image, (1.0, 10.0, 30.0, 80.0), resolution=32, blur_radius=2.0,
