@@ -238,6 +238,10 @@ class EmbeddingCache:
         table.update(zip(keys, vectors.float(), strict=True))
         self._added(backbone.checksum, "image", keys)
 
+    def has_text(self, backbone: Encoder, text: str) -> bool:
+        """Whether the text embedding of ``text`` for ``backbone`` is cached."""
+        return text in self._table(backbone.checksum, "text")
+
     def has_image(self, backbone: Encoder, key: Hashable) -> bool:
         """Whether the image embedding ``key`` of ``backbone`` is cached (from disk or this run)."""
         return key in self._table(backbone.checksum, "image")

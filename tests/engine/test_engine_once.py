@@ -23,6 +23,7 @@ from refcocog_tools.engine.evaluate import evaluate_groups, group_by_image
 from refcocog_tools.engine.stage_clock import STAGES
 from refcocog_tools.methods.red_circle import RedCircle, RedCircleOptions
 from refcocog_tools.methods.scoring import box_key
+from refcocog_tools.models import backbones
 from refcocog_tools.models.prompt_cache import EmbeddingCache, image_fingerprint
 from refcocog_tools.proposals.proposers import GroundTruthProposer
 
@@ -210,3 +211,30 @@ def test_a_truncated_image_passes_the_header_check_and_fails_the_decode(tmp_path
     assert image_problem(path, (64, 48), decode=False) is None
     problem = image_problem(path, (64, 48))
     assert problem is not None and problem.startswith(f"{path}: image unreadable")
+
+
+def test_texts_are_encoded_in_whole_passes(tiny_rn, mini_data: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched engine encodes a run's texts in as few forward passes as they fill: a
+    batch's texts that do not fill a pass wait for the next batch's (only the last pass of the
+    run is padded), and the rows are the plain loop's."""
+    # Passes of 3 texts: the split's texts then span several passes and batches.
+    monkeypatch.setattr(backbones, "FIXED_BATCH_CPU", 3)
+    groups = _groups(mini_data)
+    plain = evaluate_groups(groups, _red_circle(tiny_rn, mini_data), GroundTruthProposer())
+    method = _red_circle(tiny_rn, mini_data)  # the debias texts are encoded as it is made
+    encoded: list[str] = []
+    passes: list[int] = []
+    real = type(tiny_rn).encode_texts
+
+    def counting(self, texts, batch_size=256, normalize=True, *, pad_last=False):  # noqa: ANN001, ANN202
+        encoded.extend(texts)
+        passes.extend([batch_size] * -(-len(texts) // batch_size))
+        return real(self, texts, batch_size, normalize, pad_last=pad_last)
+
+    monkeypatch.setattr(type(tiny_rn), "encode_texts", counting)
+    batched = evaluate_groups(groups, method, GroundTruthProposer(), batch_size=8)
+    assert batched == plain
+    assert len(encoded) == len(set(encoded))  # each text once
+    assert len(passes) == -(-len(encoded) // 3)  # the fewest passes that hold them
+    assert len(passes) >= 2, "the test needs texts over several batches"
