@@ -31,8 +31,7 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 # %% tags=["remove-input"]
 import random
 
-from refcocog_tools.engine.evaluate import evaluate, group_by_image
-from refcocog_tools.methods.registry import make_method
+from refcocog_tools.engine.evaluate import group_by_image
 from refcocog_tools.report import chapter_answers as answers
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figure_panels import prediction_grid
@@ -40,9 +39,8 @@ from refcocog_tools.report.figures import metric_bar_chart, show_table, spatial_
 from refcocog_tools.report.result_tables import table_source
 
 chapter = open_chapter(globals())
-dataset, backbones, proposer = chapter.dataset, chapter.backbones, chapter.proposer
-runs = {name: evaluate(dataset, make_method(name, backbones, seed=seed), proposer, backbones,
-                       limit=limit) for name in ("baseline", "random", "largest", "center")}
+dataset = chapter.dataset
+runs = {name: chapter.evaluate(name) for name in ("baseline", "random", "largest", "center")}
 for name, document in runs.items():
     chapter.save_results(name, document)
 chapter.note

@@ -42,10 +42,8 @@ import pandas as pd
 import torch
 from torchvision.ops import box_iou
 
-from refcocog_tools.engine.evaluate import evaluate
 from refcocog_tools.engine.regressor_results import results_on_split
 from refcocog_tools.engine.results import clip_provenance
-from refcocog_tools.methods.registry import make_method
 from refcocog_tools.methods.regressor.data import split_data
 from refcocog_tools.methods.regressor.heads import (
     head_widths,
@@ -54,9 +52,7 @@ from refcocog_tools.methods.regressor.heads import (
     study_iou_loss_with_corner_bug,
 )
 from refcocog_tools.methods.regressor.history import plot_history
-from refcocog_tools.methods.regressor.method import RegressorMethod, RegressorOptions
 from refcocog_tools.methods.regressor.training import evaluate_head, train_regressor
-from refcocog_tools.proposals.proposers import make_proposer
 from refcocog_tools.report import chapter_answers as answers
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figures import show_table
@@ -79,12 +75,10 @@ result = train_regressor(data["train"], data["val"], config, out_dir=out_dir, de
 test_results = results_on_split(result, data["test"], root, backbones, out_dir / "best.pt",
                                 limit=limit)
 chapter.save_results("regressor-bottleneck", test_results)
-# The same checkpoint through the engine, and the crop baseline on the same expressions.
-test_split, gt = chapter.open_split("test"), make_proposer("gt")
-engine = evaluate(test_split, RegressorMethod(backbones, RegressorOptions(out_dir / "best.pt",
-                                                                          device)),
-                  gt, backbones, limit=limit)
-baseline = evaluate(test_split, make_method("baseline", backbones), gt, backbones, limit=limit)
+# The same checkpoint through the engine, and the crop baseline on the same expressions (the
+# test split, ground-truth proposals).
+engine = chapter.evaluate("regressor", checkpoint=out_dir / "best.pt", device=device)
+baseline = chapter.evaluate("baseline")
 
 # %% [markdown]
 # ## Results

@@ -36,17 +36,15 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 # %% tags=["remove-input"]
 import torch
 
-from refcocog_tools.engine.evaluate import evaluate, group_by_image
-from refcocog_tools.methods.gradcam import GradCam, box_from_map
-from refcocog_tools.methods.registry import make_method
+from refcocog_tools.engine.evaluate import group_by_image
+from refcocog_tools.methods.gradcam import box_from_map
 from refcocog_tools.report import chapter_answers as answers
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figure_panels import heatmap_grid
 from refcocog_tools.report.figures import metric_bar_chart, show_table
 
 chapter = open_chapter(globals())
-root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
-                                      chapter.proposer)
+dataset = chapter.dataset
 chapter.note
 
 # %% [markdown]
@@ -59,15 +57,10 @@ chapter.note
 # {numref}`fig-gradcam-results` compares them.
 
 # %% tags=["remove-input"]
-runs = {f"gradcam, threshold {t}": evaluate(dataset, make_method("gradcam", backbones,
-                                                                 threshold=t),
-                                            proposer, backbones, limit=limit)
-        for t in thresholds}
-runs["gradcam, snap to proposal"] = evaluate(
-    dataset, make_method("gradcam", backbones, threshold=threshold, snap_to_proposal=True),
-    proposer, backbones, limit=limit)
-runs["baseline (crop and match)"] = evaluate(dataset, make_method("baseline", backbones),
-                                             proposer, backbones, limit=limit)
+runs = {f"gradcam, threshold {t}": chapter.evaluate("gradcam", threshold=t) for t in thresholds}
+runs["gradcam, snap to proposal"] = chapter.evaluate("gradcam", threshold=threshold,
+                                                     snap_to_proposal=True)
+runs["baseline (crop and match)"] = chapter.evaluate("baseline")
 if threshold in thresholds:
     chapter.save_results("gradcam", runs[f"gradcam, threshold {threshold}"])
 table = answers.method_table(runs)
@@ -129,7 +122,7 @@ glue_verdict(
 groups = group_by_image(dataset, limit)
 items = groups[min(image_index, len(groups) - 1)][:n_maps]
 image = items[0].image
-gradcam = GradCam(backbones, GradCamOptions(threshold=threshold))
+gradcam = chapter.run.make_method("gradcam", threshold=threshold)
 heat = gradcam.heatmaps(image, [it.sentence for it in items])
 boxes = torch.stack([box_from_map(h, threshold) for h in heat])
 fig = heatmap_grid(image, heat, boxes, [it.box for it in items], [it.sentence for it in items])

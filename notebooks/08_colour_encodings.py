@@ -33,7 +33,7 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 import pandas as pd
 
 from refcocog_tools.data.language import is_spatial
-from refcocog_tools.engine.evaluate import evaluate, group_by_image
+from refcocog_tools.engine.evaluate import group_by_image
 from refcocog_tools.methods.colour_encodings import (
     KEYWORD_COLOURS,
     LUT_GRID,
@@ -47,7 +47,6 @@ from refcocog_tools.methods.colour_encodings import (
     paint_background,
     tint_crop,
 )
-from refcocog_tools.methods.registry import make_method
 from refcocog_tools.report import chapter_answers as answers
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figure_panels import lut_figure, side_by_side
@@ -55,10 +54,8 @@ from refcocog_tools.report.figures import metric_bar_chart, show_table
 from refcocog_tools.report.reported import reported_value
 
 chapter = open_chapter(globals())
-root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
-                                      chapter.proposer)
-runs = {name: evaluate(dataset, make_method(name, backbones), proposer, backbones, limit=limit)
-        for name in ("baseline", "color-background", "color-overlay")}
+dataset, proposer = chapter.dataset, chapter.proposer
+runs = {name: chapter.evaluate(name) for name in ("baseline", "color-background", "color-overlay")}
 for name in ("color-background", "color-overlay"):
     chapter.save_results(name, runs[name])
 chapter.note

@@ -46,15 +46,14 @@ from refcocog_tools.report import ablations as study_ablations
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figure_panels import side_by_side
 from refcocog_tools.report.figures import show_table
-from refcocog_tools.report.method_runs import MethodRunner, verdict_runner, verdict_sentence
+from refcocog_tools.report.method_runs import verdict_runner, verdict_sentence
 from refcocog_tools.report.result_tables import table_source
 
 chapter = open_chapter(globals())
 options = dict(variants=tuple(variants), blur_radius=blur_radius, stroke_width=stroke_width,
                n_debias=n_debias, area_filter=area_filter, class_prior=class_prior,
                preprocess=preprocess)
-page = MethodRunner(chapter.dataset, chapter.backbones, chapter.proposer,
-                    chapter.open_split("train").sentences(), seed, limit)
+page = chapter.runner
 chapter.note
 
 # %% [markdown]

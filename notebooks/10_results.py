@@ -60,8 +60,7 @@ from refcocog_tools.report.figures import show_table
 from refcocog_tools.report.result_tables import table_source
 
 chapter = open_chapter(globals())
-page = runs.MethodRunner(chapter.dataset, chapter.backbones, chapter.proposer,
-                         chapter.open_split("train").sentences(), seed, limit)
+page = chapter.runner
 chapter.note
 
 # %% [markdown]

@@ -91,21 +91,17 @@ import pandas as pd
 
 from refcocog_tools.data.dataset import is_synthetic
 from refcocog_tools.data.mini_expressions import expression_audit, expression_type
-from refcocog_tools.engine.evaluate import evaluate, group_by_image
+from refcocog_tools.engine.evaluate import group_by_image
 from refcocog_tools.engine.results import honesty_text, reading_note
-from refcocog_tools.methods.registry import make_method
 from refcocog_tools.methods.relations.reference_parser import parse_reference
 from refcocog_tools.methods.relations.resolver import draw_resolution
-from refcocog_tools.models.prompt_cache import EmbeddingCache
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figures import expression_type_table, show_table, spatial_table
 from refcocog_tools.report.method_runs import verdict_sentence
 from refcocog_tools.report.result_tables import results_table, table_source
 
 chapter = open_chapter(globals())
-root, dataset, backbones, proposer = (chapter.root, chapter.dataset, chapter.backbones,
-                                      chapter.proposer)
-debias_pool = chapter.open_split("train").sentences()
+root, dataset, proposer = chapter.root, chapter.dataset, chapter.proposer
 synthetic = is_synthetic(root)
 chapter.note
 
@@ -186,8 +182,6 @@ show_table(pd.DataFrame(rows),
 # proposals, so the only difference is how the answer is picked.
 
 # %% tags=["remove-input"]
-cache = EmbeddingCache()
-common = dict(cache=cache, debias_pool=debias_pool, seed=seed)
 red_circle_options = {"n_debias": n_debias}
 scorer_options = red_circle_options if entity_scorer == "red-circle" else {}
 configs = {
@@ -207,9 +201,7 @@ configs = {
     "largest proposal": ("largest", {}),
     "proposal nearest the centre": ("center", {}),
 }
-results = {label: evaluate(dataset, make_method(name, backbones, **common, **options),
-                           proposer, backbones, limit=limit)
-           for label, (name, options) in configs.items()}
+results = {label: chapter.evaluate(name, **options) for label, (name, options) in configs.items()}
 main_label = next(iter(results))
 main = results[main_label]
 whole, comparison = verdict_sentence(main_label, "red-circle on the whole expression", main,
@@ -303,7 +295,7 @@ show_table(failures.reset_index(drop=True),
 # arrow runs from the answer to it), and the answer in red.
 
 # %% tags=["remove-input"]
-method = make_method("relations", backbones, **common, **configs[main_label][1])
+method = chapter.run.make_method("relations", **configs[main_label][1])
 groups = group_by_image(dataset, limit)
 shown = []
 for kind in ("relation", "position"):

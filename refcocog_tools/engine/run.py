@@ -2,7 +2,9 @@
 method" written once, for ``evaluate``, ``bench``, ``ground`` and the toy world.
 
 A ``RunSpec`` says what a run is (typed: a layout, the method's options object, the proposer
-and CLIP specs); ``build_run`` makes it. What a method needs is read from its registry entry
+and CLIP specs); ``build_run`` makes it. A spec without a method (``method=None``: a chapter
+that evaluates several) builds the data, the models and the cache; ``Run.make_method`` then
+makes each method on them. What a method needs is read from its registry entry
 (``methods.registry.MethodEntry``), never decided here: a CLIP, proposals with masks (the
 proposer is then built with ``masks=True``, and a proposer that gives none is refused), and a
 debias pool (the train split's expressions, read only when the method draws from them).
@@ -44,8 +46,9 @@ class RunSpec:
     """Everything that says what a run is, before anything is loaded.
 
     ``data_root`` None: the embedded synthetic dataset. ``split`` None: the layout's default.
-    ``options``: the method's options object (None: its defaults). ``proposals``: a
-    ``make_proposer`` spec, with ``detector`` settings (conf, iou, max_det) for a YOLO one.
+    ``method`` None: no method is built (``Run.make_method`` makes them). ``options``: the
+    method's options object (None: its defaults). ``proposals``: a ``make_proposer`` spec,
+    with ``detector`` settings (conf, iou, max_det) for a YOLO one.
     ``cache_dir``: where embeddings are kept on disk (None: in memory only), ``cache_shard``
     this process's files there. ``keep_first_duplicates``: a repeated id keeps its first record
     instead of refusing the run.
@@ -54,7 +57,7 @@ class RunSpec:
     data_root: Path | None = None
     layout: Layout = DEFAULT_LAYOUT
     split: str | None = None
-    method: str = "red-circle"
+    method: str | None = "red-circle"
     options: Any = None
     proposals: str = "gt"
     detector: Mapping[str, Any] = field(default_factory=dict)
@@ -66,13 +69,14 @@ class RunSpec:
     keep_first_duplicates: bool = False
 
     @property
-    def entry(self) -> MethodEntry:
-        return method_entry(self.method)
+    def entry(self) -> MethodEntry | None:
+        """The method's registry entry (None for a spec without a method)."""
+        return method_entry(self.method) if self.method is not None else None
 
     @property
     def method_options(self) -> Any:
-        """The method's options object, checked to be of its type."""
-        return resolved_options(self.method, self.options)
+        """The method's options object, checked to be of its type (None without a method)."""
+        return resolved_options(self.method, self.options) if self.method is not None else None
 
     def resolved_root(self) -> Path:
         """The data root, the embedded dataset (generated on first use) when none is given."""
@@ -90,7 +94,7 @@ class Run:
     proposer: Proposer
     backbones: list[ClipBackbone]
     cache: EmbeddingCache
-    method: GroundingMethod = field(init=False)
+    method: GroundingMethod | None = field(default=None, init=False)
     _debias_pool: Sequence[str] | None = field(default=None, repr=False)
 
     def debias_pool(self) -> Sequence[str]:
@@ -101,15 +105,21 @@ class Run:
         return self._debias_pool
 
     def make_method(self, name: str | None = None, options: Any = None, *,
-                    cache: EmbeddingCache | None = None, **settings: Any) -> GroundingMethod:
+                    cache: EmbeddingCache | None = None, proposer: Proposer | None = None,
+                    **settings: Any) -> GroundingMethod:
         """Another method on this run's models (default: the spec's method and options, with
         ``settings`` replacing single options), on ``cache`` (default: the run's); a method
-        that needs what this run's proposer lacks is refused."""
+        that needs what the proposer it will run with lacks (``proposer``, default the run's)
+        is refused."""
         name = self.spec.method if name is None else name
-        if options is None and canonical_method(name) == canonical_method(self.spec.method):
+        if name is None:
+            raise RunSpecError("make_method: this run's spec names no method; name one")
+        if (options is None and self.spec.method is not None
+                and canonical_method(name) == canonical_method(self.spec.method)):
             options = self.spec.method_options
         options = resolved_options(name, options, **settings)
-        return build_method(self.spec, name, options, self.proposer, self.backbones,
+        return build_method(self.spec, name, options,
+                            self.proposer if proposer is None else proposer, self.backbones,
                             self.cache if cache is None else cache, self.debias_pool)
 
 
@@ -132,7 +142,7 @@ def check_masks(name: str, options: Any, proposer: Proposer, proposals: str = ""
 def build_proposer(spec: RunSpec) -> Proposer:
     """The spec's proposer, with masks when its method draws from them (a detection
     checkpoint or a detections file without segmentations is then refused by the proposer)."""
-    masks = spec.entry.needs_masks(spec.method_options)
+    masks = spec.entry is not None and spec.entry.needs_masks(spec.method_options)
     return make_proposer(spec.proposals, device=spec.device, **dict(spec.detector),
                          **({"masks": True} if masks else {}))
 
@@ -174,7 +184,8 @@ def build_run(spec: RunSpec, *, backbones: Sequence[ClipBackbone] | None = None,
         records = dataset.records
     if proposer is None:
         proposer = build_proposer(spec)
-    check_masks(spec.method, options, proposer, spec.proposals)  # before any model loads
+    if spec.method is not None:  # before any model loads
+        check_masks(spec.method, options, proposer, spec.proposals)
     check = getattr(proposer, "check_dataset", None)
     if check is not None:  # a proposer that reads a file checks it against the records
         check(records)
@@ -183,6 +194,7 @@ def build_run(spec: RunSpec, *, backbones: Sequence[ClipBackbone] | None = None,
     backbones = list(backbones)
     cache = EmbeddingCache(spec.cache_dir, shard=spec.cache_shard)
     run = Run(spec, dataset, records, proposer, backbones, cache)
-    run.method = build_method(spec, spec.method, options, proposer, backbones, cache,
-                              run.debias_pool)
+    if spec.method is not None:
+        run.method = build_method(spec, spec.method, options, proposer, backbones, cache,
+                                  run.debias_pool)
     return run

@@ -216,8 +216,15 @@ class ColourBackground:
 
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
-        request = self.encode_request(image, expressions, proposals)
-        sim = ensemble_similarity(self.backbones, self.cache, request.texts, request)
+        return self.predict_from_request(self.encode_request(image, expressions, proposals),
+                                         image, expressions, proposals)
+
+    def predict_from_request(self, request: EncodeRequest, image: Image.Image,
+                             expressions: Sequence[str], proposals: Proposals) -> Prediction:
+        """``predict`` from this image's painted-background request, already built (the
+        engine builds it once per image, for all its expressions)."""
+        texts = [p for e in expressions for p in colour_prompts(e)]
+        sim = ensemble_similarity(self.backbones, self.cache, texts, request)
         # An expression's score for a proposal is its best-matching augmented prompt.
         rows, start = [], 0
         for expression in expressions:
@@ -260,6 +267,13 @@ class ColourOverlay:
 
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
-        request = self.encode_request(image, expressions, proposals)
-        scores = ensemble_similarity(self.backbones, self.cache, request.texts, request)
+        return self.predict_from_request(self.encode_request(image, expressions, proposals),
+                                         image, expressions, proposals)
+
+    def predict_from_request(self, request: EncodeRequest, image: Image.Image,
+                             expressions: Sequence[str], proposals: Proposals) -> Prediction:
+        """``predict`` from this image's tinted-crop request, already built (the engine builds
+        it once per image, for all its expressions)."""
+        scores = ensemble_similarity(self.backbones, self.cache,
+                                     [overlay_prompt(e) for e in expressions], request)
         return Prediction.from_scores(scores, proposals)

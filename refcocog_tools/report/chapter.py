@@ -26,12 +26,11 @@ import numpy as np
 
 from refcocog_tools.data.dataset import RefCOCOg
 from refcocog_tools.data.dataset import is_synthetic as dataset_is_synthetic
+from refcocog_tools.data.layouts import get_layout
 from refcocog_tools.engine import results
-from refcocog_tools.engine.evaluate import check_proposer
 from refcocog_tools.engine.results import ProvenanceNote
+from refcocog_tools.engine.run import Run, RunSpec, build_run
 from refcocog_tools.engine.uncertainty import Interval
-from refcocog_tools.models.clip_loading import load_clips
-from refcocog_tools.proposals.proposers import make_proposer
 from refcocog_tools.report.book_build import RESULTS_ENV
 from refcocog_tools.report.chapter_files import (
     ReportError,
@@ -165,22 +164,44 @@ def provenance_note(data_root: str | os.PathLike[str] | None,
 
 class Chapter:
     """What a chapter works on, opened once by ``open_chapter``: its checked parameters, the
-    data root, the split's dataset (read on first use), the models and the provenance box."""
+    data root, the split's dataset (read on first use), the models and the provenance box.
+    ``run``: the run builder's run of the page (``engine.run``) where it loads models; its
+    methods are made by ``run.make_method`` and evaluated by ``runner``."""
 
     def __init__(self, params: dict[str, Any], root: Path, backbones: list[Any], proposer: Any,
-                 note: ProvenanceNote | None) -> None:
+                 note: ProvenanceNote | None, run: Run | None = None) -> None:
         self.params = params
         self.root = root
         self.backbones = backbones
         self.proposer = proposer
         self.note = note
+        self.run = run
 
     @cached_property
     def dataset(self) -> Any:
         """The split of the ``split`` parameter (test when the chapter has none) of the
         ``dataset`` / ``split_by`` parameters' dataset (RefCOCOg umd when it has none),
         expression view."""
+        if self.run is not None and self.run.dataset is not None:
+            return self.run.dataset
         return self.open_split(self.params.get("split", "test"))
+
+    @cached_property
+    def runner(self) -> Any:
+        """The page's evaluations (``method_runs.MethodRunner`` on ``run``, the ``limit``
+        parameter's expressions): each configuration evaluated once."""
+        from refcocog_tools.report.method_runs import MethodRunner  # it imports this module
+
+        if self.run is None:
+            raise ReportError("this chapter loads no models (open_chapter(models=())): it "
+                              "evaluates no method")
+        return MethodRunner(self.run, self.params.get("limit", 0),
+                            world=f"this page's split ({self.params.get('split', 'test')})")
+
+    def evaluate(self, method: str, proposer: Any = None, **options: Any) -> dict[str, Any]:
+        """The results document of ``method`` with ``options`` on the page's split, proposals
+        (or ``proposer``) and backbones (``runner.run``: computed once per configuration)."""
+        return self.runner.run(method, proposer, **options)
 
     def open_split(self, split: str, view: str = "expression") -> Any:
         """Another split of this chapter's dataset (the ``dataset`` / ``split_by`` parameters),
@@ -246,11 +267,19 @@ def open_chapter(namespace: dict[str, Any], *,
     device = params.get("device", "cpu")
     clip = params.get("clip", "") if "clip" in models else ""
     proposals = params.get("proposals", "") if "proposals" in models else ""
-    backbones = load_clips(clip, device=device) if clip else []
-    proposer = make_proposer(proposals, device=device) if proposals else None
-    chapter = Chapter(params, root, backbones, proposer, None)
-    if proposer is not None:
-        check_proposer(proposer, chapter.dataset)
+    run = None
+    if clip or proposals:
+        # The run builder loads the models and checks a proposer's file against the split;
+        # the page's methods are made on it (``chapter.run.make_method``).
+        spec = RunSpec(data_root=root, split=params.get("split", "test"), method=None,
+                       layout=get_layout(params.get("dataset", "refcocog"),
+                                         params.get("split_by") or None),
+                       proposals=proposals or "gt", clip=clip, device=device,
+                       seed=params.get("seed", 0))
+        run = build_run(spec)
+    backbones = run.backbones if run is not None else []
+    proposer = run.proposer if run is not None and proposals else None
+    chapter = Chapter(params, root, backbones, proposer, None, run)
     named = [f"CLIP {clip}"] * bool(clip) + [f"proposals {proposals}"] * bool(proposals)
     untrained = (any(b.untrained for b in backbones)
                  or bool(getattr(proposer, "untrained", False))) if named else None

@@ -2,9 +2,9 @@
 results a chapter reads from its results folder or computes when missing, and the verdict of a
 paired comparison in one sentence.
 
-``MethodRunner`` holds what every evaluation of a page shares (the split, the proposals, the
-backbones, one embedding cache, the debiasing pool) and evaluates a method's configuration at
-most once. ``stored_or_computed`` is chapter 10's rule: a method's results document is read
+``MethodRunner`` evaluates the methods of one built run (``engine.run``: the split, the
+proposals, the backbones, one embedding cache, the debiasing pool), each configuration at most
+once. ``stored_or_computed`` is chapter 10's rule: a method's results document is read
 from ``<results_dir>/<method>.json`` when a chapter computed it with this configuration, else
 computed here and written there, so a build on real data computes nothing twice.
 """
@@ -16,44 +16,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refcocog_tools.data.dataset import RefCOCOg
 from refcocog_tools.data.mini_expressions import expression_type
 from refcocog_tools.engine.evaluate import evaluate, group_by_image
 from refcocog_tools.engine.regressor_results import results_on_split
+from refcocog_tools.engine.run import Run, RunSpec, build_run
 from refcocog_tools.engine.uncertainty import Comparison, compare, comparison_sentence
-from refcocog_tools.methods.registry import make_method, method_entry, resolved_options
 from refcocog_tools.methods.regressor.data import split_data
 from refcocog_tools.methods.regressor.training import TrainConfig, train_regressor
-from refcocog_tools.models.prompt_cache import EmbeddingCache
 from refcocog_tools.toy.verdict_world import VERDICT_SEED, verdict_world_root
 
 
 @dataclass
 class MethodRunner:
-    """Evaluations sharing one split, proposer, backbones and embedding cache; ``run`` computes
-    each (method, options) once and returns the same document when asked again."""
+    """Evaluations of one built run (``engine.run.Run``: its split, proposer, backbones,
+    embedding cache and debias pool); ``run`` computes each (method, options) once and
+    returns the same document when asked again. Every method is made by the run builder
+    (``Run.make_method``), which reads what it needs from the registry."""
 
-    dataset: Any
-    backbones: list[Any]
-    proposer: Any
-    debias_pool: Sequence[str] = ()
-    seed: int = 0
+    built: Run
     limit: int = 0
-    cache: Any = None
     world: str = "this page's data"  # how the page names the data these runs are on
     done: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.cache is None:
-            self.cache = EmbeddingCache()  # in memory: the runs share texts and crops
-
     @classmethod
-    def on_root(cls, root: str | Path, backbones: list[Any], proposer: Any, *,
+    def on_root(cls, root: str | Path, backbones: Sequence[Any], proposer: Any, *,
                 split: str = "test", seed: int = 0, limit: int = 0) -> MethodRunner:
-        """A runner on ``split`` of the data root ``root`` (expression view), debiasing with its
-        train split's expressions."""
-        return cls(RefCOCOg(root, split, view="expression"), backbones, proposer,
-                   RefCOCOg(root, "train", view="expression").sentences(), seed, limit)
+        """A runner on ``split`` of the data root ``root`` (expression view, RefCOCOg umd),
+        debiasing with its train split's expressions, on these models."""
+        spec = RunSpec(data_root=Path(root), split=split, method=None, seed=seed)
+        return cls(build_run(spec, backbones=backbones, proposer=proposer), limit)
+
+    @property
+    def dataset(self) -> Any:
+        return self.built.dataset
+
+    @property
+    def backbones(self) -> list[Any]:
+        return self.built.backbones
+
+    @property
+    def proposer(self) -> Any:
+        return self.built.proposer
+
+    @property
+    def cache(self) -> Any:
+        return self.built.cache
+
+    @property
+    def debias_pool(self) -> Sequence[str]:
+        """The train split's expressions red-circle debiases with (read on first use)."""
+        return self.built.debias_pool()
 
     @property
     def size_text(self) -> str:
@@ -61,21 +73,18 @@ class MethodRunner:
         groups = group_by_image(self.dataset, self.limit)
         return f"{sum(len(g) for g in groups)} expressions over {len(groups)} images"
 
-    def make(self, name: str, **options: Any) -> Any:
-        """The method ``name`` with ``options``, on this runner's backbones and cache."""
-        chosen = resolved_options(name, None, **options)
-        # Whether it draws from the training expressions: the registry says, once per method.
-        pool = self.debias_pool if method_entry(name).needs_debias_pool(chosen) else ()
-        return make_method(name, self.backbones, options=chosen, cache=self.cache,
-                           debias_pool=pool, seed=self.seed)
+    def make(self, name: str, proposer: Any = None, **options: Any) -> Any:
+        """The method ``name`` with ``options``, on this run's backbones and cache, for
+        ``proposer`` (default the run's: a mask prompt needs proposals with masks)."""
+        return self.built.make_method(name, proposer=proposer, **options)
 
     def run(self, name: str, proposer: Any = None, **options: Any) -> dict[str, Any]:
         """The results document of ``name`` with ``options`` (and ``proposer``, default the
-        runner's); a configuration evaluated before is not evaluated again."""
+        run's); a configuration evaluated before is not evaluated again."""
         used = proposer if proposer is not None else self.proposer
         key = repr((name, sorted(options.items()), used.config()))
         if key not in self.done:
-            self.done[key] = evaluate(self.dataset, self.make(name, **options), used,
+            self.done[key] = evaluate(self.dataset, self.make(name, used, **options), used,
                                       self.backbones, limit=self.limit)
         return self.done[key]
 
@@ -83,20 +92,18 @@ class MethodRunner:
 def verdict_runner(chapter: Any, verdict_images: int) -> MethodRunner:
     """Where a chapter's verdict is computed: with ``verdict_images`` > 0 on the embedded
     defaults (no ``data_root``), the test split of the generated verdict world of that many
-    images (``toy.verdict_world``; its train split debiases); otherwise the chapter's own split
-    (on real data the verdict is the real data's)."""
+    images (``toy.verdict_world``; its train split debiases); otherwise the chapter's own run
+    (``chapter.runner``: on real data the verdict is the real data's)."""
     params = chapter.params
-    seed, limit = params.get("seed", 0), params.get("limit", 0)
     if verdict_images > 0 and not params.get("data_root"):
         runner = MethodRunner.on_root(verdict_world_root(verdict_images), chapter.backbones,
-                                      chapter.proposer, seed=seed)
+                                      chapter.proposer, seed=params.get("seed", 0))
         runner.world = (f"the verdict world (generated like the embedded dataset, seed "
                         f"{VERDICT_SEED}, {verdict_images} images; its test split: "
                         f"{runner.size_text})")
         return runner
-    return MethodRunner(chapter.dataset, chapter.backbones, chapter.proposer,
-                        chapter.open_split("train").sentences(), seed, limit,
-                        world=f"this page's split ({chapter.params.get('split', 'test')})")
+    return MethodRunner(chapter.run, params.get("limit", 0),
+                        world=f"this page's split ({params.get('split', 'test')})")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from refcocog_tools.engine import metric_crops
 from refcocog_tools.engine.evaluate import evaluate_groups, group_by_image
 from refcocog_tools.engine.stage_clock import STAGES
 from refcocog_tools.methods.red_circle import RedCircle, RedCircleOptions
+from refcocog_tools.methods.registry import make_method
 from refcocog_tools.methods.scoring import box_key
 from refcocog_tools.models import backbones
 from refcocog_tools.models.prompt_cache import EmbeddingCache, image_fingerprint
@@ -238,3 +239,47 @@ def test_texts_are_encoded_in_whole_passes(tiny_rn, mini_data: Path,
     assert len(encoded) == len(set(encoded))  # each text once
     assert len(passes) == -(-len(encoded) // 3)  # the fewest passes that hold them
     assert len(passes) >= 2, "the test needs texts over several batches"
+
+
+class _PredictOnly:
+    """A method seen through ``predict`` alone: the engine asks it once per referred object,
+    building nothing once per image (the reference rows)."""
+
+    def __init__(self, method) -> None:  # type: ignore[no-untyped-def]
+        self.method, self.name = method, method.name
+
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.method.config()
+
+    def predict(self, image, expressions, proposals):  # type: ignore[no-untyped-def]
+        return self.method.predict(image, expressions, proposals)
+
+
+@pytest.mark.parametrize("name", ["baseline", "color-background", "color-overlay", "relations"])
+@pytest.mark.parametrize("mode", ENGINE_MODES)
+def test_every_batched_method_builds_its_request_once_per_image(name, mode, mini_data, tiny_rn,
+                                                                 monkeypatch) -> None:
+    """Each method that declares its inputs predicts from the image's one request, however
+    many referred objects the image has, with the rows its ``predict`` per ref gives."""
+    groups = _groups(mini_data)
+    pool = RefCOCOg(mini_data, "train").sentences()
+
+    def method():  # type: ignore[no-untyped-def]
+        return make_method(name, [tiny_rn], cache=EmbeddingCache(), debias_pool=pool)
+
+    reference = evaluate_groups(groups, _PredictOnly(method()), GroundTruthProposer())
+    built = method()
+    requests: Counter = Counter()
+    counted = [type(built)] + ([RedCircle] if name == "relations" else [])  # and its scorer's
+    for cls in counted:
+        real = cls.encode_request
+
+        def counting(self, image, expressions, proposals, real=real, cls=cls):  # type: ignore[no-untyped-def]
+            requests[cls.__name__, image_fingerprint(image)] += 1
+            return real(self, image, expressions, proposals)
+
+        monkeypatch.setattr(cls, "encode_request", counting)
+    rows = evaluate_groups(groups, built, GroundTruthProposer(), **mode)
+    assert rows == reference
+    assert len(requests) == len(groups) * len(counted), requests
+    assert set(requests.values()) == {1}, requests

@@ -130,8 +130,8 @@ def test_stored_or_computed_reads_what_it_wrote(runner: MethodRunner, mini_data:
     first, computed = stored_or_computed(chapter, runner, methods)
     assert sorted(computed) == ["baseline", "largest"]
     assert (tmp_path / "baseline.json").is_file()
-    again, recomputed = stored_or_computed(chapter, MethodRunner(
-        runner.dataset, runner.backbones, runner.proposer, limit=12), methods)
+    again, recomputed = stored_or_computed(chapter, MethodRunner(runner.built, limit=12),
+                                           methods)
     assert recomputed == []
     assert again["crop"]["predictions"] == first["crop"]["predictions"]
 

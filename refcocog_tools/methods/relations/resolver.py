@@ -55,7 +55,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from refcocog_tools.methods.interface import BatchedMethod, EncodeRequest, GroundingMethod
+from refcocog_tools.methods.interface import (
+    BatchedMethod,
+    EncodeRequest,
+    GroundingMethod,
+    PredictsFromRequest,
+)
 from refcocog_tools.methods.prediction import Prediction
 from refcocog_tools.methods.relations.reference_parser import NounPhrase, parse_reference
 from refcocog_tools.methods.relations.scene_graph import (
@@ -310,8 +315,25 @@ class RelationsMethod:
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
         texts = self.scored_texts(expressions)
-        rows = self.text_scores(image, texts, proposals)
-        scores = dict(zip(texts, rows, strict=True))
+        return self._resolved(image, expressions, proposals,
+                              self.text_scores(image, texts, proposals))
+
+    def predict_from_request(self, request: EncodeRequest, image: Image.Image,
+                             expressions: Sequence[str], proposals: Proposals) -> Prediction:
+        """``predict`` from the image's request, already built (``encode_request`` for all the
+        image's expressions: the engine builds it once per image); a scorer that predicts from
+        a request reads it, another predicts as in ``predict``."""
+        texts = self.scored_texts(expressions)
+        scorer = self.entity_scorer
+        if not isinstance(scorer, PredictsFromRequest) or not texts:
+            return self.predict(image, expressions, proposals)
+        rows = scorer.predict_from_request(request, image, texts, proposals).scores.float()
+        return self._resolved(image, expressions, proposals, rows)
+
+    def _resolved(self, image: Image.Image, expressions: Sequence[str], proposals: Proposals,
+                  rows: torch.Tensor) -> Prediction:
+        """The prediction from the scorer's rows of ``scored_texts(expressions)``."""
+        scores = dict(zip(self.scored_texts(expressions), rows, strict=True))
         finals = [self.explain(image, e, proposals, scores).final for e in expressions]
         stacked = (torch.stack(finals) if finals else torch.zeros(0, len(proposals)))
         return Prediction.from_scores(stacked, proposals)
