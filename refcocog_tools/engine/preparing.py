@@ -1,10 +1,10 @@
 """The engine's "prepare" stage: one image's work, its requests built once and its inputs drawn.
 
 ``ImageWork`` travels through the pipeline: decoded (once), proposed, its method request and
-ground-truth crops requested (once each), its inputs drawn for every ``Encoding``. In a
-DataLoader worker the inputs drawn on the device are left for the main process, which then
-builds the method's request for the first time (a request's ``draw`` is a closure over the
-image and cannot leave a worker), keeps it, and hands the same one to ``predict_per_ref``.
+ground-truth crops requested (once each), its inputs drawn for every ``Encoding``. A
+DataLoader worker sends the request back without its ``draw`` (a closure over the image that
+cannot leave the worker), and the main process hands it to ``predict_per_ref``; only inputs
+left to the main process (drawn on the GPU) make it build the request again, to draw them.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from refcocog_tools.proposals.structures import Proposals
 @dataclass
 class ImageWork:
     """One image group's way through the engine. ``prepared``: each encoding's inputs (None
-    where a worker left them to the main process); ``request``: the method's encode request,
-    in the main process only; ``problem``: why the image could not be decoded."""
+    where a worker left them to the main process); ``request``: the method's encode request
+    (from a worker: without its drawing closure); ``problem``: why the image could not be
+    decoded."""
 
     index: int
     image: Image.Image | None = None
@@ -45,14 +46,17 @@ class ImageWork:
 
 def method_request(work: ImageWork, items: Sequence[RefItem], method: BatchedMethod
                    ) -> EncodeRequest:
-    """The method's request for the image and all its expressions, built once: kept on
-    ``work`` in the main process (a worker's own copy stays in the worker)."""
-    if work.request is not None:
+    """The method's request for the image and all its expressions, built once and kept on
+    ``work``: a DataLoader worker sends it back without its drawing closure
+    (``without_drawing``), which is all the method reads once the inputs are encoded. Only
+    inputs a worker left to the main process (drawn on the GPU) make the main process build
+    it again, to draw them."""
+    if work.request is not None and work.request.can_draw:
         return work.request
     assert work.image is not None and work.proposals is not None
     request = method.encode_request(work.image, [it.sentence for it in items], work.proposals)
-    if torch.utils.data.get_worker_info() is None:
-        work.request = request
+    in_worker = torch.utils.data.get_worker_info() is not None
+    work.request = request.without_drawing() if in_worker else request
     return request
 
 

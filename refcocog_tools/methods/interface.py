@@ -58,6 +58,26 @@ class EncodeRequest:
     on_device: bool = False
     proposal_indices: torch.Tensor | None = None
 
+    def without_drawing(self) -> EncodeRequest:
+        """This request without its ``draw`` (a closure over the image, which cannot leave a
+        DataLoader worker): what a method reads once the inputs are encoded (keys, texts,
+        proposal indices), sent back to the main process with the drawn inputs."""
+        return EncodeRequest(self.keys, drawn_elsewhere, self.texts, self.on_device,
+                             self.proposal_indices)
+
+    @property
+    def can_draw(self) -> bool:
+        """Whether ``draw`` can draw (False for a request sent back by a worker)."""
+        return self.draw is not drawn_elsewhere
+
+
+def drawn_elsewhere(resolution: int, indices: Sequence[int],
+                    device: str | torch.device = "cpu") -> torch.Tensor:
+    """The ``draw`` of a request whose inputs a DataLoader worker drew (and the engine has
+    encoded): asking it to draw again is the engine's mistake."""
+    raise RuntimeError("this request's inputs were drawn in a DataLoader worker; the engine "
+                       "rebuilds a request it has to draw from")
+
 
 @runtime_checkable
 class BatchedMethod(Protocol):

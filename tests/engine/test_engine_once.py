@@ -283,3 +283,31 @@ def test_every_batched_method_builds_its_request_once_per_image(name, mode, mini
     assert rows == reference
     assert len(requests) == len(groups) * len(counted), requests
     assert set(requests.values()) == {1}, requests
+
+
+@pytest.mark.parametrize("gpu_layout", [False, True])
+def test_a_workers_request_serves_the_main_process(gpu_layout, mini_data, tiny_rn,
+                                                   monkeypatch) -> None:
+    """With DataLoader workers, the request a worker built comes back with its image (without
+    its drawing closure) and the method predicts from it: the main process builds none, or,
+    where it draws the prompts itself (models on a GPU), one per image."""
+    groups = _groups(mini_data)
+    reference = evaluate_groups(groups, _red_circle(tiny_rn, mini_data), GroundTruthProposer())
+    if gpu_layout:  # tensor-drawn prompts are drawn in the main process, as for a GPU
+        from refcocog_tools.engine import encoding
+        monkeypatch.setattr(encoding.Encoding, "on_gpu", property(lambda self: True))
+    method = _red_circle(tiny_rn, mini_data)
+    requests: Counter = Counter()  # the main process's: a worker's counts stay in the worker
+    real_request = RedCircle.encode_request
+
+    def counting_request(self, image, expressions, proposals):  # type: ignore[no-untyped-def]
+        requests[image_fingerprint(image)] += 1
+        return real_request(self, image, expressions, proposals)
+
+    monkeypatch.setattr(RedCircle, "encode_request", counting_request)
+    rows = evaluate_groups(groups, method, GroundTruthProposer(), batch_size=8, workers=1)
+    assert rows == reference
+    if gpu_layout:
+        assert len(requests) == len(groups) and set(requests.values()) == {1}, requests
+    else:
+        assert not requests, requests
