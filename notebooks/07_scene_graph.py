@@ -31,16 +31,14 @@ split_by: str = ""  # whose split (empty: the dataset's usual one, umd for refco
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from refcocog_tools.data.language import tokenize
 from refcocog_tools.data.layouts import get_layout
 from refcocog_tools.engine.uncertainty import format_interval, intervals
 from refcocog_tools.methods.relations.scene_graph import (
-    EXTREME_WORDS,
     RELATIONS,
     build_scene_graph,
     draw_scene_graph,
     plot_relation_heatmap,
-    resolve_by_position,
+    position_answers,
 )
 from refcocog_tools.report import glue, glue_figure, glue_verdict, open_chapter
 from refcocog_tools.report.figures import show_table
@@ -62,18 +60,7 @@ chapter.note
 
 # %% tags=["remove-input"]
 test_items = chapter.open_split(evaluated)
-n = len(test_items) if not limit else min(limit, len(test_items))
-rows = []
-for i in range(n):
-    expr = test_items[i]
-    g = build_scene_graph([inst.box for inst in expr.instances], expr.image_size,
-                          [inst.category for inst in expr.instances], margin=margin)
-    truth = next(k for k, inst in enumerate(expr.instances) if inst.ann_id == expr.ann_id)
-    has_word = any(word in EXTREME_WORDS for word in tokenize(expr.sentence))
-    answer = resolve_by_position(g, expr.sentence, expr.category)
-    rows.append({"sentence": expr.sentence, "position_word": has_word, "image_id": expr.image_id,
-                 "answered": answer is not None, "correct": answer == truth})
-resolution = pd.DataFrame(rows)
+resolution = pd.DataFrame(position_answers(test_items, limit, margin))
 summary = (
     resolution.groupby("position_word")
     .agg(expressions=("sentence", "size"), answered=("answered", "mean"),

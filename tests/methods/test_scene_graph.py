@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from refcocog_tools.data.dataset import RefCOCOg
 from refcocog_tools.methods.relations.scene_graph import (
     RELATION_BITS,
     RELATIONS,
@@ -12,6 +13,7 @@ from refcocog_tools.methods.relations.scene_graph import (
     centroids,
     edge_codes,
     extreme_node,
+    position_answers,
     relation_tensor,
     resolve_by_position,
     weighted_adjacency,
@@ -97,3 +99,14 @@ def test_extreme_node_and_resolution() -> None:
 def test_bad_shape_is_rejected() -> None:
     with pytest.raises(ValueError, match="shape"):
         relation_tensor([[0, 0, 1]])
+
+
+def test_position_answers_read_each_expression_of_a_split(mini_data) -> None:
+    split = RefCOCOg(mini_data, "test")
+    rows = position_answers(split)
+    assert len(rows) == len(split) and len(position_answers(split, limit=5)) == 5
+    assert [r["sentence"] for r in rows] == [split[i].sentence for i in range(len(split))]
+    assert all(r["answered"] or not r["correct"] for r in rows)  # no answer is never right
+    # An expression with a position word among same-category objects gets an answer.
+    assert any(r["position_word"] and r["answered"] for r in rows)
+    assert any(r["correct"] for r in rows) and not all(r["correct"] for r in rows)

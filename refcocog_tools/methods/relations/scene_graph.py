@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -187,6 +187,28 @@ def resolve_by_position(graph: SceneGraph, sentence: str, category: str) -> int 
         if word in EXTREME_WORDS:
             return extreme_node(graph, candidates, EXTREME_WORDS[word])
     return None
+
+
+def position_answers(split: Sequence[Any], limit: int = 0, margin: float = 0.0
+                     ) -> list[dict[str, Any]]:
+    """Per expression of ``split`` (its first ``limit``; 0: all), what the scene graph of its
+    image's ground-truth boxes and categories answers alone (``resolve_by_position``): its
+    sentence and image, whether it has a position word, whether the graph answered and whether
+    the answer is the referred object."""
+    count = len(split) if not limit else min(limit, len(split))
+    rows = []
+    for index in range(count):
+        expression = split[index]
+        instances = expression.instances
+        graph = build_scene_graph([inst.box for inst in instances], expression.image_size,
+                                  [inst.category for inst in instances], margin=margin)
+        truth = next(k for k, inst in enumerate(instances) if inst.ann_id == expression.ann_id)
+        answer = resolve_by_position(graph, expression.sentence, expression.category)
+        rows.append({"sentence": expression.sentence, "image_id": expression.image_id,
+                     "position_word": any(w in EXTREME_WORDS
+                                          for w in tokenize(expression.sentence)),
+                     "answered": answer is not None, "correct": answer == truth})
+    return rows
 
 
 # Relations between two boxes beyond the study's four, and how each is judged.
