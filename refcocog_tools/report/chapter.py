@@ -37,6 +37,7 @@ from refcocog_tools.report.chapter_files import (
     find_root,
     resolve_data_root,
 )
+from refcocog_tools.report.method_runs import MethodRunner
 from refcocog_tools.report.verdicts import RECORD_NAME, RecordText, verdict_record
 
 # ----------------------------------------------------------------------------------------------
@@ -187,11 +188,9 @@ class Chapter:
         return self.open_split(self.params.get("split", "test"))
 
     @cached_property
-    def runner(self) -> Any:
+    def runner(self) -> MethodRunner:
         """The page's evaluations (``method_runs.MethodRunner`` on ``run``, the ``limit``
         parameter's expressions): each configuration evaluated once."""
-        from refcocog_tools.report.method_runs import MethodRunner  # it imports this module
-
         if self.run is None:
             raise ReportError("this chapter loads no models (open_chapter(models=())): it "
                               "evaluates no method")
