@@ -315,7 +315,7 @@ class RelationsMethod:
     def predict(self, image: Image.Image, expressions: Sequence[str],
                 proposals: Proposals) -> Prediction:
         texts = self.scored_texts(expressions)
-        return self._resolved(image, expressions, proposals,
+        return self._resolved(image, expressions, proposals, texts,
                               self.text_scores(image, texts, proposals))
 
     def predict_from_request(self, request: EncodeRequest, image: Image.Image,
@@ -328,12 +328,13 @@ class RelationsMethod:
         if not isinstance(scorer, PredictsFromRequest) or not texts:
             return self.predict(image, expressions, proposals)
         rows = scorer.predict_from_request(request, image, texts, proposals).scores.float()
-        return self._resolved(image, expressions, proposals, rows)
+        return self._resolved(image, expressions, proposals, texts, rows)
 
     def _resolved(self, image: Image.Image, expressions: Sequence[str], proposals: Proposals,
-                  rows: torch.Tensor) -> Prediction:
-        """The prediction from the scorer's rows of ``scored_texts(expressions)``."""
-        scores = dict(zip(self.scored_texts(expressions), rows, strict=True))
+                  texts: Sequence[str], rows: torch.Tensor) -> Prediction:
+        """The prediction from the scorer's ``rows`` of ``texts``, the expressions'
+        ``scored_texts``."""
+        scores = dict(zip(texts, rows, strict=True))
         finals = [self.explain(image, e, proposals, scores).final for e in expressions]
         stacked = (torch.stack(finals) if finals else torch.zeros(0, len(proposals)))
         return Prediction.from_scores(stacked, proposals)
